@@ -1,0 +1,213 @@
+//! The command-line tools around the gateway: `check` (validate a config and
+//! optionally load its credentials), `sign` (show exactly what is signed, the
+//! tool for debugging a signature mismatch) and the shutdown signal.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::secrets::{CredentialStore, SecretBytes};
+use crate::sign::{self, MessageInput, Scheme};
+
+pub const DEFAULT_CONFIG: &str = "gateway.toml";
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `signgate check`: exit 0 when valid, 1 listing every error otherwise.
+pub async fn check(path: &Path, credentials: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{}: {errors}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: ok ({} route{}, {} credential{}, {} webhook{})",
+        path.display(),
+        config.routes.len(),
+        plural(config.routes.len()),
+        config.credentials.len(),
+        plural(config.credentials.len()),
+        config.webhooks.len(),
+        plural(config.webhooks.len()),
+    );
+    if !credentials {
+        return ExitCode::SUCCESS;
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let store = CredentialStore::start(&config.credentials, &cancel).await;
+    cancel.cancel();
+    let mut failed = false;
+    for slot in store.slots() {
+        match slot.get() {
+            Ok(c) => println!("credential {}: loaded (version {})", slot.name(), c.version().map_or("-".into(), |v| v.to_string())),
+            Err(why) => {
+                failed = true;
+                println!("credential {}: NOT loaded: {why}", slot.name());
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// Scheme: the built-in `kwikpaisa`, or a [scheme.NAME] from the config.
+    #[arg(long, default_value = sign::KWIKPAISA)]
+    pub scheme: String,
+    /// Timestamp to sign with (default: now, in the scheme's unit).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+    /// Environment variable holding the secret key.
+    #[arg(long, default_value = "KWIKPAISA_SECRET_KEY")]
+    pub secret_env: String,
+    /// Environment variable holding the API key (only needed if the scheme signs it).
+    #[arg(long, default_value = "KWIKPAISA_API_KEY")]
+    pub api_key_env: String,
+    /// Override the scheme's `escape_unicode` (true: non-ASCII as \uXXXX).
+    #[arg(long)]
+    pub escape_unicode: Option<bool>,
+    /// Method, path and query, for schemes whose template uses them.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    #[arg(long, default_value = "")]
+    pub query: String,
+}
+
+/// `signgate sign`: read a body on stdin and print what the gateway would sign.
+pub fn sign(args: &SignArgs, config: Option<&Path>) -> ExitCode {
+    match sign_inner(args, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signgate sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign_inner(args: &SignArgs, config: Option<&Path>) -> Result<(), String> {
+    let mut scheme = resolve_scheme(&args.scheme, config)?;
+    if let Some(e) = args.escape_unicode {
+        scheme.canonical.escape_unicode = e;
+    }
+    let secret = std::env::var(&args.secret_env)
+        .map(SecretBytes::from)
+        .map_err(|_| format!("set {} to the secret key (or name another variable with --secret-env)", args.secret_env))?;
+    if secret.len() < crate::secrets::MIN_SECRET_LEN {
+        eprintln!(
+            "note: the secret is shorter than {} bytes; the gateway would refuse to load it",
+            crate::secrets::MIN_SECRET_LEN
+        );
+    }
+    let api_key = std::env::var(&args.api_key_env).unwrap_or_default();
+    if scheme.message.contains(&sign::Part::ApiKey) && api_key.is_empty() {
+        return Err(format!("scheme {} signs the API key: set {}", scheme.name, args.api_key_env));
+    }
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading the body from stdin: {e}"))?;
+    let body = crate::proxy::prepare_body(&scheme, Bytes::from(raw)).map_err(|e| e.message())?;
+    let ts = match args.timestamp {
+        Some(t) => sign::Timestamp::from_u64(t),
+        None => scheme.timestamp(std::time::SystemTime::now()),
+    };
+    let input = MessageInput {
+        api_key: api_key.as_bytes(),
+        timestamp: ts.as_str(),
+        method: &args.method,
+        path: &args.path,
+        query: &args.query,
+        body: &body,
+    };
+    let keyed = sign::keyed_mac(secret.expose());
+    let sig = scheme.sign(&keyed, &input);
+    let message = scheme.message_bytes(&input);
+    let mut out = std::io::stdout().lock();
+    let w = |out: &mut std::io::StdoutLock<'_>, label: &str, v: &[u8]| -> std::io::Result<()> {
+        out.write_all(label.as_bytes())?;
+        out.write_all(v)?;
+        out.write_all(b"\n")
+    };
+    (|| -> std::io::Result<()> {
+        w(&mut out, "scheme:            ", scheme.name.as_bytes())?;
+        w(&mut out, "canonical payload: ", &body)?;
+        w(&mut out, "timestamp:         ", ts.as_str().as_bytes())?;
+        w(&mut out, "signed string:     ", &message)?;
+        w(&mut out, "signature:         ", sig.as_bytes())?;
+        w(
+            &mut out,
+            "headers:           ",
+            format!(
+                "{}: <{}>, {}: {}, {}: {}",
+                scheme.api_key_header,
+                args.api_key_env,
+                scheme.timestamp_header,
+                ts.as_str(),
+                scheme.signature_header,
+                sig.as_str()
+            )
+            .as_bytes(),
+        )
+    })()
+    .map_err(|e| format!("writing to stdout: {e}"))
+}
+
+fn resolve_scheme(name: &str, config: Option<&Path>) -> Result<Scheme, String> {
+    let path = config.unwrap_or(Path::new(DEFAULT_CONFIG));
+    let explicit = config.is_some();
+    if name == sign::KWIKPAISA && !explicit && !path.exists() {
+        return Ok(Scheme::kwikpaisa());
+    }
+    match Config::load(path) {
+        Ok(c) => c
+            .schemes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no scheme {name:?} in {} (built-in: kwikpaisa)", path.display())),
+        Err(errors) if name == sign::KWIKPAISA && !explicit => {
+            eprintln!("note: {} does not validate; using the built-in kwikpaisa defaults\n{errors}", path.display());
+            Ok(Scheme::kwikpaisa())
+        }
+        Err(errors) => Err(format!("{}: {errors}", path.display())),
+    }
+}

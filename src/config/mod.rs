@@ -1,0 +1,46 @@
+//! Configuration: `gateway.toml` + `SIGNGATE__SECTION__KEY` overrides, parsed
+//! into typed structs and validated once. `raw.rs` mirrors the file, `load.rs`
+//! reads it (collecting unknown keys and type errors per section), and
+//! `validate.rs` turns it into [`Config`], collecting every semantic error.
+
+mod error;
+mod load;
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{ENV_PREFIX, ENV_SEPARATOR};
+pub use validate::*;
+
+impl Config {
+    /// Load `path` with the process environment's overrides and validate it.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let raw = load::read_file(path)?;
+        validate::validate(raw, path.parent())
+    }
+
+    /// Load `path` with an explicit set of environment variables (names with
+    /// the `SIGNGATE__` prefix), ignoring the process environment.
+    pub fn load_with_env<I, K, V>(path: &Path, vars: I) -> Result<Config, ConfigErrors>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let map = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let raw = load::read_file_with_env(path, Some(map))?;
+        validate::validate(raw, path.parent())
+    }
+
+    /// Parse and validate a TOML string; relative paths resolve against the
+    /// current directory. No environment overrides are applied.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
+        let raw = load::read_str(toml)?;
+        validate::validate(raw, None)
+    }
+}
+
+#[cfg(test)]
+mod tests;

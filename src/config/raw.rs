@@ -1,0 +1,153 @@
+//! The serde mirror of `gateway.toml`: every key optional, no semantics.
+//!
+//! Unknown keys are not rejected here but collected by `serde_ignored` in
+//! `load.rs`, so that *all* of them are reported at once. Conversion into real
+//! types (addresses, CIDRs, durations, header names) happens in `validate.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawListener {
+    pub addr: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_ca: Option<String>,
+    pub max_connections: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub allow_plaintext: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAccess {
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct RawQuota {
+    pub rate: Option<u64>,
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub global: Option<RawQuota>,
+    pub per_client: Option<RawQuota>,
+    pub per_client_max_keys: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEgress {
+    pub source_addr: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub pool_idle_per_host: Option<u64>,
+    pub allow_plain_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAudit {
+    pub path: Option<String>,
+    pub hash_chain: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawState {
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCredential {
+    pub source: Option<String>,
+    // env
+    pub api_key_env: Option<String>,
+    pub secret_env: Option<String>,
+    // file
+    pub path: Option<String>,
+    pub poll_ms: Option<u64>,
+    // file and vault
+    pub api_key_field: Option<String>,
+    pub secret_field: Option<String>,
+    // vault
+    pub vault_addr: Option<String>,
+    pub vault_mount: Option<String>,
+    pub vault_path: Option<String>,
+    pub vault_auth: Option<String>,
+    pub vault_role_id_file: Option<String>,
+    pub vault_secret_id_file: Option<String>,
+    pub vault_token_file: Option<String>,
+    pub vault_ca_file: Option<String>,
+    pub refresh_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub match_prefix: Option<String>,
+    pub strip_prefix: Option<bool>,
+    pub upstream: Option<String>,
+    pub credential: Option<String>,
+    pub scheme: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub allow_identities: Option<Vec<String>>,
+    pub limit: Option<RawQuota>,
+    pub duplicate_key: Option<String>,
+    pub duplicate_window_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawWebhook {
+    pub name: Option<String>,
+    pub match_path: Option<String>,
+    pub credential: Option<String>,
+    pub scheme: Option<String>,
+    pub tolerance_secs: Option<u64>,
+    pub forward_to: Option<String>,
+    pub verify_canonical: Option<bool>,
+    pub dedup_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawScheme {
+    pub message: Option<String>,
+    pub body: Option<String>,
+    pub encoding: Option<String>,
+    pub api_key_header: Option<String>,
+    pub timestamp_header: Option<String>,
+    pub signature_header: Option<String>,
+    pub timestamp_unit: Option<String>,
+    pub escape_unicode: Option<bool>,
+    pub empty_body: Option<String>,
+}
+
+/// The whole file. Sections are deserialized one by one (see `load.rs`) so a
+/// type error in one section does not hide the errors of the others.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub listener: RawListener,
+    pub admin: RawAdmin,
+    pub access: Option<RawAccess>,
+    pub limits: RawLimits,
+    pub egress: RawEgress,
+    pub audit: RawAudit,
+    pub state: RawState,
+    pub credentials: BTreeMap<String, RawCredential>,
+    pub routes: Vec<RawRoute>,
+    pub webhooks: Vec<RawWebhook>,
+    pub schemes: BTreeMap<String, RawScheme>,
+}

@@ -1,0 +1,46 @@
+//! signgate: a signing egress gateway for payment-provider APIs.
+//!
+//! Internal services send plain HTTP; signgate decides whether the caller may
+//! send it, canonicalizes the body, signs it with a secret it holds, and
+//! forwards it over verified TLS from a fixed egress address.
+//!
+//! ```text
+//! accept (TCP, conn limit) ─ TLS/mTLS (optional) ─ HTTP/1.1 + HTTP/2   listener.rs, tls.rs
+//!   → client allowlist ([access])        403 ip_not_allowed              allowlist.rs
+//!   → path check, route match            400 invalid_path, 404 no_route  router.rs
+//!   → method                             405 method_not_allowed
+//!   → route allowlist / mTLS identity    403 ip_not_allowed / identity_not_allowed
+//!   → read body under max_body_bytes     413 body_too_large, 408, 415
+//!   → canonicalize (scheme)              400 invalid_json                canonical.rs
+//!   → credential                         503 credential_unavailable      secrets/
+//!   → sign: timestamp, HMAC              (last, and again on a retry)    sign.rs
+//!   → header hygiene                     client auth/hop-by-hop removed  proxy/headers.rs
+//!   → upstream: pooled, TLS-verified, bound to egress.source_addr        upstream.rs
+//!                                        502 upstream_unreachable / upstream_tls,
+//!                                        504 upstream_timeout
+//!   → response streamed back with x-request-id
+//! ```
+//! The pipeline itself is one function: [`proxy::handle`]. Every refusal is
+//! a [`proxy::GatewayError`], mapped in one place to status, code and message.
+
+#![forbid(unsafe_code)]
+
+pub mod allowlist;
+pub mod app;
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod listener;
+pub mod pki;
+pub mod proxy;
+pub mod router;
+pub mod secrets;
+pub mod sign;
+pub mod standin;
+pub mod tls;
+pub mod upstream;
+
+pub use app::{run, start, Running};
+pub use config::Config;

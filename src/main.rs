@@ -1,0 +1,76 @@
+//! The `signgate` binary: parse the command line, set up logging, and hand
+//! over to the library. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a configuration that does not validate (EX_USAGE-style).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "signgate", version, about = "Signing egress gateway for payment-provider APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file [default: gateway.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default command).
+    Run,
+    /// Validate the configuration; exit 1 listing every error found.
+    Check {
+        /// Also try to load every credential (reports failures, never secret material).
+        #[arg(long)]
+        credentials: bool,
+    },
+    /// Print the canonical payload, the signed string and the signature of a body read from stdin.
+    Sign(signgate::cli::SignArgs),
+    /// Run the whole loop locally: the gateway plus a provider stand-in that checks every signature.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIGNGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("signgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let config = match signgate::Config::load(&config_path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("signgate: {}: {errors}", config_path.display());
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match runtime.block_on(signgate::run(config, signgate::cli::shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("signgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { credentials } => runtime.block_on(signgate::cli::check(&config_path, credentials)),
+        Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
+        Command::Demo => runtime.block_on(signgate::demo::run()),
+    }
+}

@@ -1,0 +1,235 @@
+//! `GatewayError`: every way a request can be refused or fail on the gateway's
+//! side, mapped in one place to its HTTP status, its error code (the JSON
+//! `error.code`, the `reason` metric label and the audit reason) and a short
+//! client-facing message that never carries internals or secrets.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use super::RequestId;
+
+/// Which part of the upstream exchange failed (also the metric `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamFailure {
+    pub fn kind(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No route's `match_prefix` covers the path.
+    NoRoute,
+    /// The route exists but not for this method.
+    MethodNotAllowed { route: String, allowed: String },
+    /// The client's address is not in `[access].allow` or the route's `allow`.
+    IpNotAllowed,
+    /// mTLS identity not in the route's `allow_identities`.
+    IdentityNotAllowed,
+    /// A rate limit is exhausted; `retry_after` in whole seconds (rounded up).
+    RateLimited { scope: &'static str, retry_after: u64 },
+    /// Declared or streamed body larger than `listener.max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// The client stopped sending the body for too long.
+    BodyTimeout,
+    /// The body could not be read (client aborted, bad chunking).
+    BadBody,
+    /// A body that is not acceptable JSON on a canonicalizing route.
+    InvalidJson { offset: usize, reason: &'static str },
+    /// `Content-Encoding` other than identity: we never sign bytes we do not send.
+    UnsupportedEncoding,
+    /// Dot segments or encoded separators in the path.
+    InvalidPath,
+    /// The duplicate guard saw this transaction reference in flight or done.
+    DuplicateRequest,
+    /// The route's credential has not loaded; `hint` says what to provide.
+    CredentialUnavailable { credential: String, hint: String },
+    /// Upstream failed before a response arrived.
+    Upstream(UpstreamFailure),
+    /// The gateway is draining for shutdown.
+    ShuttingDown,
+    /// A bug: a panic in the request task or an impossible state.
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
+            GatewayError::IdentityNotAllowed => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BadBody => StatusCode::BAD_REQUEST,
+            GatewayError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
+            GatewayError::DuplicateRequest => StatusCode::CONFLICT,
+            GatewayError::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(
+                UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
+            ) => StatusCode::BAD_GATEWAY,
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable error code: JSON `error.code`, metric `reason`, audit reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::IpNotAllowed => "ip_not_allowed",
+            GatewayError::IdentityNotAllowed => "identity_not_allowed",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::BodyTimeout => "body_timeout",
+            GatewayError::BadBody => "bad_body",
+            GatewayError::InvalidJson { .. } => "invalid_json",
+            GatewayError::UnsupportedEncoding => "unsupported_encoding",
+            GatewayError::InvalidPath => "invalid_path",
+            GatewayError::DuplicateRequest => "duplicate_request",
+            GatewayError::CredentialUnavailable { .. } => "credential_unavailable",
+            GatewayError::Upstream(UpstreamFailure::Connect) => "upstream_unreachable",
+            GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
+            GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
+            GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
+            GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    /// Short, specific, safe to show the client.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::NoRoute => "no route matches this path".into(),
+            GatewayError::MethodNotAllowed { route, allowed } => {
+                format!("route {route} accepts only {allowed}")
+            }
+            GatewayError::IpNotAllowed => "client address is not allowed".into(),
+            GatewayError::IdentityNotAllowed => "client certificate identity is not allowed on this route".into(),
+            GatewayError::RateLimited { scope, retry_after } => {
+                format!("{scope} rate limit exceeded; retry after {retry_after} s")
+            }
+            GatewayError::BodyTooLarge { limit } => format!("request body exceeds {limit} bytes"),
+            GatewayError::BodyTimeout => "request body was not received in time".into(),
+            GatewayError::BadBody => "request body could not be read".into(),
+            GatewayError::InvalidJson { offset, reason } => {
+                format!("request body is not valid JSON at byte {offset}: {reason}")
+            }
+            GatewayError::UnsupportedEncoding => {
+                "compressed request bodies are not accepted; send the body uncompressed".into()
+            }
+            GatewayError::InvalidPath => {
+                "path contains dot segments or encoded separators".into()
+            }
+            GatewayError::DuplicateRequest => {
+                "a request with the same transaction reference is in flight or already succeeded".into()
+            }
+            GatewayError::CredentialUnavailable { credential, hint } => {
+                format!("credential {credential} is not available: {hint}")
+            }
+            GatewayError::Upstream(UpstreamFailure::Connect) => "could not connect to the upstream".into(),
+            GatewayError::Upstream(UpstreamFailure::Tls) => {
+                "TLS with the upstream failed (certificate not trusted or handshake refused)".into()
+            }
+            GatewayError::Upstream(UpstreamFailure::Timeout) => "the upstream did not answer in time".into(),
+            GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
+            GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
+            GatewayError::ShuttingDown => "the gateway is shutting down".into(),
+            GatewayError::Internal => "internal error".into(),
+        }
+    }
+
+    /// The JSON error response of the design contract.
+    pub fn to_response(&self, request_id: &RequestId) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.message(),
+                "request_id": request_id.as_str(),
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            GatewayError::RateLimited { retry_after, .. } => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            GatewayError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allowed) {
+                    h.insert(http::header::ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole table, pinned: a change here is a change of the public contract.
+    #[test]
+    fn status_and_code_table() {
+        let rows: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::NoRoute, 404, "no_route"),
+            (GatewayError::MethodNotAllowed { route: "r".into(), allowed: "POST".into() }, 405, "method_not_allowed"),
+            (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
+            (GatewayError::IdentityNotAllowed, 403, "identity_not_allowed"),
+            (GatewayError::RateLimited { scope: "global", retry_after: 1 }, 429, "rate_limited"),
+            (GatewayError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (GatewayError::BodyTimeout, 408, "body_timeout"),
+            (GatewayError::BadBody, 400, "bad_body"),
+            (GatewayError::InvalidJson { offset: 3, reason: "x" }, 400, "invalid_json"),
+            (GatewayError::UnsupportedEncoding, 415, "unsupported_encoding"),
+            (GatewayError::InvalidPath, 400, "invalid_path"),
+            (GatewayError::DuplicateRequest, 409, "duplicate_request"),
+            (GatewayError::CredentialUnavailable { credential: "c".into(), hint: "h".into() }, 503, "credential_unavailable"),
+            (GatewayError::Upstream(UpstreamFailure::Connect), 502, "upstream_unreachable"),
+            (GatewayError::Upstream(UpstreamFailure::Tls), 502, "upstream_tls"),
+            (GatewayError::Upstream(UpstreamFailure::Timeout), 504, "upstream_timeout"),
+            (GatewayError::Upstream(UpstreamFailure::Reset), 502, "upstream_failed"),
+            (GatewayError::Upstream(UpstreamFailure::Protocol), 502, "upstream_failed"),
+            (GatewayError::ShuttingDown, 503, "shutting_down"),
+            (GatewayError::Internal, 500, "internal_error"),
+        ];
+        for (e, status, code) in rows {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert_eq!(e.code(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn response_is_the_contract_json() {
+        let rid = RequestId::parse_or_new(None);
+        let resp =
+            GatewayError::RateLimited { scope: "route kwikpaisa", retry_after: 2 }.to_response(&rid);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,126 @@
+//! Header hygiene between client, gateway and upstream.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway, nor do the
+//! headers a `Connection` header names. Client-supplied address headers
+//! (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`) are dropped: decisions use the
+//! TCP peer only, and the provider must not see a client's claim. Any header
+//! that a server could read as one of the scheme's headers (any case, `_` for
+//! `-`) is removed before the gateway adds its own, so a client can never
+//! choose the key, timestamp or signature.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
+/// still see (`Keep-Alive`, `Proxy-Connection`) and the proxy auth pair.
+pub static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Address claims a client could use to spoof its origin.
+static SPOOFABLE: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Remove hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Names listed in Connection are removed first, while Connection is there.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Prepare a client's headers for the upstream: hop-by-hop, framing and
+/// address claims removed, and every look-alike of `protected` names removed.
+/// Host is left out: the client builds it from the route's upstream URI.
+pub fn sanitize_request(h: &mut HeaderMap, protected: &[&HeaderName]) {
+    strip_hop_by_hop(h);
+    h.remove(header::HOST);
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
+    h.remove(&X_REQUEST_ID);
+    for n in &SPOOFABLE {
+        h.remove(n);
+    }
+    for p in protected {
+        h.remove(*p);
+    }
+    // Underscore and other spellings that some servers (PHP's $_SERVER, CGI)
+    // fold into the same variable as the real header.
+    let lookalikes: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().contains('_') && protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str())))
+        .cloned()
+        .collect();
+    for n in lookalikes {
+        h.remove(n);
+    }
+}
+
+/// Whether two header names map to the same CGI variable (`-` and `_` fold).
+fn same_cgi_name(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+            fold(x) == fold(y)
+        })
+}
+
+/// Prepare an upstream response's headers for the client.
+pub fn sanitize_response(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn client_cannot_smuggle_scheme_headers() {
+        let sig = HeaderName::from_static("x-signature");
+        let key = HeaderName::from_static("x-api-key");
+        let mut h = HeaderMap::new();
+        h.append("X-Signature", HeaderValue::from_static("forged"));
+        h.append("x-signature", HeaderValue::from_static("forged2"));
+        h.append("X_SIGNATURE", HeaderValue::from_static("forged3"));
+        h.append("x_api_key", HeaderValue::from_static("stolen"));
+        h.append("connection", HeaderValue::from_static("x-keep-me, x-drop-me"));
+        h.append("x-drop-me", HeaderValue::from_static("1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("content-type", HeaderValue::from_static("application/json"));
+        sanitize_request(&mut h, &[&sig, &key]);
+        assert!(h.get(&sig).is_none());
+        assert!(h.get("x_signature").is_none());
+        assert!(h.get("x_api_key").is_none());
+        assert!(h.get("x-drop-me").is_none());
+        assert!(h.get("x-keep-me").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-forwarded-for").is_none());
+        assert_eq!(h["content-type"], "application/json");
+    }
+}

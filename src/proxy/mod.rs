@@ -1,0 +1,239 @@
+//! The request pipeline: one function, [`handle`], calls each stage in order.
+//!
+//! allowlist → path check → route → method → route allowlist → body (bounded)
+//! → canonicalize → credential → sign → header hygiene → upstream (one retry
+//! only if nothing was sent) → response hygiene. Every refusal is a
+//! [`GatewayError`], answered as the contract's JSON error.
+
+mod context;
+mod error;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+pub use context::{ConnInfo, RequestId};
+pub use error::{GatewayError, UpstreamFailure};
+use headers::X_REQUEST_ID;
+
+use crate::app::{Gateway, Snapshot};
+use crate::canonical;
+use crate::router::{path_is_safe, Route};
+use crate::secrets::Credential;
+use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
+
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Serve one request. Never fails: refusals become JSON error responses, and a
+/// panic inside the pipeline becomes a 500 for that request only.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let rid = RequestId::parse_or_new(req.headers().get(&X_REQUEST_ID));
+    let snap = gw.snapshot();
+    let result = AssertUnwindSafe(pipeline(&snap, &conn, &rid, req))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(request_id = rid.as_str(), "panic while handling a request");
+            Err(GatewayError::Internal)
+        });
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(request_id = rid.as_str(), client = %conn.peer, code = e.code(), "refused");
+            e.to_response(&rid).map(Either::Right)
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.header_value());
+    Ok(resp)
+}
+
+async fn pipeline(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    rid: &RequestId,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    // Who may send at all: the TCP peer, before anything else is looked at.
+    if !snap.access.allows(conn.ip()) {
+        return Err(GatewayError::IpNotAllowed);
+    }
+    // Refuse path tricks before routing, so no route sees them.
+    let path = req.uri().path();
+    if !path_is_safe(path) {
+        return Err(GatewayError::InvalidPath);
+    }
+    let route = snap.router.find(path).ok_or(GatewayError::NoRoute)?.clone();
+    if !route.allows_method(req.method()) {
+        return Err(GatewayError::MethodNotAllowed {
+            route: route.name().to_string(),
+            allowed: route.allow_methods.clone(),
+        });
+    }
+    // The route may narrow who may send (e.g. payouts from one subnet only).
+    if let Some(allow) = &route.allow {
+        if !allow.allows(conn.ip()) {
+            return Err(GatewayError::IpNotAllowed);
+        }
+    }
+    if let Some(ids) = &route.config.allow_identities {
+        let ok = conn
+            .identities
+            .as_ref()
+            .is_some_and(|have| have.iter().any(|h| ids.iter().any(|want| want == h)));
+        if !ok {
+            return Err(GatewayError::IdentityNotAllowed);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    // Never sign bytes other than those sent: compressed bodies are refused.
+    if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
+        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(GatewayError::UnsupportedEncoding);
+        }
+    }
+    let raw = read_body(body, &parts.headers, snap).await?;
+    // The canonical bytes are the bytes signed and the bytes sent.
+    let body = prepare_body(&route.scheme, raw)?;
+    let cred = route.credential.get().map_err(|hint| GatewayError::CredentialUnavailable {
+        credential: route.config.credential.clone(),
+        hint,
+    })?;
+
+    let upstream_path = route.upstream_path(parts.uri.path());
+    let uri = route
+        .upstream_uri(&upstream_path, parts.uri.query())
+        .map_err(|_| GatewayError::InvalidPath)?;
+    let mut headers = parts.headers;
+    headers::sanitize_request(&mut headers, &route.scheme.headers());
+    headers.insert(X_REQUEST_ID.clone(), rid.header_value());
+    if route.scheme.body == BodyMode::CanonicalJson {
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+
+    // At most one retry, and only when the connection failed before any byte
+    // was written; the retry is signed afresh (new timestamp).
+    let mut retried = false;
+    let response = loop {
+        let req = signed_request(&route, &cred, &parts.method, &uri, &upstream_path, headers.clone(), body.clone());
+        match snap.upstream.send(req).await {
+            Ok(r) => break r,
+            Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
+                tracing::debug!(request_id = rid.as_str(), route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
+                retried = true;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = rid.as_str(), route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
+                return Err(GatewayError::Upstream(e.failure));
+            }
+        }
+    };
+    let (mut rparts, rbody) = response.into_parts();
+    headers::sanitize_response(&mut rparts.headers);
+    Ok(Response::from_parts(rparts, Either::Left(rbody)))
+}
+
+/// Read the body under `max_body_bytes` and `body_timeout`. A declared
+/// Content-Length over the limit is refused without reading a byte; a
+/// streamed body is cut off as soon as the running total passes the limit.
+async fn read_body(body: Incoming, headers: &HeaderMap, snap: &Snapshot) -> Result<Bytes, GatewayError> {
+    let limit = snap.max_body_bytes;
+    let too_large = GatewayError::BodyTooLarge { limit };
+    if let Some(cl) = headers.get(CONTENT_LENGTH) {
+        let declared: u64 = cl.to_str().ok().and_then(|s| s.parse().ok()).ok_or(GatewayError::BadBody)?;
+        if declared > limit {
+            return Err(too_large);
+        }
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(snap.body_timeout, limited.collect()).await {
+        Err(_) => Err(GatewayError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Ok(Err(_)) => Err(GatewayError::BadBody),
+    }
+}
+
+/// Apply the scheme's body rule: canonical JSON (or the configured empty
+/// body), or the raw bytes as received.
+pub fn prepare_body(scheme: &Scheme, raw: Bytes) -> Result<Bytes, GatewayError> {
+    if raw.is_empty() {
+        return Ok(match scheme.empty_body {
+            EmptyBody::Empty => Bytes::new(),
+            EmptyBody::EmptyObject => Bytes::from_static(b"{}"),
+        });
+    }
+    match scheme.body {
+        BodyMode::Raw => Ok(raw),
+        BodyMode::CanonicalJson => {
+            let mut out = Vec::with_capacity(raw.len());
+            CANONICALIZER
+                .with(|c| c.borrow_mut().encode(&raw, &scheme.canonical, &mut out))
+                .map_err(|e| GatewayError::InvalidJson {
+                    offset: e.offset,
+                    reason: e.reason,
+                })?;
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+thread_local! {
+    /// Per-worker scratch space so canonicalization does not allocate its
+    /// tape on every request.
+    static CANONICALIZER: std::cell::RefCell<canonical::Canonicalizer> =
+        std::cell::RefCell::new(canonical::Canonicalizer::new());
+}
+
+/// Sign last, after every other change to the request.
+fn signed_request(
+    route: &Route,
+    cred: &Credential,
+    method: &Method,
+    uri: &http::Uri,
+    upstream_path: &str,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let scheme = &route.scheme;
+    let ts = scheme.timestamp(SystemTime::now());
+    let sig = scheme.sign(
+        cred.mac(),
+        &MessageInput {
+            api_key: cred.api_key().as_bytes(),
+            timestamp: ts.as_str(),
+            method: method.as_str(),
+            path: upstream_path,
+            query: uri.query().unwrap_or(""),
+            body: &body,
+        },
+    );
+    headers.insert(scheme.api_key_header.clone(), cred.api_key().clone());
+    headers.insert(
+        scheme.timestamp_header.clone(),
+        HeaderValue::from_str(ts.as_str()).unwrap_or(HeaderValue::from_static("0")),
+    );
+    let mut sig_value = HeaderValue::from_bytes(sig.as_bytes()).unwrap_or(HeaderValue::from_static(""));
+    sig_value.set_sensitive(true);
+    headers.insert(scheme.signature_header.clone(), sig_value);
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers;
+    req
+}

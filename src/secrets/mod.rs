@@ -1,0 +1,367 @@
+//! Credentials: where the API key and HMAC secret come from, and the slot each
+//! route reads them from.
+//!
+//! A [`Source`] (env, file; Vault plugs into the same trait) produces
+//! [`Material`]; a background task per credential installs it into a
+//! [`CredentialSlot`] as an immutable [`Credential`] (keyed MAC + API key) that
+//! requests clone an `Arc` of: a new version takes effect for the next request
+//! while in-flight requests keep the one they started with. Secret bytes are
+//! zeroized on drop and never appear in `Debug`, logs, errors or metrics.
+
+mod env;
+mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+pub use env::EnvSource;
+pub use file::FileSource;
+
+use crate::config::{CredentialSpec, SecretSource};
+use crate::sign::{keyed_mac, HmacSha256};
+
+/// Shortest secret accepted from a source (128 bits of key material).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Secret bytes: zeroized when dropped, redacted in `Debug`.
+#[derive(Clone, Default)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SecretBytes(Zeroizing::new(bytes))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for SecretBytes {
+    fn from(s: String) -> Self {
+        SecretBytes::new(s.into_bytes())
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes([redacted])")
+    }
+}
+
+/// What a source hands over: the API key, the secret, and the version.
+#[derive(Debug, Clone)]
+pub struct Material {
+    pub api_key: SecretBytes,
+    pub secret: SecretBytes,
+    /// Version at the source (Vault KV version; a change counter for files).
+    pub version: Option<u64>,
+}
+
+/// Why a credential could not be loaded. Messages name variables, files and
+/// fields, never their contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// Nothing to load yet; `hint` says what to provide.
+    #[error("{hint}")]
+    Missing { hint: String },
+    /// Something was found but is unusable (wrong type, too short…).
+    #[error("{reason}")]
+    Invalid { reason: String },
+    /// The source could not be reached or read.
+    #[error("{reason}")]
+    Unreachable { reason: String },
+}
+
+/// A loaded credential, immutable; requests hold an `Arc` to it.
+pub struct Credential {
+    name: Arc<str>,
+    api_key: HeaderValue,
+    mac: HmacSha256,
+    version: Option<u64>,
+    loaded_at: SystemTime,
+}
+
+impl Credential {
+    /// Validate material and key the MAC once.
+    pub fn from_material(name: &str, m: &Material) -> Result<Credential, LoadError> {
+        if m.api_key.is_empty() {
+            return Err(LoadError::Invalid {
+                reason: format!("credential {name}: the API key is empty"),
+            });
+        }
+        let mut api_key = HeaderValue::from_bytes(m.api_key.expose()).map_err(|_| LoadError::Invalid {
+            reason: format!("credential {name}: the API key contains characters not allowed in an HTTP header"),
+        })?;
+        api_key.set_sensitive(true);
+        if m.secret.len() < MIN_SECRET_LEN {
+            return Err(LoadError::Invalid {
+                reason: format!(
+                    "credential {name}: the secret key is too short ({} bytes; at least {MIN_SECRET_LEN} expected)",
+                    m.secret.len()
+                ),
+            });
+        }
+        Ok(Credential {
+            name: Arc::from(name),
+            api_key,
+            mac: keyed_mac(m.secret.expose()),
+            version: m.version,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn api_key(&self) -> &HeaderValue {
+        &self.api_key
+    }
+
+    /// The MAC keyed with the secret; clone it per signature.
+    pub fn mac(&self) -> &HmacSha256 {
+        &self.mac
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Result of one poll of a source.
+#[derive(Debug)]
+pub enum Poll {
+    /// New material (first load or a new version).
+    Changed(Material),
+    /// Same as last time; nothing to do.
+    Unchanged,
+}
+
+/// Where credentials come from. Env, file and Vault implement it; the runner
+/// (`run_source`) owns the loop, logging and slot updates.
+pub trait Source: Send + 'static {
+    /// Read the source. Must be bounded in time.
+    fn poll(&mut self) -> impl Future<Output = Result<Poll, LoadError>> + Send;
+    /// How long to wait before polling again, given how the last poll went
+    /// and how many consecutive failures there were; `None`: never poll again.
+    fn next_poll(&self, last_ok: bool, failures: u32) -> Option<Duration>;
+}
+
+/// The current state of one credential, shared by all requests.
+pub struct CredentialSlot {
+    name: String,
+    current: ArcSwapOption<Credential>,
+    /// Why the credential is not (or no longer freshly) available.
+    problem: ArcSwap<Option<String>>,
+}
+
+impl CredentialSlot {
+    fn new(name: &str) -> Self {
+        CredentialSlot {
+            name: name.to_string(),
+            current: ArcSwapOption::empty(),
+            problem: ArcSwap::from_pointee(Some(format!("credential {name} has not loaded yet"))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The credential to sign with, or why there is none.
+    pub fn get(&self) -> Result<Arc<Credential>, String> {
+        match self.current.load_full() {
+            Some(c) => Ok(c),
+            None => Err(self
+                .problem
+                .load()
+                .as_ref()
+                .clone()
+                .unwrap_or_else(|| format!("credential {} is not loaded", self.name))),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// The last load problem, if the latest attempt failed.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.load().as_ref().clone()
+    }
+
+    fn install(&self, c: Credential) {
+        self.current.store(Some(Arc::new(c)));
+        self.problem.store(Arc::new(None));
+    }
+
+    fn fail(&self, why: String) {
+        self.problem.store(Arc::new(Some(why)));
+    }
+}
+
+/// All credentials of a configuration.
+#[derive(Clone, Default)]
+pub struct CredentialStore {
+    slots: Arc<BTreeMap<String, Arc<CredentialSlot>>>,
+}
+
+enum AnySource {
+    Env(EnvSource),
+    File(FileSource),
+}
+
+impl CredentialStore {
+    /// Build the slots, load every credential once (bounded), and start the
+    /// background refreshers under `cancel`.
+    pub async fn start(specs: &BTreeMap<String, CredentialSpec>, cancel: &CancellationToken) -> CredentialStore {
+        let mut slots = BTreeMap::new();
+        for (name, spec) in specs {
+            let slot = Arc::new(CredentialSlot::new(name));
+            let source = match &spec.source {
+                SecretSource::Env { api_key_env, secret_env } => {
+                    AnySource::Env(EnvSource::new(api_key_env, secret_env))
+                }
+                SecretSource::File {
+                    path,
+                    api_key_field,
+                    secret_field,
+                    poll,
+                } => AnySource::File(FileSource::new(path, api_key_field, secret_field, *poll)),
+                SecretSource::Vault(_) => {
+                    slot.fail(format!(
+                        "credential {name}: the vault source is not available in this build; use source = \"env\" or \"file\""
+                    ));
+                    slots.insert(name.clone(), slot);
+                    continue;
+                }
+            };
+            match source {
+                AnySource::Env(s) => start_source(slot.clone(), s, cancel.clone()).await,
+                AnySource::File(s) => start_source(slot.clone(), s, cancel.clone()).await,
+            }
+            slots.insert(name.clone(), slot);
+        }
+        CredentialStore { slots: Arc::new(slots) }
+    }
+
+    pub fn slot(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
+        self.slots.get(name)
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
+        self.slots.values()
+    }
+}
+
+/// First poll now (so a gateway with its secrets present is ready at once),
+/// then keep polling in the background as the source schedules.
+async fn start_source<S: Source>(slot: Arc<CredentialSlot>, mut source: S, cancel: CancellationToken) {
+    let mut state = RunState::default();
+    let ok = poll_once(&slot, &mut source, &mut state).await;
+    let Some(first_wait) = source.next_poll(ok, state.failures) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut wait = first_wait;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let ok = poll_once(&slot, &mut source, &mut state).await;
+            match source.next_poll(ok, state.failures) {
+                Some(w) => wait = w,
+                None => return,
+            }
+        }
+    });
+}
+
+#[derive(Default)]
+struct RunState {
+    failures: u32,
+    /// Logged once per state change, not once per retry.
+    last_logged_error: Option<String>,
+}
+
+async fn poll_once<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut RunState) -> bool {
+    match source.poll().await {
+        Ok(Poll::Changed(material)) => match Credential::from_material(&slot.name, &material) {
+            Ok(c) => {
+                tracing::info!(credential = %slot.name, version = ?c.version(), "credential loaded");
+                slot.install(c);
+                state.failures = 0;
+                state.last_logged_error = None;
+                true
+            }
+            Err(e) => {
+                record_failure(slot, state, e);
+                false
+            }
+        },
+        Ok(Poll::Unchanged) => {
+            if state.failures > 0 {
+                tracing::info!(credential = %slot.name, "credential source healthy again");
+            }
+            state.failures = 0;
+            state.last_logged_error = None;
+            if slot.is_loaded() {
+                slot.problem.store(Arc::new(None));
+            }
+            true
+        }
+        Err(e) => {
+            record_failure(slot, state, e);
+            false
+        }
+    }
+}
+
+fn record_failure(slot: &CredentialSlot, state: &mut RunState, e: LoadError) {
+    state.failures = state.failures.saturating_add(1);
+    let msg = e.to_string();
+    if state.last_logged_error.as_deref() != Some(msg.as_str()) {
+        if slot.is_loaded() {
+            tracing::warn!(credential = %slot.name, error = %msg, "credential refresh failed; still signing with the last good version");
+        } else {
+            tracing::warn!(credential = %slot.name, error = %msg, "credential unavailable");
+        }
+        state.last_logged_error = Some(msg.clone());
+    }
+    slot.fail(msg);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! rustls configurations, built once from configuration: the upstream client
+//! (webpki roots + `egress.ca_file`, optional client certificate) and the
+//! inbound server (optional mTLS against `listener.client_ca`). TLS 1.2 and
+//! 1.3 only, ring as the crypto provider, ALPN h2 then http/1.1. Bad files are
+//! errors naming the file, never panics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::{EgressConfig, ServerTlsConfig};
+
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificates: {detail}")]
+    Certs { path: PathBuf, detail: String },
+    #[error("{path}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
+    NoCerts { path: PathBuf },
+    #[error("{path}: cannot read a private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {detail}")]
+    Key { path: PathBuf, detail: String },
+    #[error("{what}: {detail}")]
+    Config { what: &'static str, detail: String },
+}
+
+/// The process-wide crypto provider (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Certs {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certs {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCerts { path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), TlsError> {
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Certs {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Client config for upstreams: verified TLS 1.2+, webpki roots plus the CA file.
+pub fn client_config(egress: &EgressConfig) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &egress.ca_file {
+        roots_from(ca, &mut roots)?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config {
+            what: "upstream TLS",
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let mut cfg = match &egress.client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| TlsError::Config {
+                what: "egress.client_cert",
+                detail: e.to_string(),
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Server config for the listener; with `client_ca`, clients without a
+/// certificate chained to it are refused in the handshake.
+pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config {
+            what: "listener TLS",
+            detail: e.to_string(),
+        })?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots_from(ca, &mut roots)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Config {
+                    what: "listener.client_ca",
+                    detail: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
+        .map_err(|e| TlsError::Config {
+            what: "listener.tls_cert/tls_key",
+            detail: e.to_string(),
+        })?;
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,280 @@
+//! The upstream client: one pooled hyper-util client for every route, over
+//! rustls (TLS 1.2+, webpki roots plus `egress.ca_file`, ALPN h2/http1.1,
+//! session resumption), every connection bound to `egress.source_addr`.
+//!
+//! The connector is ours (not hyper-rustls) so that TCP connect *and* the TLS
+//! handshake share one `connect_timeout`, and failures come back typed
+//! (connect / TLS / timeout) for the error table, the metrics and the
+//! "retry only if nothing was written" rule. Redirects are never followed.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::EgressConfig;
+use crate::proxy::UpstreamFailure;
+use crate::tls;
+
+/// How long an idle pooled connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a connection could not be established (nothing was written yet).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("upstream scheme {0} is not allowed")]
+    Scheme(String),
+}
+
+/// A TCP or TLS connection to an upstream.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamStream::Plain(s) => s.connected(),
+            UpstreamStream::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                let c = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// TCP (bound to the egress address) then TLS, under one deadline.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: TlsConnector,
+    timeout: Duration,
+    allow_plain_http: bool,
+}
+
+impl Connector {
+    pub fn new(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_local_address(egress.source_addr);
+        http.set_connect_timeout(Some(egress.connect_timeout));
+        Connector {
+            http,
+            tls: TlsConnector::from(tls_config),
+            timeout: egress.connect_timeout,
+            allow_plain_http: egress.allow_plain_http,
+        }
+    }
+
+    async fn connect(mut self, uri: Uri) -> Result<TokioIo<UpstreamStream>, ConnectError> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") if self.allow_plain_http => false,
+            other => return Err(ConnectError::Scheme(other.unwrap_or("none").to_string())),
+        };
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(|e| ConnectError::Connect(e.to_string()))?
+            .into_inner();
+        if !https {
+            return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+        }
+        let name = ServerName::try_from(host).map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let tls = tokio::time::timeout_at(deadline, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(ConnectError::Tls)?;
+        Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+/// The shared, pooled upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Full<Bytes>>,
+    request_timeout: Duration,
+    source_addr: Option<IpAddr>,
+}
+
+/// Outcome of one attempt, typed for the retry rule.
+#[derive(Debug)]
+pub struct AttemptError {
+    pub failure: UpstreamFailure,
+    /// True when no byte of the request can have been written (safe to retry).
+    pub nothing_sent: bool,
+    pub detail: String,
+}
+
+impl Upstream {
+    pub fn new(egress: &EgressConfig) -> Result<Upstream, tls::TlsError> {
+        let tls_config = tls::client_config(egress)?;
+        let connector = Connector::new(egress, tls_config);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(egress.pool_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // We decide about retries ourselves (at most one, connect failures only).
+            .retry_canceled_requests(false)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            request_timeout: egress.request_timeout,
+            source_addr: egress.source_addr,
+        })
+    }
+
+    pub fn source_addr(&self) -> Option<IpAddr> {
+        self.source_addr
+    }
+
+    /// Send one request and wait for the response head, under `request_timeout`.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(AttemptError {
+                failure: UpstreamFailure::Timeout,
+                nothing_sent: false,
+                detail: format!("no response within {} ms", self.request_timeout.as_millis()),
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(ce) = s.downcast_ref::<ConnectError>() {
+            let failure = match ce {
+                ConnectError::Connect(_) | ConnectError::Scheme(_) => UpstreamFailure::Connect,
+                ConnectError::Tls(_) => UpstreamFailure::Tls,
+                ConnectError::Timeout => UpstreamFailure::Timeout,
+            };
+            return AttemptError {
+                failure,
+                nothing_sent: true,
+                detail: ce.to_string(),
+            };
+        }
+        if let Some(he) = s.downcast_ref::<hyper::Error>() {
+            let failure = if he.is_incomplete_message() || he.is_canceled() || he.is_closed() {
+                UpstreamFailure::Reset
+            } else if he.is_timeout() {
+                UpstreamFailure::Timeout
+            } else if he.is_parse() || he.is_user() {
+                UpstreamFailure::Protocol
+            } else {
+                UpstreamFailure::Reset
+            };
+            return AttemptError {
+                failure,
+                nothing_sent: false,
+                detail: he.to_string(),
+            };
+        }
+        source = s.source();
+    }
+    AttemptError {
+        failure: if e.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Reset },
+        nothing_sent: e.is_connect(),
+        detail: e.to_string(),
+    }
+}
