@@ -112,7 +112,9 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
     let cancel = CancellationToken::new();
     let upstream = Upstream::new(&config.egress).context("building the upstream TLS client")?;
     let acceptor = match &config.listener.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(t).context("building the listener TLS config")?)),
+        Some(t) => Some(TlsAcceptor::from(
+            tls::server_config(t).context("building the listener TLS config")?,
+        )),
         None => None,
     };
     let listener = TcpListener::bind(config.listener.addr)

@@ -65,7 +65,11 @@ pub async fn check(path: &Path, credentials: bool) -> ExitCode {
     let mut failed = false;
     for slot in store.slots() {
         match slot.get() {
-            Ok(c) => println!("credential {}: loaded (version {})", slot.name(), c.version().map_or("-".into(), |v| v.to_string())),
+            Ok(c) => println!(
+                "credential {}: loaded (version {})",
+                slot.name(),
+                c.version().map_or("-".into(), |v| v.to_string())
+            ),
             Err(why) => {
                 failed = true;
                 println!("credential {}: NOT loaded: {why}", slot.name());
@@ -129,9 +133,12 @@ fn sign_inner(args: &SignArgs, config: Option<&Path>) -> Result<(), String> {
     if let Some(e) = args.escape_unicode {
         scheme.canonical.escape_unicode = e;
     }
-    let secret = std::env::var(&args.secret_env)
-        .map(SecretBytes::from)
-        .map_err(|_| format!("set {} to the secret key (or name another variable with --secret-env)", args.secret_env))?;
+    let secret = std::env::var(&args.secret_env).map(SecretBytes::from).map_err(|_| {
+        format!(
+            "set {} to the secret key (or name another variable with --secret-env)",
+            args.secret_env
+        )
+    })?;
     if secret.len() < crate::secrets::MIN_SECRET_LEN {
         eprintln!(
             "note: the secret is shorter than {} bytes; the gateway would refuse to load it",
@@ -140,7 +147,10 @@ fn sign_inner(args: &SignArgs, config: Option<&Path>) -> Result<(), String> {
     }
     let api_key = std::env::var(&args.api_key_env).unwrap_or_default();
     if scheme.message.contains(&sign::Part::ApiKey) && api_key.is_empty() {
-        return Err(format!("scheme {} signs the API key: set {}", scheme.name, args.api_key_env));
+        return Err(format!(
+            "scheme {} signs the API key: set {}",
+            scheme.name, args.api_key_env
+        ));
     }
     let mut raw = Vec::new();
     std::io::stdin()
@@ -205,7 +215,10 @@ fn resolve_scheme(name: &str, config: Option<&Path>) -> Result<Scheme, String> {
             .cloned()
             .ok_or_else(|| format!("no scheme {name:?} in {} (built-in: kwikpaisa)", path.display())),
         Err(errors) if name == sign::KWIKPAISA && !explicit => {
-            eprintln!("note: {} does not validate; using the built-in kwikpaisa defaults\n{errors}", path.display());
+            eprintln!(
+                "note: {} does not validate; using the built-in kwikpaisa defaults\n{errors}",
+                path.display()
+            );
             Ok(Scheme::kwikpaisa())
         }
         Err(errors) => Err(format!("{}: {errors}", path.display())),

@@ -114,7 +114,10 @@ async fn run_inner() -> anyhow::Result<bool> {
     let ca_path = dir.join("provider-ca.pem");
     std::fs::write(&ca_path, ca.cert_pem())?;
     let cred_path = dir.join("kwikpaisa.json");
-    write_private(&cred_path, &serde_json::json!({"api_key": api_key, "secret_key": secret}).to_string())?;
+    write_private(
+        &cred_path,
+        &serde_json::json!({"api_key": api_key, "secret_key": secret}).to_string(),
+    )?;
 
     let config = Config::from_toml_str(&format!(
         r#"
@@ -147,7 +150,10 @@ methods = ["POST"]
     let base = format!("http://{}", gateway.addr());
     println!("signgate demo");
     println!("  gateway           {base}  (plain HTTP on loopback, as a sidecar)");
-    println!("  provider stand-in https://localhost:{}  (TLS with a throw-away CA; recomputes every HMAC)", standin.addr().port());
+    println!(
+        "  provider stand-in https://localhost:{}  (TLS with a throw-away CA; recomputes every HMAC)",
+        standin.addr().port()
+    );
     println!("  API key           {api_key}   secret: generated, never printed");
     println!();
 
@@ -162,7 +168,9 @@ methods = ["POST"]
             req = req.header(k, v);
             println!("    app header:     {k}: {v}");
         }
-        let resp = client.request(req.body(Full::new(Bytes::from_static(case.body.as_bytes())))?).await?;
+        let resp = client
+            .request(req.body(Full::new(Bytes::from_static(case.body.as_bytes())))?)
+            .await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         match case.refused {
@@ -171,15 +179,31 @@ methods = ["POST"]
                 let ok = status.as_u16() == expected && seen.is_none();
                 all_ok &= ok;
                 println!("    gateway answer: {status} {}", String::from_utf8_lossy(&body));
-                println!("    provider saw:   nothing   => {}", if ok { "OK (refused before signing)" } else { "UNEXPECTED" });
+                println!(
+                    "    provider saw:   nothing   => {}",
+                    if ok {
+                        "OK (refused before signing)"
+                    } else {
+                        "UNEXPECTED"
+                    }
+                );
             }
             None => {
                 let Some(rec) = standin.next(Duration::from_secs(5)).await else {
                     all_ok = false;
-                    println!("    provider saw:   nothing (gateway answered {status}: {})  => FAILED", String::from_utf8_lossy(&body));
+                    println!(
+                        "    provider saw:   nothing (gateway answered {status}: {})  => FAILED",
+                        String::from_utf8_lossy(&body)
+                    );
                     continue;
                 };
-                let h = |n: &str| rec.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                let h = |n: &str| {
+                    rec.headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 println!("    upstream path:  {}", rec.path_and_query);
                 println!("    signed payload: {}", String::from_utf8_lossy(&rec.body));
                 println!("    X-TIMESTAMP:    {}", h("x-timestamp"));

@@ -111,7 +111,8 @@ pub async fn serve(
             match tls {
                 None => serve_conn(&builder, TokioIo::new(stream), conn, gw, watcher).await,
                 Some(acceptor) => {
-                    let Some((tls_stream, conn)) = handshake(acceptor, stream, conn, settings.header_timeout).await else {
+                    let Some((tls_stream, conn)) = handshake(acceptor, stream, conn, settings.header_timeout).await
+                    else {
                         return;
                     };
                     serve_conn(&builder, TokioIo::new(tls_stream), conn, gw, watcher).await

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "signgate", version, about = "Signing egress gateway for payment-provider APIs")]
+#[command(
+    name = "signgate",
+    version,
+    about = "Signing egress gateway for payment-provider APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,7 +48,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -63,7 +63,9 @@ impl DevCa {
     /// A server certificate for DNS names and IP addresses.
     pub fn server(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("server"));
         for n in names {
             params.subject_alt_names.push(match n.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -78,7 +80,9 @@ impl DevCa {
     /// A client certificate whose identities are SAN URIs (`spiffe://…`) or DNS names.
     pub fn client(&self, identities: &[&str]) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, identities.first().copied().unwrap_or("client"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, identities.first().copied().unwrap_or("client"));
         for id in identities {
             params.subject_alt_names.push(if id.contains("://") {
                 SanType::URI((*id).try_into()?)

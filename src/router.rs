@@ -91,7 +91,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(mut routes: Vec<Arc<Route>>) -> Router {
-        routes.sort_by(|a, b| b.config.match_prefix.len().cmp(&a.config.match_prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.match_prefix.len()));
         Router { routes }
     }
 
@@ -116,7 +116,11 @@ pub fn path_is_safe(path: &str) -> bool {
     }
     let b = path.as_bytes();
     !b.windows(3).any(|w| {
-        w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0'))
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
+            )
     })
 }
 

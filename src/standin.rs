@@ -114,12 +114,11 @@ impl Standin {
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let served = async {
                         match acceptor {
-                            Some(a) => match a.accept(stream).await {
-                                Ok(tls) => {
+                            Some(a) => {
+                                if let Ok(tls) = a.accept(stream).await {
                                     let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
                                 }
-                                Err(_) => {}
-                            },
+                            }
                             None => {
                                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                             }
@@ -179,7 +178,10 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Verdict {
     if key != shared.api_key {
         return Verdict::WrongApiKey;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     match ts.parse::<u64>() {
         Ok(t) if now.abs_diff(t) <= shared.tolerance.as_secs() => {}
         _ => return Verdict::StaleTimestamp,
@@ -230,11 +232,15 @@ async fn respond(
     }
     let (status, body) = if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, format!(r#"{{"status":false,"code":{code},"message":"stand-in status {code}"}}"#))
+        (
+            status,
+            format!(r#"{{"status":false,"code":{code},"message":"stand-in status {code}"}}"#),
+        )
     } else if verdict == Verdict::Valid {
         (
             StatusCode::OK,
-            r#"{"status":"success","code":"200","message":"signature verified by the stand-in","return_data":{}}"#.to_string(),
+            r#"{"status":"success","code":"200","message":"signature verified by the stand-in","return_data":{}}"#
+                .to_string(),
         )
     } else {
         (
@@ -247,7 +253,8 @@ async fn respond(
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
     }
     Ok(resp)
 }

@@ -47,7 +47,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
             detail: e.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCerts { path: path.to_path_buf() });
+        return Err(TlsError::NoCerts {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }

@@ -151,7 +151,12 @@ impl Connector {
             Some("http") if self.allow_plain_http => false,
             other => return Err(ConnectError::Scheme(other.unwrap_or("none").to_string())),
         };
-        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
@@ -161,7 +166,8 @@ impl Connector {
         if !https {
             return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
         }
-        let name = ServerName::try_from(host).map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let name = ServerName::try_from(host)
+            .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let tls = tokio::time::timeout_at(deadline, self.tls.connect(name, tcp))
             .await
             .map_err(|_| ConnectError::Timeout)?
@@ -273,7 +279,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
         source = s.source();
     }
     AttemptError {
-        failure: if e.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Reset },
+        failure: if e.is_connect() {
+            UpstreamFailure::Connect
+        } else {
+            UpstreamFailure::Reset
+        },
         nothing_sent: e.is_connect(),
         detail: e.to_string(),
     }

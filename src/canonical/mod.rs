@@ -203,29 +203,13 @@ impl Canonicalizer {
                             i = end + 1;
                             state = State::After;
                         }
-                        b'-' | b'0'..=b'9' => {
-                            let end = scan_number(input, i)?;
-                            tape.push(node(KIND_RAW, 0, i as u32, end as u32, idx + 1));
-                            i = end;
-                            state = State::After;
-                        }
-                        b't' | b'f' | b'n' => {
-                            let lit: &[u8] = match c {
-                                b't' => b"true",
-                                b'f' => b"false",
-                                _ => b"null",
+                        b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                            let end = match c {
+                                b't' => scan_literal(input, i, b"true")?,
+                                b'f' => scan_literal(input, i, b"false")?,
+                                b'n' => scan_literal(input, i, b"null")?,
+                                _ => scan_number(input, i)?,
                             };
-                            let rest = &input[i..];
-                            if !rest.starts_with(lit) {
-                                let reason = if lit.starts_with(rest) {
-                                    EOF
-                                } else {
-                                    "invalid literal"
-                                };
-                                let at = if reason == EOF { input.len() } else { i };
-                                return fail(at, reason);
-                            }
-                            let end = i + lit.len();
                             tape.push(node(KIND_RAW, 0, i as u32, end as u32, idx + 1));
                             i = end;
                             state = State::After;
@@ -243,27 +227,21 @@ impl Canonicalizer {
                     let (end, flags) = scan_string(input, i)?;
                     let idx = tape.len() as u32;
                     tape.push(node(KIND_STR, flags, i as u32 + 1, end as u32, idx + 1));
-                    let raw = &input[i + 1..end];
-                    let member = if flags & F_ESCAPE == 0 {
-                        Member {
-                            prefix: key_prefix(raw),
-                            key_node: idx,
-                            start: i as u32 + 1,
-                            end: end as u32,
-                            decoded: false,
-                        }
+                    let decoded = flags & F_ESCAPE != 0;
+                    let (start, key) = if decoded {
+                        let start = keybuf.len();
+                        unescape_into(&input[i + 1..end], keybuf);
+                        (start, &keybuf[start..])
                     } else {
-                        let start = keybuf.len() as u32;
-                        unescape_into(raw, keybuf);
-                        Member {
-                            prefix: key_prefix(&keybuf[start as usize..]),
-                            key_node: idx,
-                            start,
-                            end: keybuf.len() as u32,
-                            decoded: true,
-                        }
+                        (i + 1, &input[i + 1..end])
                     };
-                    pending.push(member);
+                    pending.push(Member {
+                        prefix: key_prefix(key),
+                        key_node: idx,
+                        start: start as u32,
+                        end: (start + key.len()) as u32,
+                        decoded,
+                    });
                     i = skip_ws(input, end + 1);
                     match input.get(i) {
                         Some(b':') => i += 1,
@@ -304,10 +282,7 @@ impl Canonicalizer {
     /// Writes the tape in canonical order; cannot fail once `parse` succeeded.
     fn emit(&mut self, input: &[u8], escape_unicode: bool, out: &mut Vec<u8>) {
         let Self {
-            tape,
-            order,
-            frames,
-            ..
+            tape, order, frames, ..
         } = self;
         frames.clear();
         out.reserve(input.len());
@@ -319,11 +294,7 @@ impl Canonicalizer {
                 KIND_STR => write_string(input, n, escape_unicode, out),
                 kind => {
                     let is_obj = kind == KIND_OBJ;
-                    let (pos, end) = if is_obj {
-                        (n.a, n.b)
-                    } else {
-                        (idx as u32 + 1, n.next)
-                    };
+                    let (pos, end) = if is_obj { (n.a, n.b) } else { (idx as u32 + 1, n.next) };
                     out.push(if is_obj { b'{' } else { b'[' });
                     frames.push(Frame {
                         is_obj,
@@ -542,12 +513,20 @@ fn utf8_len(input: &[u8], i: usize) -> Result<usize, Error> {
         0xF4 => (4, 0x80, 0x8F),
         _ => return fail(i, "invalid UTF-8 in string"),
     };
-    let in_range =
-        |k: usize, lo: u8, hi: u8| input.get(i + k).is_some_and(|b| (lo..=hi).contains(b));
+    let in_range = |k: usize, lo: u8, hi: u8| input.get(i + k).is_some_and(|b| (lo..=hi).contains(b));
     if in_range(1, lo, hi) && (2..len).all(|k| in_range(k, 0x80, 0xBF)) {
         Ok(len)
     } else {
         fail(i, "invalid UTF-8 in string")
+    }
+}
+
+/// Matches `true`/`false`/`null` at `i`; returns the index after it.
+fn scan_literal(input: &[u8], i: usize, lit: &[u8]) -> Result<usize, Error> {
+    match input.get(i..i + lit.len()) {
+        Some(s) if s == lit => Ok(i + lit.len()),
+        _ if lit.starts_with(&input[i..]) => fail(input.len(), EOF),
+        _ => fail(i, "invalid literal"),
     }
 }
 
@@ -611,10 +590,7 @@ fn decode_escape(raw: &[u8], i: usize) -> (u32, usize) {
             let cp = hex(i + 2);
             if (0xD800..0xDC00).contains(&cp) {
                 let lo = hex(i + 8);
-                (
-                    0x10000 + ((cp - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF),
-                    12,
-                )
+                (0x10000 + ((cp - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF), 12)
             } else {
                 (cp, 6)
             }
@@ -696,27 +672,24 @@ fn write_string(input: &[u8], n: Node, escape_unicode: bool, out: &mut Vec<u8>) 
     }
     let raw = &input[n.a as usize..n.b as usize];
     out.push(b'"');
-    {
-        let mut run = 0;
-        let mut i = 0;
-        while i < raw.len() {
-            let c = raw[i];
-            if c != b'\\' && (c < 0x80 || !escape_unicode) {
-                i += 1;
-                continue;
-            }
-            out.extend_from_slice(&raw[run..i]);
-            let (cp, len) = if c == b'\\' {
-                decode_escape(raw, i)
-            } else {
-                decode_utf8(raw, i)
-            };
-            write_char(cp, escape_unicode, out);
-            i += len;
-            run = i;
+    let (mut run, mut i) = (0, 0);
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' && (c < 0x80 || !escape_unicode) {
+            i += 1;
+            continue;
         }
-        out.extend_from_slice(&raw[run..]);
+        out.extend_from_slice(&raw[run..i]);
+        let (cp, len) = if c == b'\\' {
+            decode_escape(raw, i)
+        } else {
+            decode_utf8(raw, i)
+        };
+        write_char(cp, escape_unicode, out);
+        i += len;
+        run = i;
     }
+    out.extend_from_slice(&raw[run..]);
     out.push(b'"');
 }
 

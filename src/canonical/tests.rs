@@ -6,7 +6,7 @@ use sha2::Sha256;
 /// Location of the provider test vectors, relative to this file (change when moving the module).
 macro_rules! vectors_path {
     () => {
-        "../../testdata/kwikpaisa-vectors.json"
+        "../../tests/data/kwikpaisa-vectors.json"
     };
 }
 const VECTORS_JSON: &str = include_str!(vectors_path!());
@@ -211,23 +211,14 @@ fn depth_limits() {
         max_depth: usize::MAX,
         ..RAW
     };
-    assert_eq!(
-        canonicalize(deep.as_bytes(), &unlimited).unwrap(),
-        deep.as_bytes()
-    );
+    assert_eq!(canonicalize(deep.as_bytes(), &unlimited).unwrap(), deep.as_bytes());
     let objs = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
-    assert_eq!(
-        canonicalize(objs.as_bytes(), &unlimited).unwrap(),
-        objs.as_bytes()
-    );
+    assert_eq!(canonicalize(objs.as_bytes(), &unlimited).unwrap(), objs.as_bytes());
     let at = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
     assert!(canonicalize(at(128).as_bytes(), &PHP).is_ok());
     let err = canonicalize(at(129).as_bytes(), &PHP).unwrap_err();
     assert_eq!((err.offset, err.reason), (128, "nesting too deep"));
-    let zero = Options {
-        max_depth: 0,
-        ..PHP
-    };
+    let zero = Options { max_depth: 0, ..PHP };
     assert_eq!(canonicalize(b"1", &zero).unwrap(), b"1");
     assert_eq!(canonicalize(b" {}", &zero).unwrap_err().offset, 1);
 }
@@ -261,33 +252,17 @@ fn escaping_table() {
         (r#""\ud83d\ude00""#, "\"😀\"", r#""\ud83d\ude00""#),
         (r#""\uD83D\uDE00x""#, "\"😀x\"", r#""\ud83d\ude00x""#),
         ("\"\u{10ffff}\"", "\"\u{10ffff}\"", r#""\udbff\udfff""#),
-        (
-            "\"\u{ffff}\u{2028}\"",
-            "\"\u{ffff}\u{2028}\"",
-            r#""\uffff\u2028""#,
-        ),
+        ("\"\u{ffff}\u{2028}\"", "\"\u{ffff}\u{2028}\"", r#""\uffff\u2028""#),
         (" \"plain ascii\" ", r#""plain ascii""#, r#""plain ascii""#),
         (
             "[1E5, -0, 105.0, 0.1e-7, 1e+2, -12.50E-003]",
             "[1E5,-0,105.0,0.1e-7,1e+2,-12.50E-003]",
             "[1E5,-0,105.0,0.1e-7,1e+2,-12.50E-003]",
         ),
-        (
-            " [ true , false , null ] ",
-            "[true,false,null]",
-            "[true,false,null]",
-        ),
+        (" [ true , false , null ] ", "[true,false,null]", "[true,false,null]"),
         (" 12 ", "12", "12"),
-        (
-            r#"{"b":1,"\u0061":2}"#,
-            r#"{"a":2,"b":1}"#,
-            r#"{"a":2,"b":1}"#,
-        ),
-        (
-            "{\"é\":1,\"z\":2}",
-            "{\"z\":2,\"é\":1}",
-            r#"{"z":2,"\u00e9":1}"#,
-        ),
+        (r#"{"b":1,"\u0061":2}"#, r#"{"a":2,"b":1}"#, r#"{"a":2,"b":1}"#),
+        ("{\"é\":1,\"z\":2}", "{\"z\":2,\"é\":1}", r#"{"z":2,"\u00e9":1}"#),
         (
             r#"{"\ud83d\ude00":2,"\uffff":1}"#,
             "{\"\u{ffff}\":1,\"😀\":2}",
@@ -373,10 +348,7 @@ fn arb_string() -> impl Strategy<Value = String> {
 }
 
 fn arb_json() -> impl Strategy<Value = J> {
-    let num = proptest::string::string_regex(
-        "-?(0|[1-9][0-9]{0,12})(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,2})?",
-    )
-    .unwrap();
+    let num = proptest::string::string_regex("-?(0|[1-9][0-9]{0,12})(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,2})?").unwrap();
     let leaf = prop_oneof![
         Just(J::Null),
         any::<bool>().prop_map(J::Bool),
@@ -636,10 +608,7 @@ proptest! {
 #[ignore]
 fn timing() {
     use std::time::Instant;
-    let small: String = NESTED_INPUT
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let small: String = NESTED_INPUT.split_whitespace().collect::<Vec<_>>().join(" ");
     let small = small.replace(", ", ",").replace(": ", ":");
     let mut big = String::from("[");
     let mut k = 0;
@@ -679,8 +648,7 @@ fn timing() {
         }
         let t = Instant::now();
         for _ in 0..iters {
-            let v: serde_json::Value =
-                serde_json::from_slice(std::hint::black_box(body.as_bytes())).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(std::hint::black_box(body.as_bytes())).unwrap();
             std::hint::black_box(v);
         }
         let ns = t.elapsed().as_nanos() as f64 / f64::from(iters);

@@ -34,15 +34,12 @@ fn environment(vars: Option<Map<String, String>>) -> Environment {
 }
 
 /// Read `path` plus the process environment's `SIGNGATE__*` overrides.
-pub fn read_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
+pub fn read_file(path: &Path) -> Result<Loaded, ConfigErrors> {
     read_file_with_env(path, None)
 }
 
 /// Like [`read_file`] but with an explicit environment (tests).
-pub fn read_file_with_env(
-    path: &Path,
-    vars: Option<Map<String, String>>,
-) -> Result<RawConfig, ConfigErrors> {
+pub fn read_file_with_env(path: &Path, vars: Option<Map<String, String>>) -> Result<Loaded, ConfigErrors> {
     if !path.is_file() {
         return Err(ConfigErrors(vec![ConfigError::Unreadable {
             source_name: path.display().to_string(),
@@ -56,7 +53,7 @@ pub fn read_file_with_env(
 }
 
 /// Parse a TOML string, without environment overrides (tests, `demo`).
-pub fn read_str(toml: &str) -> Result<RawConfig, ConfigErrors> {
+pub fn read_str(toml: &str) -> Result<Loaded, ConfigErrors> {
     let builder = config::Config::builder().add_source(File::from_str(toml, FileFormat::Toml));
     from_builder(builder, "<inline config>")
 }
@@ -64,7 +61,7 @@ pub fn read_str(toml: &str) -> Result<RawConfig, ConfigErrors> {
 fn from_builder(
     builder: config::ConfigBuilder<config::builder::DefaultState>,
     source_name: &str,
-) -> Result<RawConfig, ConfigErrors> {
+) -> Result<Loaded, ConfigErrors> {
     let unreadable = |e: config::ConfigError| {
         ConfigErrors(vec![ConfigError::Unreadable {
             source_name: source_name.to_string(),
@@ -97,36 +94,82 @@ fn from_builder(
             }
         };
     }
-    if errors.is_empty() {
-        Ok(raw)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Ok((raw, errors))
 }
 
-/// Deserialize one table, recording every unknown key and the first type error
-/// (with its full path) instead of stopping the whole load.
-fn section<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}.{path}"));
-    let de = serde_ignored::Deserializer::new(value, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
-    errors.extend(unknown.into_iter().map(|key| ConfigError::UnknownKey { key }));
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let key = if path == "." || path.is_empty() {
-                prefix.to_string()
-            } else {
-                format!("{prefix}.{path}")
-            };
-            errors.push(ConfigError::WrongType {
-                key,
-                detail: e.into_inner().to_string(),
-            });
-            None
+/// What was read, plus the unknown keys and type errors found while reading.
+pub type Loaded = (RawConfig, Vec<ConfigError>);
+
+/// Most type errors reported for one section before giving up on it.
+const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
+
+/// Deserialize one table, recording every unknown key and every type error
+/// (each with its full path) instead of stopping at the first: a key with the
+/// wrong type is reported, removed, and the section is deserialized again.
+fn section<T: DeserializeOwned>(prefix: &str, mut value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+    let join = |path: &str| {
+        if path == "." || path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{path}")
         }
+    };
+    for _ in 0..MAX_TYPE_ERRORS_PER_SECTION {
+        let mut unknown = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}.{path}"));
+        let de = serde_ignored::Deserializer::new(value.clone(), &mut record);
+        let result: Result<T, _> = serde_path_to_error::deserialize(de);
+        match result {
+            Ok(v) => {
+                errors.extend(unknown.into_iter().map(|key| ConfigError::UnknownKey { key }));
+                return Some(v);
+            }
+            Err(e) => {
+                let key = join(&e.path().to_string());
+                let removed = remove_path(&mut value, e.path());
+                errors.push(ConfigError::WrongType {
+                    key,
+                    detail: e.into_inner().to_string(),
+                });
+                if !removed {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Remove the value at `path` so the rest of the section can still be checked.
+fn remove_path(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use config::ValueKind;
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        cur = match (seg, &mut cur.kind) {
+            (Segment::Map { key }, ValueKind::Table(t)) => match t.get_mut(key.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, ValueKind::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, &mut cur.kind) {
+        (Segment::Map { key }, ValueKind::Table(t)) => t.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, ValueKind::Array(a)) if *index < a.len() => {
+            // Drop the whole list: a partial list (e.g. of CIDRs) must never validate.
+            a.clear();
+            true
+        }
+        _ => false,
     }
 }
 
@@ -156,11 +199,7 @@ fn named_tables<T: DeserializeOwned>(
 }
 
 /// `[[route]]` / `[[webhook]]`: an array of tables, each checked on its own.
-fn array_of_tables<T: DeserializeOwned>(
-    prefix: &str,
-    value: Value,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Vec<T>> {
+fn array_of_tables<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<Vec<T>> {
     let items = match value.into_array() {
         Ok(a) => a,
         Err(e) => {

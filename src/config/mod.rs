@@ -17,8 +17,7 @@ pub use validate::*;
 impl Config {
     /// Load `path` with the process environment's overrides and validate it.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let raw = load::read_file(path)?;
-        validate::validate(raw, path.parent())
+        finish(load::read_file(path)?, path.parent())
     }
 
     /// Load `path` with an explicit set of environment variables (names with
@@ -30,15 +29,37 @@ impl Config {
         V: Into<String>,
     {
         let map = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let raw = load::read_file_with_env(path, Some(map))?;
-        validate::validate(raw, path.parent())
+        finish(load::read_file_with_env(path, Some(map))?, path.parent())
     }
 
     /// Parse and validate a TOML string; relative paths resolve against the
     /// current directory. No environment overrides are applied.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
-        let raw = load::read_str(toml)?;
-        validate::validate(raw, None)
+        finish(load::read_str(toml)?, None)
+    }
+}
+
+/// Validate what was read even when reading found errors, so one run reports
+/// everything; errors caused only by a key already reported (a wrong type is
+/// read as absent) are left out.
+fn finish((raw, read_errors): load::Loaded, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match validate::validate(raw, base) {
+        Ok(config) if read_errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(read_errors)),
+        Err(ConfigErrors(more)) => {
+            let mut all = read_errors;
+            let reported: Vec<String> = all
+                .iter()
+                .filter(|e| matches!(e, ConfigError::WrongType { .. }))
+                .map(|e| e.key().to_string())
+                .collect();
+            all.extend(more.into_iter().filter(|e| {
+                !reported.iter().any(|k| {
+                    e.key() == k || e.key().starts_with(&format!("{k}.")) || e.key().starts_with(&format!("{k}["))
+                })
+            }));
+            Err(ConfigErrors(all))
+        }
     }
 }
 

@@ -1,0 +1,308 @@
+use super::*;
+
+const GOOD: &str = r#"
+[listener]
+addr = "127.0.0.1:8080"
+[access]
+allow = ["127.0.0.0/8", "::1/128"]
+[limits]
+global = { rate = 2000, burst = 4000 }
+per_client = { rate = 200 }
+[credentials.kwikpaisa]
+source = "env"
+api_key_env = "KWIKPAISA_API_KEY"
+secret_env = "KWIKPAISA_SECRET_KEY"
+[[route]]
+name = "kwikpaisa"
+match_prefix = "/kwikpaisa/"
+strip_prefix = true
+upstream = "https://sandbox.kwikpaisa.com"
+credential = "kwikpaisa"
+scheme = "kwikpaisa"
+[scheme.acme]
+message = "{timestamp}.{method}.{path}.{body}"
+api_key_header = "X-Acme-Key"
+timestamp_header = "X-Acme-Timestamp"
+signature_header = "X-Acme-Signature"
+"#;
+
+fn errors_of(toml: &str) -> Vec<ConfigError> {
+    match Config::from_toml_str(toml) {
+        Ok(_) => panic!("config should not validate:\n{toml}"),
+        Err(e) => e.0,
+    }
+}
+
+fn keys_of(toml: &str) -> Vec<String> {
+    errors_of(toml).iter().map(|e| e.key().to_string()).collect()
+}
+
+#[test]
+fn good_config_parses_into_types() {
+    let c = Config::from_toml_str(GOOD).unwrap();
+    assert_eq!(c.listener.addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.routes[0].match_prefix, "/kwikpaisa");
+    assert_eq!(c.routes[0].methods, vec![http::Method::POST]);
+    assert_eq!(c.limits.per_client.unwrap().burst.get(), 200, "burst defaults to rate");
+    assert!(c.schemes.contains_key("kwikpaisa") && c.schemes.contains_key("acme"));
+    assert_eq!(c.listener.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert!(c.egress.source_addr.is_none());
+}
+
+#[test]
+fn the_shipped_gateway_toml_validates() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let c = Config::load_with_env(&path, Vec::<(String, String)>::new()).unwrap();
+    assert!(c.listener.addr.ip().is_loopback());
+    assert!(!c.routes.is_empty());
+}
+
+/// Each snippet replaces one line of GOOD; the error must name that key.
+#[test]
+fn bad_values_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("addr = \"127.0.0.1:8080\"", "addr = \"nonsense\"", "listener.addr"),
+        ("addr = \"127.0.0.1:8080\"", "addr = \"0.0.0.0:8080\"", "listener.addr"),
+        ("addr = \"127.0.0.1:8080\"", "adr = \"127.0.0.1:8080\"", "listener.adr"),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "max_connections = \"many\"",
+            "listener.max_connections",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "header_timeout_ms = 0",
+            "listener.header_timeout_ms",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "client_ca = \"ca.pem\"",
+            "listener.client_ca",
+        ),
+        ("allow = [\"127.0.0.0/8\", \"::1/128\"]", "allow = []", "access.allow"),
+        (
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"127.0.0.0/33\"]",
+            "access.allow[0]",
+        ),
+        (
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "alow = [\"127.0.0.0/8\"]",
+            "access.alow",
+        ),
+        (
+            "global = { rate = 2000, burst = 4000 }",
+            "global = { rate = 0 }",
+            "limits.global.rate",
+        ),
+        (
+            "global = { rate = 2000, burst = 4000 }",
+            "global = { burst = 5 }",
+            "limits.global.rate",
+        ),
+        (
+            "source = \"env\"",
+            "source = \"vaultt\"",
+            "credentials.kwikpaisa.source",
+        ),
+        (
+            "api_key_env = \"KWIKPAISA_API_KEY\"",
+            "",
+            "credentials.kwikpaisa.api_key_env",
+        ),
+        (
+            "match_prefix = \"/kwikpaisa/\"",
+            "match_prefix = \"kwikpaisa\"",
+            "route[0].match_prefix",
+        ),
+        (
+            "match_prefix = \"/kwikpaisa/\"",
+            "match_prefix = \"/a/../b\"",
+            "route[0].match_prefix",
+        ),
+        (
+            "upstream = \"https://sandbox.kwikpaisa.com\"",
+            "upstream = \"http://sandbox.kwikpaisa.com\"",
+            "route[0].upstream",
+        ),
+        (
+            "upstream = \"https://sandbox.kwikpaisa.com\"",
+            "upstream = \"ftp://x\"",
+            "route[0].upstream",
+        ),
+        (
+            "upstream = \"https://sandbox.kwikpaisa.com\"",
+            "upstream = \"https://x.com/?q=1\"",
+            "route[0].upstream",
+        ),
+        (
+            "credential = \"kwikpaisa\"",
+            "credential = \"nope\"",
+            "route[0].credential",
+        ),
+        ("scheme = \"kwikpaisa\"\n", "scheme = \"nope\"\n", "route[0].scheme"),
+        (
+            "strip_prefix = true",
+            "strip_prefix = \"maybe\"",
+            "route[0].strip_prefix",
+        ),
+        ("strip_prefix = true", "methods = [\"CONNECT\"]", "route[0].methods[0]"),
+        ("strip_prefix = true", "allow = []", "route[0].allow"),
+        (
+            "strip_prefix = true",
+            "allow_identities = [\"spiffe://x\"]",
+            "route[0].allow_identities",
+        ),
+        (
+            "strip_prefix = true",
+            "duplicate_key = \"order_id\"",
+            "route[0].duplicate_key",
+        ),
+        (
+            "message = \"{timestamp}.{method}.{path}.{body}\"",
+            "message = \"{body}\"",
+            "scheme.acme.message",
+        ),
+        (
+            "api_key_header = \"X-Acme-Key\"",
+            "api_key_header = \"Connection\"",
+            "scheme.acme.api_key_header",
+        ),
+        (
+            "api_key_header = \"X-Acme-Key\"",
+            "api_key_header = \"X-Acme-Signature\"",
+            "scheme.acme.signature_header",
+        ),
+        (
+            "[scheme.acme]",
+            "[scheme.acme]\nencoding = \"b32\"",
+            "scheme.acme.encoding",
+        ),
+        (
+            "[scheme.acme]",
+            "[scheme.kwikpaisa]\nmessage = \"{timestamp}\"\n[scheme.x]",
+            "scheme.kwikpaisa.message",
+        ),
+        ("[listener]", "[listenr]\n[listener]", "listenr"),
+    ];
+    for (from, to, key) in cases {
+        assert!(GOOD.contains(from), "fixture lacks {from:?}");
+        let toml = GOOD.replacen(from, to, 1);
+        let keys = keys_of(&toml);
+        assert!(
+            keys.iter().any(|k| k == key),
+            "{to:?}: expected an error naming {key}, got {keys:?}"
+        );
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let toml = GOOD
+        .replacen(
+            "addr = \"127.0.0.1:8080\"",
+            "addr = \"127.0.0.1:8080\"\nmax_connections = \"x\"\ntypo = 1",
+            1,
+        )
+        .replacen(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"bad\", \"also bad\"]",
+            1,
+        )
+        .replacen(
+            "credential = \"kwikpaisa\"",
+            "credential = \"missing\"\nunknown_route_key = 1",
+            1,
+        )
+        .replacen("rate = 2000", "rate = 0", 1);
+    let keys = keys_of(&toml);
+    for key in [
+        "listener.max_connections",
+        "listener.typo",
+        "access.allow[0]",
+        "access.allow[1]",
+        "route[0].credential",
+        "route[0].unknown_route_key",
+        "limits.global.rate",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "missing {key} in {keys:?}");
+    }
+}
+
+#[test]
+fn missing_access_section_is_an_error_not_allow_all() {
+    let toml = GOOD.replacen("[access]\nallow = [\"127.0.0.0/8\", \"::1/128\"]", "", 1);
+    let errs = errors_of(&toml);
+    assert!(errs
+        .iter()
+        .any(|e| e.key() == "access.allow" && e.to_string().contains("no allow-all")));
+}
+
+#[test]
+fn plaintext_on_a_public_address_names_allow_plaintext() {
+    let toml = GOOD.replacen("addr = \"127.0.0.1:8080\"", "addr = \"0.0.0.0:8080\"", 1);
+    let errs = errors_of(&toml);
+    assert!(
+        errs.iter().any(|e| e.to_string().contains("allow_plaintext")),
+        "{errs:?}"
+    );
+    let ok = GOOD.replacen(
+        "addr = \"127.0.0.1:8080\"",
+        "addr = \"0.0.0.0:8080\"\nallow_plaintext = true",
+        1,
+    );
+    assert!(Config::from_toml_str(&ok).is_ok());
+}
+
+#[test]
+fn environment_overrides_use_double_underscores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let c = Config::load_with_env(
+        &path,
+        [
+            ("SIGNGATE__LISTENER__ADDR", "127.0.0.1:9999"),
+            ("SIGNGATE__LISTENER__MAX_BODY_BYTES", "2048"),
+            ("SIGNGATE__ACCESS__ALLOW", "10.0.0.0/8,192.168.0.0/16"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listener.addr.port(), 9999);
+    assert_eq!(c.listener.max_body_bytes, 2048);
+    assert_eq!(c.access.allow.len(), 2);
+    // A single underscore (Kubernetes service variables) is not config.
+    let c = Config::load_with_env(&path, [("SIGNGATE_LISTENER_ADDR", "127.0.0.1:1")]).unwrap();
+    assert_eq!(c.listener.addr.port(), 8080);
+    // A misspelt override is as fatal as a misspelt key.
+    let errs = Config::load_with_env(&path, [("SIGNGATE__LISTENER__ADR", "x")]).unwrap_err();
+    assert!(errs.0.iter().any(|e| e.key() == "listener.adr"), "{errs}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let toml = GOOD.replacen(
+        "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+        "source = \"file\"\npath = \"secrets/kp.json\"",
+        1,
+    );
+    std::fs::write(&path, toml).unwrap();
+    let c = Config::load_with_env(&path, Vec::<(String, String)>::new()).unwrap();
+    match &c.credentials["kwikpaisa"].source {
+        SecretSource::File { path: p, .. } => assert_eq!(p, &dir.path().join("secrets/kp.json")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn error_messages_are_specific() {
+    let toml = GOOD
+        .replacen("max_connections", "x", 0)
+        .replacen("addr = \"127.0.0.1:8080\"", "addr = \"nonsense\"", 1);
+    let msg = ConfigErrors(errors_of(&toml)).to_string();
+    assert!(msg.contains("listener.addr"), "{msg}");
+    assert!(msg.contains("\"nonsense\""), "{msg}");
+    assert!(msg.contains("expected an IP:port address"), "{msg}");
+}

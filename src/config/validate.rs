@@ -246,7 +246,11 @@ impl V {
         match s.parse() {
             Ok(a) => a,
             Err(_) => {
-                self.push(ConfigError::invalid(key, s, "an IP:port address like 127.0.0.1:8080 or [::1]:8080"));
+                self.push(ConfigError::invalid(
+                    key,
+                    s,
+                    "an IP:port address like 127.0.0.1:8080 or [::1]:8080",
+                ));
                 default.parse().expect("default socket address is valid")
             }
         }
@@ -304,7 +308,10 @@ impl V {
         let q = q?;
         let rate = match q.rate {
             None => {
-                self.push(ConfigError::missing(format!("{key}.rate"), "requests per second, a positive integer"));
+                self.push(ConfigError::missing(
+                    format!("{key}.rate"),
+                    "requests per second, a positive integer",
+                ));
                 return None;
             }
             Some(r) => r,
@@ -312,7 +319,11 @@ impl V {
         let rate = match u32::try_from(rate).ok().and_then(NonZeroU32::new) {
             Some(r) => r,
             None => {
-                self.push(ConfigError::invalid(format!("{key}.rate"), rate, "requests per second, 1 to 4294967295"));
+                self.push(ConfigError::invalid(
+                    format!("{key}.rate"),
+                    rate,
+                    "requests per second, 1 to 4294967295",
+                ));
                 return None;
             }
         };
@@ -321,7 +332,11 @@ impl V {
             Some(b) => match u32::try_from(b).ok().and_then(NonZeroU32::new) {
                 Some(b) => b,
                 None => {
-                    self.push(ConfigError::invalid(format!("{key}.burst"), b, "a positive integer (requests allowed at once)"));
+                    self.push(ConfigError::invalid(
+                        format!("{key}.burst"),
+                        b,
+                        "a positive integer (requests allowed at once)",
+                    ));
                     return None;
                 }
             },
@@ -340,7 +355,11 @@ impl V {
         match HeaderName::from_bytes(s.as_bytes()) {
             Ok(h) if !is_hop_by_hop(&h) && !is_reserved_header(&h) => h,
             _ => {
-                self.push(ConfigError::invalid(key, s, "a valid, end-to-end HTTP header name (not Host, Content-Length or a hop-by-hop header)"));
+                self.push(ConfigError::invalid(
+                    key,
+                    s,
+                    "a valid, end-to-end HTTP header name (not Host, Content-Length or a hop-by-hop header)",
+                ));
                 HeaderName::from_static("x-invalid")
             }
         }
@@ -386,7 +405,11 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
     };
     if let Some(a) = admin.addr {
         if a == listener.addr && a.port() != 0 {
-            v.push(ConfigError::invalid("admin.addr", a, "an address different from listener.addr"));
+            v.push(ConfigError::invalid(
+                "admin.addr",
+                a,
+                "an address different from listener.addr",
+            ));
         }
     }
     let access = match raw.access.and_then(|a| a.allow) {
@@ -398,7 +421,11 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             AccessConfig { allow: Vec::new() }
         }
         Some(list) if list.is_empty() => {
-            v.push(ConfigError::invalid("access.allow", "[]", "a non-empty list of client CIDRs (an empty list would deny everyone; there is no allow-all default)"));
+            v.push(ConfigError::invalid(
+                "access.allow",
+                "[]",
+                "a non-empty list of client CIDRs (an empty list would deny everyone; there is no allow-all default)",
+            ));
             AccessConfig { allow: Vec::new() }
         }
         Some(list) => AccessConfig {
@@ -408,14 +435,22 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
     let limits = LimitsConfig {
         global: v.quota("limits.global", raw.limits.global),
         per_client: v.quota("limits.per_client", raw.limits.per_client),
-        per_client_max_keys: v.positive("limits.per_client_max_keys", raw.limits.per_client_max_keys, DEFAULT_PER_CLIENT_MAX_KEYS),
+        per_client_max_keys: v.positive(
+            "limits.per_client_max_keys",
+            raw.limits.per_client_max_keys,
+            DEFAULT_PER_CLIENT_MAX_KEYS,
+        ),
     };
     let egress = egress(&mut v, raw.egress);
     let audit = AuditConfig {
         sink: match raw.audit.path.as_deref() {
             Some("-") => AuditSink::Stdout,
             Some("") => {
-                v.push(ConfigError::invalid("audit.path", "", "a file path, or \"-\" for stdout"));
+                v.push(ConfigError::invalid(
+                    "audit.path",
+                    "",
+                    "a file path, or \"-\" for stdout",
+                ));
                 AuditSink::Stdout
             }
             p => AuditSink::File(v.path(p.unwrap_or(DEFAULT_AUDIT_PATH))),
@@ -440,7 +475,14 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         }
     }
 
-    let routes = routes(&mut v, raw.routes, &egress, &credentials, &schemes, listener.tls.as_ref());
+    let routes = routes(
+        &mut v,
+        raw.routes,
+        &egress,
+        &credentials,
+        &schemes,
+        listener.tls.as_ref(),
+    );
     let webhooks = webhooks(&mut v, raw.webhooks, &credentials, &schemes, &routes);
 
     if v.errors.is_empty() {
@@ -472,16 +514,26 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
         }),
         (None, None) => {
             if let Some(ca) = r.client_ca {
-                v.push(ConfigError::invalid("listener.client_ca", ca, "to be set only together with listener.tls_cert and listener.tls_key (mTLS needs TLS)"));
+                v.push(ConfigError::invalid(
+                    "listener.client_ca",
+                    ca,
+                    "to be set only together with listener.tls_cert and listener.tls_key (mTLS needs TLS)",
+                ));
             }
             None
         }
         (Some(_), None) => {
-            v.push(ConfigError::missing("listener.tls_key", "the private key (PEM) for listener.tls_cert"));
+            v.push(ConfigError::missing(
+                "listener.tls_key",
+                "the private key (PEM) for listener.tls_cert",
+            ));
             None
         }
         (None, Some(_)) => {
-            v.push(ConfigError::missing("listener.tls_cert", "the certificate chain (PEM) for listener.tls_key"));
+            v.push(ConfigError::missing(
+                "listener.tls_cert",
+                "the certificate chain (PEM) for listener.tls_key",
+            ));
             None
         }
     };
@@ -493,19 +545,35 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
             "a loopback address for a plaintext listener; set listener.tls_cert/tls_key, or listener.allow_plaintext = true to serve plain HTTP on a non-loopback address",
         ));
     }
-    let max_header_bytes = v.positive("listener.max_header_bytes", r.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+    let max_header_bytes = v.positive(
+        "listener.max_header_bytes",
+        r.max_header_bytes,
+        DEFAULT_MAX_HEADER_BYTES,
+    );
     if max_header_bytes < MIN_HEADER_BYTES {
-        v.push(ConfigError::invalid("listener.max_header_bytes", max_header_bytes, format!("at least {MIN_HEADER_BYTES} bytes")));
+        v.push(ConfigError::invalid(
+            "listener.max_header_bytes",
+            max_header_bytes,
+            format!("at least {MIN_HEADER_BYTES} bytes"),
+        ));
     }
     ListenerConfig {
         addr,
         tls,
         max_connections: v.positive("listener.max_connections", r.max_connections, DEFAULT_MAX_CONNECTIONS),
-        header_timeout: v.millis("listener.header_timeout_ms", r.header_timeout_ms, DEFAULT_HEADER_TIMEOUT),
+        header_timeout: v.millis(
+            "listener.header_timeout_ms",
+            r.header_timeout_ms,
+            DEFAULT_HEADER_TIMEOUT,
+        ),
         idle_timeout: v.millis("listener.idle_timeout_ms", r.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT),
         max_body_bytes: match r.max_body_bytes {
             Some(0) => {
-                v.push(ConfigError::invalid("listener.max_body_bytes", 0, "a positive number of bytes"));
+                v.push(ConfigError::invalid(
+                    "listener.max_body_bytes",
+                    0,
+                    "a positive number of bytes",
+                ));
                 DEFAULT_MAX_BODY_BYTES
             }
             Some(n) => n,
@@ -524,7 +592,11 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
         Some(s) => match s.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                v.push(ConfigError::invalid("egress.source_addr", s, "an IP address (no port), or 0.0.0.0 to let the OS pick"));
+                v.push(ConfigError::invalid(
+                    "egress.source_addr",
+                    s,
+                    "an IP address (no port), or 0.0.0.0 to let the OS pick",
+                ));
                 None
             }
         },
@@ -533,11 +605,17 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
         (Some(c), Some(k)) => Some((v.path(&c), v.path(&k))),
         (None, None) => None,
         (Some(_), None) => {
-            v.push(ConfigError::missing("egress.client_key", "the private key (PEM) for egress.client_cert"));
+            v.push(ConfigError::missing(
+                "egress.client_key",
+                "the private key (PEM) for egress.client_cert",
+            ));
             None
         }
         (None, Some(_)) => {
-            v.push(ConfigError::missing("egress.client_cert", "the certificate (PEM) for egress.client_key"));
+            v.push(ConfigError::missing(
+                "egress.client_cert",
+                "the certificate (PEM) for egress.client_key",
+            ));
             None
         }
     };
@@ -545,8 +623,16 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
         source_addr,
         ca_file: r.ca_file.as_deref().map(|p| v.path(p)),
         client_cert,
-        connect_timeout: v.millis("egress.connect_timeout_ms", r.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT),
-        request_timeout: v.millis("egress.request_timeout_ms", r.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT),
+        connect_timeout: v.millis(
+            "egress.connect_timeout_ms",
+            r.connect_timeout_ms,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        request_timeout: v.millis(
+            "egress.request_timeout_ms",
+            r.request_timeout_ms,
+            DEFAULT_REQUEST_TIMEOUT,
+        ),
         pool_idle_per_host: match r.pool_idle_per_host {
             None => DEFAULT_POOL_IDLE_PER_HOST,
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
@@ -561,7 +647,11 @@ fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
         None | Some("") => sign::EmptyBody::Empty,
         Some("{}") => sign::EmptyBody::EmptyObject,
         Some(other) => {
-            v.push(ConfigError::invalid(key("empty_body"), other, "\"\" (sign and send nothing) or \"{}\""));
+            v.push(ConfigError::invalid(
+                key("empty_body"),
+                other,
+                "\"\" (sign and send nothing) or \"{}\"",
+            ));
             sign::EmptyBody::Empty
         }
     };
@@ -588,7 +678,10 @@ fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
     }
     let message = match r.message.as_deref() {
         None => {
-            v.push(ConfigError::missing(key("message"), "a template like \"{timestamp}.{body}\" (placeholders: api_key timestamp method path query body)"));
+            v.push(ConfigError::missing(
+                key("message"),
+                "a template like \"{timestamp}.{body}\" (placeholders: api_key timestamp method path query body)",
+            ));
             Vec::new()
         }
         Some(m) => match sign::parse_template(m) {
@@ -619,16 +712,27 @@ fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
         None | Some("seconds") => sign::TimestampUnit::Seconds,
         Some("millis") => sign::TimestampUnit::Millis,
         Some(o) => {
-            v.push(ConfigError::invalid(key("timestamp_unit"), o, "\"seconds\" or \"millis\""));
+            v.push(ConfigError::invalid(
+                key("timestamp_unit"),
+                o,
+                "\"seconds\" or \"millis\"",
+            ));
             sign::TimestampUnit::Seconds
         }
     };
     let api_key_header = v.header_name(&key("api_key_header"), r.api_key_header.as_deref(), None);
     let timestamp_header = v.header_name(&key("timestamp_header"), r.timestamp_header.as_deref(), None);
     let signature_header = v.header_name(&key("signature_header"), r.signature_header.as_deref(), None);
-    let distinct: BTreeSet<&str> = [&api_key_header, &timestamp_header, &signature_header].into_iter().map(HeaderName::as_str).collect();
+    let distinct: BTreeSet<&str> = [&api_key_header, &timestamp_header, &signature_header]
+        .into_iter()
+        .map(HeaderName::as_str)
+        .collect();
     if distinct.len() != 3 {
-        v.push(ConfigError::invalid(key("signature_header"), signature_header.as_str(), "three distinct header names for api key, timestamp and signature"));
+        v.push(ConfigError::invalid(
+            key("signature_header"),
+            signature_header.as_str(),
+            "three distinct header names for api key, timestamp and signature",
+        ));
     }
     Scheme {
         name: name.to_string(),
@@ -657,9 +761,15 @@ fn file_fields(r: &RawCredential) -> (String, String) {
 fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
     let key = |k: &str| format!("credentials.{name}.{k}");
     // Keys that belong to another source are a sign of a mix-up: say so.
-    let env_keys = [("api_key_env", r.api_key_env.is_some()), ("secret_env", r.secret_env.is_some())];
+    let env_keys = [
+        ("api_key_env", r.api_key_env.is_some()),
+        ("secret_env", r.secret_env.is_some()),
+    ];
     let file_keys = [("path", r.path.is_some()), ("poll_ms", r.poll_ms.is_some())];
-    let field_keys = [("api_key_field", r.api_key_field.is_some()), ("secret_field", r.secret_field.is_some())];
+    let field_keys = [
+        ("api_key_field", r.api_key_field.is_some()),
+        ("secret_field", r.secret_field.is_some()),
+    ];
     let vault_keys = [
         ("vault_addr", r.vault_addr.is_some()),
         ("vault_mount", r.vault_mount.is_some()),
@@ -674,7 +784,11 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
     let foreign = |v: &mut V, keys: &[(&str, bool)], source: &str| {
         for (k, set) in keys {
             if *set {
-                v.push(ConfigError::invalid(key(k), "(set)", format!("nothing for source = \"{source}\"")));
+                v.push(ConfigError::invalid(
+                    key(k),
+                    "(set)",
+                    format!("nothing for source = \"{source}\""),
+                ));
             }
         }
     };
@@ -686,10 +800,16 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
             let api_key_env = r.api_key_env.clone();
             let secret_env = r.secret_env.clone();
             if api_key_env.is_none() {
-                v.push(ConfigError::missing(key("api_key_env"), "the name of the environment variable holding the API key"));
+                v.push(ConfigError::missing(
+                    key("api_key_env"),
+                    "the name of the environment variable holding the API key",
+                ));
             }
             if secret_env.is_none() {
-                v.push(ConfigError::missing(key("secret_env"), "the name of the environment variable holding the secret key"));
+                v.push(ConfigError::missing(
+                    key("secret_env"),
+                    "the name of the environment variable holding the secret key",
+                ));
             }
             Some(SecretSource::Env {
                 api_key_env: api_key_env?,
@@ -701,7 +821,10 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
             foreign(v, &vault_keys, "file");
             let (api_key_field, secret_field) = file_fields(&r);
             let Some(path) = r.path.as_deref() else {
-                v.push(ConfigError::missing(key("path"), "the path of a TOML or JSON file holding the API key and secret fields"));
+                v.push(ConfigError::missing(
+                    key("path"),
+                    "the path of a TOML or JSON file holding the API key and secret fields",
+                ));
                 return None;
             };
             Some(SecretSource::File {
@@ -717,23 +840,37 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
             let (api_key_field, secret_field) = file_fields(&r);
             let addr = match r.vault_addr.as_deref() {
                 None => {
-                    v.push(ConfigError::missing(key("vault_addr"), "the Vault/OpenBao address, e.g. https://vault.internal:8200"));
+                    v.push(ConfigError::missing(
+                        key("vault_addr"),
+                        "the Vault/OpenBao address, e.g. https://vault.internal:8200",
+                    ));
                     None
                 }
                 Some(a) => match a.parse::<Uri>() {
                     Ok(u) if u.scheme() == Some(&UriScheme::HTTPS) && u.authority().is_some() => Some(u),
                     Ok(u) if u.scheme() == Some(&UriScheme::HTTP) && u.host().is_some_and(host_is_loopback) => Some(u),
                     _ => {
-                        v.push(ConfigError::invalid(key("vault_addr"), a, "an https:// URL (http:// only for a loopback address)"));
+                        v.push(ConfigError::invalid(
+                            key("vault_addr"),
+                            a,
+                            "an https:// URL (http:// only for a loopback address)",
+                        ));
                         None
                     }
                 },
             };
             let auth = match r.vault_auth.as_deref() {
                 None | Some("token") => {
-                    for (k, set) in [("vault_role_id_file", r.vault_role_id_file.is_some()), ("vault_secret_id_file", r.vault_secret_id_file.is_some())] {
+                    for (k, set) in [
+                        ("vault_role_id_file", r.vault_role_id_file.is_some()),
+                        ("vault_secret_id_file", r.vault_secret_id_file.is_some()),
+                    ] {
                         if set {
-                            v.push(ConfigError::invalid(key(k), "(set)", "nothing for vault_auth = \"token\""));
+                            v.push(ConfigError::invalid(
+                                key(k),
+                                "(set)",
+                                "nothing for vault_auth = \"token\"",
+                            ));
                         }
                     }
                     Some(VaultAuth::Token {
@@ -747,10 +884,16 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
                     }),
                     (role, secret) => {
                         if role.is_none() {
-                            v.push(ConfigError::missing(key("vault_role_id_file"), "the file holding the AppRole role_id"));
+                            v.push(ConfigError::missing(
+                                key("vault_role_id_file"),
+                                "the file holding the AppRole role_id",
+                            ));
                         }
                         if secret.is_none() {
-                            v.push(ConfigError::missing(key("vault_secret_id_file"), "the file holding the AppRole secret_id"));
+                            v.push(ConfigError::missing(
+                                key("vault_secret_id_file"),
+                                "the file holding the AppRole secret_id",
+                            ));
                         }
                         None
                     }
@@ -762,7 +905,10 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
             };
             let mount = r.vault_mount.clone().unwrap_or_else(|| "secret".into());
             let Some(path) = r.vault_path.clone() else {
-                v.push(ConfigError::missing(key("vault_path"), "the KV v2 path of the secret, e.g. kwikpaisa/prod"));
+                v.push(ConfigError::missing(
+                    key("vault_path"),
+                    "the KV v2 path of the secret, e.g. kwikpaisa/prod",
+                ));
                 return None;
             };
             let refresh = v.secs(&key("refresh_secs"), r.refresh_secs, DEFAULT_VAULT_REFRESH);
@@ -807,7 +953,11 @@ fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> Option<Upst
         return None;
     };
     if scheme == UriScheme::HTTP && !egress.allow_plain_http {
-        v.push(ConfigError::invalid(key, s, "an https:// URL; plain http:// upstreams need egress.allow_plain_http = true (meant for loopback tests)"));
+        v.push(ConfigError::invalid(
+            key,
+            s,
+            "an https:// URL; plain http:// upstreams need egress.allow_plain_http = true (meant for loopback tests)",
+        ));
         return None;
     }
     if scheme != UriScheme::HTTP && scheme != UriScheme::HTTPS {
@@ -845,69 +995,128 @@ fn routes(
     for (i, r) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("route[{i}].{k}");
         let name = match r.name {
-            Some(n) if !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => n,
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                n
+            }
             Some(n) => {
-                v.push(ConfigError::invalid(key("name"), n, "1-64 characters of A-Z a-z 0-9 - _ . (used as a metric label)"));
+                v.push(ConfigError::invalid(
+                    key("name"),
+                    n,
+                    "1-64 characters of A-Z a-z 0-9 - _ . (used as a metric label)",
+                ));
                 continue;
             }
             None => {
-                v.push(ConfigError::missing(key("name"), "a unique route name (used in metrics and audit records)"));
+                v.push(ConfigError::missing(
+                    key("name"),
+                    "a unique route name (used in metrics and audit records)",
+                ));
                 continue;
             }
         };
         if !names.insert(name.clone()) {
-            v.push(ConfigError::invalid(key("name"), &name, "a name not used by another route"));
+            v.push(ConfigError::invalid(
+                key("name"),
+                &name,
+                "a name not used by another route",
+            ));
         }
         let match_prefix = match r.match_prefix.as_deref() {
-            Some(p) if p.starts_with('/') && !p.contains(['?', '#', '%']) && !p.split('/').any(|seg| seg == "." || seg == "..") => {
+            Some(p)
+                if p.starts_with('/')
+                    && !p.contains(['?', '#', '%'])
+                    && !p.split('/').any(|seg| seg == "." || seg == "..") =>
+            {
                 let trimmed = p.trim_end_matches('/').to_string();
                 if let Some(other) = prefixes.insert(trimmed.clone(), name.clone()) {
-                    v.push(ConfigError::invalid(key("match_prefix"), p, format!("a prefix not already used by route {other:?}")));
+                    v.push(ConfigError::invalid(
+                        key("match_prefix"),
+                        p,
+                        format!("a prefix not already used by route {other:?}"),
+                    ));
                 }
                 trimmed
             }
             Some(p) => {
-                v.push(ConfigError::invalid(key("match_prefix"), p, "a path prefix starting with '/', without '?', '#', '%' or dot segments"));
+                v.push(ConfigError::invalid(
+                    key("match_prefix"),
+                    p,
+                    "a path prefix starting with '/', without '?', '#', '%' or dot segments",
+                ));
                 String::new()
             }
             None => {
-                v.push(ConfigError::missing(key("match_prefix"), "a path prefix like \"/kwikpaisa/\""));
+                v.push(ConfigError::missing(
+                    key("match_prefix"),
+                    "a path prefix like \"/kwikpaisa/\"",
+                ));
                 String::new()
             }
         };
         let upstream = match r.upstream.as_deref() {
             Some(u) => upstream(v, &key("upstream"), u, egress),
             None => {
-                v.push(ConfigError::missing(key("upstream"), "the provider's base URL, e.g. https://sandbox.kwikpaisa.com"));
+                v.push(ConfigError::missing(
+                    key("upstream"),
+                    "the provider's base URL, e.g. https://sandbox.kwikpaisa.com",
+                ));
                 None
             }
         };
         let credential = match r.credential {
             Some(c) if credentials.contains_key(&c) => c,
             Some(c) => {
-                v.push(ConfigError::invalid(key("credential"), &c, format!("the name of a [credentials.NAME] table (defined: {})", names_of(credentials.keys()))));
+                v.push(ConfigError::invalid(
+                    key("credential"),
+                    &c,
+                    format!(
+                        "the name of a [credentials.NAME] table (defined: {})",
+                        names_of(credentials.keys())
+                    ),
+                ));
                 c
             }
             None => {
-                v.push(ConfigError::missing(key("credential"), "the name of a [credentials.NAME] table"));
+                v.push(ConfigError::missing(
+                    key("credential"),
+                    "the name of a [credentials.NAME] table",
+                ));
                 String::new()
             }
         };
         let scheme = match r.scheme {
             Some(s) if schemes.contains_key(&s) => s,
             Some(s) => {
-                v.push(ConfigError::invalid(key("scheme"), &s, format!("\"kwikpaisa\" or the name of a [scheme.NAME] table (defined: {})", names_of(schemes.keys()))));
+                v.push(ConfigError::invalid(
+                    key("scheme"),
+                    &s,
+                    format!(
+                        "\"kwikpaisa\" or the name of a [scheme.NAME] table (defined: {})",
+                        names_of(schemes.keys())
+                    ),
+                ));
                 s
             }
             None => {
-                v.push(ConfigError::missing(key("scheme"), "\"kwikpaisa\" or the name of a [scheme.NAME] table"));
+                v.push(ConfigError::missing(
+                    key("scheme"),
+                    "\"kwikpaisa\" or the name of a [scheme.NAME] table",
+                ));
                 String::new()
             }
         };
         let methods = match r.methods {
             None => vec![Method::POST],
             Some(list) if list.is_empty() => {
-                v.push(ConfigError::invalid(key("methods"), "[]", "a non-empty list of HTTP methods, e.g. [\"POST\"]"));
+                v.push(ConfigError::invalid(
+                    key("methods"),
+                    "[]",
+                    "a non-empty list of HTTP methods, e.g. [\"POST\"]",
+                ));
                 Vec::new()
             }
             Some(list) => {
@@ -915,7 +1124,11 @@ fn routes(
                 for (j, m) in list.iter().enumerate() {
                     match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                         Ok(method) if method != Method::CONNECT && method != Method::TRACE => ms.push(method),
-                        _ => v.push(ConfigError::invalid(format!("route[{i}].methods[{j}]"), m, "an HTTP method such as GET, POST, PUT, PATCH, DELETE (not CONNECT or TRACE)")),
+                        _ => v.push(ConfigError::invalid(
+                            format!("route[{i}].methods[{j}]"),
+                            m,
+                            "an HTTP method such as GET, POST, PUT, PATCH, DELETE (not CONNECT or TRACE)",
+                        )),
                     }
                 }
                 ms
@@ -924,7 +1137,11 @@ fn routes(
         let allow = match r.allow {
             None => None,
             Some(list) if list.is_empty() => {
-                v.push(ConfigError::invalid(key("allow"), "[]", "a non-empty list of client CIDRs, or no key at all to use [access].allow"));
+                v.push(ConfigError::invalid(
+                    key("allow"),
+                    "[]",
+                    "a non-empty list of client CIDRs, or no key at all to use [access].allow",
+                ));
                 None
             }
             Some(list) => Some(v.cidrs(&key("allow"), &list)),
@@ -932,12 +1149,20 @@ fn routes(
         let allow_identities = match r.allow_identities {
             None => None,
             Some(list) if list.is_empty() => {
-                v.push(ConfigError::invalid(key("allow_identities"), "[]", "a non-empty list of client certificate SAN URIs or DNS names"));
+                v.push(ConfigError::invalid(
+                    key("allow_identities"),
+                    "[]",
+                    "a non-empty list of client certificate SAN URIs or DNS names",
+                ));
                 None
             }
             Some(list) => {
                 if tls.and_then(|t| t.client_ca.as_ref()).is_none() {
-                    v.push(ConfigError::invalid(key("allow_identities"), list.join(","), "to be used only with mTLS (listener.client_ca set)"));
+                    v.push(ConfigError::invalid(
+                        key("allow_identities"),
+                        list.join(","),
+                        "to be used only with mTLS (listener.client_ca set)",
+                    ));
                 }
                 Some(list)
             }
@@ -945,7 +1170,11 @@ fn routes(
         let duplicate_key = match r.duplicate_key {
             Some(p) if is_json_pointer(&p) => Some(p),
             Some(p) => {
-                v.push(ConfigError::invalid(key("duplicate_key"), p, "a JSON pointer like \"/order_id\""));
+                v.push(ConfigError::invalid(
+                    key("duplicate_key"),
+                    p,
+                    "a JSON pointer like \"/order_id\"",
+                ));
                 None
             }
             None => None,
@@ -953,11 +1182,19 @@ fn routes(
         if duplicate_key.is_some() {
             if let Some(s) = schemes.get(&scheme) {
                 if s.body != sign::BodyMode::CanonicalJson {
-                    v.push(ConfigError::invalid(key("duplicate_key"), duplicate_key.clone().unwrap_or_default(), "a route whose scheme parses JSON (body = \"canonical_json\")"));
+                    v.push(ConfigError::invalid(
+                        key("duplicate_key"),
+                        duplicate_key.clone().unwrap_or_default(),
+                        "a route whose scheme parses JSON (body = \"canonical_json\")",
+                    ));
                 }
             }
         }
-        let duplicate_window = v.secs(&key("duplicate_window_secs"), r.duplicate_window_secs, DEFAULT_DUPLICATE_WINDOW);
+        let duplicate_window = v.secs(
+            &key("duplicate_window_secs"),
+            r.duplicate_window_secs,
+            DEFAULT_DUPLICATE_WINDOW,
+        );
         let limit = v.quota(&key("limit"), r.limit);
         if let Some(upstream) = upstream {
             out.push(RouteConfig {
@@ -1006,40 +1243,70 @@ fn webhooks(
         let match_path = match r.match_path {
             Some(p) if p.starts_with('/') && !p.contains(['?', '#', '%']) => {
                 if !paths.insert(p.clone()) {
-                    v.push(ConfigError::invalid(key("match_path"), &p, "a path not used by another webhook"));
+                    v.push(ConfigError::invalid(
+                        key("match_path"),
+                        &p,
+                        "a path not used by another webhook",
+                    ));
                 }
-                if routes.iter().any(|rt| p == rt.match_prefix || p.starts_with(&format!("{}/", rt.match_prefix))) {
-                    v.push(ConfigError::invalid(key("match_path"), &p, "a path outside every route's match_prefix"));
+                if routes
+                    .iter()
+                    .any(|rt| p == rt.match_prefix || p.starts_with(&format!("{}/", rt.match_prefix)))
+                {
+                    v.push(ConfigError::invalid(
+                        key("match_path"),
+                        &p,
+                        "a path outside every route's match_prefix",
+                    ));
                 }
                 p
             }
             Some(p) => {
-                v.push(ConfigError::invalid(key("match_path"), p, "an exact path starting with '/'"));
+                v.push(ConfigError::invalid(
+                    key("match_path"),
+                    p,
+                    "an exact path starting with '/'",
+                ));
                 continue;
             }
             None => {
-                v.push(ConfigError::missing(key("match_path"), "the exact path the provider posts to, e.g. /webhooks/kwikpaisa"));
+                v.push(ConfigError::missing(
+                    key("match_path"),
+                    "the exact path the provider posts to, e.g. /webhooks/kwikpaisa",
+                ));
                 continue;
             }
         };
         let credential = match r.credential {
             Some(c) if credentials.contains_key(&c) => c,
             other => {
-                v.push(ConfigError::invalid(key("credential"), other.unwrap_or_default(), "the name of a [credentials.NAME] table"));
+                v.push(ConfigError::invalid(
+                    key("credential"),
+                    other.unwrap_or_default(),
+                    "the name of a [credentials.NAME] table",
+                ));
                 continue;
             }
         };
         let scheme = match r.scheme {
             Some(s) if schemes.contains_key(&s) => s,
             other => {
-                v.push(ConfigError::invalid(key("scheme"), other.unwrap_or_default(), "\"kwikpaisa\" or the name of a [scheme.NAME] table"));
+                v.push(ConfigError::invalid(
+                    key("scheme"),
+                    other.unwrap_or_default(),
+                    "\"kwikpaisa\" or the name of a [scheme.NAME] table",
+                ));
                 continue;
             }
         };
         let forward_to = match r.forward_to.as_deref().map(str::parse::<Uri>) {
             Some(Ok(u)) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
             other => {
-                v.push(ConfigError::invalid(key("forward_to"), format!("{other:?}"), "the internal app's URL, e.g. http://127.0.0.1:3000/payments/events"));
+                v.push(ConfigError::invalid(
+                    key("forward_to"),
+                    format!("{other:?}"),
+                    "the internal app's URL, e.g. http://127.0.0.1:3000/payments/events",
+                ));
                 continue;
             }
         };
@@ -1048,7 +1315,11 @@ fn webhooks(
             .unwrap_or_else(|| vec!["/event".into(), "/data/order_id".into(), "/data/status".into()]);
         for (j, p) in dedup_keys.iter().enumerate() {
             if !is_json_pointer(p) {
-                v.push(ConfigError::invalid(format!("webhook[{i}].dedup_keys[{j}]"), p, "a JSON pointer like \"/data/order_id\""));
+                v.push(ConfigError::invalid(
+                    format!("webhook[{i}].dedup_keys[{j}]"),
+                    p,
+                    "a JSON pointer like \"/data/order_id\"",
+                ));
             }
         }
         let tolerance = v.secs(&key("tolerance_secs"), r.tolerance_secs, DEFAULT_WEBHOOK_TOLERANCE);

@@ -138,9 +138,7 @@ impl GatewayError {
             GatewayError::UnsupportedEncoding => {
                 "compressed request bodies are not accepted; send the body uncompressed".into()
             }
-            GatewayError::InvalidPath => {
-                "path contains dot segments or encoded separators".into()
-            }
+            GatewayError::InvalidPath => "path contains dot segments or encoded separators".into(),
             GatewayError::DuplicateRequest => {
                 "a request with the same transaction reference is in flight or already succeeded".into()
             }
@@ -197,23 +195,60 @@ mod tests {
     fn status_and_code_table() {
         let rows: Vec<(GatewayError, u16, &str)> = vec![
             (GatewayError::NoRoute, 404, "no_route"),
-            (GatewayError::MethodNotAllowed { route: "r".into(), allowed: "POST".into() }, 405, "method_not_allowed"),
+            (
+                GatewayError::MethodNotAllowed {
+                    route: "r".into(),
+                    allowed: "POST".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
             (GatewayError::IdentityNotAllowed, 403, "identity_not_allowed"),
-            (GatewayError::RateLimited { scope: "global", retry_after: 1 }, 429, "rate_limited"),
+            (
+                GatewayError::RateLimited {
+                    scope: "global",
+                    retry_after: 1,
+                },
+                429,
+                "rate_limited",
+            ),
             (GatewayError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (GatewayError::BodyTimeout, 408, "body_timeout"),
             (GatewayError::BadBody, 400, "bad_body"),
-            (GatewayError::InvalidJson { offset: 3, reason: "x" }, 400, "invalid_json"),
+            (
+                GatewayError::InvalidJson { offset: 3, reason: "x" },
+                400,
+                "invalid_json",
+            ),
             (GatewayError::UnsupportedEncoding, 415, "unsupported_encoding"),
             (GatewayError::InvalidPath, 400, "invalid_path"),
             (GatewayError::DuplicateRequest, 409, "duplicate_request"),
-            (GatewayError::CredentialUnavailable { credential: "c".into(), hint: "h".into() }, 503, "credential_unavailable"),
-            (GatewayError::Upstream(UpstreamFailure::Connect), 502, "upstream_unreachable"),
+            (
+                GatewayError::CredentialUnavailable {
+                    credential: "c".into(),
+                    hint: "h".into(),
+                },
+                503,
+                "credential_unavailable",
+            ),
+            (
+                GatewayError::Upstream(UpstreamFailure::Connect),
+                502,
+                "upstream_unreachable",
+            ),
             (GatewayError::Upstream(UpstreamFailure::Tls), 502, "upstream_tls"),
-            (GatewayError::Upstream(UpstreamFailure::Timeout), 504, "upstream_timeout"),
+            (
+                GatewayError::Upstream(UpstreamFailure::Timeout),
+                504,
+                "upstream_timeout",
+            ),
             (GatewayError::Upstream(UpstreamFailure::Reset), 502, "upstream_failed"),
-            (GatewayError::Upstream(UpstreamFailure::Protocol), 502, "upstream_failed"),
+            (
+                GatewayError::Upstream(UpstreamFailure::Protocol),
+                502,
+                "upstream_failed",
+            ),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::Internal, 500, "internal_error"),
         ];
@@ -226,8 +261,11 @@ mod tests {
     #[test]
     fn response_is_the_contract_json() {
         let rid = RequestId::parse_or_new(None);
-        let resp =
-            GatewayError::RateLimited { scope: "route kwikpaisa", retry_after: 2 }.to_response(&rid);
+        let resp = GatewayError::RateLimited {
+            scope: "route kwikpaisa",
+            retry_after: 2,
+        }
+        .to_response(&rid);
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "2");
         assert_eq!(resp.headers()["content-type"], "application/json");

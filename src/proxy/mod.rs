@@ -109,10 +109,13 @@ async fn pipeline(
     let raw = read_body(body, &parts.headers, snap).await?;
     // The canonical bytes are the bytes signed and the bytes sent.
     let body = prepare_body(&route.scheme, raw)?;
-    let cred = route.credential.get().map_err(|hint| GatewayError::CredentialUnavailable {
-        credential: route.config.credential.clone(),
-        hint,
-    })?;
+    let cred = route
+        .credential
+        .get()
+        .map_err(|hint| GatewayError::CredentialUnavailable {
+            credential: route.config.credential.clone(),
+            hint,
+        })?;
 
     let upstream_path = route.upstream_path(parts.uri.path());
     let uri = route
@@ -130,7 +133,15 @@ async fn pipeline(
     // was written; the retry is signed afresh (new timestamp).
     let mut retried = false;
     let response = loop {
-        let req = signed_request(&route, &cred, &parts.method, &uri, &upstream_path, headers.clone(), body.clone());
+        let req = signed_request(
+            &route,
+            &cred,
+            &parts.method,
+            &uri,
+            &upstream_path,
+            headers.clone(),
+            body.clone(),
+        );
         match snap.upstream.send(req).await {
             Ok(r) => break r,
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
@@ -155,7 +166,11 @@ async fn read_body(body: Incoming, headers: &HeaderMap, snap: &Snapshot) -> Resu
     let limit = snap.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge { limit };
     if let Some(cl) = headers.get(CONTENT_LENGTH) {
-        let declared: u64 = cl.to_str().ok().and_then(|s| s.parse().ok()).ok_or(GatewayError::BadBody)?;
+        let declared: u64 = cl
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(GatewayError::BadBody)?;
         if declared > limit {
             return Err(too_large);
         }

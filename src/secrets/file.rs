@@ -132,15 +132,21 @@ type Picked = (Option<SecretBytes>, Option<SecretBytes>);
 /// Extract the two string fields from TOML or JSON without keeping any other
 /// value and without error messages that could quote the content.
 fn parse_fields(text: &str, key_field: &str, secret_field: &str) -> Result<Picked, &'static str> {
-    let seed = Picker { key_field, secret_field };
+    let seed = Picker {
+        key_field,
+        secret_field,
+    };
     if text.trim_start().starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        let picked = seed.deserialize(&mut de).map_err(|_| "not a valid JSON object with string fields")?;
+        let picked = seed
+            .deserialize(&mut de)
+            .map_err(|_| "not a valid JSON object with string fields")?;
         de.end().map_err(|_| "trailing data after the JSON object")?;
         Ok(picked)
     } else {
         let de = toml::Deserializer::parse(text).map_err(|_| "not valid TOML (or JSON)")?;
-        seed.deserialize(de).map_err(|_| "not a valid TOML table with string fields")
+        seed.deserialize(de)
+            .map_err(|_| "not a valid TOML table with string fields")
     }
 }
 

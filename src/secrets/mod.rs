@@ -250,9 +250,10 @@ impl CredentialStore {
         for (name, spec) in specs {
             let slot = Arc::new(CredentialSlot::new(name));
             let source = match &spec.source {
-                SecretSource::Env { api_key_env, secret_env } => {
-                    AnySource::Env(EnvSource::new(api_key_env, secret_env))
-                }
+                SecretSource::Env {
+                    api_key_env,
+                    secret_env,
+                } => AnySource::Env(EnvSource::new(api_key_env, secret_env)),
                 SecretSource::File {
                     path,
                     api_key_field,

@@ -1,0 +1,220 @@
+//! The `signgate` binary as an operator uses it: the shipped `gateway.toml`
+//! starts with no secrets and no network, `check` lists every error, `sign`
+//! reproduces the provider's vectors, and `demo` verifies every signature.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_signgate");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn shipped_config_starts_without_secrets_and_answers_json() {
+    let port = closed_port();
+    let admin_port = closed_port();
+    let child = Command::new(BIN)
+        .args(["run", "--config", "gateway.toml"])
+        .current_dir(ROOT)
+        .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
+        .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
+        .env_remove("KWIKPAISA_API_KEY")
+        .env_remove("KWIKPAISA_SECRET_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not report listening");
+        if line.contains("signgate listening") {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let c = TestClient::new();
+    let r = c
+        .send(http::Method::GET, &format!("http://127.0.0.1:{port}/"), &[], "")
+        .await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (404, "no_route"));
+    let r = c
+        .post(
+            &format!("http://127.0.0.1:{port}/kwikpaisa/api/v3/pg/order/status"),
+            r#"{"order_id":"1"}"#,
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "credential_unavailable"));
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("KWIKPAISA_API_KEY") && msg.contains("KWIKPAISA_SECRET_KEY"),
+        "{msg}"
+    );
+    // SIGTERM: drains and exits 0.
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn check_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[listener]
+addr = "0.0.0.0:8080"
+max_conections = 5
+[access]
+allow = ["10.0.0.0/33"]
+[[route]]
+name = "r"
+match_prefix = "/r/"
+upstream = "http://example.invalid"
+credential = "missing"
+scheme = "kwikpaisa"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "listener.addr",
+        "allow_plaintext",
+        "listener.max_conections",
+        "access.allow[0]",
+        "route[0].upstream",
+        "route[0].credential",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+    let ok = Command::new(BIN)
+        .args(["check", "--config", "gateway.toml"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The same file, served: a bad config exits 64 before binding anything.
+    let run = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(run.status.code(), Some(64));
+}
+
+#[test]
+fn check_credentials_reports_without_printing_secrets() {
+    let out = Command::new(BIN)
+        .args(["check", "--credentials", "--config", "gateway.toml"])
+        .current_dir(ROOT)
+        .env("KWIKPAISA_API_KEY", "pk_test_cli")
+        .env("KWIKPAISA_SECRET_KEY", "sk_test_do_not_print_me_0123")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("credential kwikpaisa: loaded"), "{all}");
+    assert!(!all.contains("sk_test_do_not_print_me_0123"));
+    let out = Command::new(BIN)
+        .args(["check", "--credentials", "--config", "gateway.toml"])
+        .current_dir(ROOT)
+        .env_remove("KWIKPAISA_API_KEY")
+        .env_remove("KWIKPAISA_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT loaded"));
+}
+
+fn sign(args: &[&str], body: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("sign")
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env("KWIKPAISA_SECRET_KEY", "YOUR_SECRET_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sign_reproduces_the_reference_vectors() {
+    let out = sign(
+        &["--scheme", "kwikpaisa", "--timestamp", "1778659835"],
+        "{\"order_id\": \"123456\", \"amount\": \"100\"}\n",
+    );
+    assert!(
+        out.contains("canonical payload: {\"amount\":\"100\",\"order_id\":\"123456\"}\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("signed string:     {\"amount\":\"100\",\"order_id\":\"123456\"}1778659835\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("signature:         6aafa6ffebb2465388bb65c4bcd41a125b218686fa305979d23b4c435af6d209"),
+        "{out}"
+    );
+    let w1 = r#"{"event":"payment.success","data":{"order_id":"6116229263036","amount":"105.00","currency":"INR","status":"PAID"}}"#;
+    let out = sign(&["--timestamp", "1778659835"], w1);
+    assert!(
+        out.contains("a872851246706ff26f6682ed90e9fdffda04da3deb53e790832351355e4840c7"),
+        "W2: {out}"
+    );
+    let note = r#"{"n":"₹"}"#;
+    assert!(sign(&["--timestamp", "1", "--escape-unicode", "false"], note).contains("{\"n\":\"₹\"}1"));
+    assert!(sign(&["--timestamp", "1"], note).contains("{\"n\":\"\\u20b9\"}1"));
+    assert!(!out.contains("YOUR_SECRET_KEY"));
+}
+
+#[test]
+fn demo_verifies_every_signature() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every signed request was verified"), "{stdout}");
+    assert_eq!(stdout.matches("=> VERIFIED").count(), 3, "{stdout}");
+}

@@ -1,0 +1,279 @@
+//! Test harness: a throw-away PKI, the provider stand-in over real TLS on
+//! loopback, the real gateway started in-process from a TOML string, and a
+//! plain HTTP client that can bind a chosen loopback source address.
+#![allow(dead_code, clippy::unwrap_used)] // test harness: a failed setup step should panic
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng as _;
+use signgate::pki::DevCa;
+use signgate::secrets::SecretBytes;
+use signgate::standin::{Standin, StandinOptions};
+use tempfile::TempDir;
+
+pub fn random_token(prefix: &str, n: usize) -> String {
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..n).map(|_| A[rng.random_range(0..A.len())] as char).collect();
+    format!("{prefix}{tail}")
+}
+
+/// A CA (trusted by the gateway through `egress.ca_file`) and a server
+/// certificate for localhost / 127.0.0.1, all written to a temp dir.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: DevCa,
+    pub ca_path: PathBuf,
+    pub server_tls: Arc<rustls::ServerConfig>,
+}
+
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("signgate test CA").unwrap();
+    let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    let server_tls = rustls::ServerConfig::builder_with_provider(signgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server.cert_der.clone()], server.key_der())
+        .unwrap();
+    let ca_path = dir.path().join("provider-ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    Pki {
+        dir,
+        ca,
+        ca_path,
+        server_tls: Arc::new(server_tls),
+    }
+}
+
+/// The provider stand-in and the credentials it expects.
+pub struct Provider {
+    pub standin: Standin,
+    pub api_key: String,
+    pub secret: String,
+}
+
+pub async fn provider(pki: &Pki) -> Provider {
+    provider_on(pki, "127.0.0.1:0").await
+}
+
+pub async fn provider_on(pki: &Pki, bind: &str) -> Provider {
+    let api_key = random_token("pk_test_", 24);
+    let secret = random_token("sk_test_", 32);
+    let standin = Standin::start(StandinOptions {
+        api_key: api_key.clone(),
+        secret: SecretBytes::from(secret.clone()),
+        tolerance: Duration::from_secs(60),
+        tls: Some(pki.server_tls.clone()),
+        bind: bind.parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    Provider {
+        standin,
+        api_key,
+        secret,
+    }
+}
+
+/// Write a JSON credential file the gateway's `file` source reads.
+pub fn write_cred(path: &Path, api_key: &str, secret: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::json!({"api_key": api_key, "secret_key": secret}).to_string(),
+    )
+    .unwrap();
+    // Atomic replace, as Vault Agent and Kubernetes do.
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A gateway config with one kwikpaisa route to `upstream`, a file
+/// credential at `cred`, and `extra` appended (more tables or overrides).
+pub fn config(upstream: &str, ca: &Path, cred: &Path, egress_extra: &str, route_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listener]
+addr = "127.0.0.1:0"
+max_body_bytes = 4096
+[access]
+allow = ["127.0.0.0/8", "::1/128"]
+[egress]
+ca_file = "{ca}"
+connect_timeout_ms = 1000
+request_timeout_ms = 1500
+{egress_extra}
+[credentials.kwikpaisa]
+source = "file"
+path = "{cred}"
+poll_ms = 50
+[[route]]
+name = "kwikpaisa"
+match_prefix = "/kwikpaisa/"
+strip_prefix = true
+upstream = "{upstream}"
+credential = "kwikpaisa"
+scheme = "kwikpaisa"
+methods = ["POST"]
+{route_extra}
+{extra}
+"#,
+        ca = ca.display(),
+        cred = cred.display(),
+    )
+}
+
+pub async fn gateway(toml: &str) -> signgate::Running {
+    let config = signgate::Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    signgate::start(config).await.unwrap()
+}
+
+/// Everything a typical signing-path test needs, wired together.
+pub struct Setup {
+    pub pki: Pki,
+    pub provider: Provider,
+    pub cred_path: PathBuf,
+    pub gw: signgate::Running,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        Self::with("", "", "").await
+    }
+
+    pub async fn with(egress_extra: &str, route_extra: &str, extra: &str) -> Setup {
+        let pki = pki();
+        let provider = provider(&pki).await;
+        let cred_path = pki.dir.path().join("kwikpaisa.json");
+        write_cred(&cred_path, &provider.api_key, &provider.secret);
+        let upstream = format!("https://localhost:{}", provider.standin.addr().port());
+        let gw = gateway(&config(
+            &upstream,
+            &pki.ca_path,
+            &cred_path,
+            egress_extra,
+            route_extra,
+            extra,
+        ))
+        .await;
+        Setup {
+            pki,
+            provider,
+            cred_path,
+            gw,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.addr(), path)
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+
+    /// `error.code` of the contract's error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// An HTTP/1.1 (or h2c) client, optionally bound to a loopback source address.
+pub struct TestClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn new() -> Self {
+        Self::build(None, false)
+    }
+
+    pub fn from_addr(ip: &str) -> Self {
+        Self::build(Some(ip.parse().unwrap()), false)
+    }
+
+    pub fn h2c() -> Self {
+        Self::build(None, true)
+    }
+
+    fn build(local: Option<IpAddr>, h2: bool) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_local_address(local);
+        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(http);
+        TestClient { client }
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+        }
+    }
+
+    pub async fn post(&self, url: &str, body: &str) -> Reply {
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+}
+
+/// Poll `cond` until it holds or `within` passes (no fixed sleeps in tests).
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn peer_ip(addr: SocketAddr) -> IpAddr {
+    addr.ip()
+}
