@@ -14,6 +14,7 @@ mod file;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -184,6 +185,10 @@ pub struct CredentialSlot {
     current: ArcSwapOption<Credential>,
     /// Why the credential is not (or no longer freshly) available.
     problem: ArcSwap<Option<String>>,
+    /// Successful and failed polls of the source, read by the metrics
+    /// (`signgate_credential_refresh_total{result}`).
+    refresh_ok: AtomicU64,
+    refresh_error: AtomicU64,
 }
 
 impl CredentialSlot {
@@ -192,7 +197,17 @@ impl CredentialSlot {
             name: name.to_string(),
             current: ArcSwapOption::empty(),
             problem: ArcSwap::from_pointee(Some(format!("credential {name} has not loaded yet"))),
+            refresh_ok: AtomicU64::new(0),
+            refresh_error: AtomicU64::new(0),
         }
+    }
+
+    /// (successful, failed) polls of the source so far.
+    pub fn refresh_counts(&self) -> (u64, u64) {
+        (
+            self.refresh_ok.load(Ordering::Relaxed),
+            self.refresh_error.load(Ordering::Relaxed),
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -318,6 +333,13 @@ struct RunState {
 }
 
 async fn poll_once<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut RunState) -> bool {
+    let ok = poll_and_install(slot, source, state).await;
+    let counter = if ok { &slot.refresh_ok } else { &slot.refresh_error };
+    counter.fetch_add(1, Ordering::Relaxed);
+    ok
+}
+
+async fn poll_and_install<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut RunState) -> bool {
     match source.poll().await {
         Ok(Poll::Changed(material)) => match Credential::from_material(&slot.name, &material) {
             Ok(c) => {
