@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::allowlist::Allowlist;
 use crate::config::Config;
 use crate::listener;
+use crate::metrics::Metrics;
+use crate::ratelimit::Limits;
 use crate::router::{Route, Router};
 use crate::secrets::CredentialStore;
 use crate::tls;
@@ -32,12 +35,19 @@ pub struct Snapshot {
     pub access: Allowlist,
     pub upstream: Upstream,
     pub credentials: CredentialStore,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
 }
 
 impl Snapshot {
-    fn build(config: &Config, credentials: CredentialStore, upstream: Upstream) -> anyhow::Result<Snapshot> {
+    fn build(
+        config: &Config,
+        credentials: CredentialStore,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Snapshot> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
             .iter()
@@ -60,6 +70,8 @@ impl Snapshot {
             access: Allowlist::new(&config.access.allow),
             upstream,
             credentials,
+            limits: Limits::new(&config.limits),
+            metrics,
             max_body_bytes: config.listener.max_body_bytes,
             body_timeout: config.listener.body_timeout,
         })
@@ -69,6 +81,11 @@ impl Snapshot {
 /// The shared state of a running gateway.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    /// Set once the traffic listener is bound and accepting.
+    accepting: AtomicBool,
+    /// Set as soon as shutdown starts, so load balancers stop sending.
+    draining: AtomicBool,
 }
 
 impl Gateway {
@@ -76,14 +93,48 @@ impl Gateway {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Why the gateway is not ready, one entry per problem; empty when ready.
+    pub fn readiness_problems(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            out.push(serde_json::json!({"what": "draining", "detail": "the gateway is shutting down"}));
+        }
+        if !self.accepting.load(Ordering::Acquire) {
+            out.push(serde_json::json!({"what": "listener", "detail": "the traffic listener is not accepting yet"}));
+        }
+        let snap = self.snapshot();
+        let mut seen = std::collections::BTreeSet::new();
+        for route in snap.router.routes() {
+            let slot = &route.credential;
+            if seen.insert(slot.name().to_string()) {
+                if let Err(why) = slot.get() {
+                    out.push(serde_json::json!({"what": "credential", "credential": slot.name(), "detail": why}));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness_problems().is_empty()
+    }
 }
 
 /// A started gateway: its bound address and the handle to stop it.
 pub struct Running {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     gateway: Arc<Gateway>,
+    /// Stops the traffic listener (drain starts).
     cancel: CancellationToken,
-    listener: JoinHandle<()>,
+    /// Stops the admin listener and background tasks, after the drain.
+    background: CancellationToken,
+    listener: JoinHandle<bool>,
 }
 
 impl Running {
@@ -92,14 +143,23 @@ impl Running {
         self.addr
     }
 
+    /// The admin listener's bound address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
-    /// Stop accepting, drain, stop background tasks; resolves when done.
-    pub async fn shutdown(self) {
+    /// Stop accepting, drain, stop background tasks; resolves when done
+    /// with whether every connection finished within the drain period.
+    pub async fn shutdown(self) -> bool {
+        self.gateway.draining.store(true, Ordering::Release);
         self.cancel.cancel();
-        let _ = self.listener.await;
+        let drained = self.listener.await.unwrap_or(false);
+        self.background.cancel();
+        drained
     }
 }
 
@@ -110,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
+    let background = CancellationToken::new();
     let upstream = Upstream::new(&config.egress).context("building the upstream TLS client")?;
     let acceptor = match &config.listener.tls {
         Some(t) => Some(TlsAcceptor::from(
@@ -121,11 +182,33 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         .await
         .with_context(|| format!("binding listener.addr {}", config.listener.addr))?;
     let addr = listener.local_addr()?;
-    let credentials = CredentialStore::start(&config.credentials, &cancel).await;
-    let snapshot = Snapshot::build(&config, credentials, upstream)?;
+    let admin_listener = match config.admin.addr {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding admin.addr {a}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let credentials = CredentialStore::start(&config.credentials, &background).await;
+    let metrics = Metrics::new();
+    let snapshot = Snapshot::build(&config, credentials, upstream, metrics.clone())?;
+    metrics.prime(
+        &config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.credential.clone()))
+            .collect::<Vec<_>>(),
+        &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+    );
     let gateway = Arc::new(Gateway {
         snapshot: ArcSwap::from_pointee(snapshot),
+        metrics,
+        accepting: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
     });
+    spawn_sweeper(gateway.clone(), background.clone());
     let settings = listener::Settings::from(&config.listener);
     let listener = tokio::spawn(listener::serve(
         listener,
@@ -135,13 +218,34 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         cancel.clone(),
         drain,
     ));
-    tracing::info!(%addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
+    gateway.accepting.store(true, Ordering::Release);
+    if let Some(l) = admin_listener {
+        tokio::spawn(crate::admin::serve(l, gateway.clone(), background.clone()));
+    }
+    tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
     Ok(Running {
         addr,
+        admin_addr,
         gateway,
         cancel,
+        background,
         listener,
     })
+}
+
+/// How often idle per-client rate-limit state is swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+fn spawn_sweeper(gw: Arc<Gateway>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => gw.snapshot().limits.sweep(),
+            }
+        }
+    });
 }
 
 /// Serve until `shutdown` resolves, then drain and return.
@@ -149,7 +253,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let running = start(config).await?;
     shutdown.await;
     tracing::info!("shutting down: no longer accepting, draining in-flight requests");
-    running.shutdown().await;
-    tracing::info!("stopped");
+    let drained = running.shutdown().await;
+    tracing::info!(drained, "stopped");
     Ok(())
 }

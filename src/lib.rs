@@ -10,6 +10,7 @@
 //!   → path check, route match            400 invalid_path, 404 no_route  router.rs
 //!   → method                             405 method_not_allowed
 //!   → route allowlist / mTLS identity    403 ip_not_allowed / identity_not_allowed
+//!   → rate limits: client, route, global 429 rate_limited + Retry-After   ratelimit.rs
 //!   → read body under max_body_bytes     413 body_too_large, 408, 415
 //!   → canonicalize (scheme)              400 invalid_json                canonical.rs
 //!   → credential                         503 credential_unavailable      secrets/
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod allowlist;
 pub mod app;
 pub mod canonical;
@@ -33,8 +35,10 @@ pub mod config;
 pub mod demo;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod pki;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod secrets;
 pub mod sign;

@@ -1,30 +1,42 @@
 //! The traffic listener: accept loop, connection limit, optional TLS/mTLS,
 //! HTTP/1.1 and HTTP/2 (prior-knowledge h2c on plaintext, ALPN on TLS) on one
-//! port, head-size and slow-header limits, and graceful draining.
+//! port, head-size limits, slow-header and idle cut-offs, graceful draining.
 //!
-//! Excess connections beyond `max_connections` are closed at once; accept
-//! errors such as EMFILE back off instead of spinning.
+//! Timing is ours, not hyper's, so the two limits stay distinct: a
+//! connection with no request in progress is closed after `idle_timeout`; once
+//! a byte of a new request arrives, the whole head must follow within
+//! `header_timeout` (slowloris). Excess connections beyond `max_connections`
+//! are closed at once; accept errors such as EMFILE back off instead of
+//! spinning.
 
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::Gateway;
 use crate::config::ListenerConfig;
+use crate::metrics::ConnClose;
 use crate::proxy::{self, ConnInfo};
 
 /// Pause after an accept error (EMFILE, ENFILE, ENOBUFS) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2: streams a client may open at once on one connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// After a graceful close (GOAWAY / Connection: close) of an idle
+/// connection, how long the peer gets before the socket is dropped.
+const GRACEFUL_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Per-listener settings, fixed at start (a change needs a restart).
 #[derive(Clone)]
@@ -52,7 +64,6 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_timeout)
         .max_headers(s.max_headers)
         .max_buf_size(s.max_header_bytes)
         .keep_alive(true);
@@ -60,41 +71,44 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
-        // Rapid-reset (CVE-2023-44487) bounds: hyper's defaults made explicit.
+        // Rapid-reset (CVE-2023-44487) bounds, made explicit.
         .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .keep_alive_interval(Some(s.idle_timeout))
-        .keep_alive_timeout(s.header_timeout);
+        .max_local_error_reset_streams(1024);
     b
 }
 
-/// Run the accept loop until `cancel`; then stop accepting and let open
-/// connections finish their in-flight requests for up to `drain`.
+/// Run the accept loop until `stop`; then stop accepting and let open
+/// connections finish their in-flight requests for up to `drain`. Returns
+/// whether every connection finished in time.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     gw: Arc<Gateway>,
     settings: Settings,
-    cancel: CancellationToken,
+    stop: CancellationToken,
     drain: Duration,
-) {
+) -> bool {
     let builder = Arc::new(builder(&settings));
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    // Cancelled when the drain period is over: remaining connections are dropped.
+    let force = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
+                gw.metrics().accept_errors.inc();
                 tracing::warn!(error = %e, "accept failed; backing off");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            gw.metrics().conn_closed(ConnClose::Limit);
             tracing::debug!(%peer, "connection limit reached; closing");
             drop(stream);
             continue;
@@ -104,27 +118,36 @@ pub async fn serve(
         let builder = builder.clone();
         let settings = settings.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let (stop, force) = (stop.clone(), force.clone());
+        tracker.spawn(async move {
             let _permit = permit;
+            let metrics = gw.metrics().clone();
+            metrics.open_connections.inc();
             let conn = ConnInfo::new(peer);
             match tls {
-                None => serve_conn(&builder, TokioIo::new(stream), conn, gw, watcher).await,
-                Some(acceptor) => {
-                    let Some((tls_stream, conn)) = handshake(acceptor, stream, conn, settings.header_timeout).await
-                    else {
-                        return;
-                    };
-                    serve_conn(&builder, TokioIo::new(tls_stream), conn, gw, watcher).await
-                }
+                None => serve_conn(&builder, &settings, stream, conn, gw, stop, force).await,
+                Some(acceptor) => match handshake(acceptor, stream, conn, settings.header_timeout).await {
+                    Ok((tls_stream, conn)) => serve_conn(&builder, &settings, tls_stream, conn, gw, stop, force).await,
+                    Err(why) => metrics.conn_closed(why),
+                },
             }
+            metrics.open_connections.dec();
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timeout; closing remaining connections"),
+    tracker.close();
+    let drained = tokio::time::timeout(drain, tracker.wait()).await.is_ok();
+    if drained {
+        tracing::info!("all connections drained");
+    } else {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "drain timeout; closing remaining connections"
+        );
+        force.cancel();
+        tracker.wait().await;
     }
+    drained
 }
 
 async fn handshake(
@@ -132,39 +155,212 @@ async fn handshake(
     stream: TcpStream,
     mut conn: ConnInfo,
     timeout: Duration,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo), ConnClose> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             if let Some(certs) = s.get_ref().1.peer_certificates() {
                 conn.identities = certs.first().map(|c| crate::identity::san_identities(c).into());
             }
-            Some((s, conn))
+            Ok((s, conn))
         }
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake refused");
-            None
+            Err(ConnClose::TlsHandshake)
         }
         Err(_) => {
             tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
-            None
+            Err(ConnClose::TlsHandshake)
         }
     }
 }
 
-async fn serve_conn<I>(
+/// What the connection is doing, shared by its IO wrapper and its requests.
+struct Activity {
+    origin: Instant,
+    /// Milliseconds since `origin` of the last byte read or written.
+    last_io: AtomicU64,
+    /// Milliseconds since `origin` (+1) when a new request's first byte came
+    /// in while idle; 0 when no head is being received.
+    head_started: AtomicU64,
+    inflight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last_io: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// Marks a request in progress for as long as it lives.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: &Arc<Activity>) -> Self {
+        a.inflight.fetch_add(1, Ordering::AcqRel);
+        a.head_started.store(0, Ordering::Release);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last_io.store(self.0.now_ms(), Ordering::Release);
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Stream wrapper that timestamps activity.
+struct Tracked<S> {
+    inner: S,
+    act: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.act.now_ms();
+            self.act.last_io.store(now, Ordering::Release);
+            if self.act.inflight.load(Ordering::Acquire) == 0 {
+                let _ = self
+                    .act
+                    .head_started
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.last_io.store(self.act.now_ms(), Ordering::Release);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.last_io.store(self.act.now_ms(), Ordering::Release);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Why the timer closed a connection, if it did.
+fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
+    if act.inflight.load(Ordering::Acquire) > 0 {
+        return None;
+    }
+    let now = act.now_ms();
+    let head = act.head_started.load(Ordering::Acquire);
+    if head > 0 {
+        return (now.saturating_sub(head - 1) >= s.header_timeout.as_millis() as u64)
+            .then_some(ConnClose::HeaderTimeout);
+    }
+    let last = act.last_io.load(Ordering::Acquire);
+    (now.saturating_sub(last) >= s.idle_timeout.as_millis() as u64).then_some(ConnClose::Idle)
+}
+
+async fn serve_conn<S>(
     builder: &auto::Builder<TokioExecutor>,
-    io: I,
+    settings: &Settings,
+    stream: S,
     conn: ConnInfo,
     gw: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    stop: CancellationToken,
+    force: CancellationToken,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let act = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        act: act.clone(),
+    });
     let conn = Arc::new(conn);
     let peer = conn.peer;
-    let service = service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req));
-    let connection = builder.serve_connection(io, service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let metrics = gw.metrics().clone();
+    let req_act = act.clone();
+    let service = service_fn(move |req| {
+        let guard = InFlight::start(&req_act);
+        let fut = proxy::handle(gw.clone(), conn.clone(), req);
+        async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        }
+    });
+    let mut connection = pin!(builder.serve_connection(io, service));
+    let tick = (settings.header_timeout.min(settings.idle_timeout) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if closing.is_none() => {
+                // Draining: finish in-flight requests, take no new ones.
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            _ = force.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Some(deadline) = closing {
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    continue;
+                }
+                match timed_out(&act, settings) {
+                    Some(ConnClose::HeaderTimeout) => {
+                        // A slow head gets no courtesy: drop the socket now.
+                        metrics.conn_closed(ConnClose::HeaderTimeout);
+                        tracing::debug!(%peer, "request head not received in time; closing");
+                        return;
+                    }
+                    Some(why) => {
+                        metrics.conn_closed(why);
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + GRACEFUL_CLOSE_GRACE);
+                    }
+                    None => {}
+                }
+            }
+        }
     }
 }

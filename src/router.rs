@@ -11,6 +11,7 @@ use http::{Method, Uri};
 
 use crate::allowlist::Allowlist;
 use crate::config::RouteConfig;
+use crate::ratelimit::RouteLimit;
 use crate::secrets::CredentialSlot;
 use crate::sign::Scheme;
 
@@ -22,6 +23,7 @@ pub struct Route {
     pub allow: Option<Allowlist>,
     /// `Allow` header value for 405 answers.
     pub allow_methods: String,
+    pub limit: Option<RouteLimit>,
 }
 
 impl Route {
@@ -29,6 +31,7 @@ impl Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
         Route {
+            limit: config.limit.map(RouteLimit::new),
             config,
             scheme,
             credential,

@@ -12,12 +12,12 @@ pub mod headers;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
@@ -27,6 +27,7 @@ use headers::X_REQUEST_ID;
 
 use crate::app::{Gateway, Snapshot};
 use crate::canonical;
+use crate::metrics::Metrics;
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
 use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
@@ -35,6 +36,21 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// What happened to one request: filled in by the pipeline, then turned
+/// into metrics and one audit record by [`finish`].
+pub struct Record {
+    pub started: Instant,
+    pub route: Option<Arc<Route>>,
+    pub method: Method,
+    pub path: String,
+    pub bytes_in: u64,
+    pub upstream_status: Option<u16>,
+    pub upstream_started: Option<Instant>,
+    pub credential_version: Option<u64>,
+    pub signature_fingerprint: Option<String>,
+    pub duplicate_key: Option<String>,
+}
+
 /// Serve one request. Never fails: refusals become JSON error responses, and a
 /// panic inside the pipeline becomes a 500 for that request only.
 pub async fn handle(
@@ -42,24 +58,58 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let metrics = gw.metrics();
+    metrics.inflight.inc();
     let rid = RequestId::parse_or_new(req.headers().get(&X_REQUEST_ID));
     let snap = gw.snapshot();
-    let result = AssertUnwindSafe(pipeline(&snap, &conn, &rid, req))
+    let mut rec = Record {
+        started: Instant::now(),
+        route: None,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        bytes_in: 0,
+        upstream_status: None,
+        upstream_started: None,
+        credential_version: None,
+        signature_fingerprint: None,
+        duplicate_key: None,
+    };
+    let result = AssertUnwindSafe(pipeline(&snap, &conn, &rid, req, &mut rec))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| {
             tracing::error!(request_id = rid.as_str(), "panic while handling a request");
             Err(GatewayError::Internal)
         });
-    let mut resp = match result {
-        Ok(r) => r,
+    let (mut resp, error) = match result {
+        Ok(r) => (r, None),
         Err(e) => {
             tracing::debug!(request_id = rid.as_str(), client = %conn.peer, code = e.code(), "refused");
-            e.to_response(&rid).map(Either::Right)
+            (e.to_response(&rid).map(Either::Right), Some(e))
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.header_value());
+    finish(&gw, &rec, resp.status(), error.as_ref());
+    metrics.inflight.dec();
     Ok(resp)
+}
+
+/// Count the request (and, with the audit log, record it).
+fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
+    let m = gw.metrics();
+    let route = rec.route.as_ref().map_or(crate::metrics::NO_ROUTE, |r| r.name());
+    m.requests
+        .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(rec.started.elapsed().as_secs_f64());
+    if let Some(e) = error {
+        m.denied.with_label_values(&[route, e.code()]).inc();
+        if let GatewayError::Upstream(kind) = e {
+            m.upstream_errors.with_label_values(&[route, kind.kind()]).inc();
+        }
+    }
 }
 
 async fn pipeline(
@@ -67,6 +117,7 @@ async fn pipeline(
     conn: &ConnInfo,
     rid: &RequestId,
     req: Request<Incoming>,
+    rec: &mut Record,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Who may send at all: the TCP peer, before anything else is looked at.
     if !snap.access.allows(conn.ip()) {
@@ -78,6 +129,7 @@ async fn pipeline(
         return Err(GatewayError::InvalidPath);
     }
     let route = snap.router.find(path).ok_or(GatewayError::NoRoute)?.clone();
+    rec.route = Some(route.clone());
     if !route.allows_method(req.method()) {
         return Err(GatewayError::MethodNotAllowed {
             route: route.name().to_string(),
@@ -99,6 +151,13 @@ async fn pipeline(
             return Err(GatewayError::IdentityNotAllowed);
         }
     }
+    // Limits before the body is read: a refused client costs no buffering.
+    snap.limits
+        .check(conn.ip(), route.limit.as_ref())
+        .map_err(|l| GatewayError::RateLimited {
+            scope: l.scope.label(),
+            retry_after: l.retry_after,
+        })?;
     let (parts, body) = req.into_parts();
     // Never sign bytes other than those sent: compressed bodies are refused.
     if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
@@ -107,6 +166,7 @@ async fn pipeline(
         }
     }
     let raw = read_body(body, &parts.headers, snap).await?;
+    rec.bytes_in = raw.len() as u64;
     // The canonical bytes are the bytes signed and the bytes sent.
     let body = prepare_body(&route.scheme, raw)?;
     let cred = route
@@ -116,6 +176,7 @@ async fn pipeline(
             credential: route.config.credential.clone(),
             hint,
         })?;
+    rec.credential_version = cred.version();
 
     let upstream_path = route.upstream_path(parts.uri.path());
     let uri = route
@@ -131,9 +192,11 @@ async fn pipeline(
 
     // At most one retry, and only when the connection failed before any byte
     // was written; the retry is signed afresh (new timestamp).
+    let metrics = snap.metrics.clone();
     let mut retried = false;
+    rec.upstream_started = Some(Instant::now());
     let response = loop {
-        let req = signed_request(
+        let (req, fingerprint) = signed_request(
             &route,
             &cred,
             &parts.method,
@@ -142,21 +205,63 @@ async fn pipeline(
             headers.clone(),
             body.clone(),
         );
+        metrics
+            .signatures
+            .with_label_values(&[route.name(), route.config.credential.as_str()])
+            .inc();
+        rec.signature_fingerprint = Some(fingerprint);
         match snap.upstream.send(req).await {
             Ok(r) => break r,
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
                 tracing::debug!(request_id = rid.as_str(), route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[route.name(), e.failure.kind()])
+                    .inc();
                 retried = true;
             }
             Err(e) => {
                 tracing::warn!(request_id = rid.as_str(), route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
+                observe_upstream(&metrics, &route, rec);
                 return Err(GatewayError::Upstream(e.failure));
             }
         }
     };
+    observe_upstream(&metrics, &route, rec);
     let (mut rparts, rbody) = response.into_parts();
+    rec.upstream_status = Some(rparts.status.as_u16());
+    if rparts.status == StatusCode::TOO_MANY_REQUESTS || rparts.status == StatusCode::SERVICE_UNAVAILABLE {
+        // The provider asks us to back off: pass it through, count it, never retry.
+        metrics
+            .upstream_passthrough_backoff
+            .with_label_values(&[route.name(), rparts.status.as_str()])
+            .inc();
+    }
+    if let Some(skew) = rparts.headers.get(DATE).and_then(clock_skew) {
+        metrics.clock_skew.with_label_values(&[route.name()]).set(skew);
+    }
     headers::sanitize_response(&mut rparts.headers);
     Ok(Response::from_parts(rparts, Either::Left(rbody)))
+}
+
+fn observe_upstream(metrics: &Metrics, route: &Route, rec: &Record) {
+    if let Some(t) = rec.upstream_started {
+        metrics
+            .upstream_duration
+            .with_label_values(&[route.name()])
+            .observe(t.elapsed().as_secs_f64());
+    }
+}
+
+/// Provider `Date` minus the local clock, in seconds (1 s resolution). A
+/// drifting host clock is the usual cause of sudden 401 stale-timestamp errors.
+fn clock_skew(date: &HeaderValue) -> Option<f64> {
+    let theirs = httpdate::parse_http_date(date.to_str().ok()?).ok()?;
+    let now = SystemTime::now();
+    Some(match theirs.duration_since(now) {
+        Ok(ahead) => ahead.as_secs_f64().trunc(),
+        Err(behind) => -behind.duration().as_secs_f64().trunc(),
+    })
 }
 
 /// Read the body under `max_body_bytes` and `body_timeout`. A declared
@@ -215,7 +320,8 @@ thread_local! {
         std::cell::RefCell::new(canonical::Canonicalizer::new());
 }
 
-/// Sign last, after every other change to the request.
+/// Sign last, after every other change to the request. Returns the request
+/// and the signature's fingerprint (for the audit record).
 fn signed_request(
     route: &Route,
     cred: &Credential,
@@ -224,7 +330,7 @@ fn signed_request(
     upstream_path: &str,
     mut headers: HeaderMap,
     body: Bytes,
-) -> Request<Full<Bytes>> {
+) -> (Request<Full<Bytes>>, String) {
     let scheme = &route.scheme;
     let ts = scheme.timestamp(SystemTime::now());
     let sig = scheme.sign(
@@ -250,5 +356,5 @@ fn signed_request(
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri.clone();
     *req.headers_mut() = headers;
-    req
+    (req, sig.fingerprint())
 }

@@ -106,6 +106,8 @@ pub fn config(upstream: &str, ca: &Path, cred: &Path, egress_extra: &str, route_
 [listener]
 addr = "127.0.0.1:0"
 max_body_bytes = 4096
+[admin]
+addr = "127.0.0.1:0"
 [access]
 allow = ["127.0.0.0/8", "::1/128"]
 [egress]

@@ -1,0 +1,94 @@
+//! The admin listener, separate from traffic (loopback by default):
+//! `GET /metrics` (Prometheus text), `GET /healthz` (the process is alive),
+//! `GET /readyz` (200 only when the listener accepts, the gateway is not
+//! draining and every credential a route uses has loaded; otherwise 503 with
+//! a JSON body naming what is missing).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Gateway;
+
+/// Serve the admin endpoints until `stop`.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(5));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let gw = gw.clone();
+        let builder = builder.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| respond(gw.clone(), req));
+            tokio::select! {
+                _ = builder.serve_connection(TokioIo::new(stream), svc) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const JSON: &str = "application/json";
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            gw.metrics().observe_credentials(&gw.snapshot().credentials);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics().render())
+        }
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"alive"}"#),
+        (&Method::GET, "/readyz") => {
+            let missing = gw.readiness_problems();
+            if missing.is_empty() {
+                reply(StatusCode::OK, JSON, r#"{"status":"ready"}"#)
+            } else {
+                let body = serde_json::json!({"status": "not_ready", "missing": missing});
+                reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            JSON,
+            r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#,
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            JSON,
+            r#"{"error":{"code":"no_route","message":"admin endpoints: /metrics /healthz /readyz"}}"#,
+        ),
+    };
+    Ok(resp)
+}

@@ -1,0 +1,301 @@
+//! Prometheus metrics: the names, types and labels of the design contract,
+//! registered on a registry owned by the running gateway (never the global
+//! default, so parallel tests do not collide). Label values come only from
+//! configuration (route, credential, webhook names) and fixed codes, never
+//! from request data: methods outside a fixed set count as `other`, and
+//! requests that match no route count under route `none`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::secrets::CredentialStore;
+
+/// Label for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// Gateway overhead is sub-millisecond; upstream calls take up to seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Why the listener closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnClose {
+    /// Over `max_connections`: closed right after accept.
+    Limit,
+    TlsHandshake,
+    HeaderTimeout,
+    Idle,
+}
+
+impl ConnClose {
+    fn label(self) -> &'static str {
+        match self {
+            ConnClose::Limit => "limit",
+            ConnClose::TlsHandshake => "tls_handshake",
+            ConnClose::HeaderTimeout => "header_timeout",
+            ConnClose::Idle => "idle",
+        }
+    }
+}
+
+/// A bounded label for an HTTP method.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub denied: IntCounterVec,
+    pub signatures: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub credential_refresh: IntCounterVec,
+    pub credential_age: prometheus::GaugeVec,
+    pub credential_loaded: IntGaugeVec,
+    pub webhooks: IntCounterVec,
+    pub clock_skew: prometheus::GaugeVec,
+    pub inflight: IntGauge,
+    pub open_connections: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    // Beyond the contract table.
+    pub connections_closed: IntCounterVec,
+    pub accept_errors: IntCounter,
+    pub audit_records: IntCounterVec,
+    pub upstream_passthrough_backoff: IntCounterVec,
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are static and unique: registering can only fail on a duplicate,
+    // which is a programming error caught by the tests.
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    reg(r, HistogramVec::new(opts, labels).expect("valid metric"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    reg(
+        r,
+        prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let m = Metrics {
+            requests: counter_vec(
+                &r,
+                "signgate_requests_total",
+                "Requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "signgate_request_duration_seconds",
+                "Time from request head to response head, by route.",
+                &["route"],
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "signgate_upstream_duration_seconds",
+                "Time waiting for the upstream's response head, by route.",
+                &["route"],
+            ),
+            denied: counter_vec(
+                &r,
+                "signgate_denied_total",
+                "Requests refused or failed by the gateway, by route and error code.",
+                &["route", "reason"],
+            ),
+            signatures: counter_vec(
+                &r,
+                "signgate_signatures_total",
+                "Signatures made, by route and credential.",
+                &["route", "credential"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "signgate_upstream_errors_total",
+                "Upstream failures, by route and kind (connect, tls, timeout, reset, protocol).",
+                &["route", "kind"],
+            ),
+            credential_refresh: counter_vec(
+                &r,
+                "signgate_credential_refresh_total",
+                "Credential source polls, by credential and result (ok, error).",
+                &["credential", "result"],
+            ),
+            credential_age: gauge_vec(
+                &r,
+                "signgate_credential_age_seconds",
+                "Seconds since the credential in use was loaded.",
+                &["credential"],
+            ),
+            credential_loaded: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("signgate_credential_loaded", "1 once the credential has loaded."),
+                    &["credential"],
+                )
+                .expect("valid metric"),
+            ),
+            webhooks: counter_vec(
+                &r,
+                "signgate_webhooks_total",
+                "Webhook decisions, by webhook and result.",
+                &["webhook", "result"],
+            ),
+            clock_skew: gauge_vec(
+                &r,
+                "signgate_clock_skew_seconds",
+                "Provider Date header minus the local clock, by route.",
+                &["route"],
+            ),
+            inflight: reg(
+                &r,
+                IntGauge::new("signgate_inflight_requests", "Requests being handled now.").expect("valid metric"),
+            ),
+            open_connections: reg(
+                &r,
+                IntGauge::new("signgate_open_connections", "Client connections open now.").expect("valid metric"),
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "signgate_config_reloads_total",
+                "Configuration reloads, by result (ok, error).",
+                &["result"],
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("signgate_build_info", "Build information; the value is 1."),
+                    &["version"],
+                )
+                .expect("valid metric"),
+            ),
+            connections_closed: counter_vec(
+                &r,
+                "signgate_connections_closed_total",
+                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle).",
+                &["reason"],
+            ),
+            accept_errors: reg(
+                &r,
+                IntCounter::new(
+                    "signgate_accept_errors_total",
+                    "Failed accept() calls (e.g. out of file descriptors).",
+                )
+                .expect("valid metric"),
+            ),
+            audit_records: counter_vec(
+                &r,
+                "signgate_audit_records_total",
+                "Audit records, by result (written, failed).",
+                &["result"],
+            ),
+            upstream_passthrough_backoff: counter_vec(
+                &r,
+                "signgate_upstream_backoff_total",
+                "Upstream 429/503 answers passed through (never retried), by route and status.",
+                &["route", "status"],
+            ),
+            registry: r,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        Arc::new(m)
+    }
+
+    pub fn conn_closed(&self, why: ConnClose) {
+        self.connections_closed.with_label_values(&[why.label()]).inc();
+    }
+
+    /// Pre-create the series a configuration can produce, so dashboards and
+    /// alerts see zeros instead of absent series.
+    pub fn prime(&self, routes: &[(String, String)], webhooks: &[String]) {
+        for (route, credential) in routes {
+            self.signatures
+                .with_label_values(&[route.as_str(), credential.as_str()]);
+            self.request_duration.with_label_values(&[route.as_str()]);
+            self.upstream_duration.with_label_values(&[route.as_str()]);
+        }
+        for w in webhooks {
+            for result in ["accepted", "bad_signature", "stale", "duplicate"] {
+                self.webhooks.with_label_values(&[w.as_str(), result]);
+            }
+        }
+    }
+
+    /// Bring credential series up to date (called at scrape time).
+    pub fn observe_credentials(&self, store: &CredentialStore) {
+        let now = SystemTime::now();
+        for slot in store.slots() {
+            let name = slot.name();
+            let (ok, err) = slot.refresh_counts();
+            for (result, total) in [("ok", ok), ("error", err)] {
+                let c = self.credential_refresh.with_label_values(&[name, result]);
+                let seen = c.get();
+                if total > seen {
+                    c.inc_by(total - seen);
+                }
+            }
+            let current = slot.get().ok();
+            self.credential_loaded
+                .with_label_values(&[name])
+                .set(i64::from(current.is_some()));
+            let age = current
+                .and_then(|c| now.duration_since(c.loaded_at()).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.credential_age.with_label_values(&[name]).set(age);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// A timer that observes into a histogram when stopped.
+pub fn observe(h: &Histogram, since: std::time::Instant) {
+    h.observe(since.elapsed().as_secs_f64());
+}
