@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::allowlist::Allowlist;
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::listener;
 use crate::metrics::Metrics;
@@ -25,6 +26,9 @@ use crate::router::{Route, Router};
 use crate::secrets::CredentialStore;
 use crate::tls;
 use crate::upstream::Upstream;
+
+/// How long shutdown waits for the audit writer to flush.
+const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
@@ -86,6 +90,8 @@ pub struct Gateway {
     accepting: AtomicBool,
     /// Set as soon as shutdown starts, so load balancers stop sending.
     draining: AtomicBool,
+    /// Taken away at shutdown so the writer can flush and finish.
+    audit: ArcSwapOption<AuditLog>,
 }
 
 impl Gateway {
@@ -96,6 +102,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The audit log, or `None` once shutdown has closed it.
+    pub fn audit(&self) -> Option<Arc<AuditLog>> {
+        self.audit.load_full()
     }
 
     /// Why the gateway is not ready, one entry per problem; empty when ready.
@@ -135,6 +146,7 @@ pub struct Running {
     /// Stops the admin listener and background tasks, after the drain.
     background: CancellationToken,
     listener: JoinHandle<bool>,
+    audit_writer: JoinHandle<()>,
 }
 
 impl Running {
@@ -159,6 +171,11 @@ impl Running {
         self.cancel.cancel();
         let drained = self.listener.await.unwrap_or(false);
         self.background.cancel();
+        // Close the audit queue; the writer flushes every queued record and exits.
+        self.gateway.audit.store(None);
+        if tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, self.audit_writer).await.is_err() {
+            tracing::error!("audit writer did not finish flushing in time");
+        }
         drained
     }
 }
@@ -193,6 +210,8 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials = CredentialStore::start(&config.credentials, &background).await;
     let metrics = Metrics::new();
+    let (audit, audit_writer) =
+        crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
     let snapshot = Snapshot::build(&config, credentials, upstream, metrics.clone())?;
     metrics.prime(
         &config
@@ -207,6 +226,7 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         metrics,
         accepting: AtomicBool::new(false),
         draining: AtomicBool::new(false),
+        audit: ArcSwapOption::from_pointee(audit),
     });
     spawn_sweeper(gateway.clone(), background.clone());
     let settings = listener::Settings::from(&config.listener);
@@ -230,6 +250,7 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         cancel,
         background,
         listener,
+        audit_writer,
     })
 }
 

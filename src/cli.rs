@@ -224,3 +224,21 @@ fn resolve_scheme(name: &str, config: Option<&Path>) -> Result<Scheme, String> {
         Err(errors) => Err(format!("{}: {errors}", path.display())),
     }
 }
+
+/// `signgate audit verify`: exit 0 with `ok N records`, or 1 naming the first bad line.
+pub fn audit_verify(files: &[std::path::PathBuf], continuation: bool) -> ExitCode {
+    match crate::audit::verify(files, continuation) {
+        Ok(crate::audit::Verdict::Ok { records }) => {
+            println!("ok {records} records");
+            ExitCode::SUCCESS
+        }
+        Ok(crate::audit::Verdict::Broken { file, line, why }) => {
+            println!("{}: line {line}: {why}", file.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("signgate audit verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -125,6 +125,8 @@ async fn run_inner() -> anyhow::Result<bool> {
 addr = "127.0.0.1:0"
 [admin]
 addr = ""
+[audit]
+path = "{audit}"
 [access]
 allow = ["127.0.0.0/8", "::1/128"]
 [egress]
@@ -144,6 +146,7 @@ methods = ["POST"]
         ca = ca_path.display(),
         cred = cred_path.display(),
         port = standin.addr().port(),
+        audit = dir.join("audit.jsonl").display(),
     ))
     .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let gateway = crate::start(config).await?;

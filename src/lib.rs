@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod allowlist;
 pub mod app;
+pub mod audit;
 pub mod canonical;
 pub mod cli;
 pub mod config;

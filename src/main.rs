@@ -37,6 +37,24 @@ enum Command {
     Sign(signgate::cli::SignArgs),
     /// Run the whole loop locally: the gateway plus a provider stand-in that checks every signature.
     Demo,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; print `ok N records` or name the first bad line (exit 1).
+    Verify {
+        /// Log files, oldest first (e.g. signgate.jsonl.2 signgate.jsonl.1 signgate.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Accept a first file that continues an older, absent one.
+        #[arg(long)]
+        continuation: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,5 +97,8 @@ fn main() -> ExitCode {
         Command::Check { credentials } => runtime.block_on(signgate::cli::check(&config_path, credentials)),
         Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
         Command::Demo => runtime.block_on(signgate::demo::run()),
+        Command::Audit {
+            command: AuditCommand::Verify { files, continuation },
+        } => signgate::cli::audit_verify(&files, continuation),
     }
 }

@@ -28,11 +28,13 @@ impl Drop for KillOnDrop {
 async fn shipped_config_starts_without_secrets_and_answers_json() {
     let port = closed_port();
     let admin_port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
         .args(["run", "--config", "gateway.toml"])
         .current_dir(ROOT)
         .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
         .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("SIGNGATE__AUDIT__PATH", dir.path().join("audit.jsonl"))
         .env_remove("KWIKPAISA_API_KEY")
         .env_remove("KWIKPAISA_SECRET_KEY")
         .stderr(Stdio::piped())

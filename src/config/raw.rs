@@ -63,6 +63,11 @@ pub struct RawEgress {
 pub struct RawAudit {
     pub path: Option<String>,
     pub hash_chain: Option<bool>,
+    pub max_bytes: Option<u64>,
+    pub max_files: Option<u64>,
+    pub queue: Option<u64>,
+    pub wait_ms: Option<u64>,
+    pub redact_query_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

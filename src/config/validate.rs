@@ -34,6 +34,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
 pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
 pub const DEFAULT_STATE_DIR: &str = "state";
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+pub const DEFAULT_AUDIT_MAX_FILES: usize = 10;
+pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
+pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_FILE_POLL: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
@@ -131,6 +135,17 @@ pub enum AuditSink {
 pub struct AuditConfig {
     pub sink: AuditSink,
     pub hash_chain: bool,
+    /// Rotate the file when it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` newest … `path.N` oldest).
+    pub max_files: usize,
+    /// Records that may wait for the writer.
+    pub queue: usize,
+    /// How long a request waits for room in a full queue before it is refused
+    /// (503 `audit_unavailable`): no request is forwarded unaudited.
+    pub wait: Duration,
+    /// Query parameters whose values are replaced by `REDACTED` in the record.
+    pub redact_query_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +471,18 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             p => AuditSink::File(v.path(p.unwrap_or(DEFAULT_AUDIT_PATH))),
         },
         hash_chain: raw.audit.hash_chain.unwrap_or(true),
+        max_bytes: match raw.audit.max_bytes {
+            Some(n) if n < 4096 => {
+                v.push(ConfigError::invalid("audit.max_bytes", n, "at least 4096 bytes"));
+                DEFAULT_AUDIT_MAX_BYTES
+            }
+            Some(n) => n,
+            None => DEFAULT_AUDIT_MAX_BYTES,
+        },
+        max_files: v.positive("audit.max_files", raw.audit.max_files, DEFAULT_AUDIT_MAX_FILES),
+        queue: v.positive("audit.queue", raw.audit.queue, DEFAULT_AUDIT_QUEUE),
+        wait: v.millis("audit.wait_ms", raw.audit.wait_ms, DEFAULT_AUDIT_WAIT),
+        redact_query_keys: raw.audit.redact_query_keys.unwrap_or_default(),
     };
     let state = StateConfig {
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),

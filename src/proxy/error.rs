@@ -63,6 +63,8 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// The gateway is draining for shutdown.
     ShuttingDown,
+    /// No room in the audit queue in time: refused rather than unaudited.
+    AuditUnavailable,
     /// A bug: a panic in the request task or an impossible state.
     Internal,
 }
@@ -88,6 +90,7 @@ impl GatewayError {
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +116,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -153,6 +157,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
+            GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
             GatewayError::Internal => "internal error".into(),
         }
     }
@@ -250,6 +255,7 @@ mod tests {
                 "upstream_failed",
             ),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
+            (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),
         ];
         for (e, status, code) in rows {

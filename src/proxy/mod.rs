@@ -26,6 +26,7 @@ pub use error::{GatewayError, UpstreamFailure};
 use headers::X_REQUEST_ID;
 
 use crate::app::{Gateway, Snapshot};
+use crate::audit::{redact_query, AuditLog, Entry};
 use crate::canonical;
 use crate::metrics::Metrics;
 use crate::router::{path_is_safe, Route};
@@ -43,6 +44,7 @@ pub struct Record {
     pub route: Option<Arc<Route>>,
     pub method: Method,
     pub path: String,
+    pub query: Option<String>,
     pub bytes_in: u64,
     pub upstream_status: Option<u16>,
     pub upstream_started: Option<Instant>,
@@ -67,6 +69,7 @@ pub async fn handle(
         route: None,
         method: req.method().clone(),
         path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
         bytes_in: 0,
         upstream_status: None,
         upstream_started: None,
@@ -74,13 +77,21 @@ pub async fn handle(
         signature_fingerprint: None,
         duplicate_key: None,
     };
-    let result = AssertUnwindSafe(pipeline(&snap, &conn, &rid, req, &mut rec))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            tracing::error!(request_id = rid.as_str(), "panic while handling a request");
-            Err(GatewayError::Internal)
-        });
+    // No request proceeds without a reserved audit slot (fail closed).
+    let slot = match gw.audit() {
+        Some(log) => log.reserve().await.ok_or(GatewayError::AuditUnavailable),
+        None => Err(GatewayError::ShuttingDown),
+    };
+    let result = match &slot {
+        Err(e) => Err(e.clone()),
+        Ok(_) => AssertUnwindSafe(pipeline(&snap, &conn, &rid, req, &mut rec))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(request_id = rid.as_str(), "panic while handling a request");
+                Err(GatewayError::Internal)
+            }),
+    };
     let (mut resp, error) = match result {
         Ok(r) => (r, None),
         Err(e) => {
@@ -90,6 +101,13 @@ pub async fn handle(
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.header_value());
     finish(&gw, &rec, resp.status(), error.as_ref());
+    match (slot, gw.audit()) {
+        (Ok(slot), Some(log)) => slot.write(audit_entry(&rec, &rid, &conn, &resp, error.as_ref(), &log)),
+        _ => {
+            gw.metrics().audit_records.with_label_values(&["refused"]).inc();
+            tracing::error!(request_id = rid.as_str(), "request refused: no audit slot");
+        }
+    }
     metrics.inflight.dec();
     Ok(resp)
 }
@@ -242,6 +260,43 @@ async fn pipeline(
     }
     headers::sanitize_response(&mut rparts.headers);
     Ok(Response::from_parts(rparts, Either::Left(rbody)))
+}
+
+fn audit_entry(
+    rec: &Record,
+    rid: &RequestId,
+    conn: &ConnInfo,
+    resp: &Response<ResponseBody>,
+    error: Option<&GatewayError>,
+    log: &AuditLog,
+) -> Entry {
+    let path = match rec.query.as_deref() {
+        Some(q) if !q.is_empty() => format!("{}?{}", rec.path, redact_query(q, log.redact_keys())),
+        _ => rec.path.clone(),
+    };
+    Entry {
+        time: crate::audit::now_rfc3339(),
+        request_id: rid.as_str().to_string(),
+        client: conn.peer,
+        route: rec.route.as_ref().map(|r| r.name().to_string()),
+        method: rec.method.as_str().to_string(),
+        path,
+        decision: if error.is_some() { "denied" } else { "allowed" },
+        reason: error.map(GatewayError::code),
+        status: resp.status().as_u16(),
+        upstream_status: rec.upstream_status,
+        duration_ms: rec.started.elapsed().as_secs_f64() * 1000.0,
+        bytes_in: rec.bytes_in,
+        bytes_out: resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        credential: rec.route.as_ref().map(|r| r.config.credential.clone()),
+        secret_version: rec.credential_version,
+        signature_fp: rec.signature_fingerprint.clone(),
+        duplicate_key: rec.duplicate_key.clone(),
+    }
 }
 
 fn observe_upstream(metrics: &Metrics, route: &Route, rec: &Record) {

@@ -108,6 +108,8 @@ addr = "127.0.0.1:0"
 max_body_bytes = 4096
 [admin]
 addr = "127.0.0.1:0"
+[audit]
+path = "{audit}"
 [access]
 allow = ["127.0.0.0/8", "::1/128"]
 [egress]
@@ -132,6 +134,7 @@ methods = ["POST"]
 "#,
         ca = ca.display(),
         cred = cred.display(),
+        audit = ca.parent().unwrap().join("audit.jsonl").display(),
     )
 }
 
