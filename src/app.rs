@@ -173,7 +173,10 @@ impl Running {
         self.background.cancel();
         // Close the audit queue; the writer flushes every queued record and exits.
         self.gateway.audit.store(None);
-        if tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, self.audit_writer).await.is_err() {
+        if tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, self.audit_writer)
+            .await
+            .is_err()
+        {
             tracing::error!("audit writer did not finish flushing in time");
         }
         drained

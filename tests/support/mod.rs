@@ -157,20 +157,23 @@ impl Setup {
     }
 
     pub async fn with(egress_extra: &str, route_extra: &str, extra: &str) -> Setup {
+        Self::custom(egress_extra, route_extra, extra, |t| t).await
+    }
+
+    /// Like `with`, with a final rewrite of the generated TOML.
+    pub async fn custom(
+        egress_extra: &str,
+        route_extra: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Setup {
         let pki = pki();
         let provider = provider(&pki).await;
         let cred_path = pki.dir.path().join("kwikpaisa.json");
         write_cred(&cred_path, &provider.api_key, &provider.secret);
         let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-        let gw = gateway(&config(
-            &upstream,
-            &pki.ca_path,
-            &cred_path,
-            egress_extra,
-            route_extra,
-            extra,
-        ))
-        .await;
+        let toml = config(&upstream, &pki.ca_path, &cred_path, egress_extra, route_extra, extra);
+        let gw = gateway(&edit(toml)).await;
         Setup {
             pki,
             provider,
@@ -181,6 +184,23 @@ impl Setup {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.gw.addr(), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.admin_addr().unwrap(), path)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.pki.dir.path().join("audit.jsonl")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = TestClient::new()
+            .send(Method::GET, &self.admin_url("/metrics"), &[], "")
+            .await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body.to_vec()).unwrap()
     }
 }
 
@@ -281,4 +301,89 @@ pub fn closed_port() -> u16 {
 
 pub fn peer_ip(addr: SocketAddr) -> IpAddr {
     addr.ip()
+}
+
+/// Value of one series in Prometheus text, e.g.
+/// `metric(&text, "signgate_denied_total", &[("route","kwikpaisa"),("reason","no_route")])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, lbls) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let have: Vec<(String, String)> = lbls
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once("=\""))
+            .map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))
+            .collect();
+        if have.len() == labels.len()
+            && labels
+                .iter()
+                .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+/// Number of series (non-comment lines) in Prometheus text.
+pub fn series_count(text: &str) -> usize {
+    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+}
+
+/// An HTTPS request over rustls with an optional client certificate. `Err`
+/// carries the TLS or connection error (e.g. a refused handshake).
+pub async fn https_post(
+    addr: SocketAddr,
+    ca: &DevCa,
+    client_cert: Option<&signgate::pki::Issued>,
+    path: &str,
+    body: &str,
+) -> Result<Reply, String> {
+    use hyper_util::rt::TokioIo;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(signgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client_cert {
+        Some(c) => builder
+            .with_client_auth_cert(vec![c.cert_der.clone()], c.key_der())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::post(format!("https://localhost{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let (parts, b) = resp.into_parts();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: b.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+    })
 }
