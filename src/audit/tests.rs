@@ -65,7 +65,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
     write_n(&cfg(&path, 1 << 30), 6).await;
     let original = lines(&path);
     assert_eq!(original.len(), 6);
-    assert_eq!(check(&[path.clone()]), Verdict::Ok { records: 6 });
+    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
     let first: serde_json::Value = serde_json::from_str(&original[0]).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["prev"], GENESIS);
@@ -76,7 +76,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
         let mut edited = original.clone();
         edited[i] = edited[i].replace("\"status\":200", "\"status\":201");
         rewrite(&edited);
-        match check(&[path.clone()]) {
+        match check(std::slice::from_ref(&path)) {
             Verdict::Broken { line, .. } => {
                 assert!(line == i as u64 + 2 || (i == 5 && line == 6), "edit {i}: line {line}")
             }
@@ -87,7 +87,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
         deleted.remove(i);
         rewrite(&deleted);
         assert!(
-            matches!(check(&[path.clone()]), Verdict::Broken { .. }),
+            matches!(check(std::slice::from_ref(&path)), Verdict::Broken { .. }),
             "deleting line {} not detected",
             i + 1
         );
@@ -96,14 +96,14 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
             let mut swapped = original.clone();
             swapped.swap(i, i + 1);
             rewrite(&swapped);
-            match check(&[path.clone()]) {
+            match check(std::slice::from_ref(&path)) {
                 Verdict::Broken { line, .. } => assert_eq!(line, i as u64 + 1, "swap {i}"),
                 ok => panic!("swap not detected: {ok:?}"),
             }
         }
     }
     rewrite(&original);
-    assert_eq!(check(&[path.clone()]), Verdict::Ok { records: 6 });
+    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
 }
 
 #[tokio::test]
@@ -137,8 +137,14 @@ async fn rotation_keeps_the_chain_across_files() {
     assert_eq!(check(&files), Verdict::Ok { records: total as u64 });
     assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
     // The newest file alone is a continuation.
-    assert!(matches!(check(&[path.clone()]), Verdict::Broken { line: 1, .. }));
-    assert!(matches!(verify(&[path.clone()], true).unwrap(), Verdict::Ok { .. }));
+    assert!(matches!(
+        check(std::slice::from_ref(&path)),
+        Verdict::Broken { line: 1, .. }
+    ));
+    assert!(matches!(
+        verify(std::slice::from_ref(&path), true).unwrap(),
+        Verdict::Ok { .. }
+    ));
     // A restart after rotation still continues from the newest record.
     write_n(&c, 1).await;
     let last: serde_json::Value = serde_json::from_str(lines(&path).last().unwrap()).unwrap();
