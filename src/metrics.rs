@@ -271,12 +271,12 @@ impl Metrics {
                     c.inc_by(total - seen);
                 }
             }
-            let current = slot.get().ok();
             self.credential_loaded
                 .with_label_values(&[name])
-                .set(i64::from(current.is_some()));
-            let age = current
-                .and_then(|c| now.duration_since(c.loaded_at()).ok())
+                .set(i64::from(slot.is_loaded()));
+            let age = slot
+                .last_ok()
+                .and_then(|t| now.duration_since(t).ok())
                 .map_or(0.0, |d| d.as_secs_f64());
             self.credential_age.with_label_values(&[name]).set(age);
         }

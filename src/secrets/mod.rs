@@ -189,6 +189,8 @@ pub struct CredentialSlot {
     /// (`signgate_credential_refresh_total{result}`).
     refresh_ok: AtomicU64,
     refresh_error: AtomicU64,
+    /// Unix seconds of the last successful poll (0: never).
+    last_ok: AtomicU64,
 }
 
 impl CredentialSlot {
@@ -199,6 +201,15 @@ impl CredentialSlot {
             problem: ArcSwap::from_pointee(Some(format!("credential {name} has not loaded yet"))),
             refresh_ok: AtomicU64::new(0),
             refresh_error: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+        }
+    }
+
+    /// When the source last answered successfully (fresh or unchanged).
+    pub fn last_ok(&self) -> Option<SystemTime> {
+        match self.last_ok.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(std::time::UNIX_EPOCH + Duration::from_secs(secs)),
         }
     }
 
@@ -336,6 +347,12 @@ async fn poll_once<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut
     let ok = poll_and_install(slot, source, state).await;
     let counter = if ok { &slot.refresh_ok } else { &slot.refresh_error };
     counter.fetch_add(1, Ordering::Relaxed);
+    if ok {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        slot.last_ok.store(now.as_secs().max(1), Ordering::Relaxed);
+    }
     ok
 }
 
