@@ -2,7 +2,7 @@
 //! `GET /metrics` (Prometheus text), `GET /healthz` (the process is alive),
 //! `GET /readyz` (200 only when the listener accepts, the gateway is not
 //! draining and every credential a route uses has loaded; otherwise 503 with
-//! a JSON body naming what is missing).
+//! a JSON body naming what is missing), `POST /reload` (same as SIGHUP).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,15 +79,27 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
                 reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz") => reply(
+        (&Method::POST, "/reload") => match gw.reload().await {
+            Ok(summary) => reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::json!({"status": "reloaded", "summary": summary}).to_string(),
+            ),
+            Err(why) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                JSON,
+                serde_json::json!({"error": {"code": "reload_rejected", "message": why}}).to_string(),
+            ),
+        },
+        (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             JSON,
-            r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#,
+            r#"{"error":{"code":"method_not_allowed","message":"GET /metrics /healthz /readyz, POST /reload"}}"#,
         ),
         _ => reply(
             StatusCode::NOT_FOUND,
             JSON,
-            r#"{"error":{"code":"no_route","message":"admin endpoints: /metrics /healthz /readyz"}}"#,
+            r#"{"error":{"code":"no_route","message":"admin endpoints: /metrics /healthz /readyz /reload"}}"#,
         ),
     };
     Ok(resp)

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +31,9 @@ use crate::upstream::Upstream;
 /// How long shutdown waits for the audit writer to flush.
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long in-flight requests may take to finish after shutdown starts.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
-
 /// Everything derived from one configuration; swapped whole, never edited.
 pub struct Snapshot {
+    pub config: Arc<Config>,
     pub router: Router,
     pub access: Allowlist,
     pub upstream: Upstream,
@@ -43,12 +42,16 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    /// Stops this snapshot's credential refreshers once it is replaced by a
+    /// snapshot with other credentials.
+    credentials_cancel: CancellationToken,
 }
 
 impl Snapshot {
     fn build(
         config: &Config,
         credentials: CredentialStore,
+        credentials_cancel: CancellationToken,
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Snapshot> {
@@ -70,6 +73,8 @@ impl Snapshot {
             routes.push(Arc::new(Route::new(r.clone(), scheme, slot)));
         }
         Ok(Snapshot {
+            config: Arc::new(config.clone()),
+            credentials_cancel,
             router: Router::new(routes),
             access: Allowlist::new(&config.access.allow),
             upstream,
@@ -92,6 +97,12 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Taken away at shutdown so the writer can flush and finish.
     audit: ArcSwapOption<AuditLog>,
+    /// Where a reload reads the configuration from.
+    config_path: Option<PathBuf>,
+    /// One reload at a time (cold path; never held by requests).
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Parent of the background tasks a reload starts.
+    background: CancellationToken,
 }
 
 impl Gateway {
@@ -133,6 +144,89 @@ impl Gateway {
 
     pub fn is_ready(&self) -> bool {
         self.readiness_problems().is_empty()
+    }
+
+    /// Re-read the configuration file and apply it (SIGHUP, `POST /reload`).
+    pub async fn reload(&self) -> Result<String, String> {
+        let Some(path) = &self.config_path else {
+            return Err("this gateway was not started from a file; nothing to reload".into());
+        };
+        match Config::load(path) {
+            Ok(c) => self.apply(c).await,
+            Err(errors) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                let msg = format!("{}: {errors}", path.display());
+                tracing::error!("reload rejected, the running configuration keeps serving: {msg}");
+                Err(msg)
+            }
+        }
+    }
+
+    /// Apply a validated configuration: build a complete new snapshot and swap
+    /// it in, or keep the old one. Requests in flight finish on the snapshot
+    /// they started with. Settings bound at start-up (listener, admin, audit)
+    /// cannot change here: such a reload is rejected whole, never half-applied.
+    pub async fn apply(&self, new: Config) -> Result<String, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.build_next(new).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
+            Err(e) => tracing::error!("reload rejected, the running configuration keeps serving: {e}"),
+        }
+        result
+    }
+
+    async fn build_next(&self, new: Config) -> Result<String, String> {
+        let old = self.snapshot();
+        let cur = &old.config;
+        let mut restart = Vec::new();
+        if new.listener != cur.listener {
+            restart.push("[listener]");
+        }
+        if new.admin != cur.admin {
+            restart.push("[admin]");
+        }
+        if new.audit != cur.audit {
+            restart.push("[audit]");
+        }
+        if !restart.is_empty() {
+            return Err(format!(
+                "{} changed: these settings are bound at start-up and need a restart; nothing was applied",
+                restart.join(", ")
+            ));
+        }
+        let upstream = if new.egress == cur.egress {
+            old.upstream.clone()
+        } else {
+            Upstream::new(&new.egress).map_err(|e| format!("egress: {e}"))?
+        };
+        let (credentials, credentials_cancel, creds_changed) = if new.credentials == cur.credentials {
+            (old.credentials.clone(), old.credentials_cancel.clone(), false)
+        } else {
+            let token = self.background.child_token();
+            (CredentialStore::start(&new.credentials, &token).await, token, true)
+        };
+        let next = Snapshot::build(&new, credentials, credentials_cancel, upstream, self.metrics.clone())
+            .map_err(|e| format!("{e:#}"))?;
+        self.metrics.prime(
+            &new.routes
+                .iter()
+                .map(|r| (r.name.clone(), r.credential.clone()))
+                .collect::<Vec<_>>(),
+            &new.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+        );
+        self.snapshot.store(Arc::new(next));
+        if creds_changed {
+            old.credentials_cancel.cancel();
+        }
+        Ok(format!(
+            "{} route(s), {} credential(s){}",
+            new.routes.len(),
+            new.credentials.len(),
+            if creds_changed { " (credentials reloaded)" } else { "" }
+        ))
     }
 }
 
@@ -185,10 +279,12 @@ impl Running {
 
 /// Bind the listener, load credentials, build the snapshot and start serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    start_with_drain(config, DEFAULT_DRAIN).await
+    start_with(config, None).await
 }
 
-pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result<Running> {
+/// Like [`start`]; with `config_path`, `reload` re-reads that file.
+pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    let drain = config.listener.drain_timeout;
     let cancel = CancellationToken::new();
     let background = CancellationToken::new();
     let upstream = Upstream::new(&config.egress).context("building the upstream TLS client")?;
@@ -211,11 +307,12 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         None => None,
     };
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
-    let credentials = CredentialStore::start(&config.credentials, &background).await;
+    let credentials_cancel = background.child_token();
+    let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
     let metrics = Metrics::new();
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
-    let snapshot = Snapshot::build(&config, credentials, upstream, metrics.clone())?;
+    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, metrics.clone())?;
     metrics.prime(
         &config
             .routes
@@ -230,6 +327,9 @@ pub async fn start_with_drain(config: Config, drain: Duration) -> anyhow::Result
         accepting: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         audit: ArcSwapOption::from_pointee(audit),
+        config_path,
+        reload_lock: tokio::sync::Mutex::new(()),
+        background: background.clone(),
     });
     spawn_sweeper(gateway.clone(), background.clone());
     let settings = listener::Settings::from(&config.listener);
@@ -272,9 +372,30 @@ fn spawn_sweeper(gw: Arc<Gateway>, cancel: CancellationToken) {
     });
 }
 
-/// Serve until `shutdown` resolves, then drain and return.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let running = start(config).await?;
+/// Serve until `shutdown` resolves, reloading `config_path` on SIGHUP; then
+/// drain and return.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start_with(config, config_path).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = running.gateway().reload().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
     shutdown.await;
     tracing::info!("shutting down: no longer accepting, draining in-flight requests");
     let drained = running.shutdown().await;

@@ -86,7 +86,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match runtime.block_on(signgate::run(config, signgate::cli::shutdown_signal())) {
+            match runtime.block_on(signgate::run(
+                config,
+                Some(config_path.clone()),
+                signgate::cli::shutdown_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("signgate: {e:#}");

@@ -19,6 +19,7 @@ pub struct RawListener {
     pub idle_timeout_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub body_timeout_ms: Option<u64>,
+    pub drain_timeout_ms: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_header_bytes: Option<u64>,
     pub allow_plaintext: Option<bool>,

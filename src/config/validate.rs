@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(60_000);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
 /// Longest pause allowed while a client sends its body (slow-upload cut-off).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_millis(15_000);
 /// Envoy's default header-count limit.
@@ -48,7 +49,7 @@ pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 
 /// The validated configuration. Cheap to clone pieces of; built once per load.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listener: ListenerConfig,
     pub admin: AdminConfig,
@@ -63,7 +64,7 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub tls: Option<ServerTlsConfig>,
@@ -75,12 +76,14 @@ pub struct ListenerConfig {
     pub max_body_bytes: u64,
     /// The whole body must arrive within this after the head.
     pub body_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub allow_plaintext: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerTlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -88,13 +91,13 @@ pub struct ServerTlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// `None` when the admin listener is disabled (`addr = ""`).
     pub addr: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessConfig {
     pub allow: Vec<IpNet>,
 }
@@ -106,14 +109,14 @@ pub struct Quota {
     pub burst: NonZeroU32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     pub global: Option<Quota>,
     pub per_client: Option<Quota>,
     pub per_client_max_keys: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EgressConfig {
     /// `None` = let the OS pick (`0.0.0.0`).
     pub source_addr: Option<IpAddr>,
@@ -125,13 +128,13 @@ pub struct EgressConfig {
     pub allow_plain_http: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AuditSink {
     Stdout,
     File(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     pub sink: AuditSink,
     pub hash_chain: bool,
@@ -148,19 +151,19 @@ pub struct AuditConfig {
     pub redact_query_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub dir: PathBuf,
 }
 
 /// Where a credential lives. Never the secret itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CredentialSpec {
     pub name: String,
     pub source: SecretSource,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
     Env {
         api_key_env: String,
@@ -175,7 +178,7 @@ pub enum SecretSource {
     Vault(VaultSpec),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultSpec {
     pub addr: Uri,
     pub mount: String,
@@ -187,7 +190,7 @@ pub struct VaultSpec {
     pub refresh: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum VaultAuth {
     /// From `token_file`, else the `VAULT_TOKEN` environment variable.
     Token { token_file: Option<PathBuf> },
@@ -199,7 +202,7 @@ pub enum VaultAuth {
 
 /// A parsed `upstream`: scheme and authority are fixed per route; the request
 /// can only choose the path below `base_path`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTarget {
     pub scheme: UriScheme,
     pub authority: Authority,
@@ -208,7 +211,7 @@ pub struct UpstreamTarget {
     pub host_header: HeaderValue,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub name: String,
     /// Without a trailing slash; matches the prefix itself and anything below it.
@@ -225,7 +228,7 @@ pub struct RouteConfig {
     pub duplicate_window: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WebhookConfig {
     pub name: String,
     pub match_path: String,
@@ -607,6 +610,7 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
             None => DEFAULT_MAX_BODY_BYTES,
         },
         body_timeout: v.millis("listener.body_timeout_ms", r.body_timeout_ms, DEFAULT_BODY_TIMEOUT),
+        drain_timeout: v.millis("listener.drain_timeout_ms", r.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT),
         max_headers: v.positive("listener.max_headers", r.max_headers, DEFAULT_MAX_HEADERS),
         max_header_bytes: max_header_bytes.max(MIN_HEADER_BYTES),
         allow_plaintext,

@@ -62,7 +62,7 @@ pub enum TimestampUnit {
 }
 
 /// A signing scheme, built from configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scheme {
     pub name: String,
     pub message: Vec<Part>,

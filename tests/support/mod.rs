@@ -1,7 +1,7 @@
 //! Test harness: a throw-away PKI, the provider stand-in over real TLS on
 //! loopback, the real gateway started in-process from a TOML string, and a
 //! plain HTTP client that can bind a chosen loopback source address.
-#![allow(dead_code, clippy::unwrap_used)] // test harness: a failed setup step should panic
+#![allow(dead_code, clippy::unwrap_used, clippy::disallowed_types)] // test harness: a failed setup step should panic; a std Mutex collects child logs
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -386,4 +386,88 @@ pub async fn https_post(
         headers: parts.headers,
         body: b.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
     })
+}
+
+/// A `signgate` child process, killed when dropped (even if the test fails).
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Start `signgate run --config <path>` with the listener and admin on
+    /// free loopback ports (overridden through the environment), and wait
+    /// until it reports listening.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead;
+        let (port, admin_port) = (closed_port(), closed_port());
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"));
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
+            .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("gateway did not report listening");
+            if line.contains("signgate listening") {
+                break;
+            }
+        }
+        GatewayProcess {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = TestClient::new()
+            .send(Method::GET, &format!("http://{}/metrics", self.admin), &[], "")
+            .await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
 }
