@@ -114,6 +114,7 @@ pub struct RawRoute {
     pub limit: Option<RawQuota>,
     pub duplicate_key: Option<String>,
     pub duplicate_window_secs: Option<u64>,
+    pub duplicate_capacity: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +127,10 @@ pub struct RawWebhook {
     pub forward_to: Option<String>,
     pub verify_canonical: Option<bool>,
     pub dedup_keys: Option<Vec<String>>,
+    pub dedup_window_secs: Option<u64>,
+    pub allow: Option<Vec<String>>,
+    pub max_attempts: Option<u64>,
+    pub rotation_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,6 +45,11 @@ pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
 pub const DEFAULT_SECRET_FIELD: &str = "secret_key";
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(86_400);
+/// Transaction references remembered per route by the duplicate guard.
+pub const DEFAULT_DUPLICATE_CAPACITY: usize = 100_000;
+pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
 pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 
@@ -226,6 +231,7 @@ pub struct RouteConfig {
     pub limit: Option<Quota>,
     pub duplicate_key: Option<String>,
     pub duplicate_window: Duration,
+    pub duplicate_capacity: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,10 +240,20 @@ pub struct WebhookConfig {
     pub match_path: String,
     pub credential: String,
     pub scheme: String,
+    /// Accepted distance of `X-TIMESTAMP` from the local clock, both ways.
     pub tolerance: Duration,
     pub forward_to: Uri,
     pub verify_canonical: bool,
+    /// JSON pointers whose values identify an event (joined in order).
     pub dedup_keys: Vec<String>,
+    /// How long a seen event key is remembered.
+    pub dedup_window: Duration,
+    /// Who may post (the provider's addresses or your ingress); default `[access].allow`.
+    pub allow: Option<Vec<IpNet>>,
+    /// Delivery attempts before an event is parked as failed.
+    pub max_attempts: u32,
+    /// After a secret rotation, how long the previous version still verifies.
+    pub rotation_grace: Duration,
 }
 
 /// Collects errors while converting; `key` prefixes make every message precise.
@@ -1226,6 +1242,11 @@ fn routes(
             r.duplicate_window_secs,
             DEFAULT_DUPLICATE_WINDOW,
         );
+        let duplicate_capacity = v.positive(
+            &key("duplicate_capacity"),
+            r.duplicate_capacity,
+            DEFAULT_DUPLICATE_CAPACITY,
+        );
         let limit = v.quota(&key("limit"), r.limit);
         if let Some(upstream) = upstream {
             out.push(RouteConfig {
@@ -1241,6 +1262,7 @@ fn routes(
                 limit,
                 duplicate_key,
                 duplicate_window,
+                duplicate_capacity,
             });
         }
     }
@@ -1354,6 +1376,32 @@ fn webhooks(
             }
         }
         let tolerance = v.secs(&key("tolerance_secs"), r.tolerance_secs, DEFAULT_WEBHOOK_TOLERANCE);
+        let dedup_window = v.secs(&key("dedup_window_secs"), r.dedup_window_secs, DEFAULT_WEBHOOK_DEDUP_WINDOW);
+        let allow = match r.allow {
+            None => None,
+            Some(list) if list.is_empty() => {
+                v.push(ConfigError::invalid(key("allow"), "[]", "a non-empty list of CIDRs the provider posts from, or no key to use [access].allow"));
+                None
+            }
+            Some(list) => Some(v.cidrs(&key("allow"), &list)),
+        };
+        let max_attempts = match r.max_attempts {
+            None => DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+            Some(n) if (1..=1000).contains(&n) => n as u32,
+            Some(n) => {
+                v.push(ConfigError::invalid(key("max_attempts"), n, "1 to 1000 delivery attempts"));
+                DEFAULT_WEBHOOK_MAX_ATTEMPTS
+            }
+        };
+        let rotation_grace = match r.rotation_grace_secs {
+            None => DEFAULT_ROTATION_GRACE,
+            Some(s) => Duration::from_secs(s),
+        };
+        if let Some(s) = schemes.get(&scheme) {
+            if !s.signs_body() {
+                v.push(ConfigError::invalid(key("scheme"), &scheme, "a scheme whose message includes {body}: a webhook signature must cover the event"));
+            }
+        }
         out.push(WebhookConfig {
             name,
             match_path,
@@ -1363,6 +1411,10 @@ fn webhooks(
             forward_to,
             verify_canonical: r.verify_canonical.unwrap_or(false),
             dedup_keys,
+            dedup_window,
+            allow,
+            max_attempts,
+            rotation_grace,
         });
     }
     out
