@@ -24,7 +24,7 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 # what is left is the network access a gateway needs.
 SYSTEMD_EXPOSURE_MAX=2.0
 
-TOOLS_DIR="${SIGNGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/signgate-tools}"
+TOOLS_DIR="${SIGNGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/signgate-tools}"
 VENV="$TOOLS_DIR/deploy-venv"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -74,7 +74,7 @@ while IFS= read -r line; do
     unit_env+=("${line//%d//run/credentials/signgate.service}")
 done < <(sed -n 's/^Environment=\(SIGNGATE__.*\)$/\1/p' deploy/systemd/signgate.service)
 # A clean environment: a SIGNGATE__* variable of the caller must not change the verdict.
-clean=(env -i "PATH=$PATH" "HOME=$HOME")
+clean=(env -i "PATH=$PATH" "HOME=${HOME:-/tmp}")
 "${clean[@]}" "${unit_env[@]}" "$BIN" check --config deploy/systemd/gateway.toml
 "${clean[@]}" "$BIN" check --config deploy/container/gateway.toml
 # Each ConfigMap's gateway.toml, extracted with the venv's PyYAML.
