@@ -1,6 +1,7 @@
 //! The command-line tools around the gateway: `check` (validate a config and
 //! optionally load its credentials), `sign` (show exactly what is signed, the
-//! tool for debugging a signature mismatch) and the shutdown signal.
+//! tool for debugging a signature mismatch), `certs dev` (a development PKI
+//! on disk, in `cli/certs.rs`) and the shutdown signal.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -11,6 +12,9 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::secrets::{CredentialStore, SecretBytes};
 use crate::sign::{self, MessageInput, Scheme};
+
+mod certs;
+pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";
 

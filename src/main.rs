@@ -37,6 +37,8 @@ enum Command {
     Sign(signgate::cli::SignArgs),
     /// Run the whole loop locally: the gateway plus a provider stand-in that checks every signature.
     Demo,
+    /// Make certificates: `certs dev` writes a development CA, server and client certificates.
+    Certs(signgate::cli::CertsArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Check { credentials } => runtime.block_on(signgate::cli::check(&config_path, credentials)),
         Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
         Command::Demo => runtime.block_on(signgate::demo::run()),
+        Command::Certs(args) => signgate::cli::certs(&args),
         Command::Audit {
             command: AuditCommand::Verify { files, continuation },
         } => signgate::cli::audit_verify(&files, continuation),

@@ -1,5 +1,5 @@
 //! A throw-away PKI made at run time with rcgen: a CA, server certificates and
-//! client certificates. Used by `signgate demo`, the tests and (later)
+//! client certificates. Used by `signgate demo`, the tests and
 //! `signgate certs dev`. Nothing here is for production trust.
 
 use std::net::IpAddr;
