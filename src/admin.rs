@@ -2,7 +2,9 @@
 //! `GET /metrics` (Prometheus text), `GET /healthz` (the process is alive),
 //! `GET /readyz` (200 only when the listener accepts, the gateway is not
 //! draining and every credential a route uses has loaded; otherwise 503 with
-//! a JSON body naming what is missing), `POST /reload` (same as SIGHUP).
+//! a JSON body naming what is missing), `POST /reload` (same as SIGHUP),
+//! `GET /webhooks[?failed=true]` and `POST /webhooks/retry?id=N|all_failed=true`
+//! (the inbox, for `signgate webhooks`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,6 +81,30 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
                 reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
             }
         }
+        (&Method::GET, "/webhooks") => {
+            let failed_only = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "failed=true"));
+            webhooks_list(&gw, failed_only).await
+        }
+        (&Method::POST, "/webhooks/retry") => {
+            let query = req.uri().query().unwrap_or("");
+            let id = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("id="))
+                .and_then(|v| v.parse::<u64>().ok());
+            let all = query.split('&').any(|p| p == "all_failed=true");
+            if id.is_none() && !all {
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    JSON,
+                    r#"{"error":{"code":"bad_request","message":"give id=N or all_failed=true"}}"#,
+                )
+            } else {
+                webhooks_retry(&gw, id).await
+            }
+        }
         (&Method::POST, "/reload") => match gw.reload().await {
             Ok(summary) => reply(
                 StatusCode::OK,
@@ -91,7 +117,7 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
                 serde_json::json!({"error": {"code": "reload_rejected", "message": why}}).to_string(),
             ),
         },
-        (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => reply(
+        (_, "/metrics" | "/healthz" | "/readyz" | "/reload" | "/webhooks" | "/webhooks/retry") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             JSON,
             r#"{"error":{"code":"method_not_allowed","message":"GET /metrics /healthz /readyz, POST /reload"}}"#,
@@ -103,4 +129,54 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
         ),
     };
     Ok(resp)
+}
+
+async fn webhooks_list(gw: &Gateway, failed_only: bool) -> Response<Full<Bytes>> {
+    let Some(store) = gw.webhook_store().cloned() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"code":"no_webhooks","message":"no [[webhook]] is configured"}}"#,
+        );
+    };
+    match tokio::task::spawn_blocking(move || store.list(failed_only)).await {
+        Ok(Ok(events)) => {
+            let rows: Vec<serde_json::Value> = events.iter().map(crate::webhook::store::summary).collect();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({ "events": rows }).to_string(),
+            )
+        }
+        _ => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/json",
+            r#"{"error":{"code":"internal_error","message":"webhook inbox unreadable"}}"#,
+        ),
+    }
+}
+
+async fn webhooks_retry(gw: &Gateway, id: Option<u64>) -> Response<Full<Bytes>> {
+    let Some(store) = gw.webhook_store().cloned() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"code":"no_webhooks","message":"no [[webhook]] is configured"}}"#,
+        );
+    };
+    match tokio::task::spawn_blocking(move || store.retry(id)).await {
+        Ok(Ok(n)) => {
+            gw.wake_delivery();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({ "requeued": n }).to_string(),
+            )
+        }
+        _ => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/json",
+            r#"{"error":{"code":"internal_error","message":"webhook inbox unreadable"}}"#,
+        ),
+    }
 }

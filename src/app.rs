@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ use crate::router::{Route, Router};
 use crate::secrets::CredentialStore;
 use crate::tls;
 use crate::upstream::Upstream;
+use crate::webhook::store::Store;
+use crate::webhook::Hook;
 
 /// How long shutdown waits for the audit writer to flush.
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +38,7 @@ const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
+    pub webhooks: Vec<Arc<Hook>>,
     pub access: Allowlist,
     pub upstream: Upstream,
     pub credentials: CredentialStore,
@@ -54,6 +58,7 @@ impl Snapshot {
         credentials_cancel: CancellationToken,
         upstream: Upstream,
         metrics: Arc<Metrics>,
+        previous: Option<&Snapshot>,
     ) -> anyhow::Result<Snapshot> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
@@ -70,9 +75,36 @@ impl Snapshot {
                 .slot(&r.credential)
                 .cloned()
                 .with_context(|| format!("route {}: unknown credential {}", r.name, r.credential))?;
-            routes.push(Arc::new(Route::new(r.clone(), scheme, slot)));
+            // Keep the duplicate guard's memory when the route's guard settings are unchanged.
+            let kept = previous
+                .and_then(|p| p.router.by_name(&r.name))
+                .filter(|old| {
+                    old.config.duplicate_key == r.duplicate_key
+                        && old.config.duplicate_window == r.duplicate_window
+                        && old.config.duplicate_capacity == r.duplicate_capacity
+                })
+                .and_then(|old| old.duplicates.clone());
+            routes.push(Arc::new(Route::new(r.clone(), scheme, slot, kept)));
+        }
+        let mut webhooks = Vec::with_capacity(config.webhooks.len());
+        for w in &config.webhooks {
+            let scheme = schemes
+                .get(w.scheme.as_str())
+                .cloned()
+                .with_context(|| format!("webhook {}: unknown scheme {}", w.name, w.scheme))?;
+            let credential = credentials
+                .slot(&w.credential)
+                .cloned()
+                .with_context(|| format!("webhook {}: unknown credential {}", w.name, w.credential))?;
+            webhooks.push(Arc::new(Hook {
+                allow: w.allow.as_deref().map(Allowlist::new),
+                config: w.clone(),
+                scheme,
+                credential,
+            }));
         }
         Ok(Snapshot {
+            webhooks,
             config: Arc::new(config.clone()),
             credentials_cancel,
             router: Router::new(routes),
@@ -103,6 +135,10 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     /// Parent of the background tasks a reload starts.
     background: CancellationToken,
+    /// The durable webhook inbox (when webhooks are configured).
+    webhook_store: Option<Arc<Store>>,
+    /// Wakes the delivery worker when an event arrives.
+    webhook_wake: Arc<Notify>,
 }
 
 impl Gateway {
@@ -113,6 +149,15 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn webhook_store(&self) -> Option<&Arc<Store>> {
+        self.webhook_store.as_ref()
+    }
+
+    /// Tell the delivery worker there is work.
+    pub fn wake_delivery(&self) {
+        self.webhook_wake.notify_one();
     }
 
     /// The audit log, or `None` once shutdown has closed it.
@@ -191,6 +236,12 @@ impl Gateway {
         if new.audit != cur.audit {
             restart.push("[audit]");
         }
+        if new.state != cur.state {
+            restart.push("[state]");
+        }
+        if !new.webhooks.is_empty() && self.webhook_store.is_none() {
+            restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
+        }
         if !restart.is_empty() {
             return Err(format!(
                 "{} changed: these settings are bound at start-up and need a restart; nothing was applied",
@@ -208,8 +259,15 @@ impl Gateway {
             let token = self.background.child_token();
             (CredentialStore::start(&new.credentials, &token).await, token, true)
         };
-        let next = Snapshot::build(&new, credentials, credentials_cancel, upstream, self.metrics.clone())
-            .map_err(|e| format!("{e:#}"))?;
+        let next = Snapshot::build(
+            &new,
+            credentials,
+            credentials_cancel,
+            upstream,
+            self.metrics.clone(),
+            Some(&old),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         self.metrics.prime(
             &new.routes
                 .iter()
@@ -309,10 +367,24 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials_cancel = background.child_token();
     let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
+    let webhook_store = if config.webhooks.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Store::open(&config.state.dir).with_context(|| {
+            format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
+        })?))
+    };
     let metrics = Metrics::new();
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
-    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, metrics.clone())?;
+    let snapshot = Snapshot::build(
+        &config,
+        credentials,
+        credentials_cancel,
+        upstream,
+        metrics.clone(),
+        None,
+    )?;
     metrics.prime(
         &config
             .routes
@@ -330,7 +402,26 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         config_path,
         reload_lock: tokio::sync::Mutex::new(()),
         background: background.clone(),
+        webhook_store: webhook_store.clone(),
+        webhook_wake: Arc::new(Notify::new()),
     });
+    if let Some(store) = webhook_store {
+        // Deliveries go to internal apps: not from the provider-facing egress address.
+        let internal = crate::config::EgressConfig {
+            source_addr: None,
+            allow_plain_http: true,
+            request_timeout: crate::webhook::deliver::ATTEMPT_TIMEOUT,
+            client_cert: None,
+            ..config.egress.clone()
+        };
+        let worker = crate::webhook::deliver::Worker {
+            gw: gateway.clone(),
+            store,
+            client: Upstream::new(&internal).context("building the webhook delivery client")?,
+            wake: gateway.webhook_wake.clone(),
+        };
+        tokio::spawn(worker.run(background.clone()));
+    }
     spawn_sweeper(gateway.clone(), background.clone());
     let settings = listener::Settings::from(&config.listener);
     let listener = tokio::spawn(listener::serve(

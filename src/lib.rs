@@ -13,6 +13,7 @@
 //!   → rate limits: client, route, global 429 rate_limited + Retry-After   ratelimit.rs
 //!   → read body under max_body_bytes     413 body_too_large, 408, 415
 //!   → canonicalize (scheme)              400 invalid_json                canonical.rs
+//!   → duplicate guard (route)            409 duplicate_request           dedup.rs
 //!   → credential                         503 credential_unavailable      secrets/
 //!   → sign: timestamp, HMAC              (last, and again on a retry)    sign.rs
 //!   → header hygiene                     client auth/hop-by-hop removed  proxy/headers.rs
@@ -21,6 +22,10 @@
 //!                                        504 upstream_timeout
 //!   → response streamed back with x-request-id
 //! ```
+//! Webhooks (`[[webhook]]`, exact path, POST) take their own path: verify
+//! signature and timestamp, de-duplicate, commit to the on-disk inbox, 200;
+//! a worker delivers to the internal app (webhook/).
+//!
 //! The pipeline itself is one function: [`proxy::handle`]. Every refusal is
 //! a [`proxy::GatewayError`], mapped in one place to status, code and message.
 
@@ -33,6 +38,7 @@ pub mod audit;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod identity;
 pub mod listener;
@@ -46,6 +52,7 @@ pub mod sign;
 pub mod standin;
 pub mod tls;
 pub mod upstream;
+pub mod webhook;
 
 pub use app::{run, start, Running};
 pub use config::Config;

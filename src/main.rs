@@ -39,10 +39,31 @@ enum Command {
     Demo,
     /// Make certificates: `certs dev` writes a development CA, server and client certificates.
     Certs(signgate::cli::CertsArgs),
+    /// The webhook inbox: list events, re-queue failed ones.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List stored events (all, or only those parked as failed).
+    List {
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Re-queue a failed event by id, or every failed event.
+    Retry {
+        /// Event id (from `webhooks list`).
+        id: Option<u64>,
+        #[arg(long, conflicts_with = "id")]
+        all_failed: bool,
     },
 }
 
@@ -104,6 +125,19 @@ fn main() -> ExitCode {
         Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
         Command::Demo => runtime.block_on(signgate::demo::run()),
         Command::Certs(args) => signgate::cli::certs(&args),
+        Command::Webhooks { command } => {
+            let action = match command {
+                WebhooksCommand::List { failed } => signgate::cli::WebhooksAction::List { failed },
+                WebhooksCommand::Retry { id, all_failed } => {
+                    if id.is_none() && !all_failed {
+                        eprintln!("signgate webhooks retry: give an event id or --all-failed");
+                        return ExitCode::from(2);
+                    }
+                    signgate::cli::WebhooksAction::Retry { id }
+                }
+            };
+            runtime.block_on(signgate::cli::webhooks(&config_path, action))
+        }
         Command::Audit {
             command: AuditCommand::Verify { files, continuation },
         } => signgate::cli::audit_verify(&files, continuation),

@@ -81,6 +81,10 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     pub audit_records: IntCounterVec,
     pub upstream_passthrough_backoff: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_queue_depth: IntGaugeVec,
+    pub webhook_oldest_pending: prometheus::GaugeVec,
+    pub duplicate_guard_size: IntGaugeVec,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -229,6 +233,40 @@ impl Metrics {
                 "Upstream 429/503 answers passed through (never retried), by route and status.",
                 &["route", "status"],
             ),
+            webhook_deliveries: counter_vec(
+                &r,
+                "signgate_webhook_deliveries_total",
+                "Webhook delivery attempts to the internal app, by webhook and result (delivered, retry, failed).",
+                &["webhook", "result"],
+            ),
+            webhook_queue_depth: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_queue_depth",
+                        "Verified webhook events waiting for delivery.",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
+            webhook_oldest_pending: gauge_vec(
+                &r,
+                "signgate_webhook_oldest_pending_seconds",
+                "Age of the oldest undelivered webhook event.",
+                &["webhook"],
+            ),
+            duplicate_guard_size: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_duplicate_guard_references",
+                        "Transaction references held by the duplicate guard.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -252,9 +290,14 @@ impl Metrics {
             self.upstream_duration.with_label_values(&[route.as_str()]);
         }
         for w in webhooks {
-            for result in ["accepted", "bad_signature", "stale", "duplicate"] {
+            for result in ["accepted", "bad_signature", "stale", "duplicate", "invalid_json"] {
                 self.webhooks.with_label_values(&[w.as_str(), result]);
             }
+            for result in ["delivered", "retry", "failed"] {
+                self.webhook_deliveries.with_label_values(&[w.as_str(), result]);
+            }
+            self.webhook_queue_depth.with_label_values(&[w.as_str()]);
+            self.webhook_oldest_pending.with_label_values(&[w.as_str()]);
         }
     }
 

@@ -11,6 +11,7 @@ use http::{Method, Uri};
 
 use crate::allowlist::Allowlist;
 use crate::config::RouteConfig;
+use crate::dedup::{DuplicateStore, MemoryStore};
 use crate::ratelimit::RouteLimit;
 use crate::secrets::CredentialSlot;
 use crate::sign::Scheme;
@@ -24,13 +25,31 @@ pub struct Route {
     /// `Allow` header value for 405 answers.
     pub allow_methods: String,
     pub limit: Option<RouteLimit>,
+    /// The duplicate guard, for routes with `duplicate_key`.
+    pub duplicates: Option<Arc<dyn DuplicateStore>>,
 }
 
 impl Route {
-    pub fn new(config: RouteConfig, scheme: Arc<Scheme>, credential: Arc<CredentialSlot>) -> Route {
+    /// `duplicates` carries the guard's state over from the previous
+    /// configuration (a reload must not forget in-flight payouts).
+    pub fn new(
+        config: RouteConfig,
+        scheme: Arc<Scheme>,
+        credential: Arc<CredentialSlot>,
+        duplicates: Option<Arc<dyn DuplicateStore>>,
+    ) -> Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let duplicates = match (&config.duplicate_key, duplicates) {
+            (None, _) => None,
+            (Some(_), Some(kept)) => Some(kept),
+            (Some(_), None) => Some(
+                Arc::new(MemoryStore::new(config.duplicate_window, config.duplicate_capacity))
+                    as Arc<dyn DuplicateStore>,
+            ),
+        };
         Route {
+            duplicates,
             limit: config.limit.map(RouteLimit::new),
             config,
             scheme,
@@ -96,6 +115,10 @@ impl Router {
     pub fn new(mut routes: Vec<Arc<Route>>) -> Router {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.match_prefix.len()));
         Router { routes }
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name() == name)
     }
 
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {

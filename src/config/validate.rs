@@ -1376,11 +1376,19 @@ fn webhooks(
             }
         }
         let tolerance = v.secs(&key("tolerance_secs"), r.tolerance_secs, DEFAULT_WEBHOOK_TOLERANCE);
-        let dedup_window = v.secs(&key("dedup_window_secs"), r.dedup_window_secs, DEFAULT_WEBHOOK_DEDUP_WINDOW);
+        let dedup_window = v.secs(
+            &key("dedup_window_secs"),
+            r.dedup_window_secs,
+            DEFAULT_WEBHOOK_DEDUP_WINDOW,
+        );
         let allow = match r.allow {
             None => None,
             Some(list) if list.is_empty() => {
-                v.push(ConfigError::invalid(key("allow"), "[]", "a non-empty list of CIDRs the provider posts from, or no key to use [access].allow"));
+                v.push(ConfigError::invalid(
+                    key("allow"),
+                    "[]",
+                    "a non-empty list of CIDRs the provider posts from, or no key to use [access].allow",
+                ));
                 None
             }
             Some(list) => Some(v.cidrs(&key("allow"), &list)),
@@ -1389,7 +1397,11 @@ fn webhooks(
             None => DEFAULT_WEBHOOK_MAX_ATTEMPTS,
             Some(n) if (1..=1000).contains(&n) => n as u32,
             Some(n) => {
-                v.push(ConfigError::invalid(key("max_attempts"), n, "1 to 1000 delivery attempts"));
+                v.push(ConfigError::invalid(
+                    key("max_attempts"),
+                    n,
+                    "1 to 1000 delivery attempts",
+                ));
                 DEFAULT_WEBHOOK_MAX_ATTEMPTS
             }
         };
@@ -1399,7 +1411,11 @@ fn webhooks(
         };
         if let Some(s) = schemes.get(&scheme) {
             if !s.signs_body() {
-                v.push(ConfigError::invalid(key("scheme"), &scheme, "a scheme whose message includes {body}: a webhook signature must cover the event"));
+                v.push(ConfigError::invalid(
+                    key("scheme"),
+                    &scheme,
+                    "a scheme whose message includes {body}: a webhook signature must cover the event",
+                ));
             }
         }
         out.push(WebhookConfig {

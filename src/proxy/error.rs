@@ -57,6 +57,14 @@ pub enum GatewayError {
     InvalidPath,
     /// The duplicate guard saw this transaction reference in flight or done.
     DuplicateRequest,
+    /// A route with `duplicate_key` got a body without that reference.
+    MissingReference { pointer: String },
+    /// The duplicate guard is full of in-flight references (fail closed).
+    DuplicateGuardFull,
+    /// A webhook without a valid signature (or without the headers).
+    BadSignature,
+    /// A webhook whose timestamp is outside `tolerance_secs`.
+    StaleTimestamp,
     /// The route's credential has not loaded; `hint` says what to provide.
     CredentialUnavailable { credential: String, hint: String },
     /// Upstream failed before a response arrived.
@@ -84,6 +92,10 @@ impl GatewayError {
             GatewayError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateRequest => StatusCode::CONFLICT,
+            GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
+            GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(
@@ -110,6 +122,10 @@ impl GatewayError {
             GatewayError::UnsupportedEncoding => "unsupported_encoding",
             GatewayError::InvalidPath => "invalid_path",
             GatewayError::DuplicateRequest => "duplicate_request",
+            GatewayError::MissingReference { .. } => "missing_duplicate_key",
+            GatewayError::DuplicateGuardFull => "duplicate_guard_full",
+            GatewayError::BadSignature => "bad_signature",
+            GatewayError::StaleTimestamp => "stale_timestamp",
             GatewayError::CredentialUnavailable { .. } => "credential_unavailable",
             GatewayError::Upstream(UpstreamFailure::Connect) => "upstream_unreachable",
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
@@ -146,6 +162,14 @@ impl GatewayError {
             GatewayError::DuplicateRequest => {
                 "a request with the same transaction reference is in flight or already succeeded".into()
             }
+            GatewayError::MissingReference { pointer } => {
+                format!("this route needs a transaction reference at JSON pointer {pointer}")
+            }
+            GatewayError::DuplicateGuardFull => {
+                "too many transactions in flight to guard against duplicates; retry shortly".into()
+            }
+            GatewayError::BadSignature => "signature missing or invalid".into(),
+            GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
             GatewayError::CredentialUnavailable { credential, hint } => {
                 format!("credential {credential} is not available: {hint}")
             }
@@ -229,6 +253,14 @@ mod tests {
             (GatewayError::UnsupportedEncoding, 415, "unsupported_encoding"),
             (GatewayError::InvalidPath, 400, "invalid_path"),
             (GatewayError::DuplicateRequest, 409, "duplicate_request"),
+            (
+                GatewayError::MissingReference { pointer: "/o".into() },
+                400,
+                "missing_duplicate_key",
+            ),
+            (GatewayError::DuplicateGuardFull, 503, "duplicate_guard_full"),
+            (GatewayError::BadSignature, 401, "bad_signature"),
+            (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
             (
                 GatewayError::CredentialUnavailable {
                     credential: "c".into(),

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
 use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
+use crate::webhook::Hook;
 
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
@@ -42,6 +43,7 @@ static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/jso
 pub struct Record {
     pub started: Instant,
     pub route: Option<Arc<Route>>,
+    pub webhook: Option<Arc<Hook>>,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
@@ -67,6 +69,7 @@ pub async fn handle(
     let mut rec = Record {
         started: Instant::now(),
         route: None,
+        webhook: None,
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         query: req.uri().query().map(str::to_string),
@@ -84,7 +87,7 @@ pub async fn handle(
     };
     let result = match &slot {
         Err(e) => Err(e.clone()),
-        Ok(_) => AssertUnwindSafe(pipeline(&snap, &conn, &rid, req, &mut rec))
+        Ok(_) => AssertUnwindSafe(pipeline(&gw, &snap, &conn, &rid, req, &mut rec))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -115,7 +118,11 @@ pub async fn handle(
 /// Count the request (and, with the audit log, record it).
 fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
     let m = gw.metrics();
-    let route = rec.route.as_ref().map_or(crate::metrics::NO_ROUTE, |r| r.name());
+    let route = match (&rec.route, &rec.webhook) {
+        (Some(r), _) => r.name(),
+        (None, Some(h)) => h.name(),
+        (None, None) => crate::metrics::NO_ROUTE,
+    };
     m.requests
         .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
         .inc();
@@ -131,12 +138,35 @@ fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Option<&Gateway
 }
 
 async fn pipeline(
+    gw: &Gateway,
     snap: &Snapshot,
     conn: &ConnInfo,
     rid: &RequestId,
     req: Request<Incoming>,
     rec: &mut Record,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    // Webhooks come from the provider, not from internal callers: their own
+    // allowlist applies, and they take their own path.
+    if let Some(hook) = snap.webhooks.iter().find(|h| h.config.match_path == req.uri().path()) {
+        rec.webhook = Some(hook.clone());
+        let result = webhook(gw, snap, conn, hook, req, rec).await;
+        let label = match &result {
+            Ok(outcome) => outcome.label(),
+            Err(e) => crate::webhook::refusal_label(e),
+        };
+        gw.metrics().webhooks.with_label_values(&[hook.name(), label]).inc();
+        let outcome = result?;
+        if let crate::webhook::Outcome::Accepted(_) = outcome {
+            gw.wake_delivery();
+        }
+        let body = match outcome {
+            crate::webhook::Outcome::Accepted(id) => serde_json::json!({"status": "accepted", "id": id}),
+            crate::webhook::Outcome::Duplicate => serde_json::json!({"status": "duplicate"}),
+        };
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        resp.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+        return Ok(resp);
+    }
     // Who may send at all: the TCP peer, before anything else is looked at.
     if !snap.access.allows(conn.ip()) {
         return Err(GatewayError::IpNotAllowed);
@@ -187,6 +217,23 @@ async fn pipeline(
     rec.bytes_in = raw.len() as u64;
     // The canonical bytes are the bytes signed and the bytes sent.
     let body = prepare_body(&route.scheme, raw)?;
+    // A retried payment must not become a second payment.
+    let claim = match (&route.duplicates, &route.config.duplicate_key) {
+        (Some(store), Some(pointer)) => {
+            let reference = crate::dedup::reference(&body, pointer).ok_or_else(|| GatewayError::MissingReference {
+                pointer: pointer.clone(),
+            })?;
+            rec.duplicate_key = Some(reference.clone());
+            store.begin(&reference, Instant::now()).map_err(|d| match d {
+                crate::dedup::Duplicate::Full => GatewayError::DuplicateGuardFull,
+                crate::dedup::Duplicate::InFlight | crate::dedup::Duplicate::Succeeded => {
+                    GatewayError::DuplicateRequest
+                }
+            })?;
+            Some(crate::dedup::Claim::new(store.as_ref(), reference))
+        }
+        _ => None,
+    };
     let cred = route
         .credential
         .get()
@@ -248,6 +295,10 @@ async fn pipeline(
     observe_upstream(&metrics, &route, rec);
     let (mut rparts, rbody) = response.into_parts();
     rec.upstream_status = Some(rparts.status.as_u16());
+    if let Some(claim) = claim {
+        // Only a 2xx locks the reference; a failure may be retried.
+        claim.finish(rparts.status.is_success());
+    }
     if rparts.status == StatusCode::TOO_MANY_REQUESTS || rparts.status == StatusCode::SERVICE_UNAVAILABLE {
         // The provider asks us to back off: pass it through, count it, never retry.
         metrics
@@ -260,6 +311,51 @@ async fn pipeline(
     }
     headers::sanitize_response(&mut rparts.headers);
     Ok(Response::from_parts(rparts, Either::Left(rbody)))
+}
+
+/// The webhook path: allowlist, POST only, limits, bounded body, then the
+/// receiver (verify, freshness, de-duplication, durable store).
+async fn webhook(
+    gw: &Gateway,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    hook: &Arc<Hook>,
+    req: Request<Incoming>,
+    rec: &mut Record,
+) -> Result<crate::webhook::Outcome, GatewayError> {
+    let allowed = match &hook.allow {
+        Some(a) => a.allows(conn.ip()),
+        None => snap.access.allows(conn.ip()),
+    };
+    if !allowed {
+        return Err(GatewayError::IpNotAllowed);
+    }
+    if req.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed {
+            route: hook.name().to_string(),
+            allowed: "POST".into(),
+        });
+    }
+    snap.limits
+        .check(conn.ip(), None)
+        .map_err(|l| GatewayError::RateLimited {
+            scope: l.scope.label(),
+            retry_after: l.retry_after,
+        })?;
+    let (parts, body) = req.into_parts();
+    if parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::UnsupportedEncoding);
+    }
+    let raw = read_body(body, &parts.headers, snap).await?;
+    rec.bytes_in = raw.len() as u64;
+    let store = gw.webhook_store().ok_or(GatewayError::Internal)?;
+    let outcome = crate::webhook::receive(hook, store, &parts.headers, raw.clone()).await?;
+    rec.duplicate_key = Some(crate::webhook::event_key(hook, &raw));
+    Ok(outcome)
 }
 
 fn audit_entry(
@@ -278,7 +374,11 @@ fn audit_entry(
         time: crate::audit::now_rfc3339(),
         request_id: rid.as_str().to_string(),
         client: conn.peer,
-        route: rec.route.as_ref().map(|r| r.name().to_string()),
+        route: rec
+            .route
+            .as_ref()
+            .map(|r| r.name().to_string())
+            .or_else(|| rec.webhook.as_ref().map(|h| h.name().to_string())),
         method: rec.method.as_str().to_string(),
         path,
         decision: if error.is_some() { "denied" } else { "allowed" },
@@ -292,7 +392,11 @@ fn audit_entry(
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok()),
-        credential: rec.route.as_ref().map(|r| r.config.credential.clone()),
+        credential: rec
+            .route
+            .as_ref()
+            .map(|r| r.config.credential.clone())
+            .or_else(|| rec.webhook.as_ref().map(|h| h.config.credential.clone())),
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),

@@ -191,6 +191,8 @@ pub struct CredentialSlot {
     refresh_error: AtomicU64,
     /// Unix seconds of the last successful poll (0: never).
     last_ok: AtomicU64,
+    /// The version replaced by the last rotation, and when (webhook grace).
+    previous: ArcSwapOption<(Arc<Credential>, SystemTime)>,
 }
 
 impl CredentialSlot {
@@ -202,7 +204,13 @@ impl CredentialSlot {
             refresh_ok: AtomicU64::new(0),
             refresh_error: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
+            previous: ArcSwapOption::empty(),
         }
+    }
+
+    /// The credential the last rotation replaced, and when it was replaced.
+    pub fn previous(&self) -> Option<(Arc<Credential>, SystemTime)> {
+        self.previous.load_full().map(|p| (p.0.clone(), p.1))
     }
 
     /// When the source last answered successfully (fresh or unchanged).
@@ -248,7 +256,9 @@ impl CredentialSlot {
     }
 
     fn install(&self, c: Credential) {
-        self.current.store(Some(Arc::new(c)));
+        if let Some(old) = self.current.swap(Some(Arc::new(c))) {
+            self.previous.store(Some(Arc::new((old, SystemTime::now()))));
+        }
         self.problem.store(Arc::new(None));
     }
 

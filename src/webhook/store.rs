@@ -1,0 +1,240 @@
+//! The durable webhook inbox: an embedded redb database under `[state].dir`.
+//! An event is committed (fsync) here *before* the provider gets its 200, and
+//! stays until delivered; the seen-keys table de-duplicates resends.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// id → JSON-encoded [`StoredEvent`].
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// dedup key → unix seconds when first accepted.
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+
+pub const DB_FILE: &str = "signgate.redb";
+
+#[derive(Debug, thiserror::Error)]
+#[error("webhook store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// One verified event and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: u64,
+    pub webhook: String,
+    pub key: String,
+    /// `X-TIMESTAMP` as the provider sent it.
+    pub timestamp: String,
+    pub body: String,
+    pub received_at: u64,
+    pub state: EventState,
+    pub attempts: u32,
+    /// Unix milliseconds of the next delivery attempt.
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<u64>,
+}
+
+pub enum Accepted {
+    New(u64),
+    Duplicate,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Store {
+    /// Open (or create) the inbox in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(EVENTS).map_err(err)?;
+        txn.open_table(SEEN).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    /// Record a verified event unless its key was seen within `window_secs`.
+    /// Durable when this returns `New`.
+    pub fn accept(
+        &self,
+        webhook: &str,
+        key: &str,
+        timestamp: &str,
+        body: &str,
+        window_secs: u64,
+    ) -> Result<Accepted, StoreError> {
+        let now = now_secs();
+        let txn = self.db.begin_write().map_err(err)?;
+        let outcome = {
+            let mut seen = txn.open_table(SEEN).map_err(err)?;
+            let first = seen.get(key).map_err(err)?.map(|g| g.value());
+            if first.is_some_and(|t| t + window_secs > now) {
+                Accepted::Duplicate
+            } else {
+                let mut events = txn.open_table(EVENTS).map_err(err)?;
+                let id = events.last().map_err(err)?.map_or(1, |(k, _)| k.value() + 1);
+                let ev = StoredEvent {
+                    id,
+                    webhook: webhook.to_string(),
+                    key: key.to_string(),
+                    timestamp: timestamp.to_string(),
+                    body: body.to_string(),
+                    received_at: now,
+                    state: EventState::Pending,
+                    attempts: 0,
+                    next_attempt_ms: now_ms(),
+                    last_error: None,
+                    delivered_at: None,
+                };
+                let bytes = serde_json::to_vec(&ev).map_err(err)?;
+                events.insert(id, bytes.as_slice()).map_err(err)?;
+                seen.insert(key, now).map_err(err)?;
+                Accepted::New(id)
+            }
+        };
+        txn.commit().map_err(err)?;
+        Ok(outcome)
+    }
+
+    fn scan(&self, mut keep: impl FnMut(&StoredEvent) -> bool, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let events = txn.open_table(EVENTS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in events.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            let ev: StoredEvent = serde_json::from_slice(v.value()).map_err(err)?;
+            if keep(&ev) {
+                out.push(ev);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pending events whose next attempt is due.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.scan(|e| e.state == EventState::Pending && e.next_attempt_ms <= now_ms, limit)
+    }
+
+    /// Every event, or only the failed ones.
+    pub fn list(&self, failed_only: bool) -> Result<Vec<StoredEvent>, StoreError> {
+        self.scan(|e| !failed_only || e.state == EventState::Failed, usize::MAX)
+    }
+
+    pub fn put(&self, ev: &StoredEvent) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            let bytes = serde_json::to_vec(ev).map_err(err)?;
+            events.insert(ev.id, bytes.as_slice()).map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Put failed events (one, or all) back in the queue with fresh attempts.
+    /// Returns how many were re-queued.
+    pub fn retry(&self, id: Option<u64>) -> Result<usize, StoreError> {
+        let targets = self.scan(
+            |e| e.state == EventState::Failed && id.is_none_or(|i| i == e.id),
+            usize::MAX,
+        )?;
+        let now = now_ms();
+        for mut ev in targets.iter().cloned() {
+            ev.state = EventState::Pending;
+            ev.attempts = 0;
+            ev.next_attempt_ms = now;
+            self.put(&ev)?;
+        }
+        Ok(targets.len())
+    }
+
+    /// After a restart, pending events are due at once.
+    pub fn make_pending_due(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let pending = self.scan(
+            |e| e.state == EventState::Pending && e.next_attempt_ms > now,
+            usize::MAX,
+        )?;
+        for mut ev in pending.iter().cloned() {
+            ev.next_attempt_ms = now;
+            self.put(&ev)?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Forget seen keys and delivered events older than `window_secs`.
+    pub fn prune(&self, window_secs: u64) -> Result<(), StoreError> {
+        let cutoff = now_secs().saturating_sub(window_secs);
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut seen = txn.open_table(SEEN).map_err(err)?;
+            seen.retain(|_, t| t >= cutoff).map_err(err)?;
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            events
+                .retain(|_, v| match serde_json::from_slice::<StoredEvent>(v) {
+                    Ok(e) => !(e.state == EventState::Delivered && e.delivered_at.unwrap_or(0) < cutoff),
+                    Err(_) => true,
+                })
+                .map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// (pending count, oldest pending received_at) per webhook.
+    pub fn pending_stats(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut stats: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for e in self.scan(|e| e.state == EventState::Pending, usize::MAX)? {
+            let s = stats.entry(e.webhook).or_insert((0, u64::MAX));
+            s.0 += 1;
+            s.1 = s.1.min(e.received_at);
+        }
+        Ok(stats.into_iter().map(|(w, (n, t))| (w, n, t)).collect())
+    }
+}
+
+/// What `webhooks list` shows of an event (never the body).
+pub fn summary(e: &StoredEvent) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id,
+        "webhook": e.webhook,
+        "key": e.key,
+        "state": e.state,
+        "attempts": e.attempts,
+        "received_at": e.received_at,
+        "last_error": e.last_error,
+    })
+}
