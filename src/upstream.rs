@@ -132,16 +132,23 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Self {
+        let mut c = Self::direct(tls_config, egress.connect_timeout, egress.allow_plain_http);
+        c.http.set_local_address(egress.source_addr);
+        c
+    }
+
+    /// The same TCP+TLS path under one deadline, without the egress binding:
+    /// for the gateway's own clients (the Vault source).
+    pub fn direct(tls_config: Arc<rustls::ClientConfig>, connect_timeout: Duration, allow_plain_http: bool) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_local_address(egress.source_addr);
-        http.set_connect_timeout(Some(egress.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         Connector {
             http,
             tls: TlsConnector::from(tls_config),
-            timeout: egress.connect_timeout,
-            allow_plain_http: egress.allow_plain_http,
+            timeout: connect_timeout,
+            allow_plain_http,
         }
     }
 
