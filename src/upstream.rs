@@ -168,7 +168,7 @@ impl Connector {
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(|e| ConnectError::Connect(e.to_string()))?
+            .map_err(|e| ConnectError::Connect(with_causes(&e)))?
             .into_inner();
         if !https {
             return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
@@ -181,6 +181,22 @@ impl Connector {
             .map_err(ConnectError::Tls)?;
         Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
     }
+}
+
+/// An error and its causes on one line ("tcp connect error: Connection refused
+/// (os error 111)"): hyper-util's connect error alone hides the reason.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl tower_service::Service<Uri> for Connector {

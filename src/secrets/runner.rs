@@ -71,8 +71,7 @@ fn expire_if_stale<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut
         return;
     }
     let note = format!(
-        "credential {}: not refreshed for more than {} s (vault_max_stale_secs), failing closed",
-        slot.name,
+        "not refreshed for more than {} s (vault_max_stale_secs), failing closed",
         max.as_secs()
     );
     let why = format!("{note}: {}", slot.problem().unwrap_or_default());

@@ -1,7 +1,10 @@
 //! Test harness: a throw-away PKI, the provider stand-in over real TLS on
-//! loopback, the real gateway started in-process from a TOML string, and a
-//! plain HTTP client that can bind a chosen loopback source address.
+//! loopback, the real gateway started in-process from a TOML string, a plain
+//! HTTP client that can bind a chosen loopback source address, and (`bao`) a
+//! real OpenBao dev server.
 #![allow(dead_code, clippy::unwrap_used)] // test harness: a failed setup step should panic
+
+pub mod bao;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -73,6 +73,7 @@ impl VaultSource {
                                     t.since = Instant::now();
                                     t.ttl = Some(g.ttl);
                                 }
+                                tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
                                 return Ok(());
                             }
                         }
@@ -97,6 +98,7 @@ impl VaultSource {
                 t.since = Instant::now();
                 t.ttl = (g.ttl > Duration::ZERO).then_some(g.ttl);
             }
+            tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
         }
     }
 
@@ -158,6 +160,7 @@ impl VaultSource {
                     reason: "AppRole login answered without a client token".into(),
                 })?;
                 let ttl = (g.ttl > Duration::ZERO).then_some(g.ttl);
+                tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), renewable = g.renewable, "vault AppRole login");
                 self.token = Some(Token {
                     value: g.token,
                     since: Instant::now(),

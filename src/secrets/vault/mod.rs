@@ -109,6 +109,7 @@ impl VaultSource {
             }),
             VaultAuth::AppRole { .. } => {
                 // Revoked or expired before we noticed: one fresh login, one more read.
+                tracing::info!(credential = %self.name, "vault token rejected (403); logging in again with AppRole");
                 self.login(deadline).await?;
                 let again = self.read(deadline).await?;
                 if again.status == StatusCode::FORBIDDEN {

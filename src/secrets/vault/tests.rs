@@ -245,6 +245,7 @@ async fn unreachable_vault_is_reported_without_per_attempt_details() {
         first.starts_with(&format!("cannot reach Vault at http://{port}/")),
         "{first}"
     );
+    assert!(first.contains("Connection refused"), "the cause is named: {first}");
     assert_eq!(first, second, "the same failure reads the same (one log line)");
     assert!(s.next_poll(false, 1).unwrap() <= Duration::from_millis(1200));
 }
