@@ -1,10 +1,8 @@
 //! The vault source against a real OpenBao dev server: token and AppRole auth
-//! (AppRole over HTTPS with a private CA), rotation under load with no failed
-//! request, outages (sealed, killed, down at start), revoked tokens, renewal
-//! and re-login, the fail-closed maximum age, `signgate check`, and no secret
-//! in any log line. The gateway runs in-process on this test's current-thread
-//! runtime, so its logs are captured per test; the provider stand-in
-//! recomputes every HMAC over real TLS.
+//! (AppRole over HTTPS, private CA), renewal and re-login, rotation under load
+//! with no failed request, sealed/killed/late Vault, revoked tokens, the
+//! fail-closed maximum age and `signgate check`. Each test captures the
+//! in-process gateway's logs and checks that no secret is in them.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failed setup
 
@@ -169,17 +167,19 @@ fn pair() -> (String, String) {
 }
 
 #[tokio::test]
-async fn token_auth_loads_and_requests_verify_at_the_provider() {
+async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider() {
     let mut w = world().await;
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/token").await;
     bao.read_policy("kp", "kp/token").await;
-    let token = bao.child_token("kp", "1h").await;
+    // A short-lived renewable token: it only outlives its 3 s TTL if renewed.
+    let token = bao.child_token("kp", "3s").await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &token);
     let gw = w
         .gateway(&token_credential(&bao.addr(), "kp/token", &token_file, ""))
         .await;
+    let slot = slot(&gw);
 
     let r = post(&gw).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -187,11 +187,24 @@ async fn token_auth_loads_and_requests_verify_at_the_provider() {
     assert_eq!(rec.verdict, Verdict::Valid);
     assert_eq!(rec.headers["x-api-key"], w.provider.api_key.as_str());
     assert_eq!(
-        slot(&gw).get().unwrap().version(),
+        slot.get().unwrap().version(),
         Some(1),
         "the KV version is the credential's"
     );
-    w.logs.assert_clean(&[&w.provider.secret, &token]);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.logs.count("vault token renewed") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.logs.count("vault token renewed") >= 2, "the token was not renewed");
+    assert_eq!(slot.refresh_counts().1, 0, "{:?}", slot.problem());
+    let (k2, s2) = pair();
+    w.provider.standin.accept(&k2, SecretBytes::from(s2.clone()));
+    bao.kv_put("kp/token", &[("api_key", &k2), ("secret_key", &s2)]).await;
+    let v2 = || async { slot.get().is_ok_and(|c| c.version() == Some(2)) };
+    assert!(eventually(Duration::from_secs(5), v2).await, "{:?}", slot.problem());
+    assert_eq!(post(&gw).await.status, 200);
+    w.logs.assert_clean(&[&w.provider.secret, &s2, &token]);
 }
 
 #[tokio::test]

@@ -22,15 +22,46 @@ pub(super) struct Token {
     /// `None`: the token does not expire (TTL 0) or its TTL is unknown.
     ttl: Option<Duration>,
     renewable: bool,
-    /// The TTL AppRole granted at login; a renewal that returns less means the
-    /// max TTL is near, so the next step is a fresh login.
-    granted: Option<Duration>,
+    /// The longest TTL seen (at login, lookup or renewal): a renewal that
+    /// returns less has hit the token's max TTL.
+    full_ttl: Option<Duration>,
+    /// AppRole: when renewal cannot extend the token, log in again.
+    relogin: bool,
+    /// A failed renewal was logged already (once per token).
+    renew_warned: bool,
 }
 
 impl Token {
-    /// When to renew or log in again: past 2/3 of the TTL.
+    fn new(value: Zeroizing<String>, ttl: Duration, renewable: bool, relogin: bool) -> Token {
+        let ttl = (ttl > Duration::ZERO).then_some(ttl);
+        Token {
+            value,
+            since: Instant::now(),
+            ttl,
+            renewable,
+            full_ttl: ttl,
+            relogin,
+            renew_warned: false,
+        }
+    }
+
+    /// When to renew or log in again: past 2/3 of the TTL, if there is
+    /// anything to do then.
     pub(super) fn due(&self) -> Option<Instant> {
+        if !self.renewable && !self.relogin {
+            return None;
+        }
         self.ttl.map(|t| self.since + t * 2 / 3)
+    }
+
+    /// Take a renewal's TTL; false if it did not extend the token to its
+    /// full TTL (the max TTL is near).
+    fn renewed(&mut self, ttl: Duration) -> bool {
+        let full = ttl > Duration::ZERO && self.full_ttl.is_none_or(|f| ttl >= f);
+        self.since = Instant::now();
+        self.ttl = (ttl > Duration::ZERO).then_some(ttl);
+        self.full_ttl = self.full_ttl.max(self.ttl);
+        full
     }
 }
 
@@ -54,51 +85,59 @@ impl VaultSource {
                     return Ok(());
                 }
                 let (ttl, renewable) = self.lookup(&value, deadline).await?;
-                self.token = Some(Token {
-                    value,
-                    since: Instant::now(),
-                    ttl,
-                    renewable,
-                    granted: ttl,
-                });
+                self.token = Some(Token::new(value, ttl, renewable, false));
                 Ok(())
             }
-            VaultAuth::AppRole { .. } => match &self.token {
-                None => self.login(deadline).await,
-                Some(t) if due => {
-                    if t.renewable {
-                        if let Ok(g) = self.renew(deadline).await {
-                            if g.ttl > Duration::ZERO && t.granted.is_none_or(|granted| g.ttl >= granted) {
-                                if let Some(t) = self.token.as_mut() {
-                                    t.since = Instant::now();
-                                    t.ttl = Some(g.ttl);
-                                }
-                                tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
-                                return Ok(());
-                            }
+            VaultAuth::AppRole { .. } => {
+                let Some(t) = &self.token else {
+                    return self.login(deadline).await;
+                };
+                if !due {
+                    return Ok(());
+                }
+                if t.renewable {
+                    if let Ok(g) = self.renew(deadline).await {
+                        if self.token.as_mut().is_some_and(|t| t.renewed(g.ttl)) {
+                            tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
+                            return Ok(());
                         }
                     }
-                    // Not renewable, renewal refused, or capped by the max TTL.
-                    self.login(deadline).await
                 }
-                Some(_) => Ok(()),
-            },
+                // Not renewable, renewal refused, or capped by the max TTL:
+                // a fresh login while the current token still works.
+                self.login(deadline).await
+            }
         }
     }
 
-    /// Token auth: extend the token if it can be; a failure shows up as the
-    /// read's 403 once the token is really gone.
+    /// Token auth: extend the token if it can be. A failure is retried at the
+    /// next refresh and shows up as the read's 403 once the token is gone.
     async fn renew_token(&mut self, deadline: Instant) {
-        let renewable = self.token.as_ref().is_some_and(|t| t.renewable);
-        if !renewable {
+        if !self.token.as_ref().is_some_and(|t| t.renewable) {
             return;
         }
-        if let Ok(g) = self.renew(deadline).await {
-            if let Some(t) = self.token.as_mut() {
-                t.since = Instant::now();
-                t.ttl = (g.ttl > Duration::ZERO).then_some(g.ttl);
+        let result = self.renew(deadline).await;
+        let Some(t) = self.token.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(g) if t.renewed(g.ttl) => {
+                tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
             }
-            tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), "vault token renewed");
+            Ok(g) => {
+                // Renewing again would only shorten the wait before each poll.
+                t.renewable = false;
+                tracing::warn!(
+                    credential = %self.name,
+                    expires_in_secs = g.ttl.as_secs(),
+                    "the vault token reached its max TTL and cannot be renewed: provide a new token before it expires"
+                );
+            }
+            Err(e) if !t.renew_warned => {
+                t.renew_warned = true;
+                tracing::warn!(credential = %self.name, error = %e, "vault token renewal failed; retrying at the next refresh");
+            }
+            Err(_) => {}
         }
     }
 
@@ -118,18 +157,18 @@ impl VaultSource {
         }
     }
 
-    async fn lookup(&self, token: &str, deadline: Instant) -> Result<(Option<Duration>, bool), LoadError> {
+    /// The token's remaining TTL (zero: none) and whether it is renewable.
+    async fn lookup(&self, token: &str, deadline: Instant) -> Result<(Duration, bool), LoadError> {
         let a = self
             .http
             .call(Method::GET, &self.lookup_uri, Some(token), None, deadline)
             .await
             .map_err(|e| self.unreachable(e))?;
         // A token without lookup rights may still read the secret: the read decides.
-        let (ttl, renewable) = match a.status {
+        Ok(match a.status {
             StatusCode::OK => parse::lookup(&a.body).unwrap_or((Duration::ZERO, false)),
             _ => (Duration::ZERO, false),
-        };
-        Ok(((ttl > Duration::ZERO).then_some(ttl), renewable))
+        })
     }
 
     pub(super) async fn login(&mut self, deadline: Instant) -> Result<(), LoadError> {
@@ -159,15 +198,8 @@ impl VaultSource {
                 let g = parse::grant(&a.body).ok_or_else(|| LoadError::Invalid {
                     reason: "AppRole login answered without a client token".into(),
                 })?;
-                let ttl = (g.ttl > Duration::ZERO).then_some(g.ttl);
                 tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), renewable = g.renewable, "vault AppRole login");
-                self.token = Some(Token {
-                    value: g.token,
-                    since: Instant::now(),
-                    ttl,
-                    renewable: g.renewable,
-                    granted: ttl,
-                });
+                self.token = Some(Token::new(g.token, g.ttl, g.renewable, true));
                 Ok(())
             }
             StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN => {
@@ -209,15 +241,25 @@ pub(super) fn login_body(role_id: &str, secret_id: &str) -> Option<Zeroizing<Vec
 }
 
 fn read_token(file: Option<&Path>) -> Result<Zeroizing<String>, LoadError> {
-    match file {
-        Some(p) => read_secret_file(p, "vault_token_file"),
-        None => match std::env::var("VAULT_TOKEN") {
-            Ok(v) if !v.trim().is_empty() => Ok(Zeroizing::new(v.trim().to_string())),
-            _ => Err(LoadError::Missing {
-                hint: "no Vault token: set vault_token_file, or VAULT_TOKEN in signgate's environment".into(),
-            }),
-        },
+    let (token, from) = match file {
+        Some(p) => (read_secret_file(p, "vault_token_file")?, p.display().to_string()),
+        None => {
+            let env = Zeroizing::new(std::env::var("VAULT_TOKEN").unwrap_or_default());
+            if env.trim().is_empty() {
+                return Err(LoadError::Missing {
+                    hint: "no Vault token: set vault_token_file, or VAULT_TOKEN in signgate's environment".into(),
+                });
+            }
+            (Zeroizing::new(env.trim().to_string()), "VAULT_TOKEN".to_string())
+        }
+    };
+    // It goes into a header: refuse what cannot be one, without quoting it.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(LoadError::Invalid {
+            reason: format!("{from} does not hold a Vault token (unexpected characters)"),
+        });
     }
+    Ok(token)
 }
 
 /// A small file holding one token or id, trimmed, in zeroizing memory.
@@ -241,4 +283,41 @@ fn read_secret_file(path: &Path, key: &str) -> Result<Zeroizing<String>, LoadErr
         });
     }
     Ok(Zeroizing::new(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(ttl: u64, renewable: bool, relogin: bool) -> Token {
+        Token::new(
+            Zeroizing::new("s.unit".into()),
+            Duration::from_secs(ttl),
+            renewable,
+            relogin,
+        )
+    }
+
+    #[test]
+    fn tokens_are_due_at_two_thirds_of_their_ttl_when_there_is_something_to_do() {
+        let t = token(30, true, false);
+        assert_eq!(t.due(), Some(t.since + Duration::from_secs(20)));
+        assert_eq!(
+            token(30, false, false).due(),
+            None,
+            "token auth cannot act on a non-renewable token"
+        );
+        assert!(token(30, false, true).due().is_some(), "AppRole logs in again");
+        assert_eq!(token(0, true, true).due(), None, "a token without TTL never expires");
+    }
+
+    #[test]
+    fn a_renewal_below_the_full_ttl_means_the_max_ttl_is_near() {
+        let mut t = token(30, true, true);
+        assert!(t.renewed(Duration::from_secs(30)));
+        assert!(!t.renewed(Duration::from_secs(12)), "capped by the max TTL");
+        assert_eq!(t.ttl, Some(Duration::from_secs(12)));
+        assert_eq!(t.full_ttl, Some(Duration::from_secs(30)));
+        assert!(!t.renewed(Duration::ZERO));
+    }
 }

@@ -1,8 +1,8 @@
-//! The HTTP side of the Vault/OpenBao source: one pooled hyper-util client over
-//! the same TCP+rustls connector as the upstream client, every call under the
-//! caller's deadline. Request and response bodies (tokens, secret_ids,
-//! secrets) live in zeroizing buffers; errors name the address and what went
-//! wrong in stable words, never a body, a token or a timing.
+//! The HTTP side of the vault source: one pooled hyper-util client over the
+//! upstream client's TCP+rustls connector, every call under the caller's
+//! deadline. Bodies (tokens, secret_ids, secrets) live in zeroizing buffers
+//! (hyper's and rustls' own copies are out of reach); errors are stable words
+//! naming the address, never a body, a token or a timing.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -1,9 +1,8 @@
-//! `source = "vault"`: the API key and secret from a Vault/OpenBao KV v2
-//! secret, read over HTTPS (HTTP on loopback) with token or AppRole auth and
-//! re-read every `refresh_secs` ± 10 %; a new KV version is the next request's
-//! credential. Failed reads back off (1 s doubling up to `refresh_secs`, ± 20 %)
-//! while the runner keeps the last good secret. Tokens are renewed past 2/3 of
-//! their TTL; AppRole logs in again when renewal cannot extend it or on a 403.
+//! `source = "vault"`: API key and secret from a Vault/OpenBao KV v2 secret over
+//! HTTPS (HTTP on loopback), token or AppRole auth, re-read every `refresh_secs`
+//! ± 10 %; a new KV version is the next request's credential. Failures back off
+//! (1 s doubling to `refresh_secs`, ± 20 %) while the last good secret signs.
+//! Tokens are renewed past 2/3 of their TTL; AppRole logs in again if not, or on 403.
 
 mod auth;
 mod http;
@@ -231,8 +230,15 @@ impl Source for VaultSource {
             return Some(jitter(backoff, BACKOFF_JITTER).max(MIN_WAIT));
         }
         let mut wait = jitter(self.spec.refresh, REFRESH_JITTER);
-        if let Some(due) = self.token.as_ref().and_then(Token::due) {
-            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        // Wake up for the token's renewal or re-login; one that is already
+        // overdue (a renewal failed) is retried at the normal pace.
+        let until_due = self
+            .token
+            .as_ref()
+            .and_then(Token::due)
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(until) = until_due.filter(|u| !u.is_zero()) {
+            wait = wait.min(until);
         }
         Some(wait.max(MIN_WAIT))
     }
