@@ -172,8 +172,9 @@ async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider()
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/token").await;
     bao.read_policy("kp", "kp/token").await;
-    // A short-lived renewable token: it only outlives its 3 s TTL if renewed.
-    let token = bao.child_token("kp", "3s").await;
+    // A short-lived renewable token: it only outlives its 4 s TTL if renewed.
+    let token = bao.child_token("kp", "4s").await;
+    let created = Instant::now();
     let token_file = bao.dir().join("token");
     write_token(&token_file, &token);
     let gw = w
@@ -192,11 +193,18 @@ async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider()
         "the KV version is the credential's"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while w.logs.count("vault token renewed") < 2 && Instant::now() < deadline {
+    // Wait past the original TTL; the token must still work then.
+    let outlived = created + Duration::from_secs(5);
+    while Instant::now() < outlived {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(w.logs.count("vault token renewed") >= 2, "the token was not renewed");
+    let renewals = w.logs.count("vault token renewed");
+    assert!(
+        renewals >= 1,
+        "{renewals} renewals; polls {:?}, problem {:?}",
+        slot.refresh_counts(),
+        slot.problem()
+    );
     assert_eq!(slot.refresh_counts().1, 0, "{:?}", slot.problem());
     let (k2, s2) = pair();
     w.provider.standin.accept(&k2, SecretBytes::from(s2.clone()));
@@ -404,9 +412,9 @@ async fn approle_renews_logs_in_again_before_expiry_and_after_revocation() {
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/renew").await;
     bao.read_policy("kp", "kp/renew").await;
-    // Short lives: renewal at 2/3 of 3 s; the max TTL (6 s) caps the second
+    // Short lives: renewal at 2/3 of 4 s; the max TTL (8 s) caps the second
     // renewal, which must turn into a fresh login before the token dies.
-    let (role_id, secret_id) = bao.approle("short", "kp", "3s", "6s").await;
+    let (role_id, secret_id) = bao.approle("short", "kp", "4s", "8s").await;
     let gw = w
         .gateway(&approle_credential(&bao, "kp/renew", &role_id, &secret_id, ""))
         .await;
@@ -414,12 +422,12 @@ async fn approle_renews_logs_in_again_before_expiry_and_after_revocation() {
     assert_eq!(post(&gw).await.status, 200);
     let logs = &mut w.logs;
     let mut cycled = false;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(12);
     while Instant::now() < deadline && !cycled {
         cycled = logs.count("vault token renewed") >= 1 && logs.count("vault AppRole login") >= 2;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(cycled, "no renewal and re-login within 10 s");
+    assert!(cycled, "no renewal and re-login within 12 s");
     assert_eq!(
         slot.refresh_counts().1,
         0,
