@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // test harness: a failed setup step should panic
 
 pub mod bao;
+pub mod vault;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
