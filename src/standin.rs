@@ -5,6 +5,9 @@
 //! with the gateway), checks the API key and the timestamp window, records
 //! what it saw, and answers 200 or 401 like the provider.
 //!
+//! More than one (API key, secret) pair can be accepted at once
+//! ([`Standin::accept`]), as a provider does while a secret is rotated.
+//!
 //! Test hooks by path: `/hang` never answers, `/slow/MS` answers after MS ms,
 //! `/status/NNN` answers that status (with `Retry-After: 7` for 429/503).
 
@@ -13,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -60,9 +64,13 @@ pub struct StandinOptions {
     pub bind: SocketAddr,
 }
 
+/// The (API key, secret) pairs the stand-in accepts.
+type Keys = ArcSwap<Vec<(String, SecretBytes)>>;
+
 /// A running stand-in. Dropping it stops it.
 pub struct Standin {
     addr: SocketAddr,
+    keys: Arc<Keys>,
     records: Arc<Mutex<Vec<Recorded>>>,
     events: Mutex<mpsc::UnboundedReceiver<Recorded>>,
     cancel: CancellationToken,
@@ -75,8 +83,7 @@ impl Drop for Standin {
 }
 
 struct Shared {
-    api_key: String,
-    secret: SecretBytes,
+    keys: Arc<Keys>,
     tolerance: Duration,
     records: Arc<Mutex<Vec<Recorded>>>,
     events: mpsc::UnboundedSender<Recorded>,
@@ -90,9 +97,9 @@ impl Standin {
         let cancel = CancellationToken::new();
         let records = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
+        let keys = Arc::new(ArcSwap::from_pointee(vec![(opts.api_key, opts.secret)]));
         let shared = Arc::new(Shared {
-            api_key: opts.api_key,
-            secret: opts.secret,
+            keys: keys.clone(),
             tolerance: opts.tolerance,
             records: records.clone(),
             events: tx,
@@ -133,6 +140,7 @@ impl Standin {
         });
         Ok(Standin {
             addr,
+            keys,
             records,
             events: Mutex::new(rx),
             cancel,
@@ -141,6 +149,16 @@ impl Standin {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Also accept this (API key, secret) pair from now on (a rotation: the
+    /// provider honours the old and the new secret for a while).
+    pub fn accept(&self, api_key: &str, secret: SecretBytes) {
+        self.keys.rcu(|keys| {
+            let mut keys = Vec::clone(keys);
+            keys.push((api_key.to_string(), secret.clone()));
+            keys
+        });
     }
 
     /// Everything received so far.
@@ -175,9 +193,10 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Verdict {
     if headers.get_all("x-signature").iter().count() != 1 || headers.get_all("x-api-key").iter().count() != 1 {
         return Verdict::BadSignature;
     }
-    if key != shared.api_key {
+    let keys = shared.keys.load();
+    let Some((_, secret)) = keys.iter().find(|(k, _)| k == key) else {
         return Verdict::WrongApiKey;
-    }
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -192,7 +211,7 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Verdict {
     if sig.bytes().any(|b| b.is_ascii_uppercase()) {
         return Verdict::BadSignature;
     }
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(shared.secret.expose()) else {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose()) else {
         return Verdict::BadSignature;
     };
     mac.update(body);

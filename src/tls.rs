@@ -1,6 +1,6 @@
 //! rustls configurations, built once from configuration: the upstream client
-//! (webpki roots + `egress.ca_file`, optional client certificate) and the
-//! inbound server (optional mTLS against `listener.client_ca`). TLS 1.2 and
+//! (webpki roots + `egress.ca_file`, optional client certificate), the Vault
+//! client (`vault_ca_file` or webpki roots) and the inbound server (optional mTLS against `listener.client_ca`). TLS 1.2 and
 //! 1.3 only, ring as the crypto provider, ALPN h2 then http/1.1. Bad files are
 //! errors naming the file, never panics.
 
@@ -95,6 +95,27 @@ pub fn client_config(egress: &EgressConfig) -> Result<Arc<ClientConfig>, TlsErro
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client config for the Vault/OpenBao source: verified TLS 1.2+, HTTP/1.1.
+/// With `ca_file` (`vault_ca_file`, a private CA) only that CA is trusted,
+/// as `VAULT_CACERT` does; without it, the webpki roots.
+pub fn vault_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(ca) => roots_from(ca, &mut roots)?,
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config {
+            what: "vault TLS",
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(cfg))
 }
 

@@ -132,16 +132,23 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Self {
+        let mut c = Self::direct(tls_config, egress.connect_timeout, egress.allow_plain_http);
+        c.http.set_local_address(egress.source_addr);
+        c
+    }
+
+    /// The same TCP+TLS path under one deadline, without the egress binding:
+    /// for the gateway's own clients (the Vault source).
+    pub fn direct(tls_config: Arc<rustls::ClientConfig>, connect_timeout: Duration, allow_plain_http: bool) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_local_address(egress.source_addr);
-        http.set_connect_timeout(Some(egress.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         Connector {
             http,
             tls: TlsConnector::from(tls_config),
-            timeout: egress.connect_timeout,
-            allow_plain_http: egress.allow_plain_http,
+            timeout: connect_timeout,
+            allow_plain_http,
         }
     }
 
@@ -161,7 +168,7 @@ impl Connector {
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(|e| ConnectError::Connect(e.to_string()))?
+            .map_err(|e| ConnectError::Connect(with_causes(&e)))?
             .into_inner();
         if !https {
             return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
@@ -174,6 +181,22 @@ impl Connector {
             .map_err(ConnectError::Tls)?;
         Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
     }
+}
+
+/// An error and its causes on one line ("tcp connect error: Connection refused
+/// (os error 111)"): hyper-util's connect error alone hides the reason.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl tower_service::Service<Uri> for Connector {

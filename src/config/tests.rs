@@ -306,3 +306,37 @@ fn error_messages_are_specific() {
     assert!(msg.contains("\"nonsense\""), "{msg}");
     assert!(msg.contains("expected an IP:port address"), "{msg}");
 }
+
+#[test]
+fn vault_credentials_parse_with_an_optional_maximum_age() {
+    let vault = |extra: &str| {
+        GOOD.replacen(
+            "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+            &format!(
+                "source = \"vault\"\nvault_addr = \"https://vault.internal:8200\"\nvault_path = \"/kp/prod/\"\n\
+                 vault_auth = \"approle\"\nvault_role_id_file = \"/run/r\"\nvault_secret_id_file = \"/run/s\"\n{extra}"
+            ),
+            1,
+        )
+    };
+    let c = Config::from_toml_str(&vault("")).unwrap();
+    let SecretSource::Vault(spec) = &c.credentials["kwikpaisa"].source else {
+        panic!("not a vault source");
+    };
+    assert_eq!((spec.mount.as_str(), spec.path.as_str()), ("secret", "kp/prod"));
+    assert_eq!(spec.refresh, DEFAULT_VAULT_REFRESH);
+    assert_eq!(
+        spec.max_stale, None,
+        "by default the last good secret serves for as long as Vault is down"
+    );
+    let c = Config::from_toml_str(&vault("refresh_secs = 60\nvault_max_stale_secs = 3600")).unwrap();
+    let SecretSource::Vault(spec) = &c.credentials["kwikpaisa"].source else {
+        panic!("not a vault source");
+    };
+    assert_eq!(spec.max_stale, Some(std::time::Duration::from_secs(3600)));
+    assert!(keys_of(&vault("vault_max_stale_secs = 0")).contains(&"credentials.kwikpaisa.vault_max_stale_secs".into()));
+    let on_env = GOOD.replacen("source = \"env\"", "source = \"env\"\nvault_max_stale_secs = 60", 1);
+    assert!(keys_of(&on_env).contains(&"credentials.kwikpaisa.vault_max_stale_secs".into()));
+    let plain = vault("").replacen("https://vault.internal:8200", "http://vault.internal:8200", 1);
+    assert!(keys_of(&plain).contains(&"credentials.kwikpaisa.vault_addr".into()));
+}

@@ -193,6 +193,11 @@ pub struct VaultSpec {
     pub api_key_field: String,
     pub secret_field: String,
     pub refresh: Duration,
+    /// `vault_max_stale_secs`: how long the last good secret keeps signing
+    /// after refreshes start failing, counted from the last successful read;
+    /// past it the credential fails closed (503). `None` (the default): keep
+    /// signing with the last good secret for as long as Vault is down.
+    pub max_stale: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -826,6 +831,7 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
         ("vault_secret_id_file", r.vault_secret_id_file.is_some()),
         ("vault_token_file", r.vault_token_file.is_some()),
         ("vault_ca_file", r.vault_ca_file.is_some()),
+        ("vault_max_stale_secs", r.vault_max_stale_secs.is_some()),
         ("refresh_secs", r.refresh_secs.is_some()),
     ];
     let foreign = |v: &mut V, keys: &[(&str, bool)], source: &str| {
@@ -959,6 +965,9 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
                 return None;
             };
             let refresh = v.secs(&key("refresh_secs"), r.refresh_secs, DEFAULT_VAULT_REFRESH);
+            let max_stale = r
+                .vault_max_stale_secs
+                .map(|s| v.secs(&key("vault_max_stale_secs"), Some(s), Duration::ZERO));
             Some(SecretSource::Vault(VaultSpec {
                 addr: addr?,
                 mount: mount.trim_matches('/').to_string(),
@@ -968,6 +977,7 @@ fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<SecretSource> {
                 api_key_field,
                 secret_field,
                 refresh,
+                max_stale,
             }))
         }
         Some(o) => {

@@ -1,7 +1,7 @@
 //! Credentials: where the API key and HMAC secret come from, and the slot each
 //! route reads them from.
 //!
-//! A [`Source`] (env, file; Vault plugs into the same trait) produces
+//! A [`Source`] (env, file, Vault/OpenBao) produces
 //! [`Material`]; a background task per credential installs it into a
 //! [`CredentialSlot`] as an immutable [`Credential`] (keyed MAC + API key) that
 //! requests clone an `Arc` of: a new version takes effect for the next request
@@ -10,6 +10,8 @@
 
 mod env;
 mod file;
+mod runner;
+mod vault;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,9 +27,11 @@ use zeroize::Zeroizing;
 
 pub use env::EnvSource;
 pub use file::FileSource;
+pub use vault::{VaultSource, BACKOFF_START, VAULT_POLL_TIMEOUT};
 
 use crate::config::{CredentialSpec, SecretSource};
 use crate::sign::{keyed_mac, HmacSha256};
+use runner::start_source;
 
 /// Shortest secret accepted from a source (128 bits of key material).
 pub const MIN_SECRET_LEN: usize = 16;
@@ -177,6 +181,14 @@ pub trait Source: Send + 'static {
     /// How long to wait before polling again, given how the last poll went
     /// and how many consecutive failures there were; `None`: never poll again.
     fn next_poll(&self, last_ok: bool, failures: u32) -> Option<Duration>;
+    /// How long the last good material may keep signing once polls fail,
+    /// counted from the last successful poll; `None`: for ever.
+    fn max_stale(&self) -> Option<Duration> {
+        None
+    }
+    /// The slot was emptied (stale): hand the material over again next time,
+    /// even if it did not change.
+    fn forget(&mut self) {}
 }
 
 /// The current state of one credential, shared by all requests.
@@ -265,6 +277,13 @@ impl CredentialSlot {
     fn fail(&self, why: String) {
         self.problem.store(Arc::new(Some(why)));
     }
+
+    /// Fail closed: stop signing with the current credential (requests that
+    /// already hold it finish with it) until a source hands one over again.
+    fn expire(&self, why: String) {
+        self.current.store(None);
+        self.problem.store(Arc::new(Some(why)));
+    }
 }
 
 /// All credentials of a configuration.
@@ -276,6 +295,7 @@ pub struct CredentialStore {
 enum AnySource {
     Env(EnvSource),
     File(FileSource),
+    Vault(Box<VaultSource>),
 }
 
 impl CredentialStore {
@@ -296,17 +316,20 @@ impl CredentialStore {
                     secret_field,
                     poll,
                 } => AnySource::File(FileSource::new(path, api_key_field, secret_field, *poll)),
-                SecretSource::Vault(_) => {
-                    slot.fail(format!(
-                        "credential {name}: the vault source is not available in this build; use source = \"env\" or \"file\""
-                    ));
-                    slots.insert(name.clone(), slot);
-                    continue;
-                }
+                SecretSource::Vault(spec) => match VaultSource::new(name, spec) {
+                    Ok(s) => AnySource::Vault(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(credential = %name, error = %e, "credential unavailable");
+                        slot.fail(e.to_string());
+                        slots.insert(name.clone(), slot);
+                        continue;
+                    }
+                },
             };
             match source {
                 AnySource::Env(s) => start_source(slot.clone(), s, cancel.clone()).await,
                 AnySource::File(s) => start_source(slot.clone(), s, cancel.clone()).await,
+                AnySource::Vault(s) => start_source(slot.clone(), *s, cancel.clone()).await,
             }
             slots.insert(name.clone(), slot);
         }
@@ -320,97 +343,6 @@ impl CredentialStore {
     pub fn slots(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
         self.slots.values()
     }
-}
-
-/// First poll now (so a gateway with its secrets present is ready at once),
-/// then keep polling in the background as the source schedules.
-async fn start_source<S: Source>(slot: Arc<CredentialSlot>, mut source: S, cancel: CancellationToken) {
-    let mut state = RunState::default();
-    let ok = poll_once(&slot, &mut source, &mut state).await;
-    let Some(first_wait) = source.next_poll(ok, state.failures) else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut wait = first_wait;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let ok = poll_once(&slot, &mut source, &mut state).await;
-            match source.next_poll(ok, state.failures) {
-                Some(w) => wait = w,
-                None => return,
-            }
-        }
-    });
-}
-
-#[derive(Default)]
-struct RunState {
-    failures: u32,
-    /// Logged once per state change, not once per retry.
-    last_logged_error: Option<String>,
-}
-
-async fn poll_once<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut RunState) -> bool {
-    let ok = poll_and_install(slot, source, state).await;
-    let counter = if ok { &slot.refresh_ok } else { &slot.refresh_error };
-    counter.fetch_add(1, Ordering::Relaxed);
-    if ok {
-        let now = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        slot.last_ok.store(now.as_secs().max(1), Ordering::Relaxed);
-    }
-    ok
-}
-
-async fn poll_and_install<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut RunState) -> bool {
-    match source.poll().await {
-        Ok(Poll::Changed(material)) => match Credential::from_material(&slot.name, &material) {
-            Ok(c) => {
-                tracing::info!(credential = %slot.name, version = ?c.version(), "credential loaded");
-                slot.install(c);
-                state.failures = 0;
-                state.last_logged_error = None;
-                true
-            }
-            Err(e) => {
-                record_failure(slot, state, e);
-                false
-            }
-        },
-        Ok(Poll::Unchanged) => {
-            if state.failures > 0 {
-                tracing::info!(credential = %slot.name, "credential source healthy again");
-            }
-            state.failures = 0;
-            state.last_logged_error = None;
-            if slot.is_loaded() {
-                slot.problem.store(Arc::new(None));
-            }
-            true
-        }
-        Err(e) => {
-            record_failure(slot, state, e);
-            false
-        }
-    }
-}
-
-fn record_failure(slot: &CredentialSlot, state: &mut RunState, e: LoadError) {
-    state.failures = state.failures.saturating_add(1);
-    let msg = e.to_string();
-    if state.last_logged_error.as_deref() != Some(msg.as_str()) {
-        if slot.is_loaded() {
-            tracing::warn!(credential = %slot.name, error = %msg, "credential refresh failed; still signing with the last good version");
-        } else {
-            tracing::warn!(credential = %slot.name, error = %msg, "credential unavailable");
-        }
-        state.last_logged_error = Some(msg.clone());
-    }
-    slot.fail(msg);
 }
 
 #[cfg(test)]

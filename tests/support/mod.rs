@@ -1,7 +1,11 @@
 //! Test harness: a throw-away PKI, the provider stand-in over real TLS on
-//! loopback, the real gateway started in-process from a TOML string, and a
-//! plain HTTP client that can bind a chosen loopback source address.
+//! loopback, the real gateway started in-process from a TOML string, a plain
+//! HTTP client that can bind a chosen loopback source address, the real
+//! binary as a child process, and (`bao`) a real OpenBao dev server.
 #![allow(dead_code, clippy::unwrap_used, clippy::disallowed_types)] // test harness: a failed setup step should panic; a std Mutex collects child logs
+
+pub mod bao;
+pub mod vault;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
