@@ -475,3 +475,75 @@ impl GatewayProcess {
         String::from_utf8(r.body.to_vec()).unwrap()
     }
 }
+
+/// The merchant's internal app: receives delivered webhook events.
+pub struct App {
+    pub addr: SocketAddr,
+    pub received: std::sync::Arc<tokio::sync::Mutex<Vec<(HeaderMap, Bytes)>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl App {
+    pub async fn start_on(port: u16) -> App {
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (rx, st) = (received.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = tokio::select! {
+                    _ = st.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let rx = rx.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let rx = rx.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            rx.lock().await.push((parts.headers, body));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    // A stopped app drops its keep-alive connections too.
+                    tokio::select! {
+                        _ = st.cancelled() => {}
+                        _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc) => {}
+                    }
+                });
+            }
+        });
+        App { addr, received, stop }
+    }
+
+    pub async fn count(&self) -> usize {
+        self.received.lock().await.len()
+    }
+}
+
+/// `hex(HMAC-SHA256(secret, body + timestamp))`, computed independently of
+/// the gateway's signing code.
+pub fn provider_signature(secret: &str, body: &[u8], timestamp: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.update(timestamp.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -1,0 +1,448 @@
+//! Replays and duplicates, both directions: the verifying webhook receiver
+//! with durable delivery to a loopback app, and the duplicate-transaction
+//! guard on outbound routes.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
+
+mod support;
+
+use std::time::Duration;
+
+use http::Method;
+use support::*;
+
+/// The docs' webhook example, key order as shown (vector W1's shape).
+const W1: &str = r#"{"event":"payment.success","data":{"order_id":"6116229263036","amount":"105.00","currency":"INR","status":"PAID"}}"#;
+
+fn webhook_toml(app_port: u16, state: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[state]
+dir = "{state}"
+[[webhook]]
+name = "kwikpaisa-events"
+match_path = "/webhooks/kwikpaisa"
+credential = "kwikpaisa"
+scheme = "kwikpaisa"
+tolerance_secs = 300
+forward_to = "http://127.0.0.1:{app_port}/payments/events"
+{extra}
+"#,
+        state = state.display()
+    )
+}
+
+async fn setup(app_port: u16, extra: &str) -> Setup {
+    let state = tempfile::tempdir().unwrap().keep();
+    Setup::with("", "", &webhook_toml(app_port, &state, extra)).await
+}
+
+async fn post_webhook(s: &Setup, body: &str, ts: &str, sig: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json"), ("x-timestamp", ts)];
+    if let Some(sig) = sig {
+        headers.push(("x-signature", sig));
+    }
+    TestClient::new()
+        .send(Method::POST, &s.url("/webhooks/kwikpaisa"), &headers, body.to_string())
+        .await
+}
+
+async fn signed(s: &Setup, body: &str) -> Reply {
+    let ts = unix_now().to_string();
+    let sig = provider_signature(&s.provider.secret, body.as_bytes(), &ts);
+    post_webhook(s, body, &ts, Some(&sig)).await
+}
+
+async fn wait_count(app: &App, n: usize, within: Duration) -> bool {
+    eventually(within, || async { app.count().await >= n }).await
+}
+
+#[tokio::test]
+async fn a_valid_webhook_is_acknowledged_then_delivered_once_with_verified_headers() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), "").await;
+    let ts = unix_now().to_string();
+    let sig = provider_signature(&s.provider.secret, W1.as_bytes(), &ts);
+    let r = post_webhook(&s, W1, &ts, Some(&sig)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["status"], "accepted");
+    assert!(wait_count(&app, 1, Duration::from_secs(5)).await);
+    let (headers, body) = app.received.lock().await[0].clone();
+    assert_eq!(body, W1.as_bytes(), "delivered exactly as received");
+    assert_eq!(headers["x-signgate-verified"], "1");
+    assert_eq!(headers["x-signgate-timestamp"], ts.as_str());
+    assert_eq!(
+        headers["x-signgate-event-key"],
+        "kwikpaisa-events|payment.success|6116229263036|PAID"
+    );
+    assert!(
+        headers.get("x-signature").is_none(),
+        "the provider's signature is never passed on"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.count().await, 1, "delivered once");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "accepted")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhook_deliveries_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "delivered")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn forged_stale_and_malformed_webhooks_are_refused_and_never_delivered() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), "").await;
+    let now = unix_now();
+    let ts = now.to_string();
+    let good = provider_signature(&s.provider.secret, W1.as_bytes(), &ts);
+    let tampered = W1.replace("105.00", "905.00");
+    let cases: Vec<(&str, String, String, Option<String>, &str)> = vec![
+        (
+            "tampered body",
+            tampered.clone(),
+            ts.clone(),
+            Some(good.clone()),
+            "bad_signature",
+        ),
+        (
+            "wrong secret",
+            W1.into(),
+            ts.clone(),
+            Some(provider_signature(
+                "sk_test_not_the_merchants_secret",
+                W1.as_bytes(),
+                &ts,
+            )),
+            "bad_signature",
+        ),
+        ("missing signature", W1.into(), ts.clone(), None, "bad_signature"),
+        (
+            "garbage signature",
+            W1.into(),
+            ts.clone(),
+            Some("zz".into()),
+            "bad_signature",
+        ),
+        (
+            "stale",
+            W1.into(),
+            (now - 1000).to_string(),
+            Some(provider_signature(
+                &s.provider.secret,
+                W1.as_bytes(),
+                &(now - 1000).to_string(),
+            )),
+            "stale_timestamp",
+        ),
+        (
+            "future",
+            W1.into(),
+            (now + 1000).to_string(),
+            Some(provider_signature(
+                &s.provider.secret,
+                W1.as_bytes(),
+                &(now + 1000).to_string(),
+            )),
+            "stale_timestamp",
+        ),
+    ];
+    for (what, body, ts, sig, code) in &cases {
+        let r = post_webhook(&s, body, ts, sig.as_deref()).await;
+        assert_eq!((r.status.as_u16(), r.code().as_str()), (401, *code), "{what}");
+    }
+    // Signed but not JSON.
+    let junk = "not json";
+    let r = post_webhook(
+        &s,
+        junk,
+        &ts,
+        Some(&provider_signature(&s.provider.secret, junk.as_bytes(), &ts)),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (400, "invalid_json"));
+    // GET is not a webhook.
+    let r = TestClient::new()
+        .send(Method::GET, &s.url("/webhooks/kwikpaisa"), &[], "")
+        .await;
+    assert_eq!(r.status, 405);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(app.count().await, 0, "nothing refused is ever delivered");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "bad_signature")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "stale")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_is_delivered_once() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), "").await;
+    let statuses: Vec<String> = [signed(&s, W1).await, signed(&s, W1).await, signed(&s, W1).await]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200);
+            r.json()["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(statuses, ["accepted", "duplicate", "duplicate"]);
+    // A resend with another key order is the same event too.
+    let reordered = r#"{"data":{"status":"PAID","currency":"INR","amount":"105.00","order_id":"6116229263036"},"event":"payment.success"}"#;
+    assert_eq!(signed(&s, reordered).await.json()["status"], "duplicate");
+    // A new status of the same order is a new event.
+    assert_eq!(
+        signed(&s, &W1.replace("PAID", "REFUNDED")).await.json()["status"],
+        "accepted"
+    );
+    assert!(wait_count(&app, 2, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.count().await, 2);
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "duplicate")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn canonical_signatures_only_with_verify_canonical() {
+    let app = App::start_on(0).await;
+    // W2's shape: the provider signs its own canonical form but sends W1's bytes.
+    let canonical = r#"{"data":{"amount":"105.00","currency":"INR","order_id":"6116229263036","status":"PAID"},"event":"payment.success"}"#;
+    for (verify_canonical, expected) in [(false, 401), (true, 200)] {
+        let s = setup(app.addr.port(), &format!("verify_canonical = {verify_canonical}")).await;
+        let ts = unix_now().to_string();
+        let sig = provider_signature(&s.provider.secret, canonical.as_bytes(), &ts);
+        let r = post_webhook(&s, W1, &ts, Some(&sig)).await;
+        assert_eq!(r.status.as_u16(), expected, "verify_canonical = {verify_canonical}");
+    }
+}
+
+#[tokio::test]
+async fn the_previous_secret_verifies_during_the_rotation_grace() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), "rotation_grace_secs = 600").await;
+    let old_secret = s.provider.secret.clone();
+    let new_secret = random_token("sk_test_", 32);
+    write_cred(&s.cred_path, &s.provider.api_key, &new_secret);
+    let slot = s.gw.gateway().snapshot().webhooks[0].credential.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            slot.get().unwrap().version() == Some(2)
+        })
+        .await
+    );
+    let ts = unix_now().to_string();
+    let r = post_webhook(&s, W1, &ts, Some(&provider_signature(&old_secret, W1.as_bytes(), &ts))).await;
+    assert_eq!(r.status, 200, "old secret within the grace");
+    let other = W1.replace("PAID", "SETTLED");
+    let r = post_webhook(
+        &s,
+        &other,
+        &ts,
+        Some(&provider_signature(&new_secret, other.as_bytes(), &ts)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "new secret");
+}
+
+#[tokio::test]
+async fn app_down_then_up_gets_the_event() {
+    let port = closed_port();
+    let s = setup(port, "").await;
+    assert_eq!(
+        signed(&s, W1).await.status,
+        200,
+        "acknowledged before the app is contacted"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let app = App::start_on(port).await;
+    assert!(
+        wait_count(&app, 1, Duration::from_secs(10)).await,
+        "delivered once the app is up"
+    );
+    let m = s.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "signgate_webhook_deliveries_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "retry")]
+        ) >= 1.0
+    );
+}
+
+/// The binary with a config file: kill -9 after the 200, restart, delivered;
+/// parked after max attempts, listed and re-queued by the CLI.
+#[tokio::test]
+async fn events_survive_a_crash_and_failed_ones_are_retried_from_the_cli() {
+    let pki = pki();
+    let provider = provider(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cred = dir.path().join("cred.json");
+    write_cred(&cred, &provider.api_key, &provider.secret);
+    let app_port = closed_port();
+    let mut toml = config(
+        &format!("https://localhost:{}", provider.standin.addr().port()),
+        &pki.ca_path,
+        &cred,
+        "",
+        "",
+        &webhook_toml(app_port, &dir.path().join("state"), "max_attempts = 2"),
+    );
+    toml = toml.replace("addr = \"127.0.0.1:0\"\n", "");
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, &toml).unwrap();
+    let post = |gw: &GatewayProcess, body: &str| {
+        let ts = unix_now().to_string();
+        let sig = provider_signature(&provider.secret, body.as_bytes(), &ts);
+        let url = gw.url("/webhooks/kwikpaisa");
+        let body = body.to_string();
+        async move {
+            TestClient::new()
+                .send(Method::POST, &url, &[("x-timestamp", &ts), ("x-signature", &sig)], body)
+                .await
+        }
+    };
+    // 1. Acknowledged, then the gateway dies before it could deliver.
+    let mut gw = GatewayProcess::start(&config_path, &[]);
+    assert_eq!(post(&gw, W1).await.status, 200);
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    let app = App::start_on(app_port).await;
+    let gw = GatewayProcess::start(&config_path, &[]);
+    assert!(
+        wait_count(&app, 1, Duration::from_secs(10)).await,
+        "delivered after the restart\n{}",
+        gw.log_text()
+    );
+    drop(app);
+
+    // 2. The app is gone again: two attempts, then parked as failed.
+    let second = W1.replace("PAID", "REVERSED");
+    assert_eq!(post(&gw, &second).await.status, 200);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"))
+            .args(["webhooks"])
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .env("SIGNGATE__ADMIN__ADDR", gw.admin.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let parked = eventually(Duration::from_secs(10), || async {
+        cli(&["list", "--failed"]).contains("REVERSED")
+    })
+    .await;
+    assert!(parked, "{}", cli(&["list"]));
+    let listed = cli(&["list", "--failed"]);
+    assert!(listed.contains("failed") && listed.contains("attempts=2"), "{listed}");
+    let app = App::start_on(app_port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count().await, 0, "a parked event waits for an operator");
+    assert!(cli(&["retry", "--all-failed"]).contains("requeued 1"));
+    assert!(wait_count(&app, 1, Duration::from_secs(10)).await);
+    assert!(app.received.lock().await[0].1.windows(8).any(|w| w == b"REVERSED"));
+    assert_eq!(cli(&["list", "--failed"]).trim(), "no events");
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_order_id_reach_the_provider_once() {
+    let s = Setup::with("", "duplicate_key = \"/order_id\"\nduplicate_window_secs = 60", "").await;
+    let body = r#"{"order_id":"ORD-DUP-1","amount":"10.00"}"#;
+    let url = s.url("/kwikpaisa/slow/600");
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { TestClient::new().post(&url, body).await }
+    });
+    assert!(
+        s.provider.standin.next(Duration::from_secs(5)).await.is_some(),
+        "first is in flight"
+    );
+    let second = TestClient::new().post(&url, body).await;
+    assert_eq!(
+        (second.status.as_u16(), second.code().as_str()),
+        (409, "duplicate_request")
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    // After a 2xx, a repeat within the window is refused too.
+    let again = TestClient::new()
+        .post(&s.url("/kwikpaisa/api/v3/banking/payment/create"), body)
+        .await;
+    assert_eq!(again.status, 409);
+    assert_eq!(
+        s.provider.standin.records().await.len(),
+        1,
+        "exactly one reached the provider"
+    );
+    // Another reference goes through; a body without one is refused.
+    assert_eq!(
+        TestClient::new()
+            .post(&s.url("/kwikpaisa/x"), r#"{"order_id":"ORD-DUP-2"}"#)
+            .await
+            .status,
+        200
+    );
+    let r = TestClient::new()
+        .post(&s.url("/kwikpaisa/x"), r#"{"amount":"1"}"#)
+        .await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (400, "missing_duplicate_key"));
+    // The audit record carries the reference.
+    let Setup { gw, pki, .. } = s;
+    gw.shutdown().await;
+    let audit = std::fs::read_to_string(pki.dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains(r#""duplicate_key":"\"ORD-DUP-1\"""#), "{audit}");
+}
+
+#[tokio::test]
+async fn a_failed_request_may_be_retried() {
+    let s = Setup::with("", "duplicate_key = \"/order_id\"", "").await;
+    let body = r#"{"order_id":"ORD-RETRY"}"#;
+    assert_eq!(
+        TestClient::new()
+            .post(&s.url("/kwikpaisa/status/500"), body)
+            .await
+            .status,
+        500
+    );
+    assert_eq!(
+        TestClient::new()
+            .post(&s.url("/kwikpaisa/status/502"), body)
+            .await
+            .status,
+        502
+    );
+    assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), body).await.status, 200);
+    assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), body).await.status, 409);
+    assert_eq!(s.provider.standin.records().await.len(), 3);
+}
