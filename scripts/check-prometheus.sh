@@ -23,6 +23,7 @@ port=$(free_port); admin=$(free_port)
 SIGNGATE__LISTENER__ADDR="127.0.0.1:$port" \
 SIGNGATE__ADMIN__ADDR="127.0.0.1:$admin" \
 SIGNGATE__AUDIT__PATH="$work/audit.jsonl" \
+SIGNGATE__STATE__DIR="$work/state" \
 KWIKPAISA_API_KEY=pk_test_promcheck KWIKPAISA_SECRET_KEY=sk_test_promcheck_0123456789 \
   target/debug/signgate run --config gateway.toml 2>"$work/gateway.log" &
 pid=$!

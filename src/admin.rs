@@ -68,7 +68,16 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
     const JSON: &str = "application/json";
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            gw.metrics().observe_credentials(&gw.snapshot().credentials);
+            let snap = gw.snapshot();
+            gw.metrics().observe_credentials(&snap.credentials);
+            for route in snap.router.routes() {
+                if let Some(store) = &route.duplicates {
+                    gw.metrics()
+                        .duplicate_guard_size
+                        .with_label_values(&[route.name()])
+                        .set(store.len() as i64);
+                }
+            }
             reply(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics().render())
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"alive"}"#),

@@ -35,6 +35,7 @@ async fn shipped_config_starts_without_secrets_and_answers_json() {
         .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
         .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
         .env("SIGNGATE__AUDIT__PATH", dir.path().join("audit.jsonl"))
+        .env("SIGNGATE__STATE__DIR", dir.path().join("state"))
         .env_remove("KWIKPAISA_API_KEY")
         .env_remove("KWIKPAISA_SECRET_KEY")
         .stderr(Stdio::piped())
