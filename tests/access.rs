@@ -385,3 +385,72 @@ fn plaintext_on_a_public_address_refuses_to_start_naming_allow_plaintext() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listener.allow_plaintext"), "{err}");
 }
+
+/// RFC 9112 §6.3: ambiguous framing never reaches the upstream.
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_nothing_goes_upstream() {
+    let s = Setup::new().await;
+    // CL+TE: hyper follows RFC 9112 §6.3 (Transfer-Encoding wins, the
+    // Content-Length is dropped, the connection closes after the answer).
+    // The gateway re-frames every body it forwards, so what reaches the
+    // provider is the decoded body with the gateway's own Content-Length,
+    // and a smuggled second request cannot follow on that connection.
+    let mut sock = TcpStream::connect(s.gw.addr()).await.unwrap();
+    sock.write_all(
+        b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nPOST /kwikpaisa/smuggled HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut sock, Duration::from_secs(3))
+        .await
+        .expect("connection closed after CL+TE");
+    let head = String::from_utf8_lossy(&got);
+    assert_eq!(head.matches("HTTP/1.1 ").count(), 1, "one answer only: {head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let recs = s.provider.standin.records().await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].path_and_query, "/x");
+    assert_eq!(recs[0].body, b"{}".as_slice());
+    assert_eq!(recs[0].headers["content-length"], "2");
+    assert!(recs[0].headers.get("transfer-encoding").is_none());
+
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "two different CLs",
+            b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
+        ),
+        (
+            "obfuscated TE",
+            b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n  folded\r\nContent-Length: 2\r\n\r\n{}",
+        ),
+        (
+            "bad chunk size",
+            b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        ),
+        (
+            "NUL in a header",
+            b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\n{}",
+        ),
+    ];
+    for (what, raw) in cases {
+        let mut sock = TcpStream::connect(s.gw.addr()).await.unwrap();
+        sock.write_all(raw).await.unwrap();
+        let got = read_until_closed(&mut sock, Duration::from_secs(3))
+            .await
+            .unwrap_or_default();
+        let head = String::from_utf8_lossy(&got);
+        assert!(
+            head.is_empty() || head.starts_with("HTTP/1.1 400") || head.starts_with("HTTP/1.1 501"),
+            "{what}: {head}"
+        );
+    }
+    assert_eq!(
+        s.provider.standin.records().await.len(),
+        1,
+        "zero bytes upstream for the refused ones"
+    );
+}

@@ -374,3 +374,59 @@ async fn the_secret_never_appears_in_responses() {
         assert!(!all.contains(&s.provider.secret), "{path}");
     }
 }
+
+#[tokio::test]
+async fn egress_client_certificate_for_mtls_to_the_provider() {
+    use std::sync::Arc;
+    let pki = pki();
+    // The provider demands a client certificate from our CA.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), signgate::tls::provider())
+            .build()
+            .unwrap();
+    let server = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(signgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.cert_der.clone()], server.key_der())
+        .unwrap();
+    let (api_key, secret) = (random_token("pk_test_", 20), random_token("sk_test_", 32));
+    let standin = signgate::standin::Standin::start(signgate::standin::StandinOptions {
+        api_key: api_key.clone(),
+        secret: signgate::secrets::SecretBytes::from(secret.clone()),
+        tolerance: Duration::from_secs(60),
+        tls: Some(Arc::new(tls)),
+        bind: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let cred = pki.dir.path().join("c.json");
+    write_cred(&cred, &api_key, &secret);
+    let client = pki.ca.client(&["signgate-egress"]).unwrap();
+    let (cert, key) = (pki.dir.path().join("egress.pem"), pki.dir.path().join("egress-key.pem"));
+    std::fs::write(&cert, &client.cert_pem).unwrap();
+    std::fs::write(&key, &client.key_pem).unwrap();
+    let upstream = format!("https://localhost:{}", standin.addr().port());
+    let with_cert = format!(
+        "client_cert = \"{}\"\nclient_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, &with_cert, "", "")).await;
+    let r = TestClient::new()
+        .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(standin.records().await[0].verdict, Verdict::Valid);
+    gw.shutdown().await;
+    // Without the certificate the provider refuses the connection.
+    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, "", "", "")).await;
+    let r = TestClient::new()
+        .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
+        .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(standin.records().await.len(), 1);
+}
