@@ -383,6 +383,25 @@ impl V {
         Some(Quota { rate, burst })
     }
 
+    /// A value that must name an entry of `defined` (a credential, a scheme).
+    fn reference<T>(&mut self, key: &str, value: Option<String>, defined: &BTreeMap<String, T>, what: &str) -> String {
+        match value {
+            Some(name) if defined.contains_key(&name) => name,
+            Some(name) => {
+                self.push(ConfigError::invalid(
+                    key,
+                    &name,
+                    format!("the name of {what} (defined: {})", names_of(defined.keys())),
+                ));
+                name
+            }
+            None => {
+                self.push(ConfigError::missing(key, format!("the name of {what}")));
+                String::new()
+            }
+        }
+    }
+
     fn header_name(&mut self, key: &str, v: Option<&str>, default: Option<&str>) -> HeaderName {
         let s = match v.or(default) {
             Some(s) => s,
@@ -1124,48 +1143,18 @@ fn routes(
                 None
             }
         };
-        let credential = match r.credential {
-            Some(c) if credentials.contains_key(&c) => c,
-            Some(c) => {
-                v.push(ConfigError::invalid(
-                    key("credential"),
-                    &c,
-                    format!(
-                        "the name of a [credentials.NAME] table (defined: {})",
-                        names_of(credentials.keys())
-                    ),
-                ));
-                c
-            }
-            None => {
-                v.push(ConfigError::missing(
-                    key("credential"),
-                    "the name of a [credentials.NAME] table",
-                ));
-                String::new()
-            }
-        };
-        let scheme = match r.scheme {
-            Some(s) if schemes.contains_key(&s) => s,
-            Some(s) => {
-                v.push(ConfigError::invalid(
-                    key("scheme"),
-                    &s,
-                    format!(
-                        "\"kwikpaisa\" or the name of a [scheme.NAME] table (defined: {})",
-                        names_of(schemes.keys())
-                    ),
-                ));
-                s
-            }
-            None => {
-                v.push(ConfigError::missing(
-                    key("scheme"),
-                    "\"kwikpaisa\" or the name of a [scheme.NAME] table",
-                ));
-                String::new()
-            }
-        };
+        let credential = v.reference(
+            &key("credential"),
+            r.credential,
+            credentials,
+            "a [credentials.NAME] table",
+        );
+        let scheme = v.reference(
+            &key("scheme"),
+            r.scheme,
+            schemes,
+            "\"kwikpaisa\" or a [scheme.NAME] table",
+        );
         let methods = match r.methods {
             None => vec![Method::POST],
             Some(list) if list.is_empty() => {
@@ -1340,28 +1329,18 @@ fn webhooks(
                 continue;
             }
         };
-        let credential = match r.credential {
-            Some(c) if credentials.contains_key(&c) => c,
-            other => {
-                v.push(ConfigError::invalid(
-                    key("credential"),
-                    other.unwrap_or_default(),
-                    "the name of a [credentials.NAME] table",
-                ));
-                continue;
-            }
-        };
-        let scheme = match r.scheme {
-            Some(s) if schemes.contains_key(&s) => s,
-            other => {
-                v.push(ConfigError::invalid(
-                    key("scheme"),
-                    other.unwrap_or_default(),
-                    "\"kwikpaisa\" or the name of a [scheme.NAME] table",
-                ));
-                continue;
-            }
-        };
+        let credential = v.reference(
+            &key("credential"),
+            r.credential,
+            credentials,
+            "a [credentials.NAME] table",
+        );
+        let scheme = v.reference(
+            &key("scheme"),
+            r.scheme,
+            schemes,
+            "\"kwikpaisa\" or a [scheme.NAME] table",
+        );
         let forward_to = match r.forward_to.as_deref().map(str::parse::<Uri>) {
             Some(Ok(u)) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
             other => {
