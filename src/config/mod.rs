@@ -6,13 +6,15 @@
 mod error;
 mod load;
 mod raw;
+mod types;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
-pub use validate::*;
+pub use types::*;
+pub use validate::parse_cidr;
 
 impl Config {
     /// Load `path` with the process environment's overrides and validate it.

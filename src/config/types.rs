@@ -1,0 +1,259 @@
+//! The validated configuration types and their defaults (named constants
+//! with units). Built only by `validate`; read by everything else.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme as UriScheme};
+use http::{HeaderValue, Method, Uri};
+use ipnet::IpNet;
+
+use crate::sign::Scheme;
+
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_millis(5_000);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(60_000);
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
+/// Longest pause allowed while a client sends its body (slow-upload cut-off).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Envoy's default header-count limit.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Envoy's default header-size limit is 60 KiB; hyper needs at least 8 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3_000);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
+pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
+pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
+pub const DEFAULT_STATE_DIR: &str = "state";
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+pub const DEFAULT_AUDIT_MAX_FILES: usize = 10;
+pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
+pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_FILE_POLL: Duration = Duration::from_millis(1_000);
+pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
+pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
+pub const DEFAULT_SECRET_FIELD: &str = "secret_key";
+pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(86_400);
+/// Transaction references remembered per route by the duplicate guard.
+pub const DEFAULT_DUPLICATE_CAPACITY: usize = 100_000;
+pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
+/// Bound of the per-client rate-limit key store (idle keys are swept first).
+pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
+
+/// The validated configuration. Cheap to clone pieces of; built once per load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub access: AccessConfig,
+    pub limits: LimitsConfig,
+    pub egress: EgressConfig,
+    pub audit: AuditConfig,
+    pub state: StateConfig,
+    pub credentials: BTreeMap<String, CredentialSpec>,
+    pub schemes: BTreeMap<String, Scheme>,
+    pub routes: Vec<RouteConfig>,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<ServerTlsConfig>,
+    pub max_connections: usize,
+    /// Whole request head must arrive within this (slowloris cut-off).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    pub max_body_bytes: u64,
+    /// The whole body must arrive within this after the head.
+    pub body_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, clients must present a certificate chained to it (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// `None` when the admin listener is disabled (`addr = ""`).
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    pub allow: Vec<IpNet>,
+}
+
+/// A GCRA quota: `rate` requests per second sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub rate: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub global: Option<Quota>,
+    pub per_client: Option<Quota>,
+    pub per_client_max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressConfig {
+    /// `None` = let the OS pick (`0.0.0.0`).
+    pub source_addr: Option<IpAddr>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_per_host: usize,
+    pub allow_plain_http: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditSink {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    pub hash_chain: bool,
+    /// Rotate the file when it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` newest … `path.N` oldest).
+    pub max_files: usize,
+    /// Records that may wait for the writer.
+    pub queue: usize,
+    /// How long a request waits for room in a full queue before it is refused
+    /// (503 `audit_unavailable`): no request is forwarded unaudited.
+    pub wait: Duration,
+    /// Query parameters whose values are replaced by `REDACTED` in the record.
+    pub redact_query_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+/// Where a credential lives. Never the secret itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialSpec {
+    pub name: String,
+    pub source: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    Env {
+        api_key_env: String,
+        secret_env: String,
+    },
+    File {
+        path: PathBuf,
+        api_key_field: String,
+        secret_field: String,
+        poll: Duration,
+    },
+    Vault(VaultSpec),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultSpec {
+    pub addr: Uri,
+    pub mount: String,
+    pub path: String,
+    pub auth: VaultAuth,
+    pub ca_file: Option<PathBuf>,
+    pub api_key_field: String,
+    pub secret_field: String,
+    pub refresh: Duration,
+    /// `vault_max_stale_secs`: how long the last good secret keeps signing
+    /// after refreshes start failing, counted from the last successful read;
+    /// past it the credential fails closed (503). `None` (the default): keep
+    /// signing with the last good secret for as long as Vault is down.
+    pub max_stale: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VaultAuth {
+    /// From `token_file`, else the `VAULT_TOKEN` environment variable.
+    Token { token_file: Option<PathBuf> },
+    AppRole {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+    },
+}
+
+/// A parsed `upstream`: scheme and authority are fixed per route; the request
+/// can only choose the path below `base_path`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTarget {
+    pub scheme: UriScheme,
+    pub authority: Authority,
+    /// Without a trailing slash; empty for the root.
+    pub base_path: String,
+    pub host_header: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Without a trailing slash; matches the prefix itself and anything below it.
+    pub match_prefix: String,
+    pub strip_prefix: bool,
+    pub upstream: UpstreamTarget,
+    pub credential: String,
+    pub scheme: String,
+    pub methods: Vec<Method>,
+    pub allow: Option<Vec<IpNet>>,
+    pub allow_identities: Option<Vec<String>>,
+    pub limit: Option<Quota>,
+    pub duplicate_key: Option<String>,
+    pub duplicate_window: Duration,
+    pub duplicate_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub match_path: String,
+    pub credential: String,
+    pub scheme: String,
+    /// Accepted distance of `X-TIMESTAMP` from the local clock, both ways.
+    pub tolerance: Duration,
+    pub forward_to: Uri,
+    pub verify_canonical: bool,
+    /// JSON pointers whose values identify an event (joined in order).
+    pub dedup_keys: Vec<String>,
+    /// How long a seen event key is remembered.
+    pub dedup_window: Duration,
+    /// Who may post (the provider's addresses or your ingress); default `[access].allow`.
+    pub allow: Option<Vec<IpNet>>,
+    /// Delivery attempts before an event is parked as failed.
+    pub max_attempts: u32,
+    /// After a secret rotation, how long the previous version still verifies.
+    pub rotation_grace: Duration,
+}

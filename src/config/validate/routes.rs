@@ -1,0 +1,404 @@
+//! `[[route]]` and `[[webhook]]`: upstream targets, matching, guards.
+
+use super::*;
+
+pub(super) fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> Option<UpstreamTarget> {
+    let expected = "an https:// URL with a host and optional base path, no query (http:// only with egress.allow_plain_http = true)";
+    let uri: Uri = match s.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            v.push(ConfigError::invalid(key, s, expected));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        v.push(ConfigError::invalid(key, s, expected));
+        return None;
+    };
+    if scheme == UriScheme::HTTP && !egress.allow_plain_http {
+        v.push(ConfigError::invalid(
+            key,
+            s,
+            "an https:// URL; plain http:// upstreams need egress.allow_plain_http = true (meant for loopback tests)",
+        ));
+        return None;
+    }
+    if scheme != UriScheme::HTTP && scheme != UriScheme::HTTPS {
+        v.push(ConfigError::invalid(key, s, expected));
+        return None;
+    }
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        v.push(ConfigError::invalid(key, s, expected));
+        return None;
+    }
+    let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
+    Some(UpstreamTarget {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        host_header,
+    })
+}
+
+fn is_json_pointer(p: &str) -> bool {
+    p.starts_with('/')
+}
+
+pub(super) fn routes(
+    v: &mut V,
+    raw: Vec<RawRoute>,
+    egress: &EgressConfig,
+    credentials: &BTreeMap<String, CredentialSpec>,
+    schemes: &BTreeMap<String, Scheme>,
+    tls: Option<&ServerTlsConfig>,
+) -> Vec<RouteConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = BTreeSet::new();
+    let mut prefixes = BTreeMap::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let name = match r.name {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                n
+            }
+            Some(n) => {
+                v.push(ConfigError::invalid(
+                    key("name"),
+                    n,
+                    "1-64 characters of A-Z a-z 0-9 - _ . (used as a metric label)",
+                ));
+                continue;
+            }
+            None => {
+                v.push(ConfigError::missing(
+                    key("name"),
+                    "a unique route name (used in metrics and audit records)",
+                ));
+                continue;
+            }
+        };
+        if !names.insert(name.clone()) {
+            v.push(ConfigError::invalid(
+                key("name"),
+                &name,
+                "a name not used by another route",
+            ));
+        }
+        let match_prefix = match r.match_prefix.as_deref() {
+            Some(p)
+                if p.starts_with('/')
+                    && !p.contains(['?', '#', '%'])
+                    && !p.split('/').any(|seg| seg == "." || seg == "..") =>
+            {
+                let trimmed = p.trim_end_matches('/').to_string();
+                if let Some(other) = prefixes.insert(trimmed.clone(), name.clone()) {
+                    v.push(ConfigError::invalid(
+                        key("match_prefix"),
+                        p,
+                        format!("a prefix not already used by route {other:?}"),
+                    ));
+                }
+                trimmed
+            }
+            Some(p) => {
+                v.push(ConfigError::invalid(
+                    key("match_prefix"),
+                    p,
+                    "a path prefix starting with '/', without '?', '#', '%' or dot segments",
+                ));
+                String::new()
+            }
+            None => {
+                v.push(ConfigError::missing(
+                    key("match_prefix"),
+                    "a path prefix like \"/kwikpaisa/\"",
+                ));
+                String::new()
+            }
+        };
+        let upstream = match r.upstream.as_deref() {
+            Some(u) => upstream(v, &key("upstream"), u, egress),
+            None => {
+                v.push(ConfigError::missing(
+                    key("upstream"),
+                    "the provider's base URL, e.g. https://sandbox.kwikpaisa.com",
+                ));
+                None
+            }
+        };
+        let credential = v.reference(
+            &key("credential"),
+            r.credential,
+            credentials,
+            "a [credentials.NAME] table",
+        );
+        let scheme = v.reference(
+            &key("scheme"),
+            r.scheme,
+            schemes,
+            "\"kwikpaisa\" or a [scheme.NAME] table",
+        );
+        let methods = match r.methods {
+            None => vec![Method::POST],
+            Some(list) if list.is_empty() => {
+                v.push(ConfigError::invalid(
+                    key("methods"),
+                    "[]",
+                    "a non-empty list of HTTP methods, e.g. [\"POST\"]",
+                ));
+                Vec::new()
+            }
+            Some(list) => {
+                let mut ms = Vec::with_capacity(list.len());
+                for (j, m) in list.iter().enumerate() {
+                    match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) if method != Method::CONNECT && method != Method::TRACE => ms.push(method),
+                        _ => v.push(ConfigError::invalid(
+                            format!("route[{i}].methods[{j}]"),
+                            m,
+                            "an HTTP method such as GET, POST, PUT, PATCH, DELETE (not CONNECT or TRACE)",
+                        )),
+                    }
+                }
+                ms
+            }
+        };
+        let allow = match r.allow {
+            None => None,
+            Some(list) if list.is_empty() => {
+                v.push(ConfigError::invalid(
+                    key("allow"),
+                    "[]",
+                    "a non-empty list of client CIDRs, or no key at all to use [access].allow",
+                ));
+                None
+            }
+            Some(list) => Some(v.cidrs(&key("allow"), &list)),
+        };
+        let allow_identities = match r.allow_identities {
+            None => None,
+            Some(list) if list.is_empty() => {
+                v.push(ConfigError::invalid(
+                    key("allow_identities"),
+                    "[]",
+                    "a non-empty list of client certificate SAN URIs or DNS names",
+                ));
+                None
+            }
+            Some(list) => {
+                if tls.and_then(|t| t.client_ca.as_ref()).is_none() {
+                    v.push(ConfigError::invalid(
+                        key("allow_identities"),
+                        list.join(","),
+                        "to be used only with mTLS (listener.client_ca set)",
+                    ));
+                }
+                Some(list)
+            }
+        };
+        let duplicate_key = match r.duplicate_key {
+            Some(p) if is_json_pointer(&p) => Some(p),
+            Some(p) => {
+                v.push(ConfigError::invalid(
+                    key("duplicate_key"),
+                    p,
+                    "a JSON pointer like \"/order_id\"",
+                ));
+                None
+            }
+            None => None,
+        };
+        if duplicate_key.is_some() {
+            if let Some(s) = schemes.get(&scheme) {
+                if s.body != sign::BodyMode::CanonicalJson {
+                    v.push(ConfigError::invalid(
+                        key("duplicate_key"),
+                        duplicate_key.clone().unwrap_or_default(),
+                        "a route whose scheme parses JSON (body = \"canonical_json\")",
+                    ));
+                }
+            }
+        }
+        let duplicate_window = v.secs(
+            &key("duplicate_window_secs"),
+            r.duplicate_window_secs,
+            DEFAULT_DUPLICATE_WINDOW,
+        );
+        let duplicate_capacity = v.positive(
+            &key("duplicate_capacity"),
+            r.duplicate_capacity,
+            DEFAULT_DUPLICATE_CAPACITY,
+        );
+        let limit = v.quota(&key("limit"), r.limit);
+        if let Some(upstream) = upstream {
+            out.push(RouteConfig {
+                name,
+                match_prefix,
+                strip_prefix: r.strip_prefix.unwrap_or(false),
+                upstream,
+                credential,
+                scheme,
+                methods,
+                allow,
+                allow_identities,
+                limit,
+                duplicate_key,
+                duplicate_window,
+                duplicate_capacity,
+            });
+        }
+    }
+    out
+}
+
+pub(super) fn webhooks(
+    v: &mut V,
+    raw: Vec<RawWebhook>,
+    credentials: &BTreeMap<String, CredentialSpec>,
+    schemes: &BTreeMap<String, Scheme>,
+    routes: &[RouteConfig],
+) -> Vec<WebhookConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut paths = BTreeSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("webhook[{i}].{k}");
+        let Some(name) = r.name.filter(|n| !n.is_empty()) else {
+            v.push(ConfigError::missing(key("name"), "a unique webhook name"));
+            continue;
+        };
+        let match_path = match r.match_path {
+            Some(p) if p.starts_with('/') && !p.contains(['?', '#', '%']) => {
+                if !paths.insert(p.clone()) {
+                    v.push(ConfigError::invalid(
+                        key("match_path"),
+                        &p,
+                        "a path not used by another webhook",
+                    ));
+                }
+                if routes
+                    .iter()
+                    .any(|rt| p == rt.match_prefix || p.starts_with(&format!("{}/", rt.match_prefix)))
+                {
+                    v.push(ConfigError::invalid(
+                        key("match_path"),
+                        &p,
+                        "a path outside every route's match_prefix",
+                    ));
+                }
+                p
+            }
+            Some(p) => {
+                v.push(ConfigError::invalid(
+                    key("match_path"),
+                    p,
+                    "an exact path starting with '/'",
+                ));
+                continue;
+            }
+            None => {
+                v.push(ConfigError::missing(
+                    key("match_path"),
+                    "the exact path the provider posts to, e.g. /webhooks/kwikpaisa",
+                ));
+                continue;
+            }
+        };
+        let credential = v.reference(
+            &key("credential"),
+            r.credential,
+            credentials,
+            "a [credentials.NAME] table",
+        );
+        let scheme = v.reference(
+            &key("scheme"),
+            r.scheme,
+            schemes,
+            "\"kwikpaisa\" or a [scheme.NAME] table",
+        );
+        let forward_to = match r.forward_to.as_deref().map(str::parse::<Uri>) {
+            Some(Ok(u)) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+            other => {
+                v.push(ConfigError::invalid(
+                    key("forward_to"),
+                    format!("{other:?}"),
+                    "the internal app's URL, e.g. http://127.0.0.1:3000/payments/events",
+                ));
+                continue;
+            }
+        };
+        let dedup_keys = r
+            .dedup_keys
+            .unwrap_or_else(|| vec!["/event".into(), "/data/order_id".into(), "/data/status".into()]);
+        for (j, p) in dedup_keys.iter().enumerate() {
+            if !is_json_pointer(p) {
+                v.push(ConfigError::invalid(
+                    format!("webhook[{i}].dedup_keys[{j}]"),
+                    p,
+                    "a JSON pointer like \"/data/order_id\"",
+                ));
+            }
+        }
+        let tolerance = v.secs(&key("tolerance_secs"), r.tolerance_secs, DEFAULT_WEBHOOK_TOLERANCE);
+        let dedup_window = v.secs(
+            &key("dedup_window_secs"),
+            r.dedup_window_secs,
+            DEFAULT_WEBHOOK_DEDUP_WINDOW,
+        );
+        let allow = match r.allow {
+            None => None,
+            Some(list) if list.is_empty() => {
+                v.push(ConfigError::invalid(
+                    key("allow"),
+                    "[]",
+                    "a non-empty list of CIDRs the provider posts from, or no key to use [access].allow",
+                ));
+                None
+            }
+            Some(list) => Some(v.cidrs(&key("allow"), &list)),
+        };
+        let max_attempts = match r.max_attempts {
+            None => DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+            Some(n) if (1..=1000).contains(&n) => n as u32,
+            Some(n) => {
+                v.push(ConfigError::invalid(
+                    key("max_attempts"),
+                    n,
+                    "1 to 1000 delivery attempts",
+                ));
+                DEFAULT_WEBHOOK_MAX_ATTEMPTS
+            }
+        };
+        let rotation_grace = match r.rotation_grace_secs {
+            None => DEFAULT_ROTATION_GRACE,
+            Some(s) => Duration::from_secs(s),
+        };
+        if let Some(s) = schemes.get(&scheme) {
+            if !s.signs_body() {
+                v.push(ConfigError::invalid(
+                    key("scheme"),
+                    &scheme,
+                    "a scheme whose message includes {body}: a webhook signature must cover the event",
+                ));
+            }
+        }
+        out.push(WebhookConfig {
+            name,
+            match_path,
+            credential,
+            scheme,
+            tolerance,
+            forward_to,
+            verify_canonical: r.verify_canonical.unwrap_or(false),
+            dedup_keys,
+            dedup_window,
+            allow,
+            max_attempts,
+            rotation_grace,
+        });
+    }
+    out
+}
