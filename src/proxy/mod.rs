@@ -8,6 +8,7 @@
 mod context;
 mod error;
 pub mod headers;
+mod record;
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -24,11 +25,11 @@ use hyper::body::Incoming;
 pub use context::{ConnInfo, RequestId};
 pub use error::{GatewayError, UpstreamFailure};
 use headers::X_REQUEST_ID;
+pub use record::Record;
+use record::{audit_entry, clock_skew, finish, observe_upstream};
 
 use crate::app::{Gateway, Snapshot};
-use crate::audit::{redact_query, AuditLog, Entry};
 use crate::canonical;
-use crate::metrics::Metrics;
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
 use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
@@ -37,23 +38,6 @@ use crate::webhook::Hook;
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-/// What happened to one request: filled in by the pipeline, then turned
-/// into metrics and one audit record by [`finish`].
-pub struct Record {
-    pub started: Instant,
-    pub route: Option<Arc<Route>>,
-    pub webhook: Option<Arc<Hook>>,
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub bytes_in: u64,
-    pub upstream_status: Option<u16>,
-    pub upstream_started: Option<Instant>,
-    pub credential_version: Option<u64>,
-    pub signature_fingerprint: Option<String>,
-    pub duplicate_key: Option<String>,
-}
 
 /// Serve one request. Never fails: refusals become JSON error responses, and a
 /// panic inside the pipeline becomes a 500 for that request only.
@@ -113,28 +97,6 @@ pub async fn handle(
     }
     metrics.inflight.dec();
     Ok(resp)
-}
-
-/// Count the request (and, with the audit log, record it).
-fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
-    let m = gw.metrics();
-    let route = match (&rec.route, &rec.webhook) {
-        (Some(r), _) => r.name(),
-        (None, Some(h)) => h.name(),
-        (None, None) => crate::metrics::NO_ROUTE,
-    };
-    m.requests
-        .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(rec.started.elapsed().as_secs_f64());
-    if let Some(e) = error {
-        m.denied.with_label_values(&[route, e.code()]).inc();
-        if let GatewayError::Upstream(kind) = e {
-            m.upstream_errors.with_label_values(&[route, kind.kind()]).inc();
-        }
-    }
 }
 
 async fn pipeline(
@@ -356,71 +318,6 @@ async fn webhook(
     let outcome = crate::webhook::receive(hook, store, &parts.headers, raw.clone()).await?;
     rec.duplicate_key = Some(crate::webhook::event_key(hook, &raw));
     Ok(outcome)
-}
-
-fn audit_entry(
-    rec: &Record,
-    rid: &RequestId,
-    conn: &ConnInfo,
-    resp: &Response<ResponseBody>,
-    error: Option<&GatewayError>,
-    log: &AuditLog,
-) -> Entry {
-    let path = match rec.query.as_deref() {
-        Some(q) if !q.is_empty() => format!("{}?{}", rec.path, redact_query(q, log.redact_keys())),
-        _ => rec.path.clone(),
-    };
-    Entry {
-        time: crate::audit::now_rfc3339(),
-        request_id: rid.as_str().to_string(),
-        client: conn.peer,
-        route: rec
-            .route
-            .as_ref()
-            .map(|r| r.name().to_string())
-            .or_else(|| rec.webhook.as_ref().map(|h| h.name().to_string())),
-        method: rec.method.as_str().to_string(),
-        path,
-        decision: if error.is_some() { "denied" } else { "allowed" },
-        reason: error.map(GatewayError::code),
-        status: resp.status().as_u16(),
-        upstream_status: rec.upstream_status,
-        duration_ms: rec.started.elapsed().as_secs_f64() * 1000.0,
-        bytes_in: rec.bytes_in,
-        bytes_out: resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-        credential: rec
-            .route
-            .as_ref()
-            .map(|r| r.config.credential.clone())
-            .or_else(|| rec.webhook.as_ref().map(|h| h.config.credential.clone())),
-        secret_version: rec.credential_version,
-        signature_fp: rec.signature_fingerprint.clone(),
-        duplicate_key: rec.duplicate_key.clone(),
-    }
-}
-
-fn observe_upstream(metrics: &Metrics, route: &Route, rec: &Record) {
-    if let Some(t) = rec.upstream_started {
-        metrics
-            .upstream_duration
-            .with_label_values(&[route.name()])
-            .observe(t.elapsed().as_secs_f64());
-    }
-}
-
-/// Provider `Date` minus the local clock, in seconds (1 s resolution). A
-/// drifting host clock is the usual cause of sudden 401 stale-timestamp errors.
-fn clock_skew(date: &HeaderValue) -> Option<f64> {
-    let theirs = httpdate::parse_http_date(date.to_str().ok()?).ok()?;
-    let now = SystemTime::now();
-    Some(match theirs.duration_since(now) {
-        Ok(ahead) => ahead.as_secs_f64().trunc(),
-        Err(behind) => -behind.duration().as_secs_f64().trunc(),
-    })
 }
 
 /// Read the body under `max_body_bytes` and `body_timeout`. A declared
