@@ -22,8 +22,8 @@ pub struct Record {
     pub route: Option<Arc<Route>>,
     pub webhook: Option<Arc<Hook>>,
     pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
+    /// The request target as received (a cheap, shared clone).
+    pub uri: http::Uri,
     pub bytes_in: u64,
     pub upstream_status: Option<u16>,
     pub upstream_started: Option<Instant>,
@@ -62,9 +62,9 @@ pub(super) fn audit_entry(
     error: Option<&GatewayError>,
     log: &AuditLog,
 ) -> Entry {
-    let path = match rec.query.as_deref() {
-        Some(q) if !q.is_empty() => format!("{}?{}", rec.path, redact_query(q, log.redact_keys())),
-        _ => rec.path.clone(),
+    let path = match rec.uri.query() {
+        Some(q) if !q.is_empty() => format!("{}?{}", rec.uri.path(), redact_query(q, log.redact_keys())),
+        _ => rec.uri.path().to_string(),
     };
     Entry {
         time: crate::audit::now_rfc3339(),
