@@ -273,6 +273,12 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
+        for result in ["written", "failed", "refused"] {
+            m.audit_records.with_label_values(&[result]);
+        }
+        for reason in ["limit", "tls_handshake", "header_timeout", "idle"] {
+            m.connections_closed.with_label_values(&[reason]);
+        }
         Arc::new(m)
     }
 
