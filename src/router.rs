@@ -27,6 +27,8 @@ pub struct Route {
     pub limit: Option<RouteLimit>,
     /// The duplicate guard, for routes with `duplicate_key`.
     pub duplicates: Option<Arc<dyn DuplicateStore>>,
+    /// Bounds the route's concurrent upstream calls (`max_inflight`).
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Route {
@@ -49,6 +51,7 @@ impl Route {
             ),
         };
         Route {
+            inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
             duplicates,
             limit: config.limit.map(RouteLimit::new),
             config,

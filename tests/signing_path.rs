@@ -430,3 +430,20 @@ async fn egress_client_certificate_for_mtls_to_the_provider() {
     assert_eq!(r.status, 502);
     assert_eq!(standin.records().await.len(), 1);
 }
+
+/// Hardening B11: a slow provider cannot pile up unbounded upstream calls.
+#[tokio::test]
+async fn pool_exhaustion_is_bounded_per_route() {
+    let s = Setup::with("", "max_inflight = 1\nqueue_timeout_ms = 200", "").await;
+    let url = s.url("/kwikpaisa/slow/800");
+    let first = tokio::spawn(async move { TestClient::new().post(&url, "{}").await });
+    assert!(s.provider.standin.next(Duration::from_secs(5)).await.is_some());
+    let started = Instant::now();
+    let r = TestClient::new().post(&s.url("/kwikpaisa/x"), "{}").await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "upstream_busy"));
+    assert!(started.elapsed() >= Duration::from_millis(180));
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(s.provider.standin.records().await.len(), 1);
+    // The slot is free again.
+    assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), "{}").await.status, 200);
+}

@@ -116,6 +116,8 @@ pub struct RawRoute {
     pub duplicate_key: Option<String>,
     pub duplicate_window_secs: Option<u64>,
     pub duplicate_capacity: Option<u64>,
+    pub max_inflight: Option<u64>,
+    pub queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

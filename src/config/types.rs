@@ -44,6 +44,9 @@ pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(86_400);
 /// Transaction references remembered per route by the duplicate guard.
 pub const DEFAULT_DUPLICATE_CAPACITY: usize = 100_000;
+/// Upstream calls in flight per route (pool-exhaustion bound).
+pub const DEFAULT_MAX_INFLIGHT: usize = 512;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
@@ -234,6 +237,10 @@ pub struct RouteConfig {
     pub duplicate_key: Option<String>,
     pub duplicate_window: Duration,
     pub duplicate_capacity: usize,
+    /// Requests of this route waiting on the upstream at once; more wait
+    /// up to `queue_timeout`, then get 503 `upstream_busy`.
+    pub max_inflight: usize,
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

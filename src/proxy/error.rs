@@ -69,6 +69,8 @@ pub enum GatewayError {
     CredentialUnavailable { credential: String, hint: String },
     /// Upstream failed before a response arrived.
     Upstream(UpstreamFailure),
+    /// The route's `max_inflight` upstream calls were busy for `queue_timeout_ms`.
+    UpstreamBusy,
     /// The gateway is draining for shutdown.
     ShuttingDown,
     /// No room in the audit queue in time: refused rather than unaudited.
@@ -101,6 +103,7 @@ impl GatewayError {
             GatewayError::Upstream(
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,6 +134,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
+            GatewayError::UpstreamBusy => "upstream_busy",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
@@ -180,6 +184,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "the upstream did not answer in time".into(),
             GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
+            GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
             GatewayError::Internal => "internal error".into(),
@@ -286,6 +291,7 @@ mod tests {
                 502,
                 "upstream_failed",
             ),
+            (GatewayError::UpstreamBusy, 503, "upstream_busy"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),

@@ -216,6 +216,12 @@ async fn pipeline(
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
 
+    // A slow provider must not pile up unbounded requests (and connections):
+    // wait a bounded time for a slot, else refuse before signing anything.
+    let _slot = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
+        .await
+        .map_err(|_| GatewayError::UpstreamBusy)?
+        .map_err(|_| GatewayError::Internal)?;
     // At most one retry, and only when the connection failed before any byte
     // was written; the retry is signed afresh (new timestamp).
     let metrics = snap.metrics.clone();

@@ -228,6 +228,8 @@ pub(super) fn routes(
             r.duplicate_window_secs,
             DEFAULT_DUPLICATE_WINDOW,
         );
+        let max_inflight = v.positive(&key("max_inflight"), r.max_inflight, DEFAULT_MAX_INFLIGHT);
+        let queue_timeout = v.millis(&key("queue_timeout_ms"), r.queue_timeout_ms, DEFAULT_QUEUE_TIMEOUT);
         let duplicate_capacity = v.positive(
             &key("duplicate_capacity"),
             r.duplicate_capacity,
@@ -249,6 +251,8 @@ pub(super) fn routes(
                 duplicate_key,
                 duplicate_window,
                 duplicate_capacity,
+                max_inflight,
+                queue_timeout,
             });
         }
     }
