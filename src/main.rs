@@ -93,7 +93,22 @@ fn main() -> ExitCode {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // SIGNGATE_WORKER_THREADS=N pins the number of runtime worker threads
+    // (default: one per core). The benchmark uses it to give signgate the
+    // same number of workers as nginx's `worker_processes`.
+    match worker_threads() {
+        Ok(Some(n)) => {
+            builder.worker_threads(n);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("signgate: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("signgate: cannot start the runtime: {e}");
@@ -141,5 +156,19 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { files, continuation },
         } => signgate::cli::audit_verify(&files, continuation),
+    }
+}
+
+/// `SIGNGATE_WORKER_THREADS`: unset or empty = tokio's default (one per core).
+fn worker_threads() -> Result<Option<usize>, String> {
+    match std::env::var("SIGNGATE_WORKER_THREADS") {
+        Err(_) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "SIGNGATE_WORKER_THREADS={v:?}: expected a whole number of worker threads, at least 1"
+            )),
+        },
     }
 }

@@ -3,6 +3,10 @@
 //! every depth, `/` unescaped, number text kept verbatim and strings re-escaped (optionally PHP-style
 //! `\uXXXX` for non-ASCII). It never converts numbers, never allocates per string and never recurses.
 //! Errors carry the byte offset into the input and a short static reason; nothing here panics on input.
+//!
+//! One pass over the input: bytes that need no change are copied in long verbatim runs, and an
+//! object's members, already written, are reordered in place when the object closes (only if they
+//! did not arrive sorted).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -54,62 +58,45 @@ fn fail<T>(offset: usize, reason: &'static str) -> Result<T, Error> {
     Err(Error { offset, reason })
 }
 
-const KIND_RAW: u8 = 0; // number or literal: span copied verbatim
-const KIND_STR: u8 = 1; // string: span is the content between the quotes
-const KIND_ARR: u8 = 2;
-const KIND_OBJ: u8 = 3; // a..b: range in `order` holding the sorted key nodes
+/// Largest input accepted (so that output offsets fit in u32).
+const MAX_INPUT: usize = 1 << 30;
 
 const F_ESCAPE: u8 = 1; // string contains a backslash
 const F_NON_ASCII: u8 = 2; // string contains bytes >= 0x80
 
-/// One tape entry. Children follow their container; `next` is the index just past this subtree.
-#[derive(Clone, Copy, Debug)]
-struct Node {
-    kind: u8,
-    flags: u8,
-    a: u32,
-    b: u32,
-    next: u32,
-}
-
 /// An object member awaiting the close of its object. The key bytes are `input[start..end]`
 /// when the key has no escapes, else its decoded form in `keybuf[start..end]`. `prefix` holds the
 /// first 8 key bytes big-endian, zero-padded: unequal prefixes order like the full keys.
+/// `out_start..out_end` is the member (`"key":value`) as already written to the output.
 #[derive(Clone, Copy, Debug)]
 struct Member {
     prefix: u64,
-    key_node: u32,
     start: u32,
     end: u32,
+    /// Input offset of the key's opening quote (error offsets; ties keep input order).
+    quote: u32,
     decoded: bool,
+    /// Output offsets relative to where this document's output starts.
+    out_start: u32,
+    out_end: u32,
 }
 
 /// An open container during parsing.
 #[derive(Clone, Copy, Debug)]
 struct Open {
-    node: u32,
-    pending: u32,
+    /// Index of this object's first member in `members`.
+    members: u32,
     is_obj: bool,
-}
-
-/// A container being written during emission.
-#[derive(Clone, Copy, Debug)]
-struct Frame {
-    is_obj: bool,
-    first: bool,
-    pos: u32,
-    end: u32,
 }
 
 /// Reusable scratch space so the hot path does not allocate per request after warm-up.
 #[derive(Default)]
 pub struct Canonicalizer {
-    tape: Vec<Node>,
-    order: Vec<u32>,
-    pending: Vec<Member>,
+    members: Vec<Member>,
     keybuf: Vec<u8>,
     stack: Vec<Open>,
-    frames: Vec<Frame>,
+    /// Holds an unsorted object's members while they are written back in order.
+    scratch: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -117,6 +104,50 @@ enum State {
     Value,
     Key,
     After,
+}
+
+/// The output side of the single pass. Input bytes that go out unchanged (compact
+/// structure, numbers, literals, strings needing no re-escaping) are not copied one
+/// token at a time: `run` marks where the pending verbatim stretch of input begins,
+/// and it is copied in one piece when something else has to be written (skipped
+/// whitespace, a re-escaped string, an object whose members must be reordered).
+struct Sink<'a> {
+    input: &'a [u8],
+    out: &'a mut Vec<u8>,
+    /// `out.len()` before this document.
+    base: usize,
+    run: usize,
+}
+
+impl Sink<'_> {
+    /// Output offset (from `base`) that input offset `i` (inside the pending run) maps to.
+    /// Fits in u32: the output is at most three times the input, which is at most 1 GiB.
+    fn pos(&self, i: usize) -> u32 {
+        (self.out.len() - self.base + (i - self.run)) as u32
+    }
+
+    /// Copy the pending run up to input offset `i`; the run restarts at `resume`.
+    fn flush(&mut self, i: usize, resume: usize) {
+        self.out.extend_from_slice(&self.input[self.run..i]);
+        self.run = resume;
+    }
+
+    /// Skip whitespace at `i`; whitespace is dropped from the output. Compact input (the
+    /// common case) costs one comparison here.
+    #[inline(always)]
+    fn skip_ws(&mut self, i: usize) -> usize {
+        match self.input.get(i) {
+            Some(b' ' | b'\n' | b'\r' | b'\t') => self.drop_ws(i),
+            _ => i,
+        }
+    }
+
+    #[inline(never)]
+    fn drop_ws(&mut self, i: usize) -> usize {
+        let j = skip_ws(self.input, i);
+        self.flush(i, j);
+        j
+    }
 }
 
 impl Canonicalizer {
@@ -128,105 +159,113 @@ impl Canonicalizer {
     /// Appends the canonical encoding of `input` to `out` (out is NOT cleared). On error `out` is restored to its original length.
     pub fn encode(&mut self, input: &[u8], opts: &Options, out: &mut Vec<u8>) -> Result<(), Error> {
         let base = out.len();
-        match self.parse(input, opts.max_depth) {
-            Ok(()) => {
-                self.emit(input, opts.escape_unicode, out);
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(base);
-                Err(e)
-            }
+        let r = self.run(input, opts, out);
+        if r.is_err() {
+            out.truncate(base);
         }
+        r
     }
 
-    /// Validates `input` and fills the tape; no recursion, depth bounded by `max_depth`.
-    fn parse(&mut self, input: &[u8], max_depth: usize) -> Result<(), Error> {
+    /// One pass over `input`: validate, drop whitespace, re-escape the strings that need it,
+    /// and reorder each object's members (already written to `out`) when the object closes.
+    /// No recursion; depth bounded by `max_depth`.
+    fn run(&mut self, input: &[u8], opts: &Options, out: &mut Vec<u8>) -> Result<(), Error> {
         let Self {
-            tape,
-            order,
-            pending,
+            members,
             keybuf,
             stack,
-            ..
+            scratch,
         } = self;
-        tape.clear();
-        order.clear();
-        pending.clear();
+        members.clear();
         keybuf.clear();
         stack.clear();
-        if u32::try_from(input.len()).is_err() {
+        if input.len() > MAX_INPUT {
             return fail(0, "input too large");
         }
         if input.starts_with(b"\xEF\xBB\xBF") {
             return fail(0, "UTF-8 BOM not allowed");
         }
+        let esc = opts.escape_unicode;
         let mut i = skip_ws(input, 0);
         if i == input.len() {
             return fail(i, "expected a JSON value");
         }
+        out.reserve(input.len() - i);
+        let base = out.len();
+        let mut sink = Sink {
+            input,
+            out,
+            base,
+            run: i,
+        };
         let mut state = State::Value;
         loop {
             match state {
                 State::Value => {
-                    i = skip_ws(input, i);
+                    i = sink.skip_ws(i);
                     let Some(&c) = input.get(i) else {
                         return fail(i, EOF);
                     };
-                    let idx = tape.len() as u32;
                     match c {
                         b'{' | b'[' => {
-                            if stack.len() >= max_depth {
+                            if stack.len() >= opts.max_depth {
                                 return fail(i, "nesting too deep");
                             }
                             let is_obj = c == b'{';
-                            let kind = if is_obj { KIND_OBJ } else { KIND_ARR };
-                            tape.push(node(kind, 0, 0, 0, idx + 1));
-                            stack.push(Open {
-                                node: idx,
-                                pending: pending.len() as u32,
-                                is_obj,
-                            });
-                            i = skip_ws(input, i + 1);
+                            i = sink.skip_ws(i + 1);
                             let close = if is_obj { b'}' } else { b']' };
                             if input.get(i) == Some(&close) {
                                 i += 1;
-                                close_container(tape, order, pending, stack, keybuf, input)?;
                                 state = State::After;
                             } else {
+                                stack.push(Open {
+                                    members: members.len() as u32,
+                                    is_obj,
+                                });
                                 state = if is_obj { State::Key } else { State::Value };
                             }
                         }
                         b'"' => {
                             let (end, flags) = scan_string(input, i)?;
-                            tape.push(node(KIND_STR, flags, i as u32 + 1, end as u32, idx + 1));
+                            if needs_rewrite(flags, esc) {
+                                sink.flush(i, end + 1);
+                                write_string(&input[i + 1..end], esc, sink.out);
+                            }
                             i = end + 1;
                             state = State::After;
                         }
-                        b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                            let end = match c {
-                                b't' => scan_literal(input, i, b"true")?,
-                                b'f' => scan_literal(input, i, b"false")?,
-                                b'n' => scan_literal(input, i, b"null")?,
-                                _ => scan_number(input, i)?,
-                            };
-                            tape.push(node(KIND_RAW, 0, i as u32, end as u32, idx + 1));
-                            i = end;
+                        b'-' | b'0'..=b'9' => {
+                            i = scan_number(input, i)?;
+                            state = State::After;
+                        }
+                        b't' => {
+                            i = scan_literal(input, i, b"true")?;
+                            state = State::After;
+                        }
+                        b'f' => {
+                            i = scan_literal(input, i, b"false")?;
+                            state = State::After;
+                        }
+                        b'n' => {
+                            i = scan_literal(input, i, b"null")?;
                             state = State::After;
                         }
                         _ => return fail(i, "expected a JSON value"),
                     }
                 }
                 State::Key => {
-                    i = skip_ws(input, i);
+                    i = sink.skip_ws(i);
                     match input.get(i) {
                         Some(b'"') => {}
                         Some(_) => return fail(i, "expected string key"),
                         None => return fail(i, EOF),
                     }
                     let (end, flags) = scan_string(input, i)?;
-                    let idx = tape.len() as u32;
-                    tape.push(node(KIND_STR, flags, i as u32 + 1, end as u32, idx + 1));
+                    let out_start = sink.pos(i);
+                    if needs_rewrite(flags, esc) {
+                        sink.flush(i, end + 1);
+                        write_string(&input[i + 1..end], esc, sink.out);
+                    }
                     let decoded = flags & F_ESCAPE != 0;
                     let (start, key) = if decoded {
                         let start = keybuf.len();
@@ -235,14 +274,16 @@ impl Canonicalizer {
                     } else {
                         (i + 1, &input[i + 1..end])
                     };
-                    pending.push(Member {
+                    members.push(Member {
                         prefix: key_prefix(key),
-                        key_node: idx,
                         start: start as u32,
                         end: (start + key.len()) as u32,
+                        quote: i as u32,
                         decoded,
+                        out_start,
+                        out_end: 0,
                     });
-                    i = skip_ws(input, end + 1);
+                    i = sink.skip_ws(end + 1);
                     match input.get(i) {
                         Some(b':') => i += 1,
                         Some(_) => return fail(i, "expected ':'"),
@@ -251,19 +292,27 @@ impl Canonicalizer {
                     state = State::Value;
                 }
                 State::After => {
-                    let Some(top) = stack.last() else {
+                    let Some(&top) = stack.last() else {
                         break;
                     };
-                    let is_obj = top.is_obj;
-                    i = skip_ws(input, i);
-                    match (input.get(i), is_obj) {
-                        (Some(b','), _) => {
+                    i = sink.skip_ws(i);
+                    match (input.get(i), top.is_obj) {
+                        (Some(b','), is_obj) => {
+                            if is_obj {
+                                end_member(members, sink.pos(i));
+                            }
                             i += 1;
                             state = if is_obj { State::Key } else { State::Value };
                         }
-                        (Some(b'}'), true) | (Some(b']'), false) => {
+                        (Some(b']'), false) => {
+                            stack.pop();
                             i += 1;
-                            close_container(tape, order, pending, stack, keybuf, input)?;
+                        }
+                        (Some(b'}'), true) => {
+                            end_member(members, sink.pos(i));
+                            stack.pop();
+                            close_object(&mut sink, i, top.members as usize, members, keybuf, scratch)?;
+                            i += 1;
                         }
                         (None, _) => return fail(i, EOF),
                         (Some(_), true) => return fail(i, "expected ',' or '}'"),
@@ -272,66 +321,95 @@ impl Canonicalizer {
                 }
             }
         }
-        i = skip_ws(input, i);
-        if i != input.len() {
-            return fail(i, "trailing characters");
+        sink.flush(i, i);
+        let rest = skip_ws(input, i);
+        if rest != input.len() {
+            return fail(rest, "trailing characters");
         }
         Ok(())
     }
+}
 
-    /// Writes the tape in canonical order; cannot fail once `parse` succeeded.
-    fn emit(&mut self, input: &[u8], escape_unicode: bool, out: &mut Vec<u8>) {
-        let Self {
-            tape, order, frames, ..
-        } = self;
-        frames.clear();
-        out.reserve(input.len());
-        let mut idx = 0usize;
-        loop {
-            let n = tape[idx];
-            match n.kind {
-                KIND_RAW => out.extend_from_slice(&input[n.a as usize..n.b as usize]),
-                KIND_STR => write_string(input, n, escape_unicode, out),
-                kind => {
-                    let is_obj = kind == KIND_OBJ;
-                    let (pos, end) = if is_obj { (n.a, n.b) } else { (idx as u32 + 1, n.next) };
-                    out.push(if is_obj { b'{' } else { b'[' });
-                    frames.push(Frame {
-                        is_obj,
-                        first: true,
-                        pos,
-                        end,
-                    });
-                }
+fn needs_rewrite(flags: u8, escape_unicode: bool) -> bool {
+    flags & F_ESCAPE != 0 || (escape_unicode && flags & F_NON_ASCII != 0)
+}
+
+/// Records where the last member of the innermost object ends in the output.
+fn end_member(members: &mut [Member], out_end: u32) {
+    if let Some(m) = members.last_mut() {
+        m.out_end = out_end;
+    }
+}
+
+/// Closes the object whose members are `members[first..]` (its `}` is at input offset
+/// `close`): rejects duplicate keys and, unless the members already came in order, rewrites
+/// them in `out` sorted by key. Nothing moves for an object that arrives sorted.
+fn close_object(
+    sink: &mut Sink<'_>,
+    close: usize,
+    first: usize,
+    members: &mut Vec<Member>,
+    keybuf: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let input = sink.input;
+    let key = |m: &Member| -> &[u8] {
+        let src = if m.decoded { keybuf } else { input };
+        &src[m.start as usize..m.end as usize]
+    };
+    let cmp = |x: &Member, y: &Member| match x.prefix.cmp(&y.prefix) {
+        Ordering::Equal => key(x).cmp(key(y)),
+        o => o,
+    };
+    let ms = &mut members[first..];
+    if ms.windows(2).all(|w| cmp(&w[0], &w[1]) == Ordering::Less) {
+        members.truncate(first);
+        return Ok(());
+    }
+    // In input order the members cover out[from..to], separated by commas.
+    let base = sink.base;
+    let (from, to) = (ms[0].out_start as usize, ms[ms.len() - 1].out_end as usize);
+    let order = |x: &Member, y: &Member| cmp(x, y).then(x.quote.cmp(&y.quote));
+    if ms.len() <= 16 {
+        // Typical objects are small: a plain insertion sort beats the general sort here.
+        for k in 1..ms.len() {
+            let m = ms[k];
+            let mut j = k;
+            while j > 0 && order(&ms[j - 1], &m) == Ordering::Greater {
+                ms[j] = ms[j - 1];
+                j -= 1;
             }
-            // Find the next node to write, closing finished containers.
-            loop {
-                let Some(f) = frames.last_mut() else {
-                    return;
-                };
-                if f.pos == f.end {
-                    out.push(if f.is_obj { b'}' } else { b']' });
-                    frames.pop();
-                    continue;
-                }
-                if !f.first {
-                    out.push(b',');
-                }
-                f.first = false;
-                if f.is_obj {
-                    let key = order[f.pos as usize] as usize;
-                    f.pos += 1;
-                    write_string(input, tape[key], escape_unicode, out);
-                    out.push(b':');
-                    idx = key + 1;
-                } else {
-                    idx = f.pos as usize;
-                    f.pos = tape[idx].next;
-                }
-                break;
-            }
+            ms[j] = m;
+        }
+    } else {
+        ms.sort_unstable_by(order);
+    }
+    // Report the earliest second occurrence of any key.
+    let mut dup: Option<u32> = None;
+    for w in ms.windows(2) {
+        if cmp(&w[0], &w[1]) == Ordering::Equal {
+            dup = Some(dup.map_or(w[1].quote, |d| d.min(w[1].quote)));
         }
     }
+    if let Some(at) = dup {
+        return fail(at as usize, "duplicate key");
+    }
+    sink.flush(close, close);
+    let out = &mut *sink.out;
+    scratch.clear();
+    scratch.extend_from_slice(&out[base + from..base + to]);
+    let mut pos = base + from;
+    for (k, m) in ms.iter().enumerate() {
+        if k > 0 {
+            out[pos] = b',';
+            pos += 1;
+        }
+        let (a, b) = (m.out_start as usize - from, m.out_end as usize - from);
+        out[pos..pos + (b - a)].copy_from_slice(&scratch[a..b]);
+        pos += b - a;
+    }
+    members.truncate(first);
+    Ok(())
 }
 
 /// Convenience: fresh Canonicalizer, returns a new Vec.
@@ -341,71 +419,14 @@ pub fn canonicalize(input: &[u8], opts: &Options) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn node(kind: u8, flags: u8, a: u32, b: u32, next: u32) -> Node {
-    Node {
-        kind,
-        flags,
-        a,
-        b,
-        next,
-    }
-}
-
-/// Pops the innermost container; for objects sorts members, rejects duplicates, records the order.
-fn close_container(
-    tape: &mut [Node],
-    order: &mut Vec<u32>,
-    pending: &mut Vec<Member>,
-    stack: &mut Vec<Open>,
-    keybuf: &[u8],
-    input: &[u8],
-) -> Result<(), Error> {
-    let Some(open) = stack.pop() else {
-        return Ok(()); // unreachable: callers only close an open container
-    };
-    let next = tape.len() as u32;
-    let n = &mut tape[open.node as usize];
-    n.next = next;
-    if !open.is_obj {
-        return Ok(());
-    }
-    let key = |m: &Member| -> &[u8] {
-        let src = if m.decoded { keybuf } else { input };
-        &src[m.start as usize..m.end as usize]
-    };
-    let members = &mut pending[open.pending as usize..];
-    if members.len() > 1 {
-        let cmp = |x: &Member, y: &Member| match x.prefix.cmp(&y.prefix) {
-            Ordering::Equal => key(x).cmp(key(y)),
-            o => o,
-        };
-        members.sort_unstable_by(|x, y| cmp(x, y).then(x.key_node.cmp(&y.key_node)));
-        // Report the earliest second occurrence of any key.
-        let mut dup: Option<u32> = None;
-        for w in members.windows(2) {
-            if cmp(&w[0], &w[1]) == Ordering::Equal {
-                let at = w[1].key_node;
-                dup = Some(dup.map_or(at, |d| d.min(at)));
-            }
-        }
-        if let Some(at) = dup {
-            return fail(tape[at as usize].a as usize - 1, "duplicate key");
-        }
-    }
-    let start = order.len() as u32;
-    order.extend(members.iter().map(|m| m.key_node));
-    let n = &mut tape[open.node as usize];
-    n.a = start;
-    n.b = order.len() as u32;
-    pending.truncate(open.pending as usize);
-    Ok(())
-}
-
 fn key_prefix(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(b)
+    if let Some(&b) = key.first_chunk::<8>() {
+        return u64::from_be_bytes(b);
+    }
+    // Shorter keys, zero-padded (a variable-length copy would call memcpy for every key).
+    key.iter()
+        .enumerate()
+        .fold(0, |v, (k, &c)| v | u64::from(c) << (56 - 8 * k))
 }
 
 fn skip_ws(input: &[u8], mut i: usize) -> usize {
@@ -662,34 +683,46 @@ fn write_char(cp: u32, escape_unicode: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// Writes a string node (quotes included) in canonical form.
-fn write_string(input: &[u8], n: Node, escape_unicode: bool, out: &mut Vec<u8>) {
-    let escape_non_ascii = escape_unicode && n.flags & F_NON_ASCII != 0;
-    if n.flags & F_ESCAPE == 0 && !escape_non_ascii {
-        // Verbatim, including the input's own quotes.
-        out.extend_from_slice(&input[n.a as usize - 1..n.b as usize + 1]);
-        return;
-    }
-    let raw = &input[n.a as usize..n.b as usize];
-    out.push(b'"');
-    let (mut run, mut i) = (0, 0);
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' && (c < 0x80 || !escape_unicode) {
-            i += 1;
-            continue;
+/// Index of the first byte at or after `i` that is a backslash or, with `escape_unicode`,
+/// non-ASCII (eight bytes at a time); `raw.len()` if there is none.
+fn next_rewrite(raw: &[u8], mut i: usize, escape_unicode: bool) -> usize {
+    let high = if escape_unicode { HI } else { 0 };
+    while let Some(chunk) = raw.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let zero = (w ^ (LO * 0x5C)).wrapping_sub(LO) & !(w ^ (LO * 0x5C));
+        let m = (zero | w & high) & HI;
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
         }
+        i += 8;
+    }
+    while let Some(&c) = raw.get(i) {
+        if c == b'\\' || (escape_unicode && c >= 0x80) {
+            return i;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Writes validated string content `raw` (without its quotes) in canonical form, quoted.
+fn write_string(raw: &[u8], escape_unicode: bool, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut run = 0;
+    loop {
+        let i = next_rewrite(raw, run, escape_unicode);
         out.extend_from_slice(&raw[run..i]);
-        let (cp, len) = if c == b'\\' {
+        if i == raw.len() {
+            break;
+        }
+        let (cp, len) = if raw[i] == b'\\' {
             decode_escape(raw, i)
         } else {
             decode_utf8(raw, i)
         };
         write_char(cp, escape_unicode, out);
-        i += len;
-        run = i;
+        run = i + len;
     }
-    out.extend_from_slice(&raw[run..]);
     out.push(b'"');
 }
 
