@@ -23,6 +23,7 @@ PIN=auto           # pin the gateway to CPU 1, load generator + upstream to CPU 
 BUILD=1
 AUDIT_NULL=0       # also run signgate with [audit] path = "-" to /dev/null
 PERF=""            # --perf=FILE: record a perf profile of signgate under load
+SIGNGATE=""        # --bin=PATH: benchmark this signgate binary instead of building one
 ONLY=""            # --only=a,b: just these contenders' throughput runs (development)
 
 usage() {
@@ -38,6 +39,7 @@ Options:
   --audit-null      also measure signgate with the audit log on stdout > /dev/null
   --no-pin          do not pin processes to CPUs
   --no-build        use the existing release binary
+  --bin=PATH        benchmark this signgate binary (implies --no-build)
   --only=LIST       only the throughput runs of these contenders (direct, nginx,
                     njs, signgate, signgate-null), for development
   --perf=FILE       also profile signgate (perf record, cpu-clock) during one
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --perf=*) PERF=${1#--perf=} ;;
         --only=*) ONLY=${1#--only=} ;;
+        --bin=*) SIGNGATE=${1#--bin=}; BUILD=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -97,7 +100,7 @@ if [ "$BUILD" = 1 ]; then
     log "cargo build --release"
     cargo build --release --locked --quiet
 fi
-SIGNGATE=$TARGET_DIR/release/signgate
+SIGNGATE=${SIGNGATE:-$TARGET_DIR/release/signgate}
 [ -x "$SIGNGATE" ] || die "no release binary at $SIGNGATE (build it or drop --no-build)"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -181,6 +184,7 @@ EOF
 
 # --- nginx configurations ------------------------------------------------------
 UP_PORT=$(free_port)
+UP_PLAIN_PORT=$(free_port)   # the same upstream without TLS: the latency baseline
 nginx_conf() {   # nginx_conf NAME WORKERS SERVER_BLOCK [MAIN_EXTRA]
     local dir=$TMP/nginx-$1
     mkdir -p "$dir"
@@ -219,6 +223,8 @@ start_nginx() {   # start_nginx NAME load|gw
 # The upstream (provider stand-in): TLS, HTTP/1.1, answers every POST with a
 # KwikPaisa-shaped JSON; /__capture echoes what a gateway sent. It logs only
 # the first request of each connection, to count handshakes and resumptions.
+# A plain-HTTP listener serves the same answer: the baseline of the fixed-rate
+# latency runs (a TLS baseline would charge the load generator's handshakes).
 nginx_conf upstream 1 "
     js_import capture from $ROOT/benches/nginx/capture.js;
     map \$connection_requests \$first_on_conn { 1 1; default 0; }
@@ -230,6 +236,7 @@ nginx_conf upstream 1 "
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:4m;
         keepalive_requests 1000;   # nginx's default: pooled clients reconnect, and resume
+        listen 127.0.0.1:$UP_PLAIN_PORT;
         access_log $TMP/nginx-upstream/conns.log conn if=\$first_on_conn;
         client_body_buffer_size 128k;
         client_body_in_single_buffer on;
@@ -390,6 +397,7 @@ CONTENDERS=(direct nginx njs signgate)
 url_of() {
     case "$1" in
         direct) echo "https://127.0.0.1:$UP_PORT$UPATH" ;;
+        direct-plain) echo "http://127.0.0.1:$UP_PLAIN_PORT$UPATH" ;;
         nginx) echo "http://127.0.0.1:$NGINX_PORT/kwikpaisa$UPATH" ;;
         njs) echo "http://127.0.0.1:$NJS_PORT/kwikpaisa$UPATH" ;;
         signgate|signgate-null) echo "http://127.0.0.1:$SG_PORT/kwikpaisa$UPATH" ;;
@@ -481,8 +489,10 @@ if [ -z "$ONLY" ]; then
 # --- fixed rate: half of signgate's throughput, latency against the direct path ---
 HALF=$(python3 -c 'import statistics, sys
 print(int(statistics.median(int(f[2]) / (int(f[3]) / 1e6) for f in map(str.split, open(sys.argv[1])) if f[0] == "signgate") / 2))' "$RESULTS")
-log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each"
-for c in direct nginx njs signgate; do
+log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each after 2 s of warm-up"
+for c in direct-plain nginx njs signgate; do
+    on_load oha --no-tui --output-format quiet --worker-threads 1 -z 2s -c "$CONNS" -q "$HALF" \
+        -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" >/dev/null 2>&1 || true
     on_load oha --no-tui --output-format json --worker-threads 1 -z "${DURATION}s" -c "$CONNS" -q "$HALF" --latency-correction --insecure \
         -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" > "$TMP/rate-$c.json" 2>"$TMP/rate-$c.err" \
         || die "oha failed for $c: $(tail -3 "$TMP/rate-$c.err")"
@@ -576,14 +586,16 @@ def oha(path):
     codes = j.get("statusCodeDistribution", {})
     return dict(rps=s["requestsPerSec"], p50=lp["p50"] * 1000, p99=lp["p99"] * 1000, p999=lp["p99.9"] * 1000,
                 ok=codes.get("200", 0), total=sum(codes.values()))
-rate = {c: oha(f"{tmp}/rate-{c}.json") for c in ("direct", "nginx", "njs", "signgate")}
+rate = {c: oha(f"{tmp}/rate-{c}.json") for c in ("direct-plain", "nginx", "njs", "signgate")}
+names["direct-plain"] = "upstream, plain HTTP"
 print()
 print(f"fixed rate {half} req/s (half of signgate's max), oha -c{conns} --latency-correction:")
-print(f"{'contender':<21}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'+p99 vs direct':>16}")
-for c in ("direct", "nginx", "njs", "signgate"):
+print(f"{'contender':<21}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'+p99 vs upstream':>18}")
+for c in ("direct-plain", "nginx", "njs", "signgate"):
     r = rate[c]
+    note = "  (saturated: the rate is above its capacity)" if r["rps"] < 0.97 * int(half) else ""
     print(f"{names[c]:<21}{r['rps']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{r['p999']:>9.2f}"
-          f"{r['p99'] - rate['direct']['p99']:>16.2f}")
+          f"{r['p99'] - rate['direct-plain']['p99']:>18.2f}{note}")
 
 mb = lambda kib: int(kib) / 1024
 ka = int(open(f"{tmp}/rss-1000-ka").read().strip() or 0) if os.path.exists(f"{tmp}/rss-1000-ka") else 0
@@ -616,7 +628,7 @@ def check(ok, text):
     print(f"  [{'met' if ok else 'MISSED'}] {text}")
 check(sg["rps"] >= 1.0 * rows["nginx"]["rps"], f"signgate >= 1.0x nginx proxy: {sg['rps'] / rows['nginx']['rps']:.2f}x")
 check(sg["rps"] >= 1.7 * rows["njs"]["rps"], f"signgate >= 1.7x nginx+njs: {sg['rps'] / rows['njs']['rps']:.2f}x")
-added = rate["signgate"]["p99"] - rate["direct"]["p99"]
+added = rate["signgate"]["p99"] - rate["direct-plain"]["p99"]
 check(added <= 1.0, f"added p99 at half max <= 1 ms: {added:+.2f} ms")
 check(mb(idle) <= 20, f"idle RSS <= 20 MB: {mb(idle):.1f} MB")
 check(mb(ka) <= 80, f"RSS with 1,000 keep-alive connections <= 80 MB: {mb(ka):.1f} MB")
