@@ -82,6 +82,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     $SUDO apt-get update -qq
