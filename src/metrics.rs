@@ -85,6 +85,7 @@ pub struct Metrics {
     pub webhook_queue_depth: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
+    pub runtime_tasks: IntGauge,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -213,6 +214,14 @@ impl Metrics {
                 "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle).",
                 &["reason"],
             ),
+            runtime_tasks: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_runtime_tasks",
+                    "Tasks alive in the async runtime (connections, requests, background work), read at scrape time.",
+                )
+                .expect("valid metric"),
+            ),
             accept_errors: reg(
                 &r,
                 IntCounter::new(
@@ -333,6 +342,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
