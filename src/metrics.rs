@@ -151,7 +151,7 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &r,
                 "signgate_upstream_errors_total",
-                "Upstream failures, by route and kind (connect, tls, timeout, reset, protocol).",
+                "Upstream failures, by route and kind (connect, tls, timeout, reset, protocol, response_idle).",
                 &["route", "kind"],
             ),
             credential_refresh: counter_vec(
@@ -303,6 +303,8 @@ impl Metrics {
                 .with_label_values(&[route.as_str(), credential.as_str()]);
             self.request_duration.with_label_values(&[route.as_str()]);
             self.upstream_duration.with_label_values(&[route.as_str()]);
+            // A stalled body is cut silently on the wire: make the series visible at 0.
+            self.upstream_errors.with_label_values(&[route.as_str(), "response_idle"]);
         }
         for w in webhooks {
             for result in ["accepted", "bad_signature", "stale", "duplicate", "invalid_json"] {

@@ -218,6 +218,7 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Upstream {
     client: Client<Connector, Full<Bytes>>,
     request_timeout: Duration,
+    response_idle_timeout: Duration,
     source_addr: Option<IpAddr>,
 }
 
@@ -245,12 +246,18 @@ impl Upstream {
         Ok(Upstream {
             client,
             request_timeout: egress.request_timeout,
+            response_idle_timeout: egress.response_idle_timeout,
             source_addr: egress.source_addr,
         })
     }
 
     pub fn source_addr(&self) -> Option<IpAddr> {
         self.source_addr
+    }
+
+    /// Longest pause allowed between two pieces of a response body.
+    pub fn response_idle_timeout(&self) -> Duration {
+        self.response_idle_timeout
     }
 
     /// Send one request and wait for the response head, under `request_timeout`.

@@ -56,6 +56,7 @@ pub struct RawEgress {
     pub client_key: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
 }

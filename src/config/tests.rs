@@ -82,6 +82,11 @@ fn bad_values_name_their_key() {
         ("allow = [\"127.0.0.0/8\", \"::1/128\"]", "allow = []", "access.allow"),
         (
             "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"127.0.0.0/8\"]\n[egress]\nresponse_idle_timeout_ms = 0",
+            "egress.response_idle_timeout_ms",
+        ),
+        (
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
             "allow = [\"127.0.0.0/33\"]",
             "access.allow[0]",
         ),

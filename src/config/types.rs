@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3_000);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Longest pause in an upstream response body before the stream is cut.
+pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
 pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
 pub const DEFAULT_STATE_DIR: &str = "state";
@@ -129,6 +131,9 @@ pub struct EgressConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest gap between two pieces of an upstream response body (after
+    /// the head); past it the response is cut and counted.
+    pub response_idle_timeout: Duration,
     pub pool_idle_per_host: usize,
     pub allow_plain_http: bool,
 }

@@ -17,6 +17,10 @@ pub enum UpstreamFailure {
     Timeout,
     Reset,
     Protocol,
+    /// The response head arrived but the body stalled for
+    /// `egress.response_idle_timeout_ms` (the stream is cut; the client
+    /// already has the head, so it never sees this as a JSON error).
+    ResponseIdle,
 }
 
 impl UpstreamFailure {
@@ -27,6 +31,7 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Reset => "reset",
             UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::ResponseIdle => "response_idle",
         }
     }
 }
@@ -99,7 +104,9 @@ impl GatewayError {
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(UpstreamFailure::Timeout | UpstreamFailure::ResponseIdle) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             GatewayError::Upstream(
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
@@ -134,6 +141,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
+            GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "upstream_response_idle",
             GatewayError::UpstreamBusy => "upstream_busy",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
@@ -184,6 +192,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "the upstream did not answer in time".into(),
             GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
+            GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
@@ -290,6 +299,11 @@ mod tests {
                 GatewayError::Upstream(UpstreamFailure::Protocol),
                 502,
                 "upstream_failed",
+            ),
+            (
+                GatewayError::Upstream(UpstreamFailure::ResponseIdle),
+                504,
+                "upstream_response_idle",
             ),
             (GatewayError::UpstreamBusy, 503, "upstream_busy"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),

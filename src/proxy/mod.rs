@@ -5,6 +5,7 @@
 //! only if nothing was sent) → response hygiene. Every refusal is a
 //! [`GatewayError`], answered as the contract's JSON error.
 
+mod body;
 mod context;
 mod error;
 pub mod headers;
@@ -35,7 +36,9 @@ use crate::secrets::Credential;
 use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
 use crate::webhook::Hook;
 
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub use body::UpstreamBody;
+
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -88,7 +91,14 @@ pub async fn handle(
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.header_value());
     finish(&gw, &rec, resp.status(), error.as_ref());
     match (slot, gw.audit()) {
-        (Ok(slot), Some(log)) => slot.write(audit_entry(&rec, &rid, &conn, &resp, error.as_ref(), &log)),
+        (Ok(slot), Some(log)) => {
+            let entry = audit_entry(&rec, &rid, &conn, &resp, error.as_ref(), &log);
+            match resp.body_mut() {
+                // A streamed body may still be cut: its record is written when it ends.
+                Either::Left(body) => body.audit_at_end(slot, entry),
+                Either::Right(_) => slot.write(entry),
+            }
+        }
         _ => {
             gw.metrics().audit_records.with_label_values(&["refused"]).inc();
             tracing::error!(request_id = rid.as_str(), "request refused: no audit slot");
@@ -218,7 +228,7 @@ async fn pipeline(
 
     // A slow provider must not pile up unbounded requests (and connections):
     // wait a bounded time for a slot, else refuse before signing anything.
-    let _slot = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
+    let inflight = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
         .await
         .map_err(|_| GatewayError::UpstreamBusy)?
         .map_err(|_| GatewayError::Internal)?;
@@ -277,6 +287,15 @@ async fn pipeline(
         metrics.clock_skew.with_label_values(&[route.name()]).set(skew);
     }
     headers::sanitize_response(&mut rparts.headers);
+    // Streamed, never buffered; the slot stays taken until the body is done.
+    let rbody = UpstreamBody::new(
+        rbody,
+        snap.upstream.response_idle_timeout(),
+        metrics,
+        route.clone(),
+        rid.clone(),
+        inflight,
+    );
     Ok(Response::from_parts(rparts, Either::Left(rbody)))
 }
 

@@ -468,6 +468,11 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
             r.request_timeout_ms,
             DEFAULT_REQUEST_TIMEOUT,
         ),
+        response_idle_timeout: v.millis(
+            "egress.response_idle_timeout_ms",
+            r.response_idle_timeout_ms,
+            DEFAULT_RESPONSE_IDLE_TIMEOUT,
+        ),
         pool_idle_per_host: match r.pool_idle_per_host {
             None => DEFAULT_POOL_IDLE_PER_HOST,
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
