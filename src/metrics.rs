@@ -304,7 +304,8 @@ impl Metrics {
             self.request_duration.with_label_values(&[route.as_str()]);
             self.upstream_duration.with_label_values(&[route.as_str()]);
             // A stalled body is cut silently on the wire: make the series visible at 0.
-            self.upstream_errors.with_label_values(&[route.as_str(), "response_idle"]);
+            self.upstream_errors
+                .with_label_values(&[route.as_str(), "response_idle"]);
         }
         for w in webhooks {
             for result in ["accepted", "bad_signature", "stale", "duplicate", "invalid_json"] {

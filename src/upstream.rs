@@ -168,7 +168,15 @@ impl Connector {
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(|e| ConnectError::Connect(with_causes(&e)))?
+            .map_err(|e| {
+                // HttpConnector's own per-address timer fired: the connect
+                // hung (a blackholed SYN), it was not refused. Not retried.
+                if timed_out(&e) {
+                    ConnectError::Timeout
+                } else {
+                    ConnectError::Connect(with_causes(&e))
+                }
+            })?
             .into_inner();
         if !https {
             return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
@@ -181,6 +189,20 @@ impl Connector {
             .map_err(ConnectError::Tls)?;
         Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
     }
+}
+
+/// True when an I/O error of kind `TimedOut` is in the cause chain.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An error and its causes on one line ("tcp connect error: Connection refused

@@ -124,7 +124,9 @@ impl Body for UpstreamBody {
                     Poll::Ready(()) => {
                         let detail = format!("no body data within {} ms", this.idle.as_millis());
                         this.cut(UpstreamFailure::ResponseIdle, &detail);
-                        Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, detail).into())))
+                        Poll::Ready(Some(Err(
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, detail).into()
+                        )))
                     }
                 }
             }
