@@ -12,3 +12,5 @@ mod support;
 mod harness;
 
 mod clients;
+mod faulty;
+mod upstreams;
