@@ -340,3 +340,21 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
         detail: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Wrapper(#[source] io::Error);
+
+    #[test]
+    fn a_timed_out_connect_is_told_from_a_refused_one() {
+        let hung = Wrapper(io::Error::new(io::ErrorKind::TimedOut, "connect timeout"));
+        let refused = Wrapper(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(timed_out(&hung));
+        assert!(!timed_out(&refused));
+        assert!(timed_out(&io::Error::from(io::ErrorKind::TimedOut)));
+    }
+}

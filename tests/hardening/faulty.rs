@@ -282,7 +282,12 @@ async fn respond(io: &mut Box<dyn Io>, behavior: &Behavior) -> bool {
                 if io.flush().await.is_err() {
                     return false;
                 }
-                tokio::time::sleep(*every).await;
+                // Pause, but notice at once when the gateway gives up on us.
+                let mut probe = [0u8; 1];
+                tokio::select! {
+                    _ = tokio::time::sleep(*every) => {}
+                    _ = io.read(&mut probe) => return false,
+                }
                 if io.write_all(b"x").await.is_err() {
                     return false;
                 }

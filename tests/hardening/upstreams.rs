@@ -76,9 +76,11 @@ async fn post(rig: &Rig, path: &str) -> Reply {
 
 /// B1 connection refused: 502 `upstream_unreachable`, with exactly one retry.
 /// A refused connect leaves no trace on a server, so the attempts are
-/// observed through `signgate_upstream_errors_total{kind="connect"}`, which
-/// counts every failed attempt: exactly 2 per request (the attempt and its one
-/// retry). The counter is cross-checked against a live server that accepts
+/// observed through two counters bumped on separate paths:
+/// `signgate_upstream_errors_total{kind="connect"}` (every failed attempt)
+/// and `signgate_signatures_total` (every attempt is signed afresh): exactly
+/// 2 per request, the attempt and its one retry. This is cross-checked
+/// against a live server that accepts
 /// and closes at once (a TLS failure, not a refusal): it sees exactly one
 /// connection per request, i.e. nothing but a refused connect is retried.
 #[tokio::test]
@@ -118,6 +120,16 @@ async fn b01_refused_connect_is_502_unreachable_with_one_retry() {
             .counter(
                 "signgate_denied_total",
                 &[("route", "down"), ("reason", "upstream_unreachable")],
+                N as f64,
+            )
+            .counter(
+                "signgate_signatures_total",
+                &[("route", "down"), ("credential", "kwikpaisa")],
+                2.0 * N as f64,
+            )
+            .counter(
+                "signgate_signatures_total",
+                &[("route", "closer"), ("credential", "kwikpaisa")],
                 N as f64,
             )
             .counter(

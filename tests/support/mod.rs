@@ -438,7 +438,7 @@ impl GatewayProcess {
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("gateway did not report listening");
+                .unwrap_or_else(|_| panic!("gateway did not report listening:\n{}", log.lock().unwrap().join("\n")));
             if line.contains("signgate listening") {
                 break;
             }
