@@ -2,8 +2,9 @@
 //! frame (never buffered), under a gap timer: when the upstream sends nothing
 //! for `egress.response_idle_timeout_ms` the stream is cut (the client sees
 //! an incomplete response), counted as `signgate_upstream_errors_total{kind=
-//! "response_idle"}` and recorded in the audit record. A body the upstream
-//! breaks off counts as `kind="reset"`. The route's `max_inflight` slot is
+//! "response_idle"}` (and `signgate_denied_total{reason=
+//! "upstream_response_idle"}`) and recorded in the audit record. A body the
+//! upstream breaks off counts as `kind="reset"` (reason `upstream_failed`). The route's `max_inflight` slot is
 //! held until the body is done, so concurrency towards the upstream stays
 //! bounded while bodies stream.
 
@@ -73,10 +74,14 @@ impl UpstreamBody {
 
     fn cut(&mut self, failure: UpstreamFailure, detail: &str) {
         self.done = true;
+        let code = GatewayError::Upstream(failure).code();
         self.metrics
             .upstream_errors
             .with_label_values(&[self.route.name(), failure.kind()])
             .inc();
+        // A failed request, like its audit record says (its status was
+        // already counted when the head went out).
+        self.metrics.denied.with_label_values(&[self.route.name(), code]).inc();
         tracing::warn!(
             request_id = self.rid.as_str(),
             route = self.route.name(),
@@ -86,7 +91,7 @@ impl UpstreamBody {
         );
         if let Some((slot, mut entry)) = self.audit.take() {
             entry.decision = "denied";
-            entry.reason = Some(GatewayError::Upstream(failure).code());
+            entry.reason = Some(code);
             slot.write(entry);
         }
     }

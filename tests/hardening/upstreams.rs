@@ -385,6 +385,16 @@ async fn b04_stalled_or_trickled_body_hits_response_idle_timeout() {
                 1.0,
             )
             .counter(
+                "signgate_denied_total",
+                &[("route", "stall"), ("reason", "upstream_response_idle")],
+                1.0,
+            )
+            .counter(
+                "signgate_denied_total",
+                &[("route", "slow"), ("reason", "upstream_response_idle")],
+                1.0,
+            )
+            .counter(
                 "signgate_upstream_errors_total",
                 &[("route", "steady"), ("kind", "response_idle")],
                 0.0,
@@ -442,6 +452,11 @@ async fn b05_reset_mid_body_or_close_without_response_is_never_retried() {
             .counter(
                 "signgate_denied_total",
                 &[("route", "close"), ("reason", "upstream_failed")],
+                1.0,
+            )
+            .counter(
+                "signgate_denied_total",
+                &[("route", "reset"), ("reason", "upstream_failed")],
                 1.0,
             ),
     )
@@ -686,7 +701,9 @@ async fn b09_429_and_503_with_retry_after_pass_through_once() {
 /// B10 every upstream connection comes from `egress.source_addr`
 /// (127.0.0.2): pooled connections reused by sequential calls, new ones
 /// opened by concurrent calls, connections replaced after a timed-out call,
-/// and the genuine provider's probes.
+/// and the genuine provider's probes. (A retry follows only a refused
+/// connect, whose source no server can record; it is made by the same
+/// connector, which binds every socket it opens.)
 #[tokio::test]
 async fn b10_every_upstream_connection_comes_from_source_addr() {
     let pki_rig = pki();
@@ -790,7 +807,11 @@ async fn b11_pool_exhaustion_is_bounded_queued_then_503() {
     s.read_exact(&mut head).await.unwrap();
     assert_eq!(status_of(&head), Some(200));
     let r = post(&rig, "/stall/x").await;
-    assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "upstream_busy"));
+    assert_eq!(
+        r.status, 503,
+        "a second call got past the slot held by a streaming body"
+    );
+    assert_eq!(r.code(), "upstream_busy");
     assert_eq!(stall.requests(), 1);
     read_until_closed(&mut s, Duration::from_secs(5))
         .await
@@ -812,6 +833,11 @@ async fn b11_pool_exhaustion_is_bounded_queued_then_503() {
             .counter(
                 "signgate_upstream_errors_total",
                 &[("route", "stall"), ("kind", "response_idle")],
+                1.0,
+            )
+            .counter(
+                "signgate_denied_total",
+                &[("route", "stall"), ("reason", "upstream_response_idle")],
                 1.0,
             ),
     )
