@@ -357,8 +357,9 @@ pub fn server_config_der(
 }
 
 /// A server config whose localhost certificate is issued by the trusted CA
-/// (`ca_name`, `ca_key_pem`: the rig's `DevCa`) but expired in 2021.
-pub fn expired_server_config(ca_name: &str, ca_key_pem: &str) -> Arc<rustls::ServerConfig> {
+/// (`ca_name`, `ca_key_pem`: the rig's `DevCa`) and expired in 2021, or
+/// (`expired = false`, the control) valid from 2020 to 2100.
+pub fn rig_ca_server_config(ca_name: &str, ca_key_pem: &str, expired: bool) -> Arc<rustls::ServerConfig> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     // The issuer is rebuilt from the CA's name and key: the same subject and
     // key identifier as the CA certificate the gateway trusts.
@@ -371,7 +372,7 @@ pub fn expired_server_config(ca_name: &str, ca_key_pem: &str) -> Arc<rustls::Ser
     p.subject_alt_names
         .push(SanType::DnsName("localhost".try_into().unwrap()));
     p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    p.not_after = rcgen::date_time_ymd(if expired { 2021 } else { 2100 }, 1, 1);
     let key = KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &issuer).unwrap();
     server_config_der(

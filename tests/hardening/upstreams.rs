@@ -526,7 +526,8 @@ async fn b06_huge_or_endless_response_is_streamed_with_bounded_memory() {
 /// is 502 `upstream_tls` after one handshake attempt (the server sees its
 /// connection) and nothing is sent: no request reaches any of them (the TLS
 /// 1.0 server is `openssl s_server -tls1`, whose output shows the failed
-/// handshake and no request bytes).
+/// handshake and no request bytes). A certificate made like the expired one
+/// but still valid is accepted, so the refusal is the expiry's.
 #[tokio::test]
 async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
     let pki_rig = pki();
@@ -543,7 +544,13 @@ async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
     .await;
     let old = OldTls::start(&pki_rig.ca.server(&["localhost"]).unwrap());
     let expired = Faulty::start(
-        expired_server_config("signgate test CA", pki_rig.ca.key_pem()),
+        rig_ca_server_config("signgate test CA", pki_rig.ca.key_pem(), true),
+        Behavior::Slow(Duration::ZERO),
+    )
+    .await;
+    // The control: made the same way, not expired, and accepted.
+    let fresh = Faulty::start(
+        rig_ca_server_config("signgate test CA", pki_rig.ca.key_pem(), false),
         Behavior::Slow(Duration::ZERO),
     )
     .await;
@@ -557,9 +564,13 @@ async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
             &format!("https://localhost:{}", unknown_ca.port()),
         ))
         .extra(&route_to("expired", &format!("https://localhost:{}", expired.port())))
-        .extra(&route_to("tls10", &format!("https://localhost:{}", old.port)));
+        .extra(&route_to("tls10", &format!("https://localhost:{}", old.port)))
+        .extra(&route_to("fresh", &format!("https://localhost:{}", fresh.port())));
     let rig = rig_trusting(&pki_rig, o).await;
     let before = rig.baseline().await;
+    let control = post(&rig, "/fresh/api/v3/pg/order/create").await;
+    assert_eq!(control.status, 200, "the unexpired control certificate was refused");
+    assert_eq!(fresh.requests(), 1);
     for route in ["wrongname", "unknownca", "expired", "tls10"] {
         let r = post(&rig, &format!("/{route}/api/v3/pg/order/create")).await;
         assert_eq!((r.status.as_u16(), r.code().as_str()), (502, "upstream_tls"), "{route}");
@@ -588,7 +599,7 @@ async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
         !old.out.lock().unwrap().contains("POST"),
         "bytes reached the TLS 1.0 server"
     );
-    drop((wrong_name, unknown_ca, expired, old));
+    drop((wrong_name, unknown_ca, expired, fresh, old));
     let mut e = Expect::new();
     for route in ["wrongname", "unknownca", "expired", "tls10"] {
         e = e
@@ -782,8 +793,23 @@ async fn b11_pool_exhaustion_is_bounded_queued_then_503() {
     let rig = rig_trusting(&pki_rig, o).await;
     let before = rig.baseline().await;
     let t = Instant::now();
-    let calls: Vec<_> = (0..6).map(|_| post(&rig, "/slow/x")).collect();
-    let replies = futures_util::future::join_all(calls).await;
+    let calls: Vec<_> = (0..6)
+        .map(|_| async {
+            let t = Instant::now();
+            let r = post(&rig, "/slow/x").await;
+            (r, t.elapsed())
+        })
+        .collect();
+    let timed = futures_util::future::join_all(calls).await;
+    for (r, took) in &timed {
+        if r.status == 503 {
+            assert!(
+                *took >= Duration::from_millis(380),
+                "refused after {took:?}, before the queue deadline"
+            );
+        }
+    }
+    let replies: Vec<Reply> = timed.into_iter().map(|(r, _)| r).collect();
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let busy: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
     assert_eq!(
