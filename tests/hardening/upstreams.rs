@@ -76,13 +76,13 @@ async fn post(rig: &Rig, path: &str) -> Reply {
 
 /// B1 connection refused: 502 `upstream_unreachable`, with exactly one retry.
 /// A refused connect leaves no trace on a server, so the attempts are
-/// observed through two counters bumped on separate paths:
+/// observed on three separate paths of the gateway: the counters
 /// `signgate_upstream_errors_total{kind="connect"}` (every failed attempt)
-/// and `signgate_signatures_total` (every attempt is signed afresh): exactly
-/// 2 per request, the attempt and its one retry. This is cross-checked
-/// against a live server that accepts
-/// and closes at once (a TLS failure, not a refusal): it sees exactly one
-/// connection per request, i.e. nothing but a refused connect is retried.
+/// and `signgate_signatures_total` (every attempt is signed afresh), exactly
+/// 2 per request, and the debug log's one "retrying once" line per request.
+/// A live server that accepts and closes at once (a TLS failure, not a
+/// refusal) sees exactly one connection per request: nothing but a refused
+/// connect is retried.
 #[tokio::test]
 async fn b01_refused_connect_is_502_unreachable_with_one_retry() {
     let pki_other = pki();
@@ -94,7 +94,8 @@ async fn b01_refused_connect_is_502_unreachable_with_one_retry() {
     let down = held.local_addr().unwrap().port();
     let o = RigOptions::default()
         .extra(&route_to("down", &format!("https://127.0.0.1:{down}")))
-        .extra(&route_to("closer", &format!("https://127.0.0.1:{}", closer.port())));
+        .extra(&route_to("closer", &format!("https://127.0.0.1:{}", closer.port())))
+        .env("SIGNGATE_LOG", "signgate=debug");
     let rig = Rig::with(o).await;
     let before = rig.baseline().await;
     const N: usize = 3;
@@ -108,6 +109,16 @@ async fn b01_refused_connect_is_502_unreachable_with_one_retry() {
         assert_eq!(closer.accepted(), i, "a connection that was accepted is never retried");
     }
     assert_eq!(closer.requests(), 0);
+    let retries = || {
+        rig.gw
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("retrying once") && l.contains("down"))
+            .count()
+    };
+    // The log is read from the child's stderr by a thread: give it a moment.
+    eventually(Duration::from_secs(3), || async { retries() >= N }).await;
+    assert_eq!(retries(), N, "one retry per refused request:\n{}", rig.gw.log_text());
     drop((closer, held));
     rig.after_fault(
         &before,
