@@ -7,7 +7,11 @@
 //! a byte of a new request arrives, the whole head must follow within
 //! `header_timeout` (slowloris). Excess connections beyond `max_connections`
 //! are closed at once; accept errors such as EMFILE back off instead of
-//! spinning.
+//! spinning. A response write that stays blocked for `write_idle_timeout`
+//! (a client that stopped reading) drops the connection, so a slow reader
+//! cannot pin a response and its upstream connection forever. The TLS
+//! handshake must complete within `header_timeout` (a stalled ClientHello is
+//! a slowloris on the handshake).
 
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +50,7 @@ pub struct Settings {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub write_idle_timeout: Duration,
 }
 
 impl From<&ListenerConfig> for Settings {
@@ -56,6 +61,7 @@ impl From<&ListenerConfig> for Settings {
             max_headers: c.max_headers,
             max_header_bytes: c.max_header_bytes,
             max_connections: c.max_connections,
+            write_idle_timeout: c.write_idle_timeout,
         }
     }
 }
@@ -183,6 +189,9 @@ struct Activity {
     /// in while idle; 0 when no head is being received.
     head_started: AtomicU64,
     inflight: AtomicUsize,
+    /// Milliseconds since `origin` (+1) when a write first found the socket
+    /// full; 0 while writes go through.
+    write_blocked: AtomicU64,
 }
 
 impl Activity {
@@ -192,11 +201,25 @@ impl Activity {
             last_io: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            write_blocked: AtomicU64::new(0),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Record whether a write (or flush) went through or found the socket full.
+    fn wrote<T>(&self, r: &Poll<std::io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                let now = self.now_ms();
+                let _ = self
+                    .write_blocked
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            Poll::Ready(_) => self.write_blocked.store(0, Ordering::Release),
+        }
     }
 }
 
@@ -245,6 +268,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.act.wrote(&r);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.act.last_io.store(self.act.now_ms(), Ordering::Release);
         }
@@ -252,7 +276,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.act.wrote(&r);
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -265,6 +291,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.act.wrote(&r);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.act.last_io.store(self.act.now_ms(), Ordering::Release);
         }
@@ -278,10 +305,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 /// Why the timer closed a connection, if it did.
 fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
+    let now = act.now_ms();
+    // A client that stopped reading: checked even mid-request.
+    let blocked = act.write_blocked.load(Ordering::Acquire);
+    if blocked > 0 && now.saturating_sub(blocked - 1) >= s.write_idle_timeout.as_millis() as u64 {
+        return Some(ConnClose::WriteTimeout);
+    }
     if act.inflight.load(Ordering::Acquire) > 0 {
         return None;
     }
-    let now = act.now_ms();
     let head = act.head_started.load(Ordering::Acquire);
     if head > 0 {
         return (now.saturating_sub(head - 1) >= s.header_timeout.as_millis() as u64)
@@ -289,6 +321,17 @@ fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
     }
     let last = act.last_io.load(Ordering::Acquire);
     (now.saturating_sub(last) >= s.idle_timeout.as_millis() as u64).then_some(ConnClose::Idle)
+}
+
+/// A malformed or oversized request head, which hyper refused itself.
+fn parse_failure(e: &hyper::Error) -> Option<ConnClose> {
+    if e.is_parse_too_large() {
+        Some(ConnClose::HeadTooLarge)
+    } else if e.is_parse() {
+        Some(ConnClose::Malformed)
+    } else {
+        None
+    }
 }
 
 async fn serve_conn<S>(
@@ -321,8 +364,12 @@ async fn serve_conn<S>(
         }
     });
     let mut connection = pin!(builder.serve_connection(io, service));
-    let tick = (settings.header_timeout.min(settings.idle_timeout) / 4)
-        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tick = (settings
+        .header_timeout
+        .min(settings.idle_timeout)
+        .min(settings.write_idle_timeout)
+        / 4)
+    .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     let mut closing: Option<Instant> = None;
     loop {
@@ -330,6 +377,10 @@ async fn serve_conn<S>(
             res = connection.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // hyper answered 400/414/431 itself and closed: count it.
+                    if let Some(why) = e.downcast_ref::<hyper::Error>().and_then(parse_failure) {
+                        metrics.conn_closed(why);
+                    }
                 }
                 return;
             }
@@ -351,6 +402,14 @@ async fn serve_conn<S>(
                         // A slow head gets no courtesy: drop the socket now.
                         metrics.conn_closed(ConnClose::HeaderTimeout);
                         tracing::debug!(%peer, "request head not received in time; closing");
+                        return;
+                    }
+                    Some(ConnClose::WriteTimeout) => {
+                        // Nothing more can be written: a graceful close would
+                        // wait on the same full socket. Drop it (and the
+                        // response it was holding) now.
+                        metrics.conn_closed(ConnClose::WriteTimeout);
+                        tracing::debug!(%peer, "client stopped reading the response; closing");
                         return;
                     }
                     Some(why) => {
