@@ -1160,3 +1160,431 @@ async fn a14_path_tricks_cannot_leave_the_route() {
     )
     .await;
 }
+
+/// A hand-built ClientHello offering only `version` (0x0301 TLS 1.0, 0x0302
+/// TLS 1.1): no `supported_versions` extension, one CBC suite, as an old
+/// client sends it.
+fn old_client_hello(version: u16) -> Vec<u8> {
+    let [hi, lo] = version.to_be_bytes();
+    let mut body = vec![hi, lo];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0x00, 0x2f, 0x00, 0x35]); // AES128-SHA, AES256-SHA
+    body.extend_from_slice(&[1, 0]); // no compression
+    let mut hs = vec![1, 0, 0, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, hi, lo, 0, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// A gateway with a TLS listener (certificate from a test CA), as a child
+/// process, with its own probe over TLS.
+struct TlsGateway {
+    pki: crate::support::Pki,
+    provider: crate::support::Provider,
+    _dir: tempfile::TempDir,
+    gw: crate::support::GatewayProcess,
+}
+
+impl TlsGateway {
+    async fn start() -> TlsGateway {
+        use crate::support::*;
+        let pki = pki();
+        let provider = provider(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cred = dir.path().join("kwikpaisa.json");
+        write_cred(&cred, &provider.api_key, &provider.secret);
+        let server = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+        std::fs::write(&cert, &server.cert_pem).unwrap();
+        std::fs::write(&key, &server.key_pem).unwrap();
+        let o = RigOptions::default().listener(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ));
+        let upstream = format!("https://localhost:{}", provider.standin.addr().port());
+        let toml = rig_toml(&upstream, &pki, &cred, dir.path(), &o)
+            .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 2000");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, toml).unwrap();
+        let gw = GatewayProcess::start(&config, &[]);
+        let t = TlsGateway {
+            pki,
+            provider,
+            _dir: dir,
+            gw,
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                crate::support::metric(
+                    &t.gw.metrics().await,
+                    "signgate_credential_loaded",
+                    &[("credential", "kwikpaisa")],
+                ) == 1.0
+            })
+            .await
+        );
+        t
+    }
+
+    /// A signed request over TLS that the provider verifies; its latency.
+    async fn probe(&self) -> Duration {
+        let before = self.provider.standin.records().await.len();
+        let t = Instant::now();
+        let r = crate::support::https_post(self.gw.addr, &self.pki.ca, None, PROBE_PATH, &order_body())
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let recs = self.provider.standin.records().await;
+        assert_eq!(recs.len(), before + 1);
+        assert_eq!(recs.last().unwrap().verdict, signgate::standin::Verdict::Valid);
+        took
+    }
+
+    /// A TLS client that offers only `versions`.
+    async fn connect(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.pki.ca.cert_der()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(signgate::tls::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(self.gw.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A11 TLS abuse on a TLS listener: plaintext HTTP, garbage, a stalled
+/// ClientHello (cut at `header_timeout_ms`, which bounds the handshake),
+/// TLS 1.0 and TLS 1.1 ClientHellos (refused with an alert: only TLS 1.2 and
+/// 1.3 are served, both checked to work) → each closed and counted
+/// `connections_closed{reason="tls_handshake"}`; a handshaken connection
+/// left idle is closed at `idle_timeout_ms` (the TLS part of A3), a
+/// handshaken half-sent request at `header_timeout_ms`.
+///
+/// The standard rig cannot be used (its probe speaks plain HTTP), so this
+/// test checks the four after-fault conditions itself with a TLS probe: the
+/// process lives, counters moved exactly, fds and open connections return
+/// to baseline, nothing but probes reached the provider, and a probe
+/// succeeds within its usual latency.
+#[tokio::test]
+async fn a11_tls_abuse_is_cut_and_counted() {
+    let t = TlsGateway::start().await;
+    let pid = t.gw.child.id();
+    let mut lat: Vec<Duration> = Vec::new();
+    for _ in 0..5 {
+        lat.push(t.probe().await);
+    }
+    lat.sort();
+    let usual = lat[2];
+    let before_fds = proc_fds(pid);
+    let before = t.gw.metrics().await;
+    let before_provider = t.provider.standin.records().await.len();
+    let within = Duration::from_secs(5);
+
+    // Plaintext HTTP and garbage to the TLS port.
+    let plain = format!("{}{{}}", post_head(PROBE_PATH, "Content-Length: 2\r\n"));
+    let raw = exchange(t.gw.addr, &[plain.as_bytes()], within)
+        .await
+        .expect("plaintext: left open");
+    assert!(status_of(&raw).is_none(), "plaintext was answered as HTTP");
+    let garbage: Vec<u8> = (0..1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    exchange(t.gw.addr, &[&garbage], within)
+        .await
+        .expect("garbage: left open");
+    // A ClientHello that stops after its first bytes: cut at header_timeout (1 s).
+    let hello = old_client_hello(0x0303);
+    let mut s = TcpStream::connect(t.gw.addr).await.unwrap();
+    s.write_all(&hello[..12]).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut s, within)
+        .await
+        .expect("stalled ClientHello: left open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_millis(2_500),
+        "stalled handshake closed after {took:?}; header_timeout is 1 s"
+    );
+    // TLS 1.0 and 1.1: refused with an alert, never a ServerHello.
+    for v in [0x0301u16, 0x0302] {
+        let raw = exchange(t.gw.addr, &[&old_client_hello(v)], within)
+            .await
+            .unwrap_or_else(|_| panic!("TLS {v:#06x}: left open"));
+        assert_eq!(
+            raw.first(),
+            Some(&0x15),
+            "TLS {v:#06x}: expected an alert, got {raw:02x?}"
+        );
+    }
+    // TLS 1.2 and 1.3 work.
+    for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut c = t.connect(&[v]).await.unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        let body = order_body();
+        c.write_all(
+            format!(
+                "{}{body}",
+                post_head(
+                    PROBE_PATH,
+                    &format!("Content-Length: {}\r\nConnection: close\r\n", body.len())
+                )
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(within, c.read_to_end(&mut raw)).await;
+        assert_eq!(status_of(&raw), Some(200), "{v:?}: {}", String::from_utf8_lossy(&raw));
+    }
+    // Handshaken, then idle: closed at idle_timeout (2 s); half a head: header_timeout.
+    let mut idle = t.connect(&[&rustls::version::TLS13]).await.unwrap();
+    let mut half = t.connect(&[&rustls::version::TLS13]).await.unwrap();
+    half.write_all(post_head(PROBE_PATH, "").trim_end().as_bytes())
+        .await
+        .unwrap();
+    half.flush().await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(within, half.read_to_end(&mut buf)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "half-sent head over TLS outlived header_timeout"
+    );
+    let _ = tokio::time::timeout(within, idle.read_to_end(&mut buf)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(4_500),
+        "idle TLS connection outlived idle_timeout"
+    );
+
+    // The four conditions, checked here.
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}/status")).exists(),
+        "the gateway died"
+    );
+    let provider_now = t.provider.standin.records().await.len();
+    assert_eq!(
+        provider_now - before_provider,
+        2,
+        "only the two version checks may reach the provider"
+    );
+    let want = [("tls_handshake", 5.0), ("idle", 1.0), ("header_timeout", 1.0)];
+    let ok = eventually(Duration::from_secs(6), || async {
+        let now = t.gw.metrics().await;
+        want.iter().all(|(reason, d)| {
+            crate::support::metric(&now, CLOSED, &[("reason", reason)])
+                - crate::support::metric(&before, CLOSED, &[("reason", reason)])
+                == *d
+        })
+    })
+    .await;
+    let now = t.gw.metrics().await;
+    assert!(
+        ok,
+        "counters: {:?}",
+        want.iter()
+            .map(|(r, _)| (
+                r,
+                crate::support::metric(&now, CLOSED, &[("reason", r)])
+                    - crate::support::metric(&before, CLOSED, &[("reason", r)])
+            ))
+            .collect::<Vec<_>>()
+    );
+    let ok = eventually(Duration::from_secs(6), || async {
+        let m = t.gw.metrics().await;
+        proc_fds(pid) <= before_fds + 2
+            && crate::support::metric(&m, "signgate_open_connections", &[])
+                <= crate::support::metric(&before, "signgate_open_connections", &[])
+    })
+    .await;
+    assert!(
+        ok,
+        "fds {} (baseline {before_fds}) or open connections did not settle",
+        proc_fds(pid)
+    );
+    let took = t.probe().await;
+    assert!(
+        took <= usual * 5 + Duration::from_millis(500),
+        "probe took {took:?}; usual {usual:?}"
+    );
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for `POST http://gw{path}` with static-table names only (RFC 7541).
+fn h2_post_block(path: &str) -> Vec<u8> {
+    let mut b = vec![0x83, 0x86, 0x04, path.len() as u8];
+    b.extend_from_slice(path.as_bytes());
+    b.extend_from_slice(&[0x01, 2, b'g', b'w']);
+    b
+}
+
+/// What the server sent back on an abused HTTP/2 connection.
+#[derive(Debug, Default)]
+struct H2Seen {
+    frames: usize,
+    /// (last stream id, error code) of a GOAWAY.
+    goaway: Option<(u32, u32)>,
+    closed: bool,
+}
+
+/// Read frames until GOAWAY, EOF or `within`.
+async fn h2_read(mut rd: tokio::net::tcp::OwnedReadHalf, within: Duration) -> H2Seen {
+    let mut seen = H2Seen::default();
+    let mut buf = Vec::new();
+    let mut tmp = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        while buf.len() >= 9 {
+            let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            seen.frames += 1;
+            if buf[3] == 7 && len >= 8 {
+                let last = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]) & 0x7fff_ffff;
+                seen.goaway = Some((last, u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]])));
+            }
+            buf.drain(..9 + len);
+        }
+        if seen.goaway.is_some() {
+            return seen;
+        }
+        match tokio::time::timeout_at(deadline, rd.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                seen.closed = true;
+                return seen;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
+            Err(_) => return seen,
+        }
+    }
+}
+
+/// Open an h2c (prior knowledge) connection, send `frames` from a writer
+/// task (stopping at the first write error) while reading the server's
+/// frames. Returns what came back and how many bytes were written.
+async fn h2_abuse(addr: std::net::SocketAddr, frames: Vec<Vec<u8>>, within: Duration) -> (H2Seen, usize) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        let mut batch = H2_PREFACE.to_vec();
+        batch.extend(h2_frame(4, 0, 0, &[]));
+        for f in frames {
+            batch.extend(f);
+            if batch.len() >= 64 * 1024 {
+                if wr.write_all(&batch).await.is_err() {
+                    return (sent, wr);
+                }
+                sent += batch.len();
+                batch.clear();
+            }
+        }
+        if wr.write_all(&batch).await.is_ok() {
+            sent += batch.len();
+        }
+        (sent, wr)
+    });
+    let seen = h2_read(rd, within).await;
+    // Stop writing once the server has given its answer.
+    let sent = match tokio::time::timeout(Duration::from_secs(2), writer).await {
+        Ok(Ok((sent, _wr))) => sent,
+        _ => usize::MAX,
+    };
+    (seen, sent)
+}
+
+/// A10 HTTP/2 abuse over h2c: rapid reset (HEADERS + RST_STREAM × 10 000,
+/// CVE-2023-44487) and a CONTINUATION flood (one header block that never
+/// ends, up to 16 MiB, CVE-2024-27316) each end in GOAWAY (or a close)
+/// before the flood is through; SETTINGS and PING floods (50 000 each) are
+/// answered without growing memory, and the gateway's CPU time for all four
+/// stays bounded (sampled from /proc). Nothing reaches the provider.
+#[tokio::test]
+async fn a10_http2_floods_are_bounded() {
+    let rig = Rig::start().await;
+    let before = rig.baseline().await;
+    let pid = rig.pid();
+    let within = Duration::from_secs(10);
+    let cpu0 = proc_cpu_ticks(pid);
+    let rss = RssSampler::start(pid);
+
+    // Rapid reset: open and cancel streams as fast as possible.
+    const RESETS: u32 = 10_000;
+    let block = h2_post_block(PROBE_PATH);
+    let frames: Vec<Vec<u8>> = (0..RESETS)
+        .map(|i| {
+            let id = 2 * i + 1;
+            [h2_frame(1, 0x4, id, &block), h2_frame(3, 0, id, &8u32.to_be_bytes())].concat()
+        })
+        .collect();
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let (seen, sent) = h2_abuse(rig.gw.addr, frames, within).await;
+    println!("A10 rapid reset: {seen:?}; {sent} of {total} bytes written");
+    let (last, code) = seen.goaway.expect("rapid reset: no GOAWAY");
+    assert_eq!(code, 11, "rapid reset: GOAWAY code {code}, expected ENHANCE_YOUR_CALM");
+    assert!(
+        last < 2 * RESETS / 10,
+        "rapid reset: the server took streams up to {last} of {} before GOAWAY",
+        2 * RESETS - 1
+    );
+    let requests = rig.snapshot().await.metric("signgate_inflight_requests", &[]);
+    assert_eq!(requests, 0.0, "rapid-reset streams still in flight");
+
+    // CONTINUATION flood: one header block that never ends.
+    let mut filler = Vec::new();
+    while filler.len() < 16_000 {
+        filler.extend_from_slice(&[0x00, 3, b'x', b'-', b'a', 100]);
+        filler.extend_from_slice(&[b'v'; 100]);
+    }
+    let mut frames = vec![h2_frame(1, 0, 1, &block)];
+    frames.extend((0..1024).map(|_| h2_frame(9, 0, 1, &filler)));
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let (seen, sent) = h2_abuse(rig.gw.addr, frames, within).await;
+    println!("A10 CONTINUATION flood: {seen:?}; {sent} of {total} bytes written");
+    assert!(
+        seen.goaway.is_some() || seen.closed,
+        "CONTINUATION flood: no GOAWAY or close"
+    );
+    assert!(sent < total, "the whole 16 MiB CONTINUATION flood was accepted");
+
+    // SETTINGS and PING floods, read concurrently.
+    for (name, frame) in [
+        ("SETTINGS", h2_frame(4, 0, 0, &[])),
+        ("PING", h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8])),
+    ] {
+        let frames = vec![frame; 50_000];
+        let (seen, sent) = h2_abuse(rig.gw.addr, frames, Duration::from_secs(3)).await;
+        println!("A10 {name} flood: {seen:?}; {sent} bytes written");
+        // One ACK per SETTINGS / PING at most (plus the handshake): no amplification.
+        assert!(seen.frames <= 50_000 + 4, "{name} flood: {} frames back", seen.frames);
+    }
+    let cpu = proc_cpu_ticks(pid) - cpu0;
+    let grew = rss.max_kib().saturating_sub(before.rss_kib);
+    println!("A10: gateway CPU {cpu} ticks (1/100 s) for all four floods; RSS grew by at most {grew} KiB");
+    assert!(cpu < 1_000, "the floods cost the gateway {cpu} ticks of CPU");
+    assert!(grew < 32 * 1024, "RSS grew by {grew} KiB during the floods");
+    rig.after_fault(&before, Expect::new()).await;
+}
