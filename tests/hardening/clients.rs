@@ -265,10 +265,12 @@ async fn a03_idle_connections_are_bounded_counted_and_cheap() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
+    // Long enough for every half-sent head to be open at once (3.3 s at N = 300).
+    let header_timeout = Duration::from_millis(3_000 + limit as u64);
     let rig = Rig::with_edit(
         RigOptions::default().listener(&format!("max_connections = {limit}")),
         |t| {
-            t.replace("header_timeout_ms = 1000", "header_timeout_ms = 3000")
+            t.replace("header_timeout_ms = 1000", &format!("header_timeout_ms = {}", header_timeout.as_millis()))
                 .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 60000")
         },
     )
@@ -334,9 +336,9 @@ async fn a03_idle_connections_are_bounded_counted_and_cheap() {
         s.metric(CLOSED, &[("reason", "limit")]) - before.metric(CLOSED, &[("reason", "limit")]),
         EXTRA as f64
     );
-    // The half-sent heads are cut at header_timeout (3 s).
+    // The half-sent heads are cut at header_timeout.
     for c in half.iter_mut() {
-        read_until_closed(c, Duration::from_secs(8))
+        read_until_closed(c, header_timeout + Duration::from_secs(5))
             .await
             .expect("a half-sent request outlived header_timeout");
     }
