@@ -192,6 +192,9 @@ struct Activity {
     /// Milliseconds since `origin` (+1) when a write first found the socket
     /// full; 0 while writes go through.
     write_blocked: AtomicU64,
+    /// Response bodies being sent now, and when one was last asked for more.
+    bodies: AtomicUsize,
+    body_polled: AtomicU64,
 }
 
 impl Activity {
@@ -202,6 +205,8 @@ impl Activity {
             head_started: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             write_blocked: AtomicU64::new(0),
+            bodies: AtomicUsize::new(0),
+            body_polled: AtomicU64::new(0),
         }
     }
 
@@ -238,6 +243,73 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_io.store(self.0.now_ms(), Ordering::Release);
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `Activity::body_polled` while a body waits on the upstream.
+const UPSTREAM_TURN: u64 = u64::MAX;
+
+/// A response body that notes when the connection last asked it for more.
+/// hyper asks only when the client can take more (HTTP/1: room in the
+/// socket; HTTP/2: flow-control window), so a body not asked for during
+/// `write_idle_timeout` belongs to a client that stopped reading — including
+/// an HTTP/2 client that never opens its window, whose socket never fills.
+/// (Per connection: with several HTTP/2 streams, progress on any counts.)
+struct Progress<B> {
+    inner: B,
+    act: Arc<Activity>,
+    open: bool,
+}
+
+impl<B> Progress<B> {
+    fn new(inner: B, act: Arc<Activity>) -> Self {
+        act.body_polled.store(act.now_ms(), Ordering::Release);
+        act.bodies.fetch_add(1, Ordering::AcqRel);
+        Progress { inner, act, open: true }
+    }
+
+    fn close(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.act.bodies.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl<B> Drop for Progress<B> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Progress<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        // Pending: waiting on the upstream (its own timers apply), not on the
+        // client; the stall clock restarts when a frame has been handed over.
+        let mark = if r.is_pending() {
+            UPSTREAM_TURN
+        } else {
+            self.act.now_ms()
+        };
+        self.act.body_polled.store(mark, Ordering::Release);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.close();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -311,6 +383,13 @@ fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
     if blocked > 0 && now.saturating_sub(blocked - 1) >= s.write_idle_timeout.as_millis() as u64 {
         return Some(ConnClose::WriteTimeout);
     }
+    let polled = act.body_polled.load(Ordering::Acquire);
+    if act.bodies.load(Ordering::Acquire) > 0
+        && polled != UPSTREAM_TURN
+        && now.saturating_sub(polled) >= s.write_idle_timeout.as_millis() as u64
+    {
+        return Some(ConnClose::WriteTimeout);
+    }
     if act.inflight.load(Ordering::Acquire) > 0 {
         return None;
     }
@@ -357,10 +436,11 @@ async fn serve_conn<S>(
     let service = service_fn(move |req| {
         let guard = InFlight::start(&req_act);
         let fut = proxy::handle(gw.clone(), conn.clone(), req);
+        let act = req_act.clone();
         async move {
             let r = fut.await;
             drop(guard);
-            r
+            r.map(|resp| resp.map(|body| Progress::new(body, act)))
         }
     });
     let mut connection = pin!(builder.serve_connection(io, service));

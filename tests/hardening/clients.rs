@@ -127,13 +127,14 @@ async fn a01_slowloris_is_cut_at_header_timeout() {
     .await;
 }
 
-/// A2 slow body upload and slow reader. A body that pauses longer than
+/// A2 slow body upload and slow readers (HTTP/1 and HTTP/2). A body that pauses longer than
 /// `body_idle_timeout_ms` (gap timer) gets 408 long before `body_timeout_ms`
 /// (total deadline); a body trickled under the gap still meets the total
 /// deadline (408). A client that stops reading an endless-looking 64 MiB
 /// response is dropped at `write_idle_timeout_ms`, counted
 /// `connections_closed{reason="write_timeout"}`, and the gateway's RSS
-/// stays bounded meanwhile (the response is streamed, not buffered).
+/// stays bounded meanwhile (the response is streamed, not buffered); so is
+/// an HTTP/2 client that keeps reading but never opens its stream window.
 #[tokio::test]
 async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
     let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -242,11 +243,33 @@ async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
         "gateway RSS grew by {grew} KiB: the response is buffered"
     );
 
+    // (d) HTTP/2: a client that reads everything but never opens its
+    // flow-control window (SETTINGS_INITIAL_WINDOW_SIZE = 0): its socket never
+    // fills, the response body is never asked for, and the connection is
+    // dropped at write_idle_timeout all the same.
+    let body = order_body();
+    let frames = vec![
+        h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]),
+        h2_frame(1, 0x4, 1, &h2_post_block("/bulk/download")),
+        h2_frame(0, 0x1, 1, body.as_bytes()),
+    ];
+    let t = Instant::now();
+    let (seen, _) = h2_abuse(rig.gw.addr, frames, Duration::from_secs(8)).await;
+    let took = t.elapsed();
+    assert!(
+        seen.closed,
+        "h2 stalled stream: connection still open after {took:?}: {seen:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "h2 stalled stream closed after only {took:?}"
+    );
+
     rig.after_fault(
         &before,
         Expect::new()
             .counter(DENIED, &[("route", "kwikpaisa"), ("reason", "body_timeout")], 2.0)
-            .counter(CLOSED, &[("reason", "write_timeout")], 1.0),
+            .counter(CLOSED, &[("reason", "write_timeout")], 2.0),
     )
     .await;
 }
@@ -270,8 +293,11 @@ async fn a03_idle_connections_are_bounded_counted_and_cheap() {
     let rig = Rig::with_edit(
         RigOptions::default().listener(&format!("max_connections = {limit}")),
         |t| {
-            t.replace("header_timeout_ms = 1000", &format!("header_timeout_ms = {}", header_timeout.as_millis()))
-                .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 60000")
+            t.replace(
+                "header_timeout_ms = 1000",
+                &format!("header_timeout_ms = {}", header_timeout.as_millis()),
+            )
+            .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 60000")
         },
     )
     .await;
