@@ -503,3 +503,44 @@ async fn serve_conn<S>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(write_idle: Duration) -> Settings {
+        Settings {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10,
+            write_idle_timeout: write_idle,
+        }
+    }
+
+    #[test]
+    fn write_idle_timer() {
+        let (now, later) = (settings(Duration::ZERO), settings(Duration::from_secs(60)));
+        let act = Activity::new();
+        assert_eq!(timed_out(&act, &now), None, "nothing blocked, nothing sending");
+        // A write found the socket full.
+        act.wrote::<usize>(&Poll::Pending);
+        assert_eq!(timed_out(&act, &now), Some(ConnClose::WriteTimeout));
+        assert_eq!(timed_out(&act, &later), None);
+        act.wrote(&Poll::Ready(Ok(1usize)));
+        assert_eq!(timed_out(&act, &now), None, "a write went through");
+        // A response body not asked for (HTTP/2 window closed), vs one
+        // waiting on the upstream.
+        act.bodies.store(1, Ordering::Release);
+        act.body_polled.store(act.now_ms(), Ordering::Release);
+        assert_eq!(timed_out(&act, &now), Some(ConnClose::WriteTimeout));
+        assert_eq!(timed_out(&act, &later), None);
+        act.body_polled.store(UPSTREAM_TURN, Ordering::Release);
+        assert_eq!(
+            timed_out(&act, &now),
+            None,
+            "waiting on the upstream is not the client's stall"
+        );
+    }
+}
