@@ -32,6 +32,12 @@ pub enum ConnClose {
     TlsHandshake,
     HeaderTimeout,
     Idle,
+    /// A response write stayed blocked for `write_idle_timeout` (slow reader).
+    WriteTimeout,
+    /// A request head over `max_header_bytes` / `max_headers` (431).
+    HeadTooLarge,
+    /// An unparseable request head or framing (400/501), answered by hyper.
+    Malformed,
 }
 
 impl ConnClose {
@@ -41,6 +47,9 @@ impl ConnClose {
             ConnClose::TlsHandshake => "tls_handshake",
             ConnClose::HeaderTimeout => "header_timeout",
             ConnClose::Idle => "idle",
+            ConnClose::WriteTimeout => "write_timeout",
+            ConnClose::HeadTooLarge => "head_too_large",
+            ConnClose::Malformed => "malformed",
         }
     }
 }
@@ -86,6 +95,7 @@ pub struct Metrics {
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
     pub runtime_tasks: IntGauge,
+    pub ratelimit_clients: IntGauge,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -211,7 +221,7 @@ impl Metrics {
             connections_closed: counter_vec(
                 &r,
                 "signgate_connections_closed_total",
-                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle).",
+                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle, write_timeout, head_too_large, malformed).",
                 &["reason"],
             ),
             runtime_tasks: reg(
@@ -219,6 +229,14 @@ impl Metrics {
                 IntGauge::new(
                     "signgate_runtime_tasks",
                     "Tasks alive in the async runtime (connections, requests, background work), read at scrape time.",
+                )
+                .expect("valid metric"),
+            ),
+            ratelimit_clients: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_ratelimit_clients",
+                    "Client addresses the per-client rate limiter tracks now (bounded by per_client_max_keys), read at scrape time.",
                 )
                 .expect("valid metric"),
             ),
@@ -285,7 +303,15 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
-        for reason in ["limit", "tls_handshake", "header_timeout", "idle"] {
+        for reason in [
+            "limit",
+            "tls_handshake",
+            "header_timeout",
+            "idle",
+            "write_timeout",
+            "head_too_large",
+            "malformed",
+        ] {
             m.connections_closed.with_label_values(&[reason]);
         }
         Arc::new(m)

@@ -76,6 +76,21 @@ fn bad_values_name_their_key() {
         ),
         (
             "addr = \"127.0.0.1:8080\"",
+            "body_idle_timeout_ms = 0",
+            "listener.body_idle_timeout_ms",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "write_idle_timeout_ms = 0",
+            "listener.write_idle_timeout_ms",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "max_uri_bytes = 0",
+            "listener.max_uri_bytes",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
             "client_ca = \"ca.pem\"",
             "listener.client_ca",
         ),

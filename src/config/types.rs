@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
 /// Longest pause allowed while a client sends its body (slow-upload cut-off).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Longest gap between two pieces of a request body (nginx-style gap timer).
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Longest time a response write may stay blocked on a client that does not
+/// read (nginx `send_timeout` is a 60 s gap timer).
+pub const DEFAULT_WRITE_IDLE_TIMEOUT: Duration = Duration::from_millis(30_000);
+/// Longest request target (path and query) accepted; longer gets 414.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
 /// Envoy's default header-count limit.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Envoy's default header-size limit is 60 KiB; hyper needs at least 8 KiB.
@@ -81,8 +88,15 @@ pub struct ListenerConfig {
     /// A keep-alive connection with no request in progress is closed after this.
     pub idle_timeout: Duration,
     pub max_body_bytes: u64,
-    /// The whole body must arrive within this after the head.
+    /// The whole body must arrive within this after the head (total deadline).
     pub body_timeout: Duration,
+    /// Longest pause between two pieces of the body (gap timer).
+    pub body_idle_timeout: Duration,
+    /// A response write blocked this long on a client that does not read
+    /// closes the connection.
+    pub write_idle_timeout: Duration,
+    /// Longest request target (path + query) in bytes; longer gets 414.
+    pub max_uri_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
     pub max_headers: usize,

@@ -58,8 +58,12 @@ pub enum GatewayError {
     InvalidJson { offset: usize, reason: &'static str },
     /// `Content-Encoding` other than identity: we never sign bytes we do not send.
     UnsupportedEncoding,
+    /// A `Transfer-Encoding` other than `chunked` (RFC 9112 §6.1: 501).
+    UnsupportedTransferCoding,
     /// Dot segments or encoded separators in the path.
     InvalidPath,
+    /// Request target (path + query) longer than `listener.max_uri_bytes`.
+    UriTooLong { limit: usize },
     /// The duplicate guard saw this transaction reference in flight or done.
     DuplicateRequest,
     /// A route with `duplicate_key` got a body without that reference.
@@ -97,7 +101,9 @@ impl GatewayError {
             GatewayError::BadBody => StatusCode::BAD_REQUEST,
             GatewayError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             GatewayError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::DuplicateRequest => StatusCode::CONFLICT,
             GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,7 +136,9 @@ impl GatewayError {
             GatewayError::BadBody => "bad_body",
             GatewayError::InvalidJson { .. } => "invalid_json",
             GatewayError::UnsupportedEncoding => "unsupported_encoding",
+            GatewayError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             GatewayError::InvalidPath => "invalid_path",
+            GatewayError::UriTooLong { .. } => "uri_too_long",
             GatewayError::DuplicateRequest => "duplicate_request",
             GatewayError::MissingReference { .. } => "missing_duplicate_key",
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
@@ -170,7 +178,9 @@ impl GatewayError {
             GatewayError::UnsupportedEncoding => {
                 "compressed request bodies are not accepted; send the body uncompressed".into()
             }
+            GatewayError::UnsupportedTransferCoding => "only the chunked transfer coding is accepted".into(),
             GatewayError::InvalidPath => "path contains dot segments or encoded separators".into(),
+            GatewayError::UriTooLong { limit } => format!("request target exceeds {limit} bytes"),
             GatewayError::DuplicateRequest => {
                 "a request with the same transaction reference is in flight or already succeeded".into()
             }
@@ -265,7 +275,13 @@ mod tests {
                 "invalid_json",
             ),
             (GatewayError::UnsupportedEncoding, 415, "unsupported_encoding"),
+            (
+                GatewayError::UnsupportedTransferCoding,
+                501,
+                "unsupported_transfer_coding",
+            ),
             (GatewayError::InvalidPath, 400, "invalid_path"),
+            (GatewayError::UriTooLong { limit: 1 }, 414, "uri_too_long"),
             (GatewayError::DuplicateRequest, 409, "duplicate_request"),
             (
                 GatewayError::MissingReference { pointer: "/o".into() },

@@ -490,3 +490,91 @@ pub fn status_of(raw: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(raw.get(..12)?).ok()?;
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
+
+// ---- Helpers for the A scenarios (hostile clients) ----
+
+/// Write `pieces` one at a time (each flushed, with a yield between, so the
+/// gateway sees split writes), then read until the peer closes or `within`
+/// passes. A write error (the gateway closed early) stops the writing, not
+/// the reading. `Ok(bytes)` when closed, `Err(bytes)` when still open.
+pub async fn exchange(to: std::net::SocketAddr, pieces: &[&[u8]], within: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+    for p in pieces {
+        if s.write_all(p).await.is_err() || s.flush().await.is_err() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    read_until_closed(&mut s, within).await
+}
+
+/// Read one HTTP/1 response (head, and a body framed by Content-Length) from
+/// `s` within `within`. Returns the bytes read, or what arrived by then.
+pub async fn read_response(s: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return got;
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return got,
+        }
+    }
+}
+
+/// Every status line in raw HTTP/1 bytes, in order.
+pub fn statuses_of(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s).
+pub fn proc_cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Samples a process's VmRSS every 10 ms on a thread, keeping the maximum.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(proc_status(pid).0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            max.max(proc_status(pid).0)
+        });
+        RssSampler { stop, handle }
+    }
+
+    /// Stop sampling; the highest VmRSS seen, in KiB.
+    pub fn max_kib(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
