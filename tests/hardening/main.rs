@@ -12,3 +12,4 @@ mod support;
 mod harness;
 
 mod clients;
+mod secrets;
