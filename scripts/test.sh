@@ -30,4 +30,23 @@ if [[ -z "${SIGNGATE_BAO:-}" ]]; then
 fi
 "$SIGNGATE_BAO" version >&2
 
+# Debian packages the hardening suite runs the gateway under:
+# libfaketime (tests/hardening/process.rs, D1: wall-clock jumps through
+# LD_PRELOAD) and prlimit from util-linux (D2: a low RLIMIT_NOFILE).
+LIBFAKETIME=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if [[ ! -e "$LIBFAKETIME" ]] || ! command -v prlimit >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing faketime and util-linux (apt-get)" >&2
+    sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "scripts/test.sh: need root or sudo to apt-get install faketime util-linux" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime util-linux >/dev/null
+fi
+if [[ ! -e "$LIBFAKETIME" ]] || ! command -v prlimit >/dev/null 2>&1; then
+    echo "scripts/test.sh: $LIBFAKETIME or prlimit still missing after apt-get install faketime util-linux" >&2
+    exit 1
+fi
+
 cargo test --locked --all-targets "$@"

@@ -12,4 +12,5 @@ mod support;
 mod harness;
 
 mod clients;
+mod process;
 mod secrets;
