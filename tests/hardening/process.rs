@@ -366,7 +366,8 @@ async fn d04_a_panic_in_one_request_is_a_500_for_that_request_only() {
         .unwrap();
     let version = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(version.contains("fault injection compiled in"), "{version}");
-    let rig = Rig::start().await;
+    // One idle upstream connection kept: the concurrent clients' extra ones close.
+    let rig = Rig::with(RigOptions::default().egress("pool_idle_per_host = 1")).await;
     assert!(rig.gw.log_text().contains("fault injection is compiled in"));
     let before = rig.baseline().await;
 
@@ -437,6 +438,134 @@ async fn d04_a_panic_in_one_request_is_a_500_for_that_request_only() {
                 PANICS as f64,
             )
             .provider(NORMAL),
+    )
+    .await;
+}
+
+/// CPU time (user + system) of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// The `RLIMIT_NOFILE` that leaves exactly `free` fd numbers unused below
+/// it (fds are numbered lowest-free-first, and there can be gaps).
+fn nofile_leaving(pid: u32, free: u64) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let (mut n, mut unused) = (0u64, 0u64);
+    loop {
+        if !open.contains(&n) {
+            if unused == free {
+                return n;
+            }
+            unused += 1;
+        }
+        n += 1;
+    }
+}
+
+fn prlimit_nofile(pid: u32, soft: u64) {
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("prlimit (util-linux) missing: run ./scripts/test.sh")
+        .success();
+    assert!(ok, "prlimit --pid {pid} --nofile={soft}:");
+}
+
+/// D2 file-descriptor exhaustion: the running gateway's `RLIMIT_NOFILE` is
+/// lowered (prlimit) to leave room for 4 more fds, then 16 clients connect
+/// and hold their connections. Accept fails with EMFILE: the accept loop
+/// backs off (`signgate_accept_errors_total` rises at most once per 50 ms
+/// back-off, and the process burns under a quarter of a core meanwhile
+/// instead of spinning), connections already open keep working, and once
+/// the clients let go (fds free up) the queued connections are accepted and
+/// a normal request succeeds. After-fault: accept errors stop rising, the
+/// provider got nothing extra, resources return to baseline.
+#[tokio::test]
+async fn d02_fd_exhaustion_backs_off_counts_and_recovers() {
+    // Idle connections are held longer than the exhaustion lasts.
+    let rig = Rig::with_edit(RigOptions::default(), |t| {
+        t.replace("header_timeout_ms = 1000", "header_timeout_ms = 8000")
+    })
+    .await;
+    let before = rig.baseline().await;
+    let pid = rig.pid();
+    prlimit_nofile(pid, nofile_leaving(pid, 4));
+
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(rig.gw.addr).await.unwrap());
+    }
+    // The gateway takes 4, then every accept fails.
+    assert!(
+        eventually(Duration::from_secs(3), || async { proc_fds(pid) >= before.fds + 4 }).await,
+        "the gateway did not take the first connections"
+    );
+    assert_eq!(
+        proc_fds(pid),
+        before.fds + 4,
+        "the limit let the gateway take more than 4"
+    );
+    let (t0, cpu0) = (Instant::now(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (window, cpu) = (t0.elapsed(), cpu_ticks(pid) - cpu0);
+    let cap = window.as_secs_f64() * 100.0 / 4.0;
+    assert!(
+        (cpu as f64) < cap,
+        "the gateway used {cpu} ticks of CPU in {window:?} of EMFILE: the accept loop spins"
+    );
+    assert!(rig.alive());
+    assert_eq!(
+        proc_fds(pid),
+        before.fds + 4,
+        "still exhausted: nothing more was accepted"
+    );
+    // The connections already accepted still work: one of them is served.
+    let mut first = held.remove(0);
+    let body = order_body();
+    first
+        .write_all(
+            format!(
+                "POST {PROBE_PATH} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let reply = read_until_closed(&mut first, Duration::from_secs(5))
+        .await
+        .expect("no answer during EMFILE");
+    assert_eq!(status_of(&reply), Some(200), "{}", String::from_utf8_lossy(&reply));
+
+    // The clients let go: fds free up, the queued connections are accepted.
+    drop(held);
+    let exhausted_for = t0.elapsed();
+    assert!(
+        eventually(Duration::from_secs(5), || async { proc_fds(pid) <= before.fds + 1 }).await,
+        "fds never freed"
+    );
+    let errors = rig.snapshot().await.metric("signgate_accept_errors_total", &[])
+        - before.metric("signgate_accept_errors_total", &[]);
+    let most = exhausted_for.as_secs_f64() / 0.05 + 5.0;
+    assert!(
+        errors >= 1.0 && errors <= most,
+        "{errors} accept errors in {exhausted_for:?} (back-off 50 ms: at most {most:.0})"
+    );
+    let log = rig.gw.log_text();
+    assert!(log.contains("accept failed; backing off"), "{log}");
+    rig.after_fault(
+        &before,
+        Expect::new()
+            .counter("signgate_accept_errors_total", &[], errors)
+            .provider(1),
     )
     .await;
 }
