@@ -539,8 +539,8 @@ async fn c02_vault_down_after_start_keeps_last_good_then_fails_closed() {
 
 /// C3 OpenBao answering 500, answering after 10 s, revoking the AppRole
 /// token, then sealed (503); and a token-auth credential whose token is
-/// revoked. Every refresh is bounded by the 5 s budget (a 10 s answer is
-/// abandoned, nothing piles up at the proxy), AppRole logs in again after
+/// revoked. Every refresh is bounded by its `vault_timeout_ms` budget (1.5 s
+/// here: a 10 s answer is abandoned at 1.5 s, counted and logged), AppRole logs in again after
 /// the 403 without a failed refresh, token auth reports a clear reason
 /// naming the token file, and through all of it the last good secrets keep
 /// signing. After-fault: no request was refused, the provider got exactly
@@ -557,9 +557,18 @@ async fn c03_sealed_500_slow_and_revoked_are_bounded_and_clear() {
     let creds = [
         (
             "approle",
-            approle_cred(&bao, &proxy.url(), "kp/c3", (&role.0, &role.1), ""),
+            approle_cred(
+                &bao,
+                &proxy.url(),
+                "kp/c3",
+                (&role.0, &role.1),
+                "vault_timeout_ms = 1500",
+            ),
         ),
-        ("tokencred", token_cred(&proxy.url(), "kp/c3", &token_file, "")),
+        (
+            "tokencred",
+            token_cred(&proxy.url(), "kp/c3", &token_file, "vault_timeout_ms = 1500"),
+        ),
     ];
     let rig = vault_rig(RigOptions::default(), &creds).await;
     let pair = accepted_pair(&rig);
@@ -595,16 +604,33 @@ async fn c03_sealed_500_slow_and_revoked_are_bounded_and_clear() {
     both_sign().await;
     signed += 2;
 
-    // 10 s answers: each refresh gives up at its 5 s budget.
+    // 10 s answers: each refresh gives up at its 1.5 s budget (the next
+    // refresh starts within the 1 s ± 20 % backoff).
     proxy.set(None, Fault::Delay(Duration::from_secs(10)));
     let slow_from = Instant::now();
-    let budget_lines = log_lines(&rig, &["did not answer within the 5 s refresh budget", "approle"]);
-    wait_for(Duration::from_secs(9), "a 10 s answer was not abandoned", || async {
-        log_lines(&rig, &["did not answer within the 5 s refresh budget", "approle"]) == budget_lines + 1
-    })
+    let budget_lines = log_lines(
+        &rig,
+        &[
+            "did not answer within the 1.5 s refresh budget (vault_timeout_ms)",
+            "approle",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(4),
+        "a 10 s answer was not abandoned at the budget",
+        || async {
+            log_lines(
+                &rig,
+                &[
+                    "did not answer within the 1.5 s refresh budget (vault_timeout_ms)",
+                    "approle",
+                ],
+            ) == budget_lines + 1
+        },
+    )
     .await;
     assert!(
-        slow_from.elapsed() >= Duration::from_secs(4),
+        slow_from.elapsed() >= Duration::from_millis(1_200),
         "gave up after {:?}, before the budget: {}",
         slow_from.elapsed(),
         rig.gw.log_text()
