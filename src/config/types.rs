@@ -173,6 +173,7 @@ pub struct CredentialSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per config load, never on the hot path
 pub enum SecretSource {
     Env {
         api_key_env: String,
