@@ -78,6 +78,44 @@ async fn slowloris_closed_after(rig: &Rig, jump: impl FnOnce()) -> Duration {
     }
 }
 
+/// A keep-alive connection whose one request has been answered (200, or
+/// 401 while the clock is off); returns it and when the answer was complete.
+async fn idle_connection(rig: &Rig) -> (tokio::net::TcpStream, Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(rig.gw.addr).await.unwrap();
+    let body = order_body();
+    let req = format!(
+        "POST {PROBE_PATH} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if got.len() >= end + 4 + len {
+                assert!(matches!(status_of(&got), Some(200 | 401)), "{text}");
+                return (s, Instant::now());
+            }
+        }
+    }
+}
+
 /// Send `n` requests on the limited route back to back; how many were
 /// admitted (200, or 401 from the provider while the clock is 2 h off).
 async fn burst(rig: &Rig, n: usize, refused: &AtomicUsize) -> usize {
@@ -102,11 +140,12 @@ async fn burst(rig: &Rig, n: usize, refused: &AtomicUsize) -> usize {
 /// (libfaketime, monotonic clock untouched). Signed `X-TIMESTAMP`s follow
 /// the wall clock (so the genuine provider, whose clock did not move, rejects
 /// them as stale although the HMAC over body + timestamp is right), the skew
-/// gauge shows ≈ ∓7200 s; the header timeout still fires at 1 s (+1 s), not
-/// at the jump and not 2 h late; the rate limiter still admits no more than
+/// gauge shows ≈ ∓7200 s; the header timeout still fires at 1 s (+1 s) and
+/// the idle timeout at 5 s, not at the jump and not 2 h late; the rate limiter still admits no more than
 /// rate·t + burst and is not frozen by the backwards jump. After-fault (clock
-/// back): two header timeouts, one denial per 429, the provider got only the
-/// two stale-timestamp requests and the admitted limited ones.
+/// back): two header and two idle timeouts, one denial per 429, the provider
+/// got only the two stale-timestamp requests, the two on the idle
+/// connections and the admitted limited ones.
 #[tokio::test]
 async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
     assert!(
@@ -129,6 +168,8 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
     assert_eq!(admitted, 4, "the burst admits 4 at once");
 
     for (jump, skew) in [("+2h", -7200.0), ("-2h", 7200.0)] {
+        // Idle timeout (5 s): this connection idles across the jump.
+        let (mut idle, idle_from) = idle_connection(&rig).await;
         // Header timeout: the clock jumps 300 ms into the slow header.
         let closed = slowloris_closed_after(&rig, || set_offset(&offset, jump)).await;
         assert!(
@@ -170,6 +211,15 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
             admitted as f64 <= bound,
             "{jump}: {admitted} admitted, rate·t + burst = {bound:.1}"
         );
+        // The idle connection is closed at 5 s (ticks of 250 ms), not at the jump, not 2 h late.
+        read_until_closed(&mut idle, Duration::from_secs(8))
+            .await
+            .unwrap_or_else(|_| panic!("{jump}: idle connection still open after 8 s"));
+        let idled = idle_from.elapsed();
+        assert!(
+            idled >= Duration::from_millis(4_500) && idled <= Duration::from_millis(6_500),
+            "{jump}: idle connection closed after {idled:?}; idle_timeout is 5 s"
+        );
     }
     set_offset(&offset, "+0");
     rig.after_fault(
@@ -180,12 +230,13 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
                 &[("reason", "header_timeout")],
                 2.0,
             )
+            .counter("signgate_connections_closed_total", &[("reason", "idle")], 2.0)
             .counter(
                 "signgate_denied_total",
                 &[("route", "limited"), ("reason", "rate_limited")],
                 refused.load(Ordering::SeqCst) as f64,
             )
-            .provider(2 + admitted),
+            .provider(2 + 2 + admitted),
     )
     .await;
 }
