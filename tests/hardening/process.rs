@@ -278,12 +278,17 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
         "{}",
         rig.gw.log_text()
     );
+    // The log line follows the counter; stderr is read by another thread.
+    let rejected = || {
+        rig.gw
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("reload rejected"))
+            .count()
+    };
+    eventually(Duration::from_secs(3), || async { rejected() >= 1 }).await;
     let log = rig.gw.log_text();
-    assert_eq!(
-        log.lines().filter(|l| l.contains("reload rejected")).count(),
-        1,
-        "{log}"
-    );
+    assert_eq!(rejected(), 1, "{log}");
     assert!(log.contains("access.allow_everyone"), "the error names the key: {log}");
     rig.after_fault(
         &before,
@@ -579,6 +584,9 @@ async fn d02_fd_exhaustion_backs_off_counts_and_recovers() {
         before.fds + 4,
         "still exhausted: nothing more was accepted"
     );
+    // ~30 failed accepts so far, one log line.
+    let start_lines = || rig.gw.log_text().matches("accept failed; backing off").count();
+    assert_eq!(start_lines(), 1, "{}", rig.gw.log_text());
     // The connections already accepted still work: one of them is served.
     let mut first = held.remove(0);
     let body = order_body();
@@ -603,31 +611,32 @@ async fn d02_fd_exhaustion_backs_off_counts_and_recovers() {
         eventually(Duration::from_secs(5), || async { proc_fds(pid) <= before.fds + 1 }).await,
         "fds never freed"
     );
-    // One log line when errors start and one when they end, not one per
-    // retry. (Each fd the gateway frees lets one queued connection in, so
-    // the served request above can split the exhaustion in two episodes.)
+    // Each episode of errors ends with one line. (Each fd the gateway frees
+    // lets one queued connection in, so the exhaustion can end in several
+    // short episodes; an episode's end is logged at the next successful
+    // accept, so each poll below offers one.)
     let episodes = || {
         let log = rig.gw.log_text();
         let starts = log.matches("accept failed; backing off").count();
         (starts, log.matches("accepting again after accept errors").count(), log)
     };
-    eventually(Duration::from_secs(3), || async { episodes().0 == episodes().1 }).await;
+    eventually(Duration::from_secs(3), || async {
+        drop(tokio::net::TcpStream::connect(rig.gw.addr).await);
+        episodes().0 == episodes().1
+    })
+    .await;
     let (starts, ends, log) = episodes();
     assert!(
-        starts >= 1 && starts == ends && starts <= 3,
+        starts >= 1 && starts == ends && starts <= 16 + 2,
         "{starts} start / {ends} end lines:\n{log}"
     );
     let errors = rig.snapshot().await.metric("signgate_accept_errors_total", &[])
         - before.metric("signgate_accept_errors_total", &[]);
     let most = t0.elapsed().as_secs_f64() / 0.05 + 5.0;
     assert!(
-        errors >= 1.0 && errors <= most,
+        errors >= 10.0 && errors <= most,
         "{errors} accept errors in {:?} (back-off 50 ms: at most {most:.0})",
         t0.elapsed()
-    );
-    assert!(
-        errors >= 10.0 * starts as f64,
-        "{errors} errors, {starts} episodes: the back-off did not hold"
     );
     rig.after_fault(
         &before,
