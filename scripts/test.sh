@@ -30,15 +30,22 @@ if [[ -z "${SIGNGATE_BAO:-}" ]]; then
 fi
 "$SIGNGATE_BAO" version >&2
 
-# openssl's s_server plays a TLS 1.0-only upstream in tests/hardening
-# (scenario B7).
-if ! command -v openssl >/dev/null 2>&1; then
-    echo "scripts/test.sh: installing openssl (apt-get install openssl)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; } >&2 || true
+# Debian packages the hardening suite needs: openssl (s_server plays a TLS
+# 1.0-only upstream, B7), libfaketime (D1: wall-clock jumps through
+# LD_PRELOAD) and prlimit from util-linux (D2: a low RLIMIT_NOFILE).
+LIBFAKETIME=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if [[ ! -e "$LIBFAKETIME" ]] || ! command -v prlimit >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing openssl, faketime and util-linux (apt-get)" >&2
+    sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "scripts/test.sh: need root or sudo to apt-get install openssl faketime util-linux" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl faketime util-linux >/dev/null
 fi
-if ! command -v openssl >/dev/null 2>&1; then
-    echo "scripts/test.sh: cannot get the openssl binary: 'apt-get install openssl' failed." >&2
-    echo "  Install it by hand (Debian package openssl)." >&2
+if [[ ! -e "$LIBFAKETIME" ]] || ! command -v prlimit >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+    echo "scripts/test.sh: openssl, $LIBFAKETIME or prlimit still missing after apt-get install openssl faketime util-linux" >&2
     exit 1
 fi
 

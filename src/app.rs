@@ -440,6 +440,12 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
     if let Some(l) = admin_listener {
         tokio::spawn(crate::admin::serve(l, gateway.clone(), background.clone()));
     }
+    if crate::fault::ENABLED {
+        tracing::warn!(
+            header = crate::fault::HEADER,
+            "fault injection is compiled in (test build): never run this binary in production"
+        );
+    }
     tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
     Ok(Running {
         addr,

@@ -40,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod demo;
+pub mod fault;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -99,6 +99,9 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     // Cancelled when the drain period is over: remaining connections are dropped.
     let force = CancellationToken::new();
+    // Consecutive accept errors: logged when they start and when they end,
+    // not once per back-off (EMFILE would write 20 lines a second).
+    let mut accept_failures: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -108,11 +111,18 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 gw.metrics().accept_errors.inc();
-                tracing::warn!(error = %e, "accept failed; backing off");
+                if accept_failures == 0 {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                }
+                accept_failures += 1;
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        if accept_failures > 0 {
+            tracing::info!(failures = accept_failures, "accepting again after accept errors");
+            accept_failures = 0;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             gw.metrics().conn_closed(ConnClose::Limit);
             tracing::debug!(%peer, "connection limit reached; closing");

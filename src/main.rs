@@ -6,13 +6,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: says so when test-only fault injection is compiled in.
+const VERSION: &str = if signgate::fault::ENABLED {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault injection compiled in: test build)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Exit code for a configuration that does not validate (EX_USAGE-style).
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(
     name = "signgate",
-    version,
+    version = VERSION,
     about = "Signing egress gateway for payment-provider APIs"
 )]
 struct Cli {

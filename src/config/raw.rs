@@ -102,6 +102,7 @@ pub struct RawCredential {
     pub vault_token_file: Option<String>,
     pub vault_ca_file: Option<String>,
     pub vault_max_stale_secs: Option<u64>,
+    pub vault_timeout_ms: Option<u64>,
     pub refresh_secs: Option<u64>,
 }
 

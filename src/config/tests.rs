@@ -360,3 +360,34 @@ fn vault_credentials_parse_with_an_optional_maximum_age() {
     let plain = vault("").replacen("https://vault.internal:8200", "http://vault.internal:8200", 1);
     assert!(keys_of(&plain).contains(&"credentials.kwikpaisa.vault_addr".into()));
 }
+
+#[test]
+fn vault_timeout_ms_defaults_to_five_seconds_and_refuses_zero_or_unbounded() {
+    let vault = |extra: &str| {
+        GOOD.replacen(
+            "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+            &format!("source = \"vault\"\nvault_addr = \"https://vault.internal:8200\"\nvault_path = \"kp\"\n{extra}"),
+            1,
+        )
+    };
+    let timeout = |extra: &str| {
+        let c = Config::from_toml_str(&vault(extra)).unwrap();
+        match &c.credentials["kwikpaisa"].source {
+            SecretSource::Vault(spec) => spec.timeout,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(timeout(""), DEFAULT_VAULT_TIMEOUT);
+    assert_eq!(
+        timeout("vault_timeout_ms = 1500"),
+        std::time::Duration::from_millis(1500)
+    );
+    for bad in ["vault_timeout_ms = 0", "vault_timeout_ms = 60001"] {
+        assert!(
+            keys_of(&vault(bad)).contains(&"credentials.kwikpaisa.vault_timeout_ms".into()),
+            "{bad}"
+        );
+    }
+    let on_env = GOOD.replacen("source = \"env\"", "source = \"env\"\nvault_timeout_ms = 1000", 1);
+    assert!(keys_of(&on_env).contains(&"credentials.kwikpaisa.vault_timeout_ms".into()));
+}

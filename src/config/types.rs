@@ -47,6 +47,10 @@ pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
 pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_FILE_POLL: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
+/// `vault_timeout_ms`: budget of one Vault refresh (login, renewal and read).
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Largest accepted `vault_timeout_ms`: a refresh must stay bounded.
+pub const MAX_VAULT_TIMEOUT: Duration = Duration::from_millis(60_000);
 pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
 pub const DEFAULT_SECRET_FIELD: &str = "secret_key";
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
@@ -188,6 +192,7 @@ pub struct CredentialSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per config load, never on the hot path
 pub enum SecretSource {
     Env {
         api_key_env: String,
@@ -217,6 +222,9 @@ pub struct VaultSpec {
     /// past it the credential fails closed (503). `None` (the default): keep
     /// signing with the last good secret for as long as Vault is down.
     pub max_stale: Option<Duration>,
+    /// `vault_timeout_ms`: budget of one refresh, every call in it included
+    /// (login, renewal, read); a slower Vault counts as a failed refresh.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -172,6 +172,8 @@ async fn pipeline(
             allowed: route.allow_methods.clone(),
         });
     }
+    // Test builds only (feature `fault-injection`): a requested panic.
+    crate::fault::inject(req.headers());
     // The route may narrow who may send (e.g. payouts from one subnet only).
     if let Some(allow) = &route.allow {
         if !allow.allows(conn.ip()) {

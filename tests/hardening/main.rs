@@ -13,4 +13,6 @@ mod harness;
 
 mod clients;
 mod faulty;
+mod process;
+mod secrets;
 mod upstreams;

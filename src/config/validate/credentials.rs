@@ -32,6 +32,7 @@ pub(super) fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<Secr
         ("vault_token_file", r.vault_token_file.is_some()),
         ("vault_ca_file", r.vault_ca_file.is_some()),
         ("vault_max_stale_secs", r.vault_max_stale_secs.is_some()),
+        ("vault_timeout_ms", r.vault_timeout_ms.is_some()),
         ("refresh_secs", r.refresh_secs.is_some()),
     ];
     let foreign = |v: &mut V, keys: &[(&str, bool)], source: &str| {
@@ -168,6 +169,17 @@ pub(super) fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<Secr
             let max_stale = r
                 .vault_max_stale_secs
                 .map(|s| v.secs(&key("vault_max_stale_secs"), Some(s), Duration::ZERO));
+            let timeout = match r.vault_timeout_ms {
+                Some(ms) if Duration::from_millis(ms) > MAX_VAULT_TIMEOUT => {
+                    v.push(ConfigError::invalid(
+                        key("vault_timeout_ms"),
+                        ms,
+                        format!("at most {} milliseconds", MAX_VAULT_TIMEOUT.as_millis()),
+                    ));
+                    DEFAULT_VAULT_TIMEOUT
+                }
+                ms => v.millis(&key("vault_timeout_ms"), ms, DEFAULT_VAULT_TIMEOUT),
+            };
             Some(SecretSource::Vault(VaultSpec {
                 addr: addr?,
                 mount: mount.trim_matches('/').to_string(),
@@ -178,6 +190,7 @@ pub(super) fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<Secr
                 secret_field,
                 refresh,
                 max_stale,
+                timeout,
             }))
         }
         Some(o) => {

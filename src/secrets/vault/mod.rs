@@ -21,8 +21,9 @@ use ::http::{Method, StatusCode, Uri};
 use rand::Rng as _;
 use tokio::time::Instant;
 
-/// Budget of one refresh, every call in it included (login, renewal, read).
-pub const VAULT_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default budget of one refresh, every call in it included (login, renewal,
+/// read); `vault_timeout_ms` sets it per credential.
+pub const VAULT_POLL_TIMEOUT: Duration = crate::config::DEFAULT_VAULT_TIMEOUT;
 /// TCP connect plus TLS handshake to Vault.
 pub const VAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First retry delay after a failed refresh; doubles up to `refresh_secs`.
@@ -75,7 +76,7 @@ impl VaultSource {
             shown,
             token: None,
             version: None,
-            timeout: VAULT_POLL_TIMEOUT,
+            timeout: spec.timeout,
         })
     }
 
@@ -192,7 +193,7 @@ impl VaultSource {
         LoadError::Unreachable {
             reason: match e {
                 CallError::Timeout => format!(
-                    "Vault at {addr} did not answer within the {} s refresh budget",
+                    "Vault at {addr} did not answer within the {} s refresh budget (vault_timeout_ms)",
                     self.timeout.as_secs_f32()
                 ),
                 CallError::Unreachable(d) => format!("cannot reach Vault at {addr}: {d}"),

@@ -145,6 +145,7 @@ fn source(addr: SocketAddr, dir: &tempfile::TempDir) -> VaultSource {
         secret_field: "secret_key".into(),
         refresh: Duration::from_secs(1),
         max_stale: None,
+        timeout: crate::config::DEFAULT_VAULT_TIMEOUT,
     };
     VaultSource::new("kp", &spec)
         .unwrap()
