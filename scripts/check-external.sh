@@ -180,7 +180,8 @@ PROVIDER_API_KEY="$API_KEY" PROVIDER_SECRET_KEY="$SECRET" \
 PIDS+=($!)
 
 # start_gateway NAME tls|plain: writes $WORK/NAME/gateway.toml and starts it;
-# sets NAME_PORT, NAME_ADMIN, NAME_PID, NAME_URL.
+# fills PORT[NAME], ADMIN[NAME], PID[NAME] and URL[NAME].
+declare -A PORT ADMIN PID URL
 start_gateway() {
     local name=$1 mode=$2 dir="$WORK/$1" port admin tls=""
     port=$(free_port)
@@ -235,14 +236,15 @@ EOF
     env -i "PATH=$PATH" "HOME=${HOME:-/tmp}" SIGNGATE_LOG=warn \
         PROVIDER_API_KEY="$API_KEY" PROVIDER_SECRET_KEY="$SECRET" \
         "$BIN" run --config "$dir/gateway.toml" 2>"$dir/gateway.log" &
-    local pid=$!
-    PIDS+=("$pid")
-    local scheme=http
-    [ "$mode" = tls ] && scheme=https
-    printf -v "${name}_PORT" %s "$port"
-    printf -v "${name}_ADMIN" %s "$admin"
-    printf -v "${name}_PID" %s "$pid"
-    printf -v "${name}_URL" %s "$scheme://127.0.0.1:$port"
+    PID[$name]=$!
+    PIDS+=("${PID[$name]}")
+    PORT[$name]=$port
+    ADMIN[$name]=$admin
+    if [ "$mode" = tls ]; then
+        URL[$name]="https://127.0.0.1:$port"
+    else
+        URL[$name]="http://127.0.0.1:$port"
+    fi
 }
 
 start_gateway tls tls
@@ -259,20 +261,18 @@ probe_ok() { [ "$(probe "$1" | cut -d' ' -f1)" = 200 ]; }
 ready() { curl -sf --max-time 2 "http://127.0.0.1:$1/readyz"; }
 
 for g in tls plain; do
-    admin_var="${g}_ADMIN"
-    url_var="${g}_URL"
-    if ! wait_for 30 ready "${!admin_var}"; then
+    if ! wait_for 30 ready "${ADMIN[$g]}"; then
         tail -20 "$WORK/$g/gateway.log" >&2
         echo "check-external: the $g gateway did not become ready" >&2
         exit 1
     fi
-    if ! wait_for 10 probe_ok "${!url_var}"; then
-        echo "check-external: a signed request through the $g gateway did not get 200 (got $(probe "${!url_var}" || true))" >&2
+    if ! wait_for 10 probe_ok "${URL[$g]}"; then
+        echo "check-external: a signed request through the $g gateway did not get 200 (got $(probe "${URL[$g]}" || true))" >&2
         tail -20 "$WORK/$g/gateway.log" "$WORK/provider.log" >&2
         exit 1
     fi
 done
-echo "gateways ready: TLS $tls_URL, plaintext $plain_URL (header_timeout_ms $HEADER_TIMEOUT_MS, body_timeout_ms $BODY_TIMEOUT_MS); provider stand-in https://127.0.0.1:$PROVIDER_PORT"
+echo "gateways ready: TLS ${URL[tls]}, plaintext ${URL[plain]} (header_timeout_ms $HEADER_TIMEOUT_MS, body_timeout_ms $BODY_TIMEOUT_MS); provider stand-in https://127.0.0.1:$PROVIDER_PORT"
 
 # metric ADMIN_PORT SERIES: the value of one exact series (0 when absent,
 # "unavailable" when /metrics does not answer).
@@ -284,7 +284,7 @@ metric() {
 # --- 2. testssl.sh against the TLS listener --------------------------------------------
 TESTSSL_SUMMARY="not run"
 run_testssl() {
-    say "testssl.sh $TESTSSL_VERSION against $tls_URL: protocols, cipher categories, FS, server preference, server defaults, HTTP headers, vulnerabilities"
+    say "testssl.sh $TESTSSL_VERSION against ${URL[tls]}: protocols, cipher categories, FS, server preference, server defaults, HTTP headers, vulnerabilities"
     # No DNS at all (the target is an IP), no CRL/OCSP fetches (--phone-out
     # stays off), and the test CA added so the served chain is verified rather
     # than excused. Skipped: -e (each cipher; -f lists the suites) and -c
@@ -292,7 +292,7 @@ run_testssl() {
     local rc=0 t0=$SECONDS json="$WORK/testssl.json"
     timeout "$TESTSSL_TIMEOUT" testssl --quiet --color 0 --warnings batch --nodns none \
         --add-ca "$CA" --jsonfile "$json" --csvfile "$WORK/testssl.csv" \
-        -p -s -f -P -S -h -U "127.0.0.1:$tls_PORT" >"$WORK/testssl.txt" 2>&1 || rc=$?
+        -p -s -f -P -S -h -U "127.0.0.1:${PORT[tls]}" >"$WORK/testssl.txt" 2>&1 || rc=$?
     local took=$((SECONDS - t0))
     if [ "$rc" -eq 124 ]; then
         fail "testssl.sh did not finish within ${TESTSSL_TIMEOUT}s"
@@ -415,8 +415,8 @@ no_open_connections() { [ "$(metric "$1" signgate_open_connections)" = 0 ]; }
 SLOW_SUMMARY=()
 # slow_run tls|plain H|B: one attack with the liveness probe alongside, then its checks.
 slow_run() {
-    local g=$1 mode=$2 url_var="${1}_URL" admin_var="${1}_ADMIN" pid_var="${1}_PID"
-    local url="${!url_var}" admin="${!admin_var}" pid="${!pid_var}"
+    local g=$1 mode=$2
+    local url="${URL[$1]}" admin="${ADMIN[$1]}" pid="${PID[$1]}"
     local name what timeout_ms series
     if [ "$mode" = H ]; then
         what="slow headers" timeout_ms=$HEADER_TIMEOUT_MS series='signgate_connections_closed_total{reason="header_timeout"}'
@@ -483,8 +483,7 @@ for s in "${SLOW_SUMMARY[@]}"; do
     echo "slowhttptest $s"
 done
 for g in tls plain; do
-    pid_var="${g}_PID"
-    if ! kill -0 "${!pid_var}" 2>/dev/null; then
+    if ! kill -0 "${PID[$g]}" 2>/dev/null; then
         fail "the $g gateway died; its log:"$'\n'"$(tail -20 "$WORK/$g/gateway.log")"
     fi
 done
