@@ -345,7 +345,9 @@ run_testssl() {
     TESTSSL_SUMMARY+=" (HIGH allowed for the test certificate: ${ALLOWED_SEVERE_IDS[*]}); $protocols; ${took}s"
 }
 if [ "$ONLY" != slow ]; then
+    failed_before=$FAILED
     run_testssl
+    [ "$FAILED" -eq "$failed_before" ] || TESTSSL_SUMMARY="FAIL $TESTSSL_SUMMARY"
 fi
 
 # --- 3. slowhttptest: slow headers and slow body, with a liveness probe ------------------
@@ -415,7 +417,7 @@ no_open_connections() { [ "$(metric "$1" signgate_open_connections)" = 0 ]; }
 SLOW_SUMMARY=()
 # slow_run tls|plain H|B: one attack with the liveness probe alongside, then its checks.
 slow_run() {
-    local g=$1 mode=$2
+    local g=$1 mode=$2 failed_before=$FAILED
     local url="${URL[$1]}" admin="${ADMIN[$1]}" pid="${PID[$1]}"
     local name what timeout_ms series
     if [ "$mode" = H ]; then
@@ -443,7 +445,7 @@ slow_run() {
     if [ "$rc" -ne 0 ] || [ ! -s "$WORK/$name.csv" ]; then
         tail -5 "$WORK/$name.out" >&2
         fail "$name: slowhttptest failed (exit $rc) or wrote no CSV"
-        SLOW_SUMMARY+=("$g -$mode: slowhttptest failed")
+        SLOW_SUMMARY+=("FAIL $g -$mode: slowhttptest failed")
         return
     fi
     local line ok=true
@@ -466,7 +468,9 @@ slow_run() {
     if ! wait_for 5 no_open_connections "$admin"; then
         fail "$name: signgate_open_connections is $(metric "$admin" signgate_open_connections), not back to 0"
     fi
-    SLOW_SUMMARY+=("$g -$mode: $(echo "$line" | head -1); $series +$delta")
+    local verdict=ok
+    [ "$FAILED" -eq "$failed_before" ] || verdict=FAIL
+    SLOW_SUMMARY+=("$verdict $g -$mode: $(echo "$line" | head -1); $series +$delta")
 }
 
 if [ "$ONLY" != testssl ]; then
