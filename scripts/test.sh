@@ -30,4 +30,16 @@ if [[ -z "${SIGNGATE_BAO:-}" ]]; then
 fi
 "$SIGNGATE_BAO" version >&2
 
+# openssl's s_server plays a TLS 1.0-only upstream in tests/hardening
+# (scenario B7).
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing openssl (apt-get install openssl)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; } >&2 || true
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "scripts/test.sh: cannot get the openssl binary: 'apt-get install openssl' failed." >&2
+    echo "  Install it by hand (Debian package openssl)." >&2
+    exit 1
+fi
+
 cargo test --locked --all-targets "$@"

@@ -70,6 +70,9 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
         (&Method::GET, "/metrics") => {
             let snap = gw.snapshot();
             gw.metrics().observe_credentials(&snap.credentials);
+            gw.metrics()
+                .ratelimit_clients
+                .set(i64::try_from(snap.limits.tracked_clients()).unwrap_or(i64::MAX));
             for route in snap.router.routes() {
                 if let Some(store) = &route.duplicates {
                     gw.metrics()

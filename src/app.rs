@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub max_uri_bytes: usize,
     /// Stops this snapshot's credential refreshers once it is replaced by a
     /// snapshot with other credentials.
     credentials_cancel: CancellationToken,
@@ -115,6 +117,8 @@ impl Snapshot {
             metrics,
             max_body_bytes: config.listener.max_body_bytes,
             body_timeout: config.listener.body_timeout,
+            body_idle_timeout: config.listener.body_idle_timeout,
+            max_uri_bytes: config.listener.max_uri_bytes,
         })
     }
 }

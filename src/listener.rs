@@ -7,7 +7,11 @@
 //! a byte of a new request arrives, the whole head must follow within
 //! `header_timeout` (slowloris). Excess connections beyond `max_connections`
 //! are closed at once; accept errors such as EMFILE back off instead of
-//! spinning.
+//! spinning. A response write that stays blocked for `write_idle_timeout`
+//! (a client that stopped reading) drops the connection, so a slow reader
+//! cannot pin a response and its upstream connection forever. The TLS
+//! handshake must complete within `header_timeout` (a stalled ClientHello is
+//! a slowloris on the handshake).
 
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +50,7 @@ pub struct Settings {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub write_idle_timeout: Duration,
 }
 
 impl From<&ListenerConfig> for Settings {
@@ -56,6 +61,7 @@ impl From<&ListenerConfig> for Settings {
             max_headers: c.max_headers,
             max_header_bytes: c.max_header_bytes,
             max_connections: c.max_connections,
+            write_idle_timeout: c.write_idle_timeout,
         }
     }
 }
@@ -183,6 +189,12 @@ struct Activity {
     /// in while idle; 0 when no head is being received.
     head_started: AtomicU64,
     inflight: AtomicUsize,
+    /// Milliseconds since `origin` (+1) when a write first found the socket
+    /// full; 0 while writes go through.
+    write_blocked: AtomicU64,
+    /// Response bodies being sent now, and when one was last asked for more.
+    bodies: AtomicUsize,
+    body_polled: AtomicU64,
 }
 
 impl Activity {
@@ -192,11 +204,27 @@ impl Activity {
             last_io: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            write_blocked: AtomicU64::new(0),
+            bodies: AtomicUsize::new(0),
+            body_polled: AtomicU64::new(0),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Record whether a write (or flush) went through or found the socket full.
+    fn wrote<T>(&self, r: &Poll<std::io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                let now = self.now_ms();
+                let _ = self
+                    .write_blocked
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            Poll::Ready(_) => self.write_blocked.store(0, Ordering::Release),
+        }
     }
 }
 
@@ -215,6 +243,73 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_io.store(self.0.now_ms(), Ordering::Release);
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `Activity::body_polled` while a body waits on the upstream.
+const UPSTREAM_TURN: u64 = u64::MAX;
+
+/// A response body that notes when the connection last asked it for more.
+/// hyper asks only when the client can take more (HTTP/1: room in the
+/// socket; HTTP/2: flow-control window), so a body not asked for during
+/// `write_idle_timeout` belongs to a client that stopped reading — including
+/// an HTTP/2 client that never opens its window, whose socket never fills.
+/// (Per connection: with several HTTP/2 streams, progress on any counts.)
+struct Progress<B> {
+    inner: B,
+    act: Arc<Activity>,
+    open: bool,
+}
+
+impl<B> Progress<B> {
+    fn new(inner: B, act: Arc<Activity>) -> Self {
+        act.body_polled.store(act.now_ms(), Ordering::Release);
+        act.bodies.fetch_add(1, Ordering::AcqRel);
+        Progress { inner, act, open: true }
+    }
+
+    fn close(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.act.bodies.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl<B> Drop for Progress<B> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Progress<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        // Pending: waiting on the upstream (its own timers apply), not on the
+        // client; the stall clock restarts when a frame has been handed over.
+        let mark = if r.is_pending() {
+            UPSTREAM_TURN
+        } else {
+            self.act.now_ms()
+        };
+        self.act.body_polled.store(mark, Ordering::Release);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.close();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -245,6 +340,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.act.wrote(&r);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.act.last_io.store(self.act.now_ms(), Ordering::Release);
         }
@@ -252,7 +348,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.act.wrote(&r);
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -265,6 +363,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.act.wrote(&r);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.act.last_io.store(self.act.now_ms(), Ordering::Release);
         }
@@ -278,10 +377,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 /// Why the timer closed a connection, if it did.
 fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
+    let now = act.now_ms();
+    // A client that stopped reading: checked even mid-request.
+    let blocked = act.write_blocked.load(Ordering::Acquire);
+    if blocked > 0 && now.saturating_sub(blocked - 1) >= s.write_idle_timeout.as_millis() as u64 {
+        return Some(ConnClose::WriteTimeout);
+    }
+    let polled = act.body_polled.load(Ordering::Acquire);
+    if act.bodies.load(Ordering::Acquire) > 0
+        && polled != UPSTREAM_TURN
+        && now.saturating_sub(polled) >= s.write_idle_timeout.as_millis() as u64
+    {
+        return Some(ConnClose::WriteTimeout);
+    }
     if act.inflight.load(Ordering::Acquire) > 0 {
         return None;
     }
-    let now = act.now_ms();
     let head = act.head_started.load(Ordering::Acquire);
     if head > 0 {
         return (now.saturating_sub(head - 1) >= s.header_timeout.as_millis() as u64)
@@ -289,6 +400,17 @@ fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
     }
     let last = act.last_io.load(Ordering::Acquire);
     (now.saturating_sub(last) >= s.idle_timeout.as_millis() as u64).then_some(ConnClose::Idle)
+}
+
+/// A malformed or oversized request head, which hyper refused itself.
+fn parse_failure(e: &hyper::Error) -> Option<ConnClose> {
+    if e.is_parse_too_large() {
+        Some(ConnClose::HeadTooLarge)
+    } else if e.is_parse() {
+        Some(ConnClose::Malformed)
+    } else {
+        None
+    }
 }
 
 async fn serve_conn<S>(
@@ -314,15 +436,20 @@ async fn serve_conn<S>(
     let service = service_fn(move |req| {
         let guard = InFlight::start(&req_act);
         let fut = proxy::handle(gw.clone(), conn.clone(), req);
+        let act = req_act.clone();
         async move {
             let r = fut.await;
             drop(guard);
-            r
+            r.map(|resp| resp.map(|body| Progress::new(body, act)))
         }
     });
     let mut connection = pin!(builder.serve_connection(io, service));
-    let tick = (settings.header_timeout.min(settings.idle_timeout) / 4)
-        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tick = (settings
+        .header_timeout
+        .min(settings.idle_timeout)
+        .min(settings.write_idle_timeout)
+        / 4)
+    .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     let mut closing: Option<Instant> = None;
     loop {
@@ -330,6 +457,10 @@ async fn serve_conn<S>(
             res = connection.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // hyper answered 400/414/431 itself and closed: count it.
+                    if let Some(why) = e.downcast_ref::<hyper::Error>().and_then(parse_failure) {
+                        metrics.conn_closed(why);
+                    }
                 }
                 return;
             }
@@ -353,6 +484,14 @@ async fn serve_conn<S>(
                         tracing::debug!(%peer, "request head not received in time; closing");
                         return;
                     }
+                    Some(ConnClose::WriteTimeout) => {
+                        // Nothing more can be written: a graceful close would
+                        // wait on the same full socket. Drop it (and the
+                        // response it was holding) now.
+                        metrics.conn_closed(ConnClose::WriteTimeout);
+                        tracing::debug!(%peer, "client stopped reading the response; closing");
+                        return;
+                    }
                     Some(why) => {
                         metrics.conn_closed(why);
                         connection.as_mut().graceful_shutdown();
@@ -362,5 +501,46 @@ async fn serve_conn<S>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(write_idle: Duration) -> Settings {
+        Settings {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10,
+            write_idle_timeout: write_idle,
+        }
+    }
+
+    #[test]
+    fn write_idle_timer() {
+        let (now, later) = (settings(Duration::ZERO), settings(Duration::from_secs(60)));
+        let act = Activity::new();
+        assert_eq!(timed_out(&act, &now), None, "nothing blocked, nothing sending");
+        // A write found the socket full.
+        act.wrote::<usize>(&Poll::Pending);
+        assert_eq!(timed_out(&act, &now), Some(ConnClose::WriteTimeout));
+        assert_eq!(timed_out(&act, &later), None);
+        act.wrote(&Poll::Ready(Ok(1usize)));
+        assert_eq!(timed_out(&act, &now), None, "a write went through");
+        // A response body not asked for (HTTP/2 window closed), vs one
+        // waiting on the upstream.
+        act.bodies.store(1, Ordering::Release);
+        act.body_polled.store(act.now_ms(), Ordering::Release);
+        assert_eq!(timed_out(&act, &now), Some(ConnClose::WriteTimeout));
+        assert_eq!(timed_out(&act, &later), None);
+        act.body_polled.store(UPSTREAM_TURN, Ordering::Release);
+        assert_eq!(
+            timed_out(&act, &now),
+            None,
+            "waiting on the upstream is not the client's stall"
+        );
     }
 }

@@ -32,6 +32,12 @@ pub enum ConnClose {
     TlsHandshake,
     HeaderTimeout,
     Idle,
+    /// A response write stayed blocked for `write_idle_timeout` (slow reader).
+    WriteTimeout,
+    /// A request head over `max_header_bytes` / `max_headers` (431).
+    HeadTooLarge,
+    /// An unparseable request head or framing (400/501), answered by hyper.
+    Malformed,
 }
 
 impl ConnClose {
@@ -41,6 +47,9 @@ impl ConnClose {
             ConnClose::TlsHandshake => "tls_handshake",
             ConnClose::HeaderTimeout => "header_timeout",
             ConnClose::Idle => "idle",
+            ConnClose::WriteTimeout => "write_timeout",
+            ConnClose::HeadTooLarge => "head_too_large",
+            ConnClose::Malformed => "malformed",
         }
     }
 }
@@ -85,6 +94,8 @@ pub struct Metrics {
     pub webhook_queue_depth: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
+    pub runtime_tasks: IntGauge,
+    pub ratelimit_clients: IntGauge,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -150,7 +161,7 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &r,
                 "signgate_upstream_errors_total",
-                "Upstream failures, by route and kind (connect, tls, timeout, reset, protocol).",
+                "Upstream failures, by route and kind (connect, tls, timeout, reset, protocol, response_idle).",
                 &["route", "kind"],
             ),
             credential_refresh: counter_vec(
@@ -210,8 +221,24 @@ impl Metrics {
             connections_closed: counter_vec(
                 &r,
                 "signgate_connections_closed_total",
-                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle).",
+                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle, write_timeout, head_too_large, malformed).",
                 &["reason"],
+            ),
+            runtime_tasks: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_runtime_tasks",
+                    "Tasks alive in the async runtime (connections, requests, background work), read at scrape time.",
+                )
+                .expect("valid metric"),
+            ),
+            ratelimit_clients: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_ratelimit_clients",
+                    "Client addresses the per-client rate limiter tracks now (bounded by per_client_max_keys), read at scrape time.",
+                )
+                .expect("valid metric"),
             ),
             accept_errors: reg(
                 &r,
@@ -276,7 +303,15 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
-        for reason in ["limit", "tls_handshake", "header_timeout", "idle"] {
+        for reason in [
+            "limit",
+            "tls_handshake",
+            "header_timeout",
+            "idle",
+            "write_timeout",
+            "head_too_large",
+            "malformed",
+        ] {
             m.connections_closed.with_label_values(&[reason]);
         }
         Arc::new(m)
@@ -294,6 +329,9 @@ impl Metrics {
                 .with_label_values(&[route.as_str(), credential.as_str()]);
             self.request_duration.with_label_values(&[route.as_str()]);
             self.upstream_duration.with_label_values(&[route.as_str()]);
+            // A stalled body is cut silently on the wire: make the series visible at 0.
+            self.upstream_errors
+                .with_label_values(&[route.as_str(), "response_idle"]);
         }
         for w in webhooks {
             for result in ["accepted", "bad_signature", "stale", "duplicate", "invalid_json"] {
@@ -333,6 +371,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

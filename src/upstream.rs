@@ -168,7 +168,15 @@ impl Connector {
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(|e| ConnectError::Connect(with_causes(&e)))?
+            .map_err(|e| {
+                // HttpConnector's own per-address timer fired: the connect
+                // hung (a blackholed SYN), it was not refused. Not retried.
+                if timed_out(&e) {
+                    ConnectError::Timeout
+                } else {
+                    ConnectError::Connect(with_causes(&e))
+                }
+            })?
             .into_inner();
         if !https {
             return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
@@ -181,6 +189,20 @@ impl Connector {
             .map_err(ConnectError::Tls)?;
         Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
     }
+}
+
+/// True when an I/O error of kind `TimedOut` is in the cause chain.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An error and its causes on one line ("tcp connect error: Connection refused
@@ -218,6 +240,7 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Upstream {
     client: Client<Connector, Full<Bytes>>,
     request_timeout: Duration,
+    response_idle_timeout: Duration,
     source_addr: Option<IpAddr>,
 }
 
@@ -245,12 +268,18 @@ impl Upstream {
         Ok(Upstream {
             client,
             request_timeout: egress.request_timeout,
+            response_idle_timeout: egress.response_idle_timeout,
             source_addr: egress.source_addr,
         })
     }
 
     pub fn source_addr(&self) -> Option<IpAddr> {
         self.source_addr
+    }
+
+    /// Longest pause allowed between two pieces of a response body.
+    pub fn response_idle_timeout(&self) -> Duration {
+        self.response_idle_timeout
     }
 
     /// Send one request and wait for the response head, under `request_timeout`.
@@ -309,5 +338,23 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
         },
         nothing_sent: e.is_connect(),
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Wrapper(#[source] io::Error);
+
+    #[test]
+    fn a_timed_out_connect_is_told_from_a_refused_one() {
+        let hung = Wrapper(io::Error::new(io::ErrorKind::TimedOut, "connect timeout"));
+        let refused = Wrapper(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(timed_out(&hung));
+        assert!(!timed_out(&refused));
+        assert!(timed_out(&io::Error::from(io::ErrorKind::TimedOut)));
     }
 }

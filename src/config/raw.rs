@@ -19,6 +19,9 @@ pub struct RawListener {
     pub idle_timeout_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub body_timeout_ms: Option<u64>,
+    pub body_idle_timeout_ms: Option<u64>,
+    pub write_idle_timeout_ms: Option<u64>,
+    pub max_uri_bytes: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_header_bytes: Option<u64>,
@@ -56,6 +59,7 @@ pub struct RawEgress {
     pub client_key: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
 }

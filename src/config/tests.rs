@@ -76,10 +76,30 @@ fn bad_values_name_their_key() {
         ),
         (
             "addr = \"127.0.0.1:8080\"",
+            "body_idle_timeout_ms = 0",
+            "listener.body_idle_timeout_ms",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "write_idle_timeout_ms = 0",
+            "listener.write_idle_timeout_ms",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "max_uri_bytes = 0",
+            "listener.max_uri_bytes",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
             "client_ca = \"ca.pem\"",
             "listener.client_ca",
         ),
         ("allow = [\"127.0.0.0/8\", \"::1/128\"]", "allow = []", "access.allow"),
+        (
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"127.0.0.0/8\"]\n[egress]\nresponse_idle_timeout_ms = 0",
+            "egress.response_idle_timeout_ms",
+        ),
         (
             "allow = [\"127.0.0.0/8\", \"::1/128\"]",
             "allow = [\"127.0.0.0/33\"]",

@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
 /// Longest pause allowed while a client sends its body (slow-upload cut-off).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Longest gap between two pieces of a request body (nginx-style gap timer).
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Longest time a response write may stay blocked on a client that does not
+/// read (nginx `send_timeout` is a 60 s gap timer).
+pub const DEFAULT_WRITE_IDLE_TIMEOUT: Duration = Duration::from_millis(30_000);
+/// Longest request target (path and query) accepted; longer gets 414.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
 /// Envoy's default header-count limit.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Envoy's default header-size limit is 60 KiB; hyper needs at least 8 KiB.
@@ -29,6 +36,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3_000);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Longest pause in an upstream response body before the stream is cut.
+pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
 pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
 pub const DEFAULT_STATE_DIR: &str = "state";
@@ -79,8 +88,15 @@ pub struct ListenerConfig {
     /// A keep-alive connection with no request in progress is closed after this.
     pub idle_timeout: Duration,
     pub max_body_bytes: u64,
-    /// The whole body must arrive within this after the head.
+    /// The whole body must arrive within this after the head (total deadline).
     pub body_timeout: Duration,
+    /// Longest pause between two pieces of the body (gap timer).
+    pub body_idle_timeout: Duration,
+    /// A response write blocked this long on a client that does not read
+    /// closes the connection.
+    pub write_idle_timeout: Duration,
+    /// Longest request target (path + query) in bytes; longer gets 414.
+    pub max_uri_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
     pub max_headers: usize,
@@ -129,6 +145,9 @@ pub struct EgressConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest gap between two pieces of an upstream response body (after
+    /// the head); past it the response is cut and counted.
+    pub response_idle_timeout: Duration,
     pub pool_idle_per_host: usize,
     pub allow_plain_http: bool,
 }

@@ -65,6 +65,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mapped_peers_are_normalized() {
+        let c = ConnInfo::new("[::ffff:127.0.0.3]:4000".parse().unwrap());
+        assert_eq!(c.ip(), "127.0.0.3".parse::<IpAddr>().unwrap());
+        let c = ConnInfo::new("[::1]:4000".parse().unwrap());
+        assert_eq!(c.ip(), "::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn request_ids() {
         let good = HeaderValue::from_static("abc-123_x.y:z");
         assert_eq!(RequestId::parse_or_new(Some(&good)).as_str(), "abc-123_x.y:z");

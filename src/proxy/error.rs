@@ -17,6 +17,10 @@ pub enum UpstreamFailure {
     Timeout,
     Reset,
     Protocol,
+    /// The response head arrived but the body stalled for
+    /// `egress.response_idle_timeout_ms` (the stream is cut; the client
+    /// already has the head, so it never sees this as a JSON error).
+    ResponseIdle,
 }
 
 impl UpstreamFailure {
@@ -27,6 +31,7 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Reset => "reset",
             UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::ResponseIdle => "response_idle",
         }
     }
 }
@@ -53,8 +58,12 @@ pub enum GatewayError {
     InvalidJson { offset: usize, reason: &'static str },
     /// `Content-Encoding` other than identity: we never sign bytes we do not send.
     UnsupportedEncoding,
+    /// A `Transfer-Encoding` other than `chunked` (RFC 9112 §6.1: 501).
+    UnsupportedTransferCoding,
     /// Dot segments or encoded separators in the path.
     InvalidPath,
+    /// Request target (path + query) longer than `listener.max_uri_bytes`.
+    UriTooLong { limit: usize },
     /// The duplicate guard saw this transaction reference in flight or done.
     DuplicateRequest,
     /// A route with `duplicate_key` got a body without that reference.
@@ -92,14 +101,18 @@ impl GatewayError {
             GatewayError::BadBody => StatusCode::BAD_REQUEST,
             GatewayError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             GatewayError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::DuplicateRequest => StatusCode::CONFLICT,
             GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(UpstreamFailure::Timeout | UpstreamFailure::ResponseIdle) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             GatewayError::Upstream(
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
@@ -123,7 +136,9 @@ impl GatewayError {
             GatewayError::BadBody => "bad_body",
             GatewayError::InvalidJson { .. } => "invalid_json",
             GatewayError::UnsupportedEncoding => "unsupported_encoding",
+            GatewayError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             GatewayError::InvalidPath => "invalid_path",
+            GatewayError::UriTooLong { .. } => "uri_too_long",
             GatewayError::DuplicateRequest => "duplicate_request",
             GatewayError::MissingReference { .. } => "missing_duplicate_key",
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
@@ -134,6 +149,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
+            GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "upstream_response_idle",
             GatewayError::UpstreamBusy => "upstream_busy",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
@@ -162,7 +178,9 @@ impl GatewayError {
             GatewayError::UnsupportedEncoding => {
                 "compressed request bodies are not accepted; send the body uncompressed".into()
             }
+            GatewayError::UnsupportedTransferCoding => "only the chunked transfer coding is accepted".into(),
             GatewayError::InvalidPath => "path contains dot segments or encoded separators".into(),
+            GatewayError::UriTooLong { limit } => format!("request target exceeds {limit} bytes"),
             GatewayError::DuplicateRequest => {
                 "a request with the same transaction reference is in flight or already succeeded".into()
             }
@@ -184,6 +202,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "the upstream did not answer in time".into(),
             GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
+            GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
@@ -256,7 +275,13 @@ mod tests {
                 "invalid_json",
             ),
             (GatewayError::UnsupportedEncoding, 415, "unsupported_encoding"),
+            (
+                GatewayError::UnsupportedTransferCoding,
+                501,
+                "unsupported_transfer_coding",
+            ),
             (GatewayError::InvalidPath, 400, "invalid_path"),
+            (GatewayError::UriTooLong { limit: 1 }, 414, "uri_too_long"),
             (GatewayError::DuplicateRequest, 409, "duplicate_request"),
             (
                 GatewayError::MissingReference { pointer: "/o".into() },
@@ -290,6 +315,11 @@ mod tests {
                 GatewayError::Upstream(UpstreamFailure::Protocol),
                 502,
                 "upstream_failed",
+            ),
+            (
+                GatewayError::Upstream(UpstreamFailure::ResponseIdle),
+                504,
+                "upstream_response_idle",
             ),
             (GatewayError::UpstreamBusy, 503, "upstream_busy"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),

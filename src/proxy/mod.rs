@@ -5,6 +5,7 @@
 //! only if nothing was sent) → response hygiene. Every refusal is a
 //! [`GatewayError`], answered as the contract's JSON error.
 
+mod body;
 mod context;
 mod error;
 pub mod headers;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 pub use context::{ConnInfo, RequestId};
@@ -35,7 +36,9 @@ use crate::secrets::Credential;
 use crate::sign::{BodyMode, EmptyBody, MessageInput, Scheme};
 use crate::webhook::Hook;
 
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub use body::UpstreamBody;
+
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -49,6 +52,7 @@ pub async fn handle(
     let metrics = gw.metrics();
     metrics.inflight.inc();
     let rid = RequestId::parse_or_new(req.headers().get(&X_REQUEST_ID));
+    let http1 = req.version() < http::Version::HTTP_2;
     let snap = gw.snapshot();
     let mut rec = Record {
         started: Instant::now(),
@@ -86,9 +90,26 @@ pub async fn handle(
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.header_value());
+    if http1
+        && matches!(
+            error,
+            Some(GatewayError::UriTooLong { .. } | GatewayError::UnsupportedTransferCoding)
+        )
+    {
+        // Like hyper's own 431: a client sending oversized heads gets no keep-alive.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     finish(&gw, &rec, resp.status(), error.as_ref());
     match (slot, gw.audit()) {
-        (Ok(slot), Some(log)) => slot.write(audit_entry(&rec, &rid, &conn, &resp, error.as_ref(), &log)),
+        (Ok(slot), Some(log)) => {
+            let entry = audit_entry(&rec, &rid, &conn, &resp, error.as_ref(), &log);
+            match resp.body_mut() {
+                // A streamed body may still be cut: its record is written when it ends.
+                Either::Left(body) => body.audit_at_end(slot, entry),
+                Either::Right(_) => slot.write(entry),
+            }
+        }
         _ => {
             gw.metrics().audit_records.with_label_values(&["refused"]).inc();
             tracing::error!(request_id = rid.as_str(), "request refused: no audit slot");
@@ -132,6 +153,12 @@ async fn pipeline(
     if !snap.access.allows(conn.ip()) {
         return Err(GatewayError::IpNotAllowed);
     }
+    // A huge target costs routing and audit work: refuse it first (414).
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > snap.max_uri_bytes {
+        return Err(GatewayError::UriTooLong {
+            limit: snap.max_uri_bytes,
+        });
+    }
     // Refuse path tricks before routing, so no route sees them.
     let path = req.uri().path();
     if !path_is_safe(path) {
@@ -174,6 +201,7 @@ async fn pipeline(
             return Err(GatewayError::UnsupportedEncoding);
         }
     }
+    only_chunked(&parts.headers)?;
     let raw = read_body(body, &parts.headers, snap).await?;
     rec.bytes_in = raw.len() as u64;
     // The canonical bytes are the bytes signed and the bytes sent.
@@ -218,7 +246,7 @@ async fn pipeline(
 
     // A slow provider must not pile up unbounded requests (and connections):
     // wait a bounded time for a slot, else refuse before signing anything.
-    let _slot = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
+    let inflight = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
         .await
         .map_err(|_| GatewayError::UpstreamBusy)?
         .map_err(|_| GatewayError::Internal)?;
@@ -277,6 +305,15 @@ async fn pipeline(
         metrics.clock_skew.with_label_values(&[route.name()]).set(skew);
     }
     headers::sanitize_response(&mut rparts.headers);
+    // Streamed, never buffered; the slot stays taken until the body is done.
+    let rbody = UpstreamBody::new(
+        rbody,
+        snap.upstream.response_idle_timeout(),
+        metrics,
+        route.clone(),
+        rid.clone(),
+        inflight,
+    );
     Ok(Response::from_parts(rparts, Either::Left(rbody)))
 }
 
@@ -317,6 +354,7 @@ async fn webhook(
     {
         return Err(GatewayError::UnsupportedEncoding);
     }
+    only_chunked(&parts.headers)?;
     let raw = read_body(body, &parts.headers, snap).await?;
     rec.bytes_in = raw.len() as u64;
     let store = gw.webhook_store().ok_or(GatewayError::Internal)?;
@@ -325,29 +363,72 @@ async fn webhook(
     Ok(outcome)
 }
 
-/// Read the body under `max_body_bytes` and `body_timeout`. A declared
+/// hyper decodes `chunked` and passes any other transfer coding through
+/// undecoded (`gzip, chunked` would reach us still compressed): refuse them
+/// (RFC 9112 §6.1, 501), so only the bytes the client meant are signed.
+fn only_chunked(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let other = headers.get_all(http::header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',').any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if other {
+        return Err(GatewayError::UnsupportedTransferCoding);
+    }
+    Ok(())
+}
+
+/// Read the body under `max_body_bytes`, `body_timeout` (the whole body) and
+/// `body_idle_timeout` (the longest pause between two pieces). A declared
 /// Content-Length over the limit is refused without reading a byte; a
 /// streamed body is cut off as soon as the running total passes the limit.
-async fn read_body(body: Incoming, headers: &HeaderMap, snap: &Snapshot) -> Result<Bytes, GatewayError> {
+/// Trailers are read and dropped: they are never forwarded nor signed.
+async fn read_body(mut body: Incoming, headers: &HeaderMap, snap: &Snapshot) -> Result<Bytes, GatewayError> {
     let limit = snap.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge { limit };
+    let mut declared = None;
     if let Some(cl) = headers.get(CONTENT_LENGTH) {
-        let declared: u64 = cl
+        let n: u64 = cl
             .to_str()
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or(GatewayError::BadBody)?;
-        if declared > limit {
+        if n > limit {
             return Err(too_large);
         }
+        declared = Some(n);
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(snap.body_timeout, limited.collect()).await {
-        Err(_) => Err(GatewayError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Ok(Err(_)) => Err(GatewayError::BadBody),
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let deadline = tokio::time::Instant::now() + snap.body_timeout;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let gap = (tokio::time::Instant::now() + snap.body_idle_timeout).min(deadline);
+        let frame = match tokio::time::timeout_at(gap, body.frame()).await {
+            Err(_) => return Err(GatewayError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(GatewayError::BadBody),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(too_large);
+        }
+        // The common case, one frame, is kept without a copy.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(f) => {
+                let cap = declared.and_then(|d| usize::try_from(d).ok()).unwrap_or(0).min(limit);
+                rest.reserve(cap.max(f.len() + data.len()));
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
 /// Apply the scheme's body rule: canonical JSON (or the configured empty

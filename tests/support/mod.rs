@@ -409,16 +409,17 @@ impl Drop for GatewayProcess {
 
 impl GatewayProcess {
     /// Start `signgate run --config <path>` with the listener and admin on
-    /// free loopback ports (overridden through the environment), and wait
-    /// until it reports listening.
+    /// ports the child picks itself (`127.0.0.1:0`, overridable through
+    /// `env`), and wait until it reports listening; the addresses are read
+    /// from that log line, so no port is picked here and then raced for.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         use std::io::BufRead;
-        let (port, admin_port) = (closed_port(), closed_port());
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"));
         cmd.args(["run", "--config"])
             .arg(config)
-            .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
-            .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("SIGNGATE__LISTENER__ADDR", "127.0.0.1:0")
+            .env("SIGNGATE__ADMIN__ADDR", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -435,18 +436,27 @@ impl GatewayProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let line = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("gateway did not report listening");
+                .unwrap_or_else(|_| panic!("gateway did not report listening:\n{}", log.lock().unwrap().join("\n")));
             if line.contains("signgate listening") {
-                break;
+                break line;
             }
-        }
+        };
+        // `... signgate listening addr=127.0.0.1:P admin=Some(127.0.0.1:Q) ...`
+        let field = |prefix: &str| -> SocketAddr {
+            let at = line.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {line:?}"));
+            let rest = &line[at + prefix.len()..];
+            let end = rest.find(|c: char| c == ')' || c.is_whitespace()).unwrap_or(rest.len());
+            rest[..end]
+                .parse()
+                .unwrap_or_else(|e| panic!("{prefix} in {line:?}: {e}"))
+        };
         GatewayProcess {
             child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            addr: field(" addr="),
+            admin: field(" admin=Some("),
             log,
         }
     }

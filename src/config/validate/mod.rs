@@ -414,6 +414,17 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
             None => DEFAULT_MAX_BODY_BYTES,
         },
         body_timeout: v.millis("listener.body_timeout_ms", r.body_timeout_ms, DEFAULT_BODY_TIMEOUT),
+        body_idle_timeout: v.millis(
+            "listener.body_idle_timeout_ms",
+            r.body_idle_timeout_ms,
+            DEFAULT_BODY_IDLE_TIMEOUT,
+        ),
+        write_idle_timeout: v.millis(
+            "listener.write_idle_timeout_ms",
+            r.write_idle_timeout_ms,
+            DEFAULT_WRITE_IDLE_TIMEOUT,
+        ),
+        max_uri_bytes: v.positive("listener.max_uri_bytes", r.max_uri_bytes, DEFAULT_MAX_URI_BYTES),
         drain_timeout: v.millis("listener.drain_timeout_ms", r.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT),
         max_headers: v.positive("listener.max_headers", r.max_headers, DEFAULT_MAX_HEADERS),
         max_header_bytes: max_header_bytes.max(MIN_HEADER_BYTES),
@@ -467,6 +478,11 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
             "egress.request_timeout_ms",
             r.request_timeout_ms,
             DEFAULT_REQUEST_TIMEOUT,
+        ),
+        response_idle_timeout: v.millis(
+            "egress.response_idle_timeout_ms",
+            r.response_idle_timeout_ms,
+            DEFAULT_RESPONSE_IDLE_TIMEOUT,
         ),
         pool_idle_per_host: match r.pool_idle_per_host {
             None => DEFAULT_POOL_IDLE_PER_HOST,

@@ -1,0 +1,580 @@
+//! The hardening rig: the real `signgate` binary as a child process (so its
+//! file descriptors, RSS and tasks can be measured on their own), the
+//! provider stand-in over real TLS recomputing every signature, and the four
+//! after-fault checks of `hardening.md`:
+//!
+//! 1. a normal signed request still succeeds within its usual latency;
+//! 2. open fds, runtime tasks and RSS return to baseline within one timeout
+//!    period;
+//! 3. the matching counter rose exactly as often as the fault was injected;
+//! 4. nothing reached the provider that should not have.
+//!
+//! A scenario takes a [`Snapshot`] before injecting its fault, then calls
+//! [`Rig::after_fault`] with what it expects.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use signgate::standin::Verdict;
+use tempfile::TempDir;
+
+use crate::support::*;
+
+/// Extra TOML spliced into the generated config, section by section.
+#[derive(Default, Clone)]
+pub struct RigOptions {
+    /// Lines added to `[listener]`.
+    pub listener: String,
+    /// Lines added to `[egress]`.
+    pub egress: String,
+    /// Lines added to the `kwikpaisa` route (the probe's route).
+    pub route: String,
+    /// Whole tables appended at the end (more routes, `[limits]`, ...).
+    pub extra: String,
+    /// Environment for the child process.
+    pub env: Vec<(String, String)>,
+}
+
+impl RigOptions {
+    pub fn listener(mut self, s: &str) -> Self {
+        self.listener.push_str(s);
+        self.listener.push('\n');
+        self
+    }
+    pub fn egress(mut self, s: &str) -> Self {
+        self.egress.push_str(s);
+        self.egress.push('\n');
+        self
+    }
+    pub fn route(mut self, s: &str) -> Self {
+        self.route.push_str(s);
+        self.route.push('\n');
+        self
+    }
+    pub fn extra(mut self, s: &str) -> Self {
+        self.extra.push_str(s);
+        self.extra.push('\n');
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// The gateway binary, the genuine provider and the paths they share.
+pub struct Rig {
+    pub pki: Pki,
+    pub provider: Provider,
+    pub dir: TempDir,
+    pub cred: PathBuf,
+    pub config: PathBuf,
+    pub gw: GatewayProcess,
+    /// Kept for probes and scrapes, so their pooled connections are part of
+    /// the baseline rather than noise.
+    pub client: TestClient,
+    /// Median probe latency measured at start.
+    pub usual_latency: Duration,
+    /// Probes sent so far (each one reaches the provider once).
+    probes: AtomicU64,
+}
+
+/// The probe's route prefix (`/kwikpaisa/` → the genuine provider).
+pub const PROBE_PATH: &str = "/kwikpaisa/api/v3/pg/order/create";
+
+static PROBES: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh order body with a unique `order_id`.
+pub fn order_body() -> String {
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    format!(
+        r#"{{"order_id":"ORD-{}-{n}","order_amount":"105.50","customer":{{"phone":"9816512345","name":"Ajay Kumar"}}}}"#,
+        std::process::id()
+    )
+}
+
+/// The TOML the rig runs. The listener and admin addresses are overridden
+/// through the environment by [`GatewayProcess::start`].
+pub fn rig_toml(upstream: &str, pki: &Pki, cred: &std::path::Path, dir: &std::path::Path, o: &RigOptions) -> String {
+    format!(
+        r#"
+[listener]
+addr = "127.0.0.1:8080"
+max_body_bytes = 65536
+header_timeout_ms = 1000
+body_timeout_ms = 2000
+idle_timeout_ms = 5000
+drain_timeout_ms = 2000
+{listener}
+[admin]
+addr = "127.0.0.1:9090"
+[audit]
+path = "{audit}"
+[state]
+dir = "{state}"
+[access]
+allow = ["127.0.0.0/8", "::1/128"]
+[egress]
+ca_file = "{ca}"
+connect_timeout_ms = 1000
+request_timeout_ms = 2000
+{egress}
+[credentials.kwikpaisa]
+source = "file"
+path = "{cred}"
+poll_ms = 50
+[[route]]
+name = "kwikpaisa"
+match_prefix = "/kwikpaisa/"
+strip_prefix = true
+upstream = "{upstream}"
+credential = "kwikpaisa"
+scheme = "kwikpaisa"
+methods = ["POST"]
+{route}
+{extra}
+"#,
+        listener = o.listener,
+        egress = o.egress,
+        route = o.route,
+        extra = o.extra,
+        audit = dir.join("audit.jsonl").display(),
+        state = dir.join("state").display(),
+        ca = pki.ca_path.display(),
+        cred = cred.display(),
+    )
+}
+
+/// What the gateway process looked like at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub fds: usize,
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub tasks: f64,
+    pub open_connections: f64,
+    pub inflight: f64,
+    /// Requests the provider has received so far.
+    pub provider: usize,
+    /// Probes sent so far (the provider legitimately received these).
+    pub probes: u64,
+    /// The whole `/metrics` text.
+    pub metrics: String,
+}
+
+impl Snapshot {
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics, name, labels)
+    }
+}
+
+/// One counter that must have moved by exactly `delta`.
+pub struct CounterDelta {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub delta: f64,
+}
+
+/// What a scenario expects once its fault is over.
+pub struct Expect {
+    pub counters: Vec<CounterDelta>,
+    /// Requests the fault itself legitimately delivered to the genuine
+    /// provider, besides the rig's own probes (usually 0).
+    pub provider: usize,
+    /// One timeout period: how long resources get to return to baseline.
+    pub within: Duration,
+    /// Allowed excess over the baseline once settled (pooled upstream
+    /// connections, for instance).
+    pub fd_slack: usize,
+    pub task_slack: f64,
+    pub rss_slack_kib: u64,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect {
+            counters: Vec::new(),
+            provider: 0,
+            within: Duration::from_secs(6),
+            fd_slack: 2,
+            task_slack: 2.0,
+            rss_slack_kib: 24 * 1024,
+        }
+    }
+}
+
+impl Expect {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// `name{labels}` must rise by exactly `delta`.
+    pub fn counter(mut self, name: &str, labels: &[(&str, &str)], delta: f64) -> Self {
+        self.counters.push(CounterDelta {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            delta,
+        });
+        self
+    }
+    pub fn provider(mut self, n: usize) -> Self {
+        self.provider = n;
+        self
+    }
+    pub fn within(mut self, d: Duration) -> Self {
+        self.within = d;
+        self
+    }
+    pub fn fd_slack(mut self, n: usize) -> Self {
+        self.fd_slack = n;
+        self
+    }
+    pub fn task_slack(mut self, n: f64) -> Self {
+        self.task_slack = n;
+        self
+    }
+    pub fn rss_slack_kib(mut self, n: u64) -> Self {
+        self.rss_slack_kib = n;
+        self
+    }
+}
+
+impl Rig {
+    pub async fn start() -> Rig {
+        Self::with(RigOptions::default()).await
+    }
+
+    pub async fn with(o: RigOptions) -> Rig {
+        Self::with_edit(o, |t| t).await
+    }
+
+    /// Start with `o`, then let `edit` rewrite the TOML (for upstreams the
+    /// scenario runs itself, whose address is only known now).
+    pub async fn with_edit(o: RigOptions, edit: impl FnOnce(String) -> String) -> Rig {
+        let pki = pki();
+        let provider = provider(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cred = dir.path().join("kwikpaisa.json");
+        write_cred(&cred, &provider.api_key, &provider.secret);
+        let upstream = format!("https://localhost:{}", provider.standin.addr().port());
+        let toml = edit(rig_toml(&upstream, &pki, &cred, dir.path(), &o));
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, toml).unwrap();
+        let env: Vec<(&str, &str)> = o.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let gw = GatewayProcess::start(&config, &env);
+        let mut rig = Rig {
+            pki,
+            provider,
+            dir,
+            cred,
+            config,
+            gw,
+            client: TestClient::new(),
+            usual_latency: Duration::ZERO,
+            probes: AtomicU64::new(0),
+        };
+        // Wait for the credential, then learn the usual latency (median of 5).
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                rig.snapshot()
+                    .await
+                    .metric("signgate_credential_loaded", &[("credential", "kwikpaisa")])
+                    == 1.0
+            })
+            .await,
+            "credential never loaded"
+        );
+        let mut lat: Vec<Duration> = Vec::new();
+        for _ in 0..5 {
+            lat.push(rig.probe().await);
+        }
+        lat.sort();
+        rig.usual_latency = lat[2];
+        rig
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.gw.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.gw.url(path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.admin, path)
+    }
+
+    /// A normal signed request through the gateway: it must succeed and the
+    /// provider must have verified its signature. Returns its latency.
+    pub async fn probe(&self) -> Duration {
+        let before = self.provider.standin.records().await.len();
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        let body = order_body();
+        let t = Instant::now();
+        let r = self.client.post(&self.url(PROBE_PATH), &body).await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "probe failed: {:?}", String::from_utf8_lossy(&r.body));
+        let recs = self.provider.standin.records().await;
+        assert_eq!(recs.len(), before + 1, "probe did not reach the provider exactly once");
+        let rec = recs.last().unwrap();
+        assert_eq!(rec.verdict, Verdict::Valid, "provider rejected the probe's signature");
+        assert!(
+            std::str::from_utf8(&rec.body).unwrap().contains("ORD-"),
+            "the provider got another body"
+        );
+        took
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        let r = self
+            .client
+            .send(Method::GET, &self.admin_url("/metrics"), &[], "")
+            .await;
+        assert_eq!(r.status, 200, "metrics scrape failed");
+        let metrics = String::from_utf8(r.body.to_vec()).unwrap();
+        let (rss_kib, threads) = proc_status(self.pid());
+        Snapshot {
+            fds: proc_fds(self.pid()),
+            rss_kib,
+            threads,
+            tasks: metric(&metrics, "signgate_runtime_tasks", &[]),
+            open_connections: metric(&metrics, "signgate_open_connections", &[]),
+            inflight: metric(&metrics, "signgate_inflight_requests", &[]),
+            provider: self.provider.standin.records().await.len(),
+            probes: self.probes.load(Ordering::SeqCst),
+            metrics,
+        }
+    }
+
+    /// A baseline taken after a probe, so pooled connections exist already.
+    pub async fn baseline(&self) -> Snapshot {
+        self.probe().await;
+        self.snapshot().await
+    }
+
+    /// The four after-fault checks against `before`. Returns the snapshot
+    /// that satisfied them.
+    pub async fn after_fault(&self, before: &Snapshot, e: Expect) -> Snapshot {
+        assert!(self.alive(), "the gateway process died");
+        // (iv) nothing extra reached the provider (checked before the probe adds one).
+        let now = self.snapshot().await;
+        let probes = usize::try_from(now.probes - before.probes).unwrap();
+        assert_eq!(
+            now.provider - before.provider - probes,
+            e.provider,
+            "the provider received {} request(s) during the fault besides {probes} probe(s); expected {}",
+            now.provider - before.provider - probes,
+            e.provider
+        );
+        // (iii) each counter moved exactly as often as the fault was injected.
+        // Counters may be bumped when a timer fires, so give them the period.
+        let deadline = Instant::now() + e.within;
+        let mut snap = now;
+        loop {
+            let bad: Vec<String> = e
+                .counters
+                .iter()
+                .filter_map(|c| {
+                    let labels: Vec<(&str, &str)> = c.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let got = snap.metric(&c.name, &labels) - before.metric(&c.name, &labels);
+                    (got != c.delta).then(|| format!("{}{:?}: rose by {got}, expected {}", c.name, c.labels, c.delta))
+                })
+                .collect();
+            if bad.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "counters: {}", bad.join("; "));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            snap = self.snapshot().await;
+        }
+        // (ii) resources back to baseline within one timeout period.
+        let deadline = Instant::now() + e.within;
+        loop {
+            let s = self.snapshot().await;
+            let ok = s.fds <= before.fds + e.fd_slack
+                && s.tasks <= before.tasks + e.task_slack
+                && s.rss_kib <= before.rss_kib + e.rss_slack_kib
+                && s.open_connections <= before.open_connections
+                && s.inflight == 0.0;
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "resources did not return to baseline within {:?}: before fds={} tasks={} rss={} KiB conns={}; \
+                 now fds={} tasks={} rss={} KiB conns={} inflight={}",
+                e.within,
+                before.fds,
+                before.tasks,
+                before.rss_kib,
+                before.open_connections,
+                s.fds,
+                s.tasks,
+                s.rss_kib,
+                s.open_connections,
+                s.inflight
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // (i) a normal signed request still succeeds within its usual latency.
+        let took = self.probe().await;
+        let bound = self.usual_latency * 5 + Duration::from_millis(500);
+        assert!(
+            took <= bound,
+            "probe took {took:?} after the fault; usual {:?}",
+            self.usual_latency
+        );
+        self.snapshot().await
+    }
+
+    pub fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}/status", self.pid())).exists()
+            && !proc_state(self.pid()).starts_with('Z')
+    }
+}
+
+pub fn proc_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// (VmRSS in KiB, threads) of a process.
+pub fn proc_status(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+fn proc_state(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Read from `s` until the peer closes it or `within` passes. `Ok(bytes)`
+/// when closed (EOF or reset), `Err(bytes)` when still open at the deadline.
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A TCP connection from a chosen loopback source address.
+pub async fn connect_from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Status code of the first response in raw HTTP/1 bytes, if any.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(raw.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+// ---- Helpers for the A scenarios (hostile clients) ----
+
+/// Write `pieces` one at a time (each flushed, with a yield between, so the
+/// gateway sees split writes), then read until the peer closes or `within`
+/// passes. A write error (the gateway closed early) stops the writing, not
+/// the reading. `Ok(bytes)` when closed, `Err(bytes)` when still open.
+pub async fn exchange(to: std::net::SocketAddr, pieces: &[&[u8]], within: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+    for p in pieces {
+        if s.write_all(p).await.is_err() || s.flush().await.is_err() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    read_until_closed(&mut s, within).await
+}
+
+/// Read one HTTP/1 response (head, and a body framed by Content-Length) from
+/// `s` within `within`. Returns the bytes read, or what arrived by then.
+pub async fn read_response(s: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return got;
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return got,
+        }
+    }
+}
+
+/// Every status line in raw HTTP/1 bytes, in order.
+pub fn statuses_of(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s).
+pub fn proc_cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Samples a process's VmRSS every 10 ms on a thread, keeping the maximum.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(proc_status(pid).0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            max.max(proc_status(pid).0)
+        });
+        RssSampler { stop, handle }
+    }
+
+    /// Stop sampling; the highest VmRSS seen, in KiB.
+    pub fn max_kib(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
