@@ -5,16 +5,18 @@
 #   1. builds signgate, makes a throw-away PKI (`signgate certs dev`) and starts
 #      a provider stand-in (Python, TLS) that checks every X-SIGNATURE, and two
 #      gateways in front of it: one with a TLS listener, one plaintext (the
-#      sidecar layout), both with short header/body timeouts;
+#      sidecar layout), both with short header and body timeouts;
 #   2. testssl.sh against the TLS listener: no HIGH or CRITICAL finding except
 #      the listed ones that come from the self-signed test CA, and exactly
 #      TLS 1.2 and TLS 1.3 offered;
-#   3. slowhttptest slow headers (-H) and slow body (-B) against each listener,
-#      while a signed request through the same listener every 200 ms must keep
-#      succeeding: every attack connection must be closed by the gateway at its
-#      timeout (from slowhttptest's CSV), the matching counter must rise by the
-#      number of attack connections, open connections must return to zero and
-#      the gateway must still be running.
+#   3. slowhttptest against each listener: slow headers (-H), a slow body that
+#      pauses (-B -i 10) and one that trickles without pausing (-B -i 1), while
+#      a signed request through the same listener every 200 ms must keep
+#      succeeding: every attack connection must be closed by the gateway at the
+#      timeout meant for it (header, body-idle, whole-body; judged from
+#      slowhttptest's CSV), the matching counter must rise by the number of
+#      attack connections, open connections must return to zero and the
+#      gateway must still be running.
 # Prints a summary; exits non-zero on any failure. About 2 minutes once built.
 #   --keep                      keep the work directory (reports, CSVs, logs)
 #   --only=testssl|--only=slow  run one of the two parts
@@ -23,10 +25,15 @@ cd "$(dirname "$0")/.."
 
 # --- knobs ---------------------------------------------------------------------
 HEADER_TIMEOUT_MS=2000         # listener.header_timeout_ms of the gateways under test
-BODY_TIMEOUT_MS=3000           # listener.body_timeout_ms
+BODY_IDLE_TIMEOUT_MS=2000      # listener.body_idle_timeout_ms: longest pause within a body
+BODY_TIMEOUT_MS=4000           # listener.body_timeout_ms: the whole body
 SLOW_CONNS=200                 # slowhttptest -c: attack connections per run
 SLOW_RATE=100                  # slowhttptest -r: new connections per second
-SLOW_INTERVAL=10               # slowhttptest -i: seconds between the attacker's follow-up bytes
+# slowhttptest -i, seconds between the attacker's follow-up bytes: a pause
+# longer than body_idle_timeout_ms, and a trickle that never pauses that long
+# (so only body_timeout_ms can stop it).
+SLOW_PAUSE_INTERVAL=10
+SLOW_TRICKLE_INTERVAL=1
 SLOW_LENGTH=30                 # slowhttptest -l: the tool's own cap on a run (seconds)
 SLACK_S=1                      # a close may come this late past its timeout (hardening A1: + 1 s)
 PROBE_EVERY=0.2                # liveness probe period (seconds)
@@ -51,7 +58,7 @@ for arg in "$@"; do
     case "$arg" in
         --keep) KEEP=true ;;
         --only=testssl | --only=slow) ONLY=${arg#--only=} ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "check-external: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
@@ -198,6 +205,7 @@ $tls
 max_connections = 2000
 header_timeout_ms = $HEADER_TIMEOUT_MS
 body_timeout_ms = $BODY_TIMEOUT_MS
+body_idle_timeout_ms = $BODY_IDLE_TIMEOUT_MS
 idle_timeout_ms = 30000
 drain_timeout_ms = 1000
 
@@ -272,7 +280,7 @@ for g in tls plain; do
         exit 1
     fi
 done
-echo "gateways ready: TLS ${URL[tls]}, plaintext ${URL[plain]} (header_timeout_ms $HEADER_TIMEOUT_MS, body_timeout_ms $BODY_TIMEOUT_MS); provider stand-in https://127.0.0.1:$PROVIDER_PORT"
+echo "gateways ready: TLS ${URL[tls]}, plaintext ${URL[plain]} (header_timeout_ms $HEADER_TIMEOUT_MS, body_idle_timeout_ms $BODY_IDLE_TIMEOUT_MS, body_timeout_ms $BODY_TIMEOUT_MS); provider stand-in https://127.0.0.1:$PROVIDER_PORT"
 
 # metric ADMIN_PORT SERIES: the value of one exact series (0 when absent,
 # "unavailable" when /metrics does not answer).
@@ -415,18 +423,28 @@ probe_loop() {
 no_open_connections() { [ "$(metric "$1" signgate_open_connections)" = 0 ]; }
 
 SLOW_SUMMARY=()
-# slow_run tls|plain H|B: one attack with the liveness probe alongside, then its checks.
+# slow_run tls|plain headers|body-pause|body-trickle: one attack with the
+# liveness probe alongside, then its checks.
 slow_run() {
-    local g=$1 mode=$2 failed_before=$FAILED
+    local g=$1 kind=$2 failed_before=$FAILED
     local url="${URL[$1]}" admin="${ADMIN[$1]}" pid="${PID[$1]}"
-    local name what timeout_ms series
-    if [ "$mode" = H ]; then
-        what="slow headers" timeout_ms=$HEADER_TIMEOUT_MS series='signgate_connections_closed_total{reason="header_timeout"}'
-    else
-        what="slow body" timeout_ms=$BODY_TIMEOUT_MS series='signgate_denied_total{reason="body_timeout",route="provider"}'
-    fi
-    name="slow-$g-$mode"
-    say "slowhttptest -$mode ($what) against $url, ${SLOW_CONNS} connections, timeout ${timeout_ms} ms"
+    local mode interval what timeout_ms series
+    case "$kind" in
+        headers)
+            mode=H interval=$SLOW_PAUSE_INTERVAL timeout_ms=$HEADER_TIMEOUT_MS
+            what="slow headers: cut by header_timeout_ms"
+            series='signgate_connections_closed_total{reason="header_timeout"}' ;;
+        body-pause)
+            mode=B interval=$SLOW_PAUSE_INTERVAL timeout_ms=$BODY_IDLE_TIMEOUT_MS
+            what="slow body, ${SLOW_PAUSE_INTERVAL} s pauses: cut by body_idle_timeout_ms"
+            series='signgate_denied_total{reason="body_timeout",route="provider"}' ;;
+        body-trickle)
+            mode=B interval=$SLOW_TRICKLE_INTERVAL timeout_ms=$BODY_TIMEOUT_MS
+            what="slow body, a few bytes every ${SLOW_TRICKLE_INTERVAL} s: cut by body_timeout_ms"
+            series='signgate_denied_total{reason="body_timeout",route="provider"}' ;;
+    esac
+    local name="slow-$g-$kind"
+    say "slowhttptest -$mode -i $interval ($what = ${timeout_ms} ms) against $url, ${SLOW_CONNS} connections"
     local before after
     before="$(metric "$admin" "$series")"
     rm -f "$WORK/$name.stop"
@@ -435,7 +453,7 @@ slow_run() {
     local probe_pid=$!
     PIDS+=("$probe_pid")
     local rc=0
-    timeout $((SLOW_LENGTH + 30)) slowhttptest "-$mode" -c "$SLOW_CONNS" -r "$SLOW_RATE" -i "$SLOW_INTERVAL" \
+    timeout $((SLOW_LENGTH + 30)) slowhttptest "-$mode" -c "$SLOW_CONNS" -r "$SLOW_RATE" -i "$interval" \
         -l "$SLOW_LENGTH" -p 3 -g -o "$WORK/$name" \
         -u "$url/provider/api/v3/pg/order/create" >"$WORK/$name.out" 2>&1 || rc=$?
     # One more second of probes after the attack, then stop the loop.
@@ -445,7 +463,7 @@ slow_run() {
     if [ "$rc" -ne 0 ] || [ ! -s "$WORK/$name.csv" ]; then
         tail -5 "$WORK/$name.out" >&2
         fail "$name: slowhttptest failed (exit $rc) or wrote no CSV"
-        SLOW_SUMMARY+=("FAIL $g -$mode: slowhttptest failed")
+        SLOW_SUMMARY+=("FAIL $g $kind: slowhttptest failed")
         return
     fi
     local line ok=true
@@ -470,13 +488,14 @@ slow_run() {
     fi
     local verdict=ok
     [ "$FAILED" -eq "$failed_before" ] || verdict=FAIL
-    SLOW_SUMMARY+=("$verdict $g -$mode: $(echo "$line" | head -1); $series +$delta")
+    SLOW_SUMMARY+=("$verdict $g $kind: $(echo "$line" | head -1); $series +$delta")
 }
 
 if [ "$ONLY" != testssl ]; then
     for g in plain tls; do
-        slow_run "$g" H
-        slow_run "$g" B
+        slow_run "$g" headers
+        slow_run "$g" body-pause
+        slow_run "$g" body-trickle
     done
 fi
 
