@@ -364,7 +364,7 @@ fi
 # k-th connection to be established with the k-th to close (all wait out the
 # same timeout) estimates each connection's lifetime to within a second.
 cat >"$WORK/slow_check.py" <<'PY'
-import csv, math, re, sys
+import csv, re, sys
 csv_path, out_path, probes_path = sys.argv[1:4]
 conns, timeout_s, slack_s = int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 problems = []
