@@ -44,9 +44,6 @@ TESTSSL_TIMEOUT=240            # hard cap on the testssl.sh run (seconds)
 # Anything else at HIGH or CRITICAL fails. (cert_chain_of_trust is not needed:
 # the test CA is passed with --add-ca, so the served chain is verified.)
 ALLOWED_SEVERE_IDS=(
-    # rcgen's default validity, 1975 to 4096: far past the 398/825-day ceilings
-    # for public certificates. Real certificates come from your CA (certs/README.md).
-    cert_validityPeriod
     # The dev CA publishes no CRL and no OCSP responder, so the certificate
     # names neither. A private CA for an internal listener may do the same.
     cert_revocation

@@ -9,6 +9,22 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// Validity of an issued (leaf) certificate: under the 398 days browsers and
+/// scanners accept, so a dev certificate does not teach bad habits.
+const LEAF_DAYS: i64 = 397;
+/// Validity of the CA certificate.
+const CA_DAYS: i64 = 5 * 365;
+/// Back-dating, so a peer whose clock is slightly behind accepts the certificate.
+const BACKDATE: Duration = Duration::hours(1);
+
+/// `[now - BACKDATE, now + days]`.
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(days);
+}
 
 /// A certificate and its key, in PEM and DER.
 pub struct Issued {
@@ -36,6 +52,7 @@ impl DevCa {
         let key_pem = key.serialize_pem();
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        validity(&mut params, CA_DAYS);
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -95,7 +112,8 @@ impl DevCa {
         self.issue(params)
     }
 
-    fn issue(&self, params: CertificateParams) -> Result<Issued, rcgen::Error> {
+    fn issue(&self, mut params: CertificateParams) -> Result<Issued, rcgen::Error> {
+        validity(&mut params, LEAF_DAYS);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
