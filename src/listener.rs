@@ -36,8 +36,9 @@ use crate::proxy::{self, ConnInfo};
 
 /// Pause after an accept error (EMFILE, ENFILE, ENOBUFS) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// HTTP/2: streams a client may open at once on one connection.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2: stream errors the gateway itself may reset on one connection
+/// before it sends GOAWAY (a client provoking errors on purpose).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// After a graceful close (GOAWAY / Connection: close) of an idle
 /// connection, how long the peer gets before the socket is dropped.
 const GRACEFUL_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -51,6 +52,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub write_idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
 }
 
 impl From<&ListenerConfig> for Settings {
@@ -62,6 +65,8 @@ impl From<&ListenerConfig> for Settings {
             max_header_bytes: c.max_header_bytes,
             max_connections: c.max_connections,
             write_idle_timeout: c.write_idle_timeout,
+            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
+            h2_max_pending_resets: c.h2_max_pending_resets,
         }
     }
 }
@@ -75,11 +80,11 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(s.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
         // Rapid-reset (CVE-2023-44487) bounds, made explicit.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
+        .max_pending_accept_reset_streams(s.h2_max_pending_resets)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     b
 }
 
@@ -526,6 +531,8 @@ mod tests {
             max_header_bytes: 64 * 1024,
             max_connections: 10,
             write_idle_timeout: write_idle,
+            h2_max_concurrent_streams: crate::config::DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_pending_resets: crate::config::DEFAULT_H2_MAX_PENDING_RESETS,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct RawListener {
     pub drain_timeout_ms: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_header_bytes: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u64>,
+    pub h2_max_pending_resets: Option<u64>,
     pub allow_plaintext: Option<bool>,
 }
 
@@ -152,6 +154,7 @@ pub struct RawScheme {
     pub timestamp_unit: Option<String>,
     pub escape_unicode: Option<bool>,
     pub empty_body: Option<String>,
+    pub max_json_depth: Option<u64>,
 }
 
 /// The whole file. Sections are deserialized one by one (see `load.rs`) so a

@@ -91,6 +91,21 @@ fn bad_values_name_their_key() {
         ),
         (
             "addr = \"127.0.0.1:8080\"",
+            "h2_max_concurrent_streams = 0",
+            "listener.h2_max_concurrent_streams",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "h2_max_concurrent_streams = 100000",
+            "listener.h2_max_concurrent_streams",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
+            "h2_max_pending_resets = 0",
+            "listener.h2_max_pending_resets",
+        ),
+        (
+            "addr = \"127.0.0.1:8080\"",
             "client_ca = \"ca.pem\"",
             "listener.client_ca",
         ),
@@ -197,6 +212,16 @@ fn bad_values_name_their_key() {
             "[scheme.acme]",
             "[scheme.acme]\nencoding = \"b32\"",
             "scheme.acme.encoding",
+        ),
+        (
+            "[scheme.acme]",
+            "[scheme.acme]\nmax_json_depth = 0",
+            "scheme.acme.max_json_depth",
+        ),
+        (
+            "[scheme.acme]",
+            "[scheme.kwikpaisa]\nmax_json_depth = 5000\n[scheme.acme]",
+            "scheme.kwikpaisa.max_json_depth",
         ),
         (
             "[scheme.acme]",
@@ -390,4 +415,41 @@ fn vault_timeout_ms_defaults_to_five_seconds_and_refuses_zero_or_unbounded() {
     }
     let on_env = GOOD.replacen("source = \"env\"", "source = \"env\"\nvault_timeout_ms = 1000", 1);
     assert!(keys_of(&on_env).contains(&"credentials.kwikpaisa.vault_timeout_ms".into()));
+}
+
+#[test]
+fn hardening_limits_reach_the_typed_config() {
+    let c = Config::from_toml_str(GOOD).unwrap();
+    assert_eq!(c.listener.h2_max_concurrent_streams, DEFAULT_H2_MAX_CONCURRENT_STREAMS);
+    assert_eq!(c.listener.h2_max_pending_resets, DEFAULT_H2_MAX_PENDING_RESETS);
+    assert_eq!(
+        c.schemes["acme"].canonical.max_depth,
+        crate::canonical::DEFAULT_MAX_DEPTH
+    );
+    let toml = GOOD
+        .replacen(
+            "addr = \"127.0.0.1:8080\"",
+            "addr = \"127.0.0.1:8080\"\nh2_max_concurrent_streams = 8\nh2_max_pending_resets = 4",
+            1,
+        )
+        .replacen(
+            "[scheme.acme]",
+            "[scheme.kwikpaisa]\nmax_json_depth = 3\n[scheme.acme]\nmax_json_depth = 7",
+            1,
+        );
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(c.listener.h2_max_concurrent_streams, 8);
+    assert_eq!(c.listener.h2_max_pending_resets, 4);
+    assert_eq!(c.schemes["kwikpaisa"].canonical.max_depth, 3);
+    assert_eq!(c.schemes["acme"].canonical.max_depth, 7);
+    // The depth is enforced by the scheme's canonicalizer: 3 levels pass, 4 do not.
+    let opts = c.schemes["kwikpaisa"].canonical;
+    let mut out = Vec::new();
+    assert!(crate::canonical::Canonicalizer::new()
+        .encode(br#"{"a":{"b":[1]}}"#, &opts, &mut out)
+        .is_ok());
+    out.clear();
+    assert!(crate::canonical::Canonicalizer::new()
+        .encode(br#"{"a":{"b":[[1]]}}"#, &opts, &mut out)
+        .is_err());
 }

@@ -29,6 +29,14 @@ pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_WRITE_IDLE_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// Longest request target (path and query) accepted; longer gets 414.
 pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// HTTP/2: streams a client may have open at once on one connection.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2: streams reset by the client before the gateway handled them,
+/// held at once, past which the connection gets GOAWAY (rapid reset,
+/// CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
+/// Upper bound for `scheme.NAME.max_json_depth`.
+pub const MAX_JSON_DEPTH: usize = 1024;
 /// Envoy's default header-count limit.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Envoy's default header-size limit is 60 KiB; hyper needs at least 8 KiB.
@@ -105,6 +113,8 @@ pub struct ListenerConfig {
     pub drain_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
     pub allow_plaintext: bool,
 }
 

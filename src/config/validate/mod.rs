@@ -428,6 +428,23 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
         drain_timeout: v.millis("listener.drain_timeout_ms", r.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT),
         max_headers: v.positive("listener.max_headers", r.max_headers, DEFAULT_MAX_HEADERS),
         max_header_bytes: max_header_bytes.max(MIN_HEADER_BYTES),
+        h2_max_concurrent_streams: match r.h2_max_concurrent_streams {
+            None => DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            Some(n @ 1..=10_000) => n as u32,
+            Some(n) => {
+                v.push(ConfigError::invalid(
+                    "listener.h2_max_concurrent_streams",
+                    n,
+                    "1 to 10000 streams per connection",
+                ));
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS
+            }
+        },
+        h2_max_pending_resets: v.positive(
+            "listener.h2_max_pending_resets",
+            r.h2_max_pending_resets,
+            DEFAULT_H2_MAX_PENDING_RESETS,
+        ),
         allow_plaintext,
     }
 }

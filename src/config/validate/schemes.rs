@@ -17,6 +17,18 @@ pub(super) fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
         }
     };
     let escape_unicode = r.escape_unicode.unwrap_or(true);
+    let max_depth = match r.max_json_depth {
+        None => crate::canonical::DEFAULT_MAX_DEPTH,
+        Some(n) if (1..=MAX_JSON_DEPTH as u64).contains(&n) => n as usize,
+        Some(n) => {
+            v.push(ConfigError::invalid(
+                key("max_json_depth"),
+                n,
+                format!("1 to {MAX_JSON_DEPTH} levels of nesting"),
+            ));
+            crate::canonical::DEFAULT_MAX_DEPTH
+        }
+    };
     if name == sign::KWIKPAISA {
         // The built-in scheme only exposes its two documented knobs.
         for (k, set) in [
@@ -29,11 +41,12 @@ pub(super) fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
             ("timestamp_unit", r.timestamp_unit.is_some()),
         ] {
             if set {
-                v.push(ConfigError::invalid(key(k), "(set)", "nothing: the built-in kwikpaisa scheme only takes escape_unicode and empty_body; define [scheme.OTHER] for another rule"));
+                v.push(ConfigError::invalid(key(k), "(set)", "nothing: the built-in kwikpaisa scheme only takes escape_unicode, empty_body and max_json_depth; define [scheme.OTHER] for another rule"));
             }
         }
         let mut s = Scheme::kwikpaisa();
         s.canonical.escape_unicode = escape_unicode;
+        s.canonical.max_depth = max_depth;
         s.empty_body = empty_body;
         return s;
     }
@@ -106,7 +119,7 @@ pub(super) fn scheme(v: &mut V, name: &str, r: RawScheme) -> Scheme {
         timestamp_unit,
         canonical: crate::canonical::Options {
             escape_unicode,
-            ..Default::default()
+            max_depth,
         },
         empty_body,
     }
