@@ -306,24 +306,34 @@ impl Rig {
         format!("http://{}{}", self.gw.admin, path)
     }
 
-    /// A normal signed request through the gateway: it must succeed and the
-    /// provider must have verified its signature. Returns its latency.
+    /// A normal signed request through the gateway on the rig's pooled
+    /// connection: it must succeed and the provider must have verified its
+    /// signature over this very body. Returns its latency.
     pub async fn probe(&self) -> Duration {
+        self.probe_with(&self.client).await
+    }
+
+    /// Like [`Rig::probe`], on a new connection (so the accept path, the
+    /// connection limit and the listener's timers are exercised too).
+    pub async fn probe_fresh(&self) -> Duration {
+        self.probe_with(&TestClient::new()).await
+    }
+
+    async fn probe_with(&self, client: &TestClient) -> Duration {
         let before = self.provider.standin.records().await.len();
         self.probes.fetch_add(1, Ordering::SeqCst);
         let body = order_body();
         let t = Instant::now();
-        let r = self.client.post(&self.url(PROBE_PATH), &body).await;
+        let r = client.post(&self.url(PROBE_PATH), &body).await;
         let took = t.elapsed();
         assert_eq!(r.status, 200, "probe failed: {:?}", String::from_utf8_lossy(&r.body));
         let recs = self.provider.standin.records().await;
         assert_eq!(recs.len(), before + 1, "probe did not reach the provider exactly once");
         let rec = recs.last().unwrap();
         assert_eq!(rec.verdict, Verdict::Valid, "provider rejected the probe's signature");
-        assert!(
-            std::str::from_utf8(&rec.body).unwrap().contains("ORD-"),
-            "the provider got another body"
-        );
+        let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&rec.body).expect("provider got non-JSON");
+        assert_eq!(got, sent, "the provider got another body than the probe's");
         took
     }
 
@@ -418,9 +428,10 @@ impl Rig {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // (i) a normal signed request still succeeds within its usual latency.
-        let took = self.probe().await;
-        let bound = self.usual_latency * 5 + Duration::from_millis(500);
+        // (i) a normal signed request still succeeds within its usual latency,
+        // on a new connection. The slack covers a loaded 2-core CI machine.
+        let took = self.probe_fresh().await;
+        let bound = self.usual_latency * 4 + Duration::from_millis(250);
         assert!(
             took <= bound,
             "probe took {took:?} after the fault; usual {:?}",
