@@ -50,6 +50,8 @@ pub struct Recorded {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// HTTP trailers that came after the body (empty when none).
+    pub trailers: HeaderMap,
     pub peer: SocketAddr,
     pub verdict: Verdict,
 }
@@ -229,7 +231,15 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    // Keep the trailers: `to_bytes()` alone would drop them, and the tests
+    // must see any that reach the provider.
+    let (body, trailers) = match body.collect().await {
+        Ok(c) => {
+            let trailers = c.trailers().cloned().unwrap_or_default();
+            (c.to_bytes(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     let verdict = verify(&shared, &parts.headers, &body);
     let path = parts.uri.path().to_string();
     let rec = Recorded {
@@ -237,6 +247,7 @@ async fn respond(
         path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers.clone(),
         body,
+        trailers,
         peer,
         verdict,
     };
