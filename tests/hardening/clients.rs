@@ -136,7 +136,8 @@ async fn a01_slowloris_is_cut_at_header_timeout() {
 /// `body_idle_timeout_ms` (gap timer) gets 408 long before `body_timeout_ms`
 /// (total deadline); a body trickled under the gap still meets the total
 /// deadline (408). A client that stops reading an endless-looking 64 MiB
-/// response is dropped at `write_idle_timeout_ms`, counted
+/// response is dropped at `write_idle_timeout_ms` (800 ms; asserted within
+/// 800 ms + 2 s of the stall, for buffers to fill and a busy machine), counted
 /// `connections_closed{reason="write_timeout"}`, and the gateway's RSS
 /// stays bounded meanwhile (the response is streamed, not buffered); so is
 /// an HTTP/2 client that keeps reading but never opens its stream window.
