@@ -288,3 +288,36 @@ async fn respond(
     }
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Trailers sent after a chunked body are recorded (so a test that
+    /// asserts none reached the provider could see one that did).
+    #[tokio::test]
+    async fn trailers_are_recorded() {
+        let s = Standin::start(StandinOptions {
+            api_key: "k".into(),
+            secret: SecretBytes::from("s".to_string()),
+            tolerance: Duration::from_secs(60),
+            tls: None,
+            bind: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        let mut c = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+        c.write_all(
+            b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              2\r\n{}\r\n0\r\nX-Signature: forged-zz-sig\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+        let rec = s.records().await.pop().expect("a record");
+        assert_eq!(rec.body.as_ref(), b"{}");
+        assert_eq!(rec.trailers["x-signature"], "forged-zz-sig");
+    }
+}
