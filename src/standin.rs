@@ -50,6 +50,8 @@ pub struct Recorded {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// HTTP trailers that came after the body (empty when none).
+    pub trailers: HeaderMap,
     pub peer: SocketAddr,
     pub verdict: Verdict,
 }
@@ -229,7 +231,15 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    // Keep the trailers: `to_bytes()` alone would drop them, and the tests
+    // must see any that reach the provider.
+    let (body, trailers) = match body.collect().await {
+        Ok(c) => {
+            let trailers = c.trailers().cloned().unwrap_or_default();
+            (c.to_bytes(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     let verdict = verify(&shared, &parts.headers, &body);
     let path = parts.uri.path().to_string();
     let rec = Recorded {
@@ -237,6 +247,7 @@ async fn respond(
         path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers.clone(),
         body,
+        trailers,
         peer,
         verdict,
     };
@@ -276,4 +287,37 @@ async fn respond(
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Trailers sent after a chunked body are recorded (so a test that
+    /// asserts none reached the provider could see one that did).
+    #[tokio::test]
+    async fn trailers_are_recorded() {
+        let s = Standin::start(StandinOptions {
+            api_key: "k".into(),
+            secret: SecretBytes::from("s".to_string()),
+            tolerance: Duration::from_secs(60),
+            tls: None,
+            bind: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        let mut c = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+        c.write_all(
+            b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              2\r\n{}\r\n0\r\nX-Signature: forged-zz-sig\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+        let rec = s.records().await.pop().expect("a record");
+        assert_eq!(rec.body.as_ref(), b"{}");
+        assert_eq!(rec.trailers["x-signature"], "forged-zz-sig");
+    }
 }

@@ -76,14 +76,17 @@ async fn a01_slowloris_is_cut_at_header_timeout() {
     let before = rig.baseline().await;
     const N: usize = 5;
     let mut slow = Vec::new();
+    // The gateway's header timer starts at the first byte, so each
+    // connection is timed from just before its first write.
+    let mut started = Vec::new();
     for _ in 0..N {
         let mut s = tokio::net::TcpStream::connect(rig.gw.addr).await.unwrap();
+        started.push(Instant::now());
         s.write_all(format!("POST {PROBE_PATH} HTTP/1.1\r\nHost: gw\r\nX-Slow: a").as_bytes())
             .await
             .unwrap();
         slow.push(s);
     }
-    let started = Instant::now();
     // Trickle one byte every 200 ms on each, while a normal client is served.
     let trickle = tokio::spawn(async move {
         let mut closed_at = vec![None; N];
@@ -110,10 +113,12 @@ async fn a01_slowloris_is_cut_at_header_timeout() {
     let closed_at = trickle.await.unwrap();
     for (i, c) in closed_at.iter().enumerate() {
         let at = c.unwrap_or_else(|| panic!("slow connection {i} still open after 4 s"));
+        // header_timeout_ms + 1 s from the first byte: the +1 s covers the
+        // trickle loop's 200 ms polling and a busy scheduler.
+        let took = at.duration_since(started[i]);
         assert!(
-            at.duration_since(started) <= Duration::from_millis(2_300),
-            "slow connection {i} closed after {:?}, header_timeout is 1 s",
-            at.duration_since(started)
+            took <= Duration::from_millis(2_000),
+            "slow connection {i} closed {took:?} after its first byte, header_timeout is 1 s"
         );
     }
     rig.after_fault(
@@ -131,7 +136,8 @@ async fn a01_slowloris_is_cut_at_header_timeout() {
 /// `body_idle_timeout_ms` (gap timer) gets 408 long before `body_timeout_ms`
 /// (total deadline); a body trickled under the gap still meets the total
 /// deadline (408). A client that stops reading an endless-looking 64 MiB
-/// response is dropped at `write_idle_timeout_ms`, counted
+/// response is dropped at `write_idle_timeout_ms` (800 ms; asserted within
+/// 800 ms + 2 s of the stall, for buffers to fill and a busy machine), counted
 /// `connections_closed{reason="write_timeout"}`, and the gateway's RSS
 /// stays bounded meanwhile (the response is streamed, not buffered); so is
 /// an HTTP/2 client that keeps reading but never opens its stream window.
@@ -223,15 +229,29 @@ async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
         "{}",
         String::from_utf8_lossy(&first[..n])
     );
+    // The stall starts now: we read nothing more, and loopback buffers fill
+    // within milliseconds. Poll the counter (50 ms) and time it from here.
+    let stalled = Instant::now();
     let rss = RssSampler::start(rig.pid());
-    let closed = eventually(Duration::from_secs(8), || async {
-        rig.snapshot().await.metric(CLOSED, &[("reason", "write_timeout")])
+    let mut cut_after = None;
+    while stalled.elapsed() < Duration::from_secs(8) {
+        if rig.snapshot().await.metric(CLOSED, &[("reason", "write_timeout")])
             - before.metric(CLOSED, &[("reason", "write_timeout")])
             == 1.0
-    })
-    .await;
+        {
+            cut_after = Some(stalled.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let max_rss = rss.max_kib();
-    assert!(closed, "the stalled reader was not cut at write_idle_timeout");
+    let cut_after = cut_after.expect("the stalled reader was not cut within 8 s");
+    // write_idle_timeout (800 ms) + 2 s for buffers to fill, the gateway's
+    // timer granularity, metric polling and a busy machine.
+    assert!(
+        cut_after <= Duration::from_millis(2_800),
+        "the stalled reader was cut {cut_after:?} after it stopped reading; write_idle_timeout is 800 ms"
+    );
     let rest = read_until_closed(&mut s, Duration::from_secs(15)).await;
     let rest = rest.expect("connection still open after the write timeout");
     assert!(
@@ -263,9 +283,11 @@ async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
         seen.closed,
         "h2 stalled stream: connection still open after {took:?}: {seen:?}"
     );
+    // Timed from before the connect (so a little generous): the window is
+    // shut from the first frame; write_idle_timeout (800 ms) + 2 s slack.
     assert!(
-        took >= Duration::from_millis(700),
-        "h2 stalled stream closed after only {took:?}"
+        took >= Duration::from_millis(700) && took <= Duration::from_millis(2_800),
+        "h2 stalled stream closed after {took:?}; write_idle_timeout is 800 ms"
     );
 
     rig.after_fault(
@@ -382,7 +404,7 @@ async fn a03_idle_connections_are_bounded_counted_and_cheap() {
     .await;
 }
 
-/// A4 oversized heads: one 70 KiB header sent in 1 KiB writes → 431, 1000
+/// A4 oversized heads: one 70 KiB header sent in 1 KiB writes 2 ms apart → 431, 1000
 /// header lines → 431 (both answered by hyper under `max_header_bytes` /
 /// `max_headers`, counted `connections_closed{reason="head_too_large"}`), a
 /// 10 KiB URI → 414 `uri_too_long` (`listener.max_uri_bytes`). Each
@@ -400,8 +422,18 @@ async fn a04_oversized_heads_are_refused_before_upstream() {
             &format!("X-Big: {}\r\nContent-Length: 2\r\n", "a".repeat(70 * 1024))
         )
     );
-    let pieces: Vec<&[u8]> = big.as_bytes().chunks(1024).collect();
-    let raw = exchange(rig.gw.addr, &pieces, within)
+    // ~71 writes of 1 KiB, 2 ms apart: a bare yield between writes lets the
+    // kernel merge them into one segment the gateway reads at once; a sleep
+    // makes each piece its own read, so the limit must hold across reads.
+    // (A write error after the gateway's 431 ends the loop early: fine.)
+    let mut s = TcpStream::connect(rig.gw.addr).await.unwrap();
+    for piece in big.as_bytes().chunks(1024) {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let raw = read_until_closed(&mut s, within)
         .await
         .expect("70 KiB header: connection left open");
     assert_eq!(
@@ -449,7 +481,9 @@ async fn a04_oversized_heads_are_refused_before_upstream() {
 /// gets 413 before any body byte is sent; a chunked upload gets 413 once the
 /// running total passes the limit and the connection is cut while the
 /// client is still sending (gateway RSS sampled throughout stays within
-/// ~2× the limit); a Content-Length that is too small leaves the excess to
+/// 2× the limit + 1 MiB, and the client gets to send at most the limit +
+/// 8 MiB of socket buffers);
+/// a Content-Length that is too small leaves the excess to
 /// be parsed as a new (malformed) request, never as body; one that is too
 /// big waits for bytes that never come and gets 408.
 #[tokio::test]
@@ -472,7 +506,10 @@ async fn a05_huge_and_lying_bodies_are_bounded() {
     drop(s);
 
     // Chunked: cut once the running total passes the limit.
-    let s = TcpStream::connect(rig.gw.addr).await.unwrap();
+    // 64 KiB send buffer: no autotuning on our side (tcp_wmem max is 4 MiB).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_send_buffer_size(64 * 1024).unwrap();
+    let s = sock.connect(rig.gw.addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
         let piece = chunk(&vec![b' '; 64 * 1024]);
@@ -505,9 +542,14 @@ async fn a05_huge_and_lying_bodies_are_bounded() {
     .await;
     let sent = writer.await.unwrap();
     assert_eq!(status_of(&got), Some(413), "chunked: {}", String::from_utf8_lossy(&got));
+    // The client's send buffer is pinned small (below), so what it got to
+    // send is the limit plus the gateway's receive buffer (loopback
+    // autotunes it from the rate the gateway drains it, a few MiB at most
+    // when reading stops at 1 MiB) plus hyper's read buffer: 8 MiB covers
+    // that; a gateway that kept reading past the limit would blow it.
     assert!(
-        sent < 256 << 20,
-        "the gateway swallowed all {sent} bytes instead of cutting the upload"
+        sent <= LIMIT + (8 << 20),
+        "the client sent {sent} bytes before the cut (limit {LIMIT})"
     );
     let max_rss = rss.max_kib();
     let grew = max_rss.saturating_sub(before.rss_kib);
@@ -515,8 +557,10 @@ async fn a05_huge_and_lying_bodies_are_bounded() {
         "A5: RSS grew by at most {grew} KiB during the uploads (limit {} KiB); {sent} bytes sent before the cut",
         LIMIT / 1024
     );
+    // 2x the limit (the body buffer and its canonical copy) + 1 MiB for
+    // hyper's read buffers and allocator slack; measured growth ~0.4 MiB.
     assert!(
-        grew <= (2 * LIMIT / 1024) as u64 + 4 * 1024,
+        grew <= (2 * LIMIT / 1024) as u64 + 1024,
         "RSS grew by {grew} KiB, over ~2x the {} KiB body limit",
         LIMIT / 1024
     );
@@ -572,6 +616,11 @@ const SMUGGLED: &str =
 /// that body re-framed by the gateway (its own Content-Length), the
 /// connection is closed after the response, and the request behind it is
 /// never processed.
+///
+/// Identical duplicate Content-Length (`Content-Length: N` twice): allowed by
+/// RFC 9112 §6.3 as one value, and hyper does so (it keeps one header). Not
+/// ambiguous, so the safe outcome asserted is 200 with exactly the N body
+/// bytes signed and sent, under one gateway-set Content-Length.
 #[tokio::test]
 async fn a06_ambiguous_framing_is_refused_and_nothing_is_smuggled() {
     let rig = Rig::start().await;
@@ -685,6 +734,30 @@ async fn a06_ambiguous_framing_is_refused_and_nothing_is_smuggled() {
         assert_eq!(last.headers["content-length"], body.len().to_string().as_str());
         assert!(last.headers.get("transfer-encoding").is_none());
     }
+    // Identical duplicate Content-Length (RFC 9112 §6.3 lets a recipient
+    // treat it as one): hyper keeps one value, so the body is exactly those
+    // bytes, and the provider gets it with the gateway's single length.
+    // Nothing follows on the connection: with identical lengths a request
+    // behind it would be a plain pipelined one, not smuggled.
+    let body = order_body();
+    let cl = format!("Content-Length: {0}\r\nContent-Length: {0}\r\n", body.len());
+    let mut s = TcpStream::connect(rig.gw.addr).await.unwrap();
+    s.write_all(format!("{}{body}", post_head(p, &cl)).as_bytes())
+        .await
+        .unwrap();
+    let raw = read_response(&mut s, within).await;
+    assert_eq!(
+        statuses_of(&raw),
+        vec![200],
+        "identical CL: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    let recs = rig.provider.standin.records().await;
+    let last = recs.last().unwrap();
+    assert_eq!(canonical(&last.body), canonical(body.as_bytes()), "identical CL: body");
+    assert_eq!(last.headers.get_all("content-length").iter().count(), 1);
+    assert_eq!(last.headers["content-length"], last.body.len().to_string().as_str());
+    drop(s);
     let recs = rig.provider.standin.records().await;
     assert!(
         recs.iter().all(|r| !r.path_and_query.contains("smuggled")),
@@ -693,7 +766,7 @@ async fn a06_ambiguous_framing_is_refused_and_nothing_is_smuggled() {
     rig.after_fault(
         &before,
         Expect::new()
-            .provider(2)
+            .provider(3)
             .counter(CLOSED, &[("reason", "malformed")], hyper_400.len() as f64)
             .counter(
                 DENIED,
@@ -716,8 +789,8 @@ async fn a07_client_signing_headers_never_reach_the_provider() {
     let before = rig.baseline().await;
     let body = order_body();
     let forged = "X-API-KEY: pk_forged\r\nx-api-key: pk_forged2\r\nX_Api_Key: pk_forged3\r\n\
-                  X-Timestamp: 1\r\nx_timestamp: 2\r\nX-SIGNATURE: deadbeef\r\nx-signature: beef\r\n\
-                  X_SIGNATURE: cafe\r\nConnection: keep-alive, X-Signature, X-Api-Key, X-Timestamp\r\n\
+                  X-Timestamp: 1\r\nx_timestamp: 2\r\nX-SIGNATURE: forged-zz-sig1\r\nx-signature: forged-zz-sig2\r\n\
+                  X_SIGNATURE: forged-zz-sig3\r\nConnection: keep-alive, X-Signature, X-Api-Key, X-Timestamp\r\n\
                   Trailer: X-Signature, X-Api-Key\r\nTransfer-Encoding: chunked\r\n";
     let req = [
         post_head(PROBE_PATH, forged).into_bytes(),
@@ -747,13 +820,20 @@ async fn a07_client_signing_headers_never_reach_the_provider() {
         }
         let v = v.to_str().unwrap_or("");
         assert!(
-            !["pk_forged", "deadbeef", "beef", "cafe", "trailer-forged", "trailer-key"]
+            !["pk_forged", "forged-zz", "trailer-forged", "trailer-key"]
                 .iter()
                 .any(|f| v.contains(f)),
             "a forged value reached the provider in {k}: {v}"
         );
     }
     assert!(rec.headers.get("trailer").is_none() && rec.headers.get("connection").is_none());
+    // The stand-in keeps the trailers it received (`Recorded::trailers`):
+    // none of the client's may arrive, forged names or otherwise.
+    assert!(
+        rec.trailers.is_empty(),
+        "trailers reached the provider: {:?}",
+        rec.trailers
+    );
     rig.after_fault(&before, Expect::new().provider(1)).await;
 }
 
@@ -1104,8 +1184,9 @@ async fn a13_compressed_bodies_are_refused_never_decoded() {
 /// look-alike prefix → 404; `CONNECT` and `OPTIONS *` → refused. An
 /// absolute-form target naming another host, and a spoofed `Host`, are
 /// routed by path to the route's own upstream only: the provider receives
-/// them with its own Host, and `evil.example` is never contacted (nor
-/// resolved: the route fixes scheme, host and port). Not an open proxy.
+/// them with its own Host. The targets named are loopback decoy listeners
+/// (`127.0.0.9:P` and `localhost:P2`) that count connections: they accept
+/// none (the route fixes scheme, host and port). Not an open proxy.
 #[tokio::test]
 async fn a14_path_tricks_cannot_leave_the_route() {
     let rig = Rig::start().await;
@@ -1137,9 +1218,34 @@ async fn a14_path_tricks_cannot_leave_the_route() {
         status_of(&read_response(&mut s, Duration::from_secs(5)).await),
         Some(404)
     );
+    // Decoys: listeners on loopback that an open proxy would reach. One on
+    // 127.0.0.9 (named by address) and one named `localhost` (on 127.0.0.1;
+    // also on ::1 when that port is free there, as `localhost` may resolve
+    // to either). They count every connection they accept.
+    let decoy_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let decoy = |l: std::net::TcpListener| {
+        l.set_nonblocking(true).unwrap();
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        let hits = decoy_hits.clone();
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = l.accept().await {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let far = std::net::TcpListener::bind("127.0.0.9:0").unwrap();
+    let far_addr = far.local_addr().unwrap().to_string();
+    let near = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let near_port = near.local_addr().unwrap().port();
+    let near_addr = format!("localhost:{near_port}");
+    let mut decoys = vec![decoy(far), decoy(near)];
+    if let Ok(l) = std::net::TcpListener::bind(("::1", near_port)) {
+        decoys.push(decoy(l));
+    }
     for req in [
-        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
-        "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n",
+        format!("CONNECT {far_addr} HTTP/1.1\r\nHost: {far_addr}\r\n\r\n"),
+        format!("CONNECT {near_addr} HTTP/1.1\r\nHost: {near_addr}\r\n\r\n"),
+        "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n".to_string(),
     ] {
         let mut s = TcpStream::connect(rig.gw.addr).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
@@ -1148,13 +1254,16 @@ async fn a14_path_tricks_cannot_leave_the_route() {
     }
     // Absolute form and a spoofed Host: only the route's upstream, with its own Host.
     let provider_host = format!("localhost:{}", rig.provider.standin.addr().port());
-    for (target, host) in [
-        (format!("http://evil.example{PROBE_PATH}"), "evil.example"),
-        (PROBE_PATH.to_string(), "evil.example:443"),
-    ] {
+    let targets = [
+        (format!("http://{far_addr}{PROBE_PATH}"), far_addr.clone()),
+        (format!("http://{near_addr}{PROBE_PATH}"), near_addr.clone()),
+        (PROBE_PATH.to_string(), far_addr.clone()),
+        (PROBE_PATH.to_string(), near_addr.clone()),
+    ];
+    for (target, host) in &targets {
         let body = order_body();
         let req = format!(
-            "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nX-Forwarded-Host: evil.example\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nX-Forwarded-Host: {host}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let mut s = TcpStream::connect(rig.gw.addr).await.unwrap();
@@ -1171,9 +1280,11 @@ async fn a14_path_tricks_cannot_leave_the_route() {
         assert_eq!(canonical(&rec.body), canonical(body.as_bytes()));
         assert_eq!(rec.path_and_query, "/api/v3/pg/order/create");
         assert_eq!(rec.headers["host"], provider_host.as_str());
-        for (k, v) in &rec.headers {
+        // Host is pinned above; nothing else may carry the client's target.
+        for (k, v) in rec.headers.iter().filter(|(k, _)| *k != http::header::HOST) {
+            let v = v.to_str().unwrap_or("");
             assert!(
-                !v.to_str().unwrap_or("").contains("evil"),
+                !v.contains("127.0.0.9") && !v.contains(near_addr.as_str()),
                 "{k}: {v:?} reached the provider"
             );
         }
@@ -1181,20 +1292,25 @@ async fn a14_path_tricks_cannot_leave_the_route() {
     rig.after_fault(
         &before,
         Expect::new()
-            .provider(2)
+            .provider(targets.len())
             .counter(
                 DENIED,
                 &[("route", "none"), ("reason", "invalid_path")],
-                invalid.len() as f64 + 2.0,
+                invalid.len() as f64 + 3.0,
             )
             .counter(DENIED, &[("route", "none"), ("reason", "no_route")], 1.0),
     )
     .await;
+    // after_fault took a while: any late connection attempt has landed.
+    let hits = decoy_hits.load(std::sync::atomic::Ordering::SeqCst);
+    for d in decoys {
+        d.abort();
+    }
+    assert_eq!(hits, 0, "the gateway connected to a target the client named");
 }
 
-/// A hand-built ClientHello offering only `version` (0x0301 TLS 1.0, 0x0302
-/// TLS 1.1): no `supported_versions` extension, one CBC suite, as an old
-/// client sends it.
+/// A hand-built ClientHello with record/legacy `version` (only its first
+/// bytes are sent, to stall a handshake; version refusal uses openssl).
 fn old_client_hello(version: u16) -> Vec<u8> {
     let [hi, lo] = version.to_be_bytes();
     let mut body = vec![hi, lo];
@@ -1207,6 +1323,29 @@ fn old_client_hello(version: u16) -> Vec<u8> {
     let mut rec = vec![0x16, hi, lo, 0, hs.len() as u8];
     rec.extend_from_slice(&hs);
     rec
+}
+
+/// Run `prog args` with stdin closed; killed and a panic after `within`.
+/// Panics (loudly) when `prog` is missing: scripts/test.sh installs openssl.
+fn run_bounded(prog: &str, args: &[String], within: Duration) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{prog}: {e} (scripts/test.sh installs openssl)"));
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{prog} {args:?}: still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A gateway with a TLS listener (certificate from a test CA), as a child
@@ -1298,11 +1437,19 @@ impl TlsGateway {
 
 /// A11 TLS abuse on a TLS listener: plaintext HTTP, garbage, a stalled
 /// ClientHello (cut at `header_timeout_ms`, which bounds the handshake),
-/// TLS 1.0 and TLS 1.1 ClientHellos (refused with an alert: only TLS 1.2 and
-/// 1.3 are served, both checked to work) → each closed and counted
+/// TLS 1.0 and TLS 1.1 handshakes from `openssl s_client -tls1`/`-tls1_1`
+/// (refused with an alert while `-tls1_2` with the same suites succeeds:
+/// only TLS 1.2 and 1.3 are served, both checked to work) → each closed and counted
 /// `connections_closed{reason="tls_handshake"}`; a handshaken connection
 /// left idle is closed at `idle_timeout_ms` (the TLS part of A3), a
 /// handshaken half-sent request at `header_timeout_ms`.
+///
+/// Known deviation, not asserted: the refusal of TLS 1.0/1.1 carries alert
+/// handshake_failure (40), not protocol_version (70) as RFC 5246 E.1 asks.
+/// rustls (0.23) requires the signature_algorithms extension, which a
+/// pre-1.2 ClientHello never has, and fails on that before its version
+/// check (which would send protocol_version). The gateway uses rustls'
+/// acceptor as is; the test asserts alert 40 so a change is noticed.
 ///
 /// The standard rig cannot be used (its probe speaks plain HTTP), so this
 /// test checks the four after-fault conditions itself with a TLS probe: the
@@ -1349,15 +1496,53 @@ async fn a11_tls_abuse_is_cut_and_counted() {
         took >= Duration::from_millis(900) && took <= Duration::from_millis(2_500),
         "stalled handshake closed after {took:?}; header_timeout is 1 s"
     );
-    // TLS 1.0 and 1.1: refused with an alert, never a ServerHello.
-    for v in [0x0301u16, 0x0302] {
-        let raw = exchange(t.gw.addr, &[&old_client_hello(v)], within)
+    // TLS 1.0 and 1.1 from a real client (openssl s_client, its default
+    // modern suites, security level 0 so that openssl itself is willing to
+    // speak them) are refused; the same client with `-tls1_2` and the same
+    // suites completes its handshake, so the refusal is about the version.
+    // The alert is handshake_failure (40), not protocol_version (70) as RFC
+    // 5246 E.1 asks: rustls checks for the signature_algorithms extension
+    // (which pre-1.2 clients never send) before it checks the version. See
+    // the doc comment. "no protocols available" (openssl refusing on its
+    // own without connecting) is never accepted; the tls_handshake counter
+    // below also proves both connections reached the gateway.
+    for flag in ["-tls1", "-tls1_1", "-tls1_2"] {
+        let addr = t.gw.addr.to_string();
+        let args = [
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            flag,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ]
+        .map(String::from);
+        let out = tokio::task::spawn_blocking(move || run_bounded("openssl", &args, Duration::from_secs(5)))
             .await
-            .unwrap_or_else(|_| panic!("TLS {v:#06x}: left open"));
-        assert_eq!(
-            raw.first(),
-            Some(&0x15),
-            "TLS {v:#06x}: expected an alert, got {raw:02x?}"
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if flag == "-tls1_2" {
+            assert!(
+                out.status.success() && text.contains("Protocol  : TLSv1.2"),
+                "openssl s_client {flag}: the control handshake failed:\n{text}"
+            );
+            continue;
+        }
+        assert!(
+            !out.status.success(),
+            "openssl s_client {flag}: handshake succeeded:\n{text}"
+        );
+        assert!(
+            text.contains("CONNECTED(")
+                && text.contains("alert handshake failure:")
+                && text.contains("SSL alert number 40"),
+            "openssl s_client {flag}: not refused by the server with an alert:\n{text}"
         );
     }
     // TLS 1.2 and 1.3 work.
@@ -1475,6 +1660,8 @@ fn h2_post_block(path: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 struct H2Seen {
     frames: usize,
+    /// SETTINGS or PING frames with the ACK flag.
+    acks: usize,
     /// (last stream id, error code) of a GOAWAY.
     goaway: Option<(u32, u32)>,
     closed: bool,
@@ -1493,6 +1680,9 @@ async fn h2_read(mut rd: tokio::net::tcp::OwnedReadHalf, within: Duration) -> H2
                 break;
             }
             seen.frames += 1;
+            if (buf[3] == 4 || buf[3] == 6) && buf[4] & 0x1 != 0 {
+                seen.acks += 1;
+            }
             if buf[3] == 7 && len >= 8 {
                 let last = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]) & 0x7fff_ffff;
                 seen.goaway = Some((last, u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]])));
@@ -1551,8 +1741,10 @@ async fn h2_abuse(addr: std::net::SocketAddr, frames: Vec<Vec<u8>>, within: Dura
 /// CVE-2023-44487) and a CONTINUATION flood (one header block that never
 /// ends, up to 16 MiB, CVE-2024-27316) each end in GOAWAY (or a close)
 /// before the flood is through; SETTINGS and PING floods (50 000 each) are
-/// answered without growing memory, and the gateway's CPU time for all four
-/// stays bounded (sampled from /proc). Nothing reaches the provider.
+/// answered one ACK per frame at most (no amplification; h2 reads no
+/// further until each ACK is written, so nothing queues) without growing
+/// memory. The gateway's CPU time (from /proc, robust to load) stays under
+/// 1.5 s per flood and 3 s for all four. Nothing reaches the provider.
 #[tokio::test]
 async fn a10_http2_floods_are_bounded() {
     let rig = Rig::start().await;
@@ -1572,7 +1764,10 @@ async fn a10_http2_floods_are_bounded() {
         })
         .collect();
     let total: usize = frames.iter().map(Vec::len).sum();
+    let mut flood_cpu = Vec::new();
+    let t0 = proc_cpu_ticks(pid);
     let (seen, sent) = h2_abuse(rig.gw.addr, frames, within).await;
+    flood_cpu.push(("rapid reset", proc_cpu_ticks(pid) - t0));
     println!("A10 rapid reset: {seen:?}; {sent} of {total} bytes written");
     let (last, code) = seen.goaway.expect("rapid reset: no GOAWAY");
     assert_eq!(code, 11, "rapid reset: GOAWAY code {code}, expected ENHANCE_YOUR_CALM");
@@ -1581,8 +1776,12 @@ async fn a10_http2_floods_are_bounded() {
         "rapid reset: the server took streams up to {last} of {} before GOAWAY",
         2 * RESETS - 1
     );
-    let requests = rig.snapshot().await.metric("signgate_inflight_requests", &[]);
-    assert_eq!(requests, 0.0, "rapid-reset streams still in flight");
+    // The reset streams' tasks wind down just after the GOAWAY: poll.
+    let drained = eventually(Duration::from_secs(3), || async {
+        rig.snapshot().await.metric("signgate_inflight_requests", &[]) == 0.0
+    })
+    .await;
+    assert!(drained, "rapid-reset streams still in flight 3 s after the GOAWAY");
 
     // CONTINUATION flood: one header block that never ends.
     let mut filler = Vec::new();
@@ -1593,7 +1792,9 @@ async fn a10_http2_floods_are_bounded() {
     let mut frames = vec![h2_frame(1, 0, 1, &block)];
     frames.extend((0..1024).map(|_| h2_frame(9, 0, 1, &filler)));
     let total: usize = frames.iter().map(Vec::len).sum();
+    let t0 = proc_cpu_ticks(pid);
     let (seen, sent) = h2_abuse(rig.gw.addr, frames, within).await;
+    flood_cpu.push(("CONTINUATION", proc_cpu_ticks(pid) - t0));
     println!("A10 CONTINUATION flood: {seen:?}; {sent} of {total} bytes written");
     assert!(
         seen.goaway.is_some() || seen.closed,
@@ -1601,21 +1802,56 @@ async fn a10_http2_floods_are_bounded() {
     );
     assert!(sent < total, "the whole 16 MiB CONTINUATION flood was accepted");
 
-    // SETTINGS and PING floods, read concurrently.
+    // SETTINGS and PING floods, read concurrently. The gateway (h2) answers
+    // each with one ACK and reads no further until that ACK is written, so
+    // the flood is back-pressured rather than queued. It may also GOAWAY or
+    // close early; either way it must never send more ACKs than it got
+    // frames (no amplification) nor more than a handshake's worth of
+    // anything else, and each flood must cost little CPU.
+    const FLOOD: usize = 50_000;
     for (name, frame) in [
         ("SETTINGS", h2_frame(4, 0, 0, &[])),
         ("PING", h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8])),
     ] {
-        let frames = vec![frame; 50_000];
+        let frames = vec![frame; FLOOD];
+        let t0 = proc_cpu_ticks(pid);
         let (seen, sent) = h2_abuse(rig.gw.addr, frames, Duration::from_secs(3)).await;
+        // Let the gateway finish with what it already read before sampling.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        flood_cpu.push((name, proc_cpu_ticks(pid) - t0));
         println!("A10 {name} flood: {seen:?}; {sent} bytes written");
-        // One ACK per SETTINGS / PING at most (plus the handshake): no amplification.
-        assert!(seen.frames <= 50_000 + 4, "{name} flood: {} frames back", seen.frames);
+        // FLOOD + 1: the client's preface SETTINGS is acknowledged too.
+        assert!(
+            seen.acks <= FLOOD + 1,
+            "{name} flood: {} ACKs back for {} frames",
+            seen.acks,
+            FLOOD + 1
+        );
+        // Besides ACKs: the server's SETTINGS, a WINDOW_UPDATE, a GOAWAY.
+        assert!(
+            seen.frames - seen.acks <= 4,
+            "{name} flood: {} non-ACK frames back",
+            seen.frames - seen.acks
+        );
+        // Answered in full, or refused: a connection left open and silent
+        // after 3 s fails. (`closed` alone also follows our half-close
+        // after the last frame, which the gateway sees only after reading
+        // every frame before it.)
+        assert!(
+            seen.goaway.is_some() || seen.closed || seen.acks == FLOOD + 1,
+            "{name} flood: neither answered in full nor refused (GOAWAY/close): {seen:?}"
+        );
     }
     let cpu = proc_cpu_ticks(pid) - cpu0;
     let grew = rss.max_kib().saturating_sub(before.rss_kib);
-    println!("A10: gateway CPU {cpu} ticks (1/100 s) for all four floods; RSS grew by at most {grew} KiB");
-    assert!(cpu < 1_000, "the floods cost the gateway {cpu} ticks of CPU");
+    println!("A10: gateway CPU (1/100 s ticks) per flood {flood_cpu:?}, {cpu} in all; RSS grew by at most {grew} KiB");
+    // CPU time, not wall time, so a loaded machine does not inflate it;
+    // measured ~0.3-0.4 s for all four together, so 1.5 s per flood and
+    // 3 s in all leave room for a slower machine but not for a spin.
+    for (name, ticks) in &flood_cpu {
+        assert!(*ticks < 150, "the {name} flood cost the gateway {ticks} ticks of CPU");
+    }
+    assert!(cpu < 300, "the floods cost the gateway {cpu} ticks of CPU");
     assert!(grew < 32 * 1024, "RSS grew by {grew} KiB during the floods");
     rig.after_fault(&before, Expect::new()).await;
 }
