@@ -40,6 +40,8 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
