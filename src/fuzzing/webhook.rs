@@ -136,7 +136,12 @@ pub fn webhook(data: &[u8]) {
         TimestampUnit::Seconds => t,
         TimestampUnit::Millis => t / 1000,
     });
-    let fresh_now = ts_secs.map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s));
+    // The clock at the signed time, where a SystemTime can hold it; else the
+    // fixed clock, against which such a timestamp is stale.
+    let at_ts = ts_secs.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+    let fresh_now = at_ts.unwrap_or(now);
+    let clock = fresh_now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let fresh = ts_secs.is_some_and(|s| s.abs_diff(clock) <= TOLERANCE.as_secs());
     let candidate = creds.iter().any(|c| Arc::ptr_eq(c, signer));
     let raw_sig = signature(scheme, signer, ts_header, body);
     let got = verifier.verify(&raw_sig, ts_header, body, fresh_now);
@@ -147,7 +152,7 @@ pub fn webhook(data: &[u8]) {
             offset: e.offset,
             reason: e.reason,
         })
-    } else if ts_secs.is_none() {
+    } else if !fresh {
         Err(GatewayError::StaleTimestamp)
     } else {
         Ok(())
@@ -176,13 +181,11 @@ pub fn webhook(data: &[u8]) {
     if let Ok(c) = &canonical {
         let canon_sig = signature(scheme, signer, ts_header, c);
         let got = verifier.verify(&canon_sig, ts_header, body, fresh_now);
-        let accepted = candidate && ts_secs.is_some() && (config.verify_canonical || c[..] == body[..]);
-        let want = if accepted {
-            Ok(())
-        } else if candidate && ts_secs.is_none() && (config.verify_canonical || c[..] == body[..]) {
-            Err(GatewayError::StaleTimestamp)
-        } else {
-            Err(GatewayError::BadSignature)
+        let genuine = candidate && (config.verify_canonical || c[..] == body[..]);
+        let want = match (genuine, fresh) {
+            (false, _) => Err(GatewayError::BadSignature),
+            (true, false) => Err(GatewayError::StaleTimestamp),
+            (true, true) => Ok(()),
         };
         assert_eq!(got, want, "a signature over the canonical body");
     }
