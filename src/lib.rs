@@ -41,6 +41,8 @@ pub mod config;
 pub mod dedup;
 pub mod demo;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

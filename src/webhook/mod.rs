@@ -84,6 +84,74 @@ fn candidates(slot: &CredentialSlot, grace: Duration) -> Vec<Arc<Credential>> {
     out
 }
 
+/// The signature and timestamp headers of `scheme`, if both are present and
+/// visible ASCII; otherwise the request is refused as `bad_signature`.
+pub fn signed_headers<'h>(scheme: &Scheme, headers: &'h HeaderMap) -> Option<(&'h str, &'h str)> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    Some((header(&scheme.signature_header)?, header(&scheme.timestamp_header)?))
+}
+
+/// The checks of [`receive`] that need no I/O: the signature, then the
+/// timestamp's freshness. Pure (the clock is passed in), so it can be fuzzed.
+pub struct Verifier<'a> {
+    pub scheme: &'a Scheme,
+    pub config: &'a WebhookConfig,
+    /// The credentials a signature may be made with: the current one, and the
+    /// one a rotation replaced within the grace period.
+    pub creds: &'a [Arc<Credential>],
+}
+
+impl Verifier<'_> {
+    /// `Ok` for a genuine, fresh event; `bad_signature`, `stale_timestamp`,
+    /// or `invalid_json` (a genuine signature over a body that is not JSON).
+    pub fn verify(&self, signature: &str, timestamp: &str, raw: &[u8], now: SystemTime) -> Result<(), GatewayError> {
+        let scheme = self.scheme;
+        let with_key = |c: &Credential, body: &[u8]| {
+            let input = MessageInput {
+                api_key: c.api_key().as_bytes(),
+                timestamp,
+                method: "POST",
+                path: &self.config.match_path,
+                query: "",
+                body,
+            };
+            scheme.verify(c.mac(), &input, signature.as_bytes())
+        };
+        // The raw bytes first, as the provider's rule says; the canonical
+        // re-encoding only when configured (the provider's own sample re-encodes).
+        let mut valid = self.creds.iter().any(|c| with_key(c, raw));
+        let canonical = match canonical::canonicalize(raw, &scheme.canonical) {
+            Ok(c) => Some(c),
+            Err(e) if valid => {
+                return Err(GatewayError::InvalidJson {
+                    offset: e.offset,
+                    reason: e.reason,
+                })
+            }
+            Err(_) => None,
+        };
+        if !valid && self.config.verify_canonical {
+            if let Some(c) = &canonical {
+                valid = self.creds.iter().any(|cred| with_key(cred, c));
+            }
+        }
+        if !valid {
+            return Err(GatewayError::BadSignature);
+        }
+        // Genuine but old or from the future: a replay or a broken clock.
+        let ts: u64 = timestamp.parse().map_err(|_| GatewayError::StaleTimestamp)?;
+        let ts_secs = match scheme.timestamp_unit {
+            TimestampUnit::Seconds => ts,
+            TimestampUnit::Millis => ts / 1000,
+        };
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if now.abs_diff(ts_secs) > self.config.tolerance.as_secs() {
+            return Err(GatewayError::StaleTimestamp);
+        }
+        Ok(())
+    }
+}
+
 /// Verify, check freshness, de-duplicate and persist one webhook body.
 pub async fn receive(
     hook: &Hook,
@@ -91,10 +159,7 @@ pub async fn receive(
     headers: &HeaderMap,
     raw: Bytes,
 ) -> Result<Outcome, GatewayError> {
-    let scheme = &hook.scheme;
-    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(signature), Some(timestamp)) = (header(&scheme.signature_header), header(&scheme.timestamp_header))
-    else {
+    let Some((signature, timestamp)) = signed_headers(&hook.scheme, headers) else {
         return Err(GatewayError::BadSignature);
     };
     let creds = candidates(&hook.credential, hook.config.rotation_grace);
@@ -104,51 +169,12 @@ pub async fn receive(
             hint: hook.credential.get().err().unwrap_or_default(),
         });
     }
-    let with_key = |c: &Credential, body: &[u8]| {
-        let input = MessageInput {
-            api_key: c.api_key().as_bytes(),
-            timestamp,
-            method: "POST",
-            path: &hook.config.match_path,
-            query: "",
-            body,
-        };
-        scheme.verify(c.mac(), &input, signature.as_bytes())
+    let verifier = Verifier {
+        scheme: &hook.scheme,
+        config: &hook.config,
+        creds: &creds,
     };
-    // The raw bytes first, as the provider's rule says; the canonical
-    // re-encoding only when configured (the provider's own sample re-encodes).
-    let mut valid = creds.iter().any(|c| with_key(c, &raw));
-    let canonical = match canonical::canonicalize(&raw, &scheme.canonical) {
-        Ok(c) => Some(c),
-        Err(e) if valid => {
-            return Err(GatewayError::InvalidJson {
-                offset: e.offset,
-                reason: e.reason,
-            })
-        }
-        Err(_) => None,
-    };
-    if !valid && hook.config.verify_canonical {
-        if let Some(c) = &canonical {
-            valid = creds.iter().any(|cred| with_key(cred, c));
-        }
-    }
-    if !valid {
-        return Err(GatewayError::BadSignature);
-    }
-    // Genuine but old or from the future: a replay or a broken clock.
-    let ts: u64 = timestamp.parse().map_err(|_| GatewayError::StaleTimestamp)?;
-    let ts_secs = match scheme.timestamp_unit {
-        TimestampUnit::Seconds => ts,
-        TimestampUnit::Millis => ts / 1000,
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    if now.abs_diff(ts_secs) > hook.config.tolerance.as_secs() {
-        return Err(GatewayError::StaleTimestamp);
-    }
+    verifier.verify(signature, timestamp, &raw, SystemTime::now())?;
     let Ok(body) = std::str::from_utf8(&raw) else {
         return Err(GatewayError::InvalidJson {
             offset: 0,
