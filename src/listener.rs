@@ -14,7 +14,7 @@
 //! a slowloris on the handshake).
 
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2: stream errors the gateway itself may reset on one connection
 /// before it sends GOAWAY (a client provoking errors on purpose).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// At shutdown, how many connections already in the accept queue are still
+/// taken in and drained (a bound under a connection flood).
+const LATE_ACCEPTS: usize = 1024;
 /// After a graceful close (GOAWAY / Connection: close) of an idle
 /// connection, how long the peer gets before the socket is dropped.
 const GRACEFUL_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -107,10 +110,36 @@ pub async fn serve(
     // Consecutive accept errors: logged when they start and when they end,
     // not once per back-off (EMFILE would write 20 lines a second).
     let mut accept_failures: u64 = 0;
+    // After `stop`: connections the kernel completed before it wait in the
+    // accept queue, their requests possibly sent; closing the listener
+    // would reset them. Take in what is queued (without waiting for more,
+    // at most `LATE_ACCEPTS`) and drain those too.
+    let mut late: Option<usize> = None;
     loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
+        let accepted = match late {
+            Some(n) => {
+                let queued = std::future::poll_fn(|cx| {
+                    Poll::Ready(match listener.poll_accept(cx) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => None,
+                    })
+                })
+                .await;
+                match queued {
+                    Some(Ok(a)) if n < LATE_ACCEPTS => {
+                        late = Some(n + 1);
+                        Ok(a)
+                    }
+                    _ => break,
+                }
+            }
+            None => tokio::select! {
+                _ = stop.cancelled() => {
+                    late = Some(0);
+                    continue;
+                }
+                a = listener.accept() => a,
+            },
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -207,6 +236,8 @@ struct Activity {
     /// Milliseconds since `origin` (+1) when a write first found the socket
     /// full; 0 while writes go through.
     write_blocked: AtomicU64,
+    /// Whether a request has begun on this connection.
+    served: AtomicBool,
     /// Response bodies being sent now, and when one was last asked for more.
     bodies: AtomicUsize,
     body_polled: AtomicU64,
@@ -220,6 +251,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             write_blocked: AtomicU64::new(0),
+            served: AtomicBool::new(false),
             bodies: AtomicUsize::new(0),
             body_polled: AtomicU64::new(0),
         }
@@ -250,6 +282,7 @@ impl InFlight {
     fn start(a: &Arc<Activity>) -> Self {
         a.inflight.fetch_add(1, Ordering::AcqRel);
         a.head_started.store(0, Ordering::Release);
+        a.served.store(true, Ordering::Release);
         InFlight(a.clone())
     }
 }
@@ -417,6 +450,18 @@ fn timed_out(act: &Activity, s: &Settings) -> Option<ConnClose> {
     (now.saturating_sub(last) >= s.idle_timeout.as_millis() as u64).then_some(ConnClose::Idle)
 }
 
+/// Whether a draining connection can be shut down gracefully now without
+/// dropping a request the client has sent: one is in flight (it finishes),
+/// or the connection is idle between requests. Not while a head is arriving
+/// (the header timeout bounds that), nor on a fresh connection whose first
+/// request may already sit in the socket (given `GRACEFUL_CLOSE_GRACE`):
+/// hyper-util closes a connection still detecting its protocol, and hyper
+/// one that has not begun a request, without answering what was sent.
+fn drain_now(act: &Activity) -> bool {
+    act.inflight.load(Ordering::Acquire) > 0
+        || (act.served.load(Ordering::Acquire) && act.head_started.load(Ordering::Acquire) == 0)
+}
+
 /// A malformed or oversized request head, which hyper refused itself.
 fn parse_failure(e: &hyper::Error) -> Option<ConnClose> {
     if e.is_parse_too_large() {
@@ -467,6 +512,8 @@ async fn serve_conn<S>(
     .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     let mut closing: Option<Instant> = None;
+    // Draining, but a first request may be on its way: see `drain_now`.
+    let mut stop_pending: Option<Instant> = None;
     loop {
         tokio::select! {
             res = connection.as_mut() => {
@@ -479,10 +526,14 @@ async fn serve_conn<S>(
                 }
                 return;
             }
-            _ = stop.cancelled(), if closing.is_none() => {
+            _ = stop.cancelled(), if closing.is_none() && stop_pending.is_none() => {
                 // Draining: finish in-flight requests, take no new ones.
-                connection.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + Duration::from_secs(3600));
+                if drain_now(&act) {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + Duration::from_secs(3600));
+                } else {
+                    stop_pending = Some(Instant::now() + settings.header_timeout.min(GRACEFUL_CLOSE_GRACE));
+                }
             }
             _ = force.cancelled() => return,
             _ = ticker.tick() => {
@@ -491,6 +542,14 @@ async fn serve_conn<S>(
                         return;
                     }
                     continue;
+                }
+                if let Some(grace) = stop_pending {
+                    if drain_now(&act) || Instant::now() >= grace {
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + Duration::from_secs(3600));
+                        stop_pending = None;
+                        continue;
+                    }
                 }
                 match timed_out(&act, settings) {
                     Some(ConnClose::HeaderTimeout) => {

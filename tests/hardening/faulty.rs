@@ -402,19 +402,49 @@ impl Drop for OldTls {
 
 impl OldTls {
     /// Panics when `openssl` is not installed (scripts/test.sh installs it).
+    /// The port is probed free, then bound by s_server: when another
+    /// process took it in between, s_server exits without `ACCEPT` and the
+    /// start is retried on another free port (a few times).
     pub fn start(cert: &signgate::pki::Issued) -> OldTls {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&c, &cert.cert_pem).unwrap();
         std::fs::write(&k, &cert.key_pem).unwrap();
-        let port = crate::support::closed_port();
+        for _ in 0..5 {
+            let port = crate::support::closed_port();
+            if let Some((child, stdin, out, err)) = Self::spawn(port, &c, &k) {
+                return OldTls {
+                    port,
+                    child,
+                    _stdin: stdin,
+                    out,
+                    err,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("openssl s_server could not bind a free port in 5 tries");
+    }
+
+    /// `None` when s_server exited before listening (its port was taken).
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        port: u16,
+        c: &std::path::Path,
+        k: &std::path::Path,
+    ) -> Option<(
+        std::process::Child,
+        std::process::ChildStdin,
+        Arc<Mutex<String>>,
+        Arc<Mutex<String>>,
+    )> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
         let mut child = Command::new("openssl")
             .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
-            .arg(&c)
+            .arg(c)
             .arg("-key")
-            .arg(&k)
+            .arg(k)
             .args(["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -441,23 +471,31 @@ impl OldTls {
                 }
             });
         }
-        // s_server prints ACCEPT once it listens.
+        drop(tx);
+        // s_server prints ACCEPT once it listens; both pipes close if it exits.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .expect("openssl s_server did not report ACCEPT");
-            if line.contains("ACCEPT") {
-                break;
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(line) if line.contains("ACCEPT") => return Some((child, stdin, out, err)),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().unwrap();
+                    let text = err.lock().unwrap().clone();
+                    assert!(
+                        text.to_ascii_lowercase().contains("address already in use"),
+                        "openssl s_server exited ({status}) without listening: {text}"
+                    );
+                    return None;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "openssl s_server did not report ACCEPT in 10 s: {}",
+                        err.lock().unwrap()
+                    );
+                }
             }
-        }
-        OldTls {
-            port,
-            child,
-            _stdin: stdin,
-            out,
-            err,
-            _dir: dir,
         }
     }
 }

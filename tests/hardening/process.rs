@@ -136,6 +136,24 @@ async fn burst(rig: &Rig, n: usize, refused: &AtomicUsize) -> usize {
     ok
 }
 
+/// D1's limited route: 1 a second, burst 10.
+const RATE: usize = 1;
+const BURST: usize = 10;
+
+/// Send on the limited route until the first 429 (at most `BURST` + 5
+/// requests); how many were admitted, and when the limiter was found empty.
+async fn drain(rig: &Rig, refused: &AtomicUsize) -> (usize, Instant) {
+    let mut ok = 0;
+    for _ in 0..BURST + 5 {
+        let before = refused.load(Ordering::SeqCst);
+        ok += burst(rig, 1, refused).await;
+        if refused.load(Ordering::SeqCst) > before {
+            return (ok, Instant::now());
+        }
+    }
+    panic!("the limited route admitted {ok} in a row: no limit");
+}
+
 /// D1 the wall clock jumps +2 h and −2 h under the running gateway
 /// (libfaketime, monotonic clock untouched). Signed `X-TIMESTAMP`s follow
 /// the wall clock (so the genuine provider, whose clock did not move, rejects
@@ -160,16 +178,28 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
         .env("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap())
         .env("FAKETIME_NO_CACHE", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    let rig = rig_with_route(o, "limited", "limit = { rate = 2, burst = 4 }").await;
+    // A slow rate and a large burst: a limiter refilled by the wall clock's
+    // +2 h would hand out the whole burst (10) again, a monotonic one only
+    // what the real seconds since the last refusal earned (1 a second).
+    let rig = rig_with_route(o, "limited", &format!("limit = {{ rate = {RATE}, burst = {BURST} }}")).await;
     let before = rig.baseline().await;
     let refused = AtomicUsize::new(0);
     let limit_from = Instant::now();
-    let mut admitted = burst(&rig, 8, &refused).await;
-    assert_eq!(admitted, 4, "the burst admits 4 at once");
+    let mut admitted = burst(&rig, BURST + 4, &refused).await;
+    // The burst, plus what the rate earned while the requests ran (a few
+    // per second on a loaded machine).
+    let bound = BURST + (RATE as f64 * limit_from.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        (BURST..=bound).contains(&admitted),
+        "the burst admitted {admitted} at once; expected {BURST}..={bound}"
+    );
 
     for (jump, skew) in [("+2h", -7200.0), ("-2h", 7200.0)] {
         // Idle timeout (5 s): this connection idles across the jump.
         let (mut idle, idle_from) = idle_connection(&rig).await;
+        // Empty the limiter just before the jump.
+        let (got, drained_at) = drain(&rig, &refused).await;
+        admitted += got;
         // Header timeout: the clock jumps 300 ms into the slow header.
         let closed = slowloris_closed_after(&rig, || set_offset(&offset, jump)).await;
         assert!(
@@ -201,12 +231,22 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
             (gauge - skew).abs() <= 5.0,
             "{jump}: skew gauge {gauge}, expected ≈ {skew}"
         );
-        // Limits: after a pause of 600 ms real time, one or two more, never a new burst.
+        // Limits: the limiter was emptied before the jump; right after it,
+        // only what the real time since then earned is admitted (rate·t,
+        // + 1 for GCRA's rounding of a partly earned cell), never a new
+        // burst from the 2 h jump; and the −2 h jump does not freeze it
+        // (≥ 1.5 s real time have passed: at least one earned). The 600 ms
+        // pause keeps the latter true however fast the slowloris closed.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let got = burst(&rig, 6, &refused).await;
+        let got = burst(&rig, BURST, &refused).await;
+        let earned = RATE as f64 * drained_at.elapsed().as_secs_f64() + 1.0;
         assert!(got >= 1, "{jump}: the limiter froze after the clock jump");
+        assert!(
+            got as f64 <= earned,
+            "{jump}: {got} admitted right after the jump, {earned:.1} earned in real time: the wall clock refilled the limiter"
+        );
         admitted += got;
-        let bound = 2.0 * limit_from.elapsed().as_secs_f64() + 4.0;
+        let bound = RATE as f64 * limit_from.elapsed().as_secs_f64() + BURST as f64;
         assert!(
             admitted as f64 <= bound,
             "{jump}: {admitted} admitted, rate·t + burst = {bound:.1}"
@@ -256,7 +296,9 @@ fn audit_lines(rig: &Rig, code: &str) -> usize {
 /// on the standard rig). Then SIGTERM while slow requests are in flight and
 /// clients keep sending: the process cannot be probed after it exits, so
 /// this part asserts the equivalent itself: every in-flight request
-/// completes 200, new connections are refused, the exit status is 0, the
+/// completes 200, new connections are refused, no request a load client
+/// fully wrote is left without an answer (refused connects are fine;
+/// written-then-closed is not), the exit status is 0, the
 /// audit log was flushed and `signgate audit verify` accepts it with one
 /// record per answered request, and the provider received exactly the
 /// requests answered 200.
@@ -321,19 +363,22 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
             let (url, stop, answered, signed) = (rig.url(PROBE_PATH), stop.clone(), answered.clone(), signed.clone());
             tokio::spawn(async move {
                 // A raw client: after SIGTERM, connections close or are refused.
+                let mut unanswered = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
                     match raw_post(&url, &order_body()).await {
-                        Some(200) => {
+                        Outcome::Answered(200) => {
                             answered.fetch_add(1, Ordering::SeqCst);
                             signed.fetch_add(1, Ordering::SeqCst);
                         }
-                        Some(503) => {
+                        Outcome::Answered(503) => {
                             answered.fetch_add(1, Ordering::SeqCst);
                         }
-                        Some(s) => panic!("status {s} while draining"),
-                        None => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Outcome::Answered(s) => panic!("status {s} while draining"),
+                        Outcome::Refused => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Outcome::Unanswered(why) => unanswered.push(why),
                     }
                 }
+                unanswered
             })
         })
         .collect();
@@ -360,7 +405,11 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
     };
     stop.store(true, Ordering::SeqCst);
     for l in load {
-        l.await.unwrap();
+        let unanswered = l.await.unwrap();
+        assert!(
+            unanswered.is_empty(),
+            "requests written to the gateway were dropped without an answer: {unanswered:?}"
+        );
     }
     assert!(status.success(), "exit {status:?}\n{}", rig.gw.log_text());
     assert!(signed.load(Ordering::SeqCst) > 0, "no load reached the gateway");
@@ -387,24 +436,42 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
     let _ = &mut rig;
 }
 
-/// One POST on a fresh connection; `None` when the connection was refused
-/// or closed without an answer (a gateway shutting down).
-async fn raw_post(url: &str, body: &str) -> Option<u16> {
+/// What became of one POST on a fresh connection.
+#[derive(Debug)]
+enum Outcome {
+    /// A complete answer with this status.
+    Answered(u16),
+    /// The connection was refused, or reset before the request could be
+    /// written (a listener that is closed or closing): never taken in.
+    Refused,
+    /// The request was fully written, then the connection ended (or stalled
+    /// 5 s) without a complete answer: what a drain must never do.
+    Unanswered(String),
+}
+
+/// One POST on a fresh connection (`Connection: close`).
+async fn raw_post(url: &str, body: &str) -> Outcome {
     use tokio::io::AsyncReadExt;
-    let rest = url.strip_prefix("http://")?;
-    let (hostport, path) = rest.split_at(rest.find('/')?);
-    let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (hostport, path) = rest.split_at(rest.find('/').expect("a path"));
+    let Ok(mut s) = tokio::net::TcpStream::connect(hostport).await else {
+        return Outcome::Refused;
+    };
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.ok()?;
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return Outcome::Refused;
+    }
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    status_of(&out)
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    match (read, status_of(&out)) {
+        (Ok(Ok(_)), Some(status)) => Outcome::Answered(status),
+        (Ok(Ok(n)), None) => Outcome::Unanswered(format!("closed after {n} bytes")),
+        (Ok(Err(e)), _) => Outcome::Unanswered(format!("{e} after {} bytes", out.len())),
+        (Err(_), _) => Outcome::Unanswered(format!("no answer in 5 s ({} bytes)", out.len())),
+    }
 }
 
 /// D4 a panic inside one request (the test-only `x-signgate-fault: panic`,

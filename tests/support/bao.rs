@@ -16,6 +16,9 @@ use tempfile::TempDir;
 
 use super::{closed_port, random_token};
 
+/// How often a start is retried when OpenBao finds its port taken.
+const LAUNCH_TRIES: usize = 5;
+
 /// A running (or killed, restartable) OpenBao dev server.
 pub struct Bao {
     bin: PathBuf,
@@ -62,11 +65,12 @@ impl Bao {
     }
 
     /// Plain HTTP on `port` with root token `root`: a test can hand both to a
-    /// gateway before the server runs.
+    /// gateway before the server runs. The port must stay the same: see
+    /// [`Bao::launch_here`].
     pub async fn start_on(port: u16, root: &str) -> Bao {
         let mut b = Self::new(port, false);
         b.root = root.to_string();
-        b.launch().await;
+        b.launch_here().await;
         b
     }
 
@@ -86,10 +90,41 @@ impl Bao {
         }
     }
 
+    /// On `port`, or, when something else took that free port between our
+    /// probe and OpenBao's bind, on another free one.
     async fn launch_new(port: u16, tls: bool) -> Bao {
         let mut b = Self::new(port, tls);
-        b.launch().await;
-        b
+        for _ in 0..LAUNCH_TRIES {
+            match b.launch().await {
+                Ok(()) => return b,
+                Err(_) => {
+                    eprintln!("port {} was taken before OpenBao bound it; trying another", b.port);
+                    b.port = closed_port();
+                }
+            }
+        }
+        panic!(
+            "OpenBao could not bind a free port in {LAUNCH_TRIES} tries: {}",
+            b.log()
+        );
+    }
+
+    /// On `self.port`, which a gateway already knows (a restart, or a server
+    /// a test announced before it ran): a port still held (our own killed
+    /// server's socket, another process) is retried for a few seconds, then
+    /// the test fails saying so.
+    async fn launch_here(&mut self) {
+        for _ in 0..LAUNCH_TRIES {
+            match self.launch().await {
+                Ok(()) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        panic!(
+            "OpenBao could not bind 127.0.0.1:{} in {LAUNCH_TRIES} tries: another process holds the port: {}",
+            self.port,
+            self.log()
+        );
     }
 
     pub fn addr(&self) -> String {
@@ -107,7 +142,9 @@ impl Bao {
         self.home.path()
     }
 
-    async fn launch(&mut self) {
+    /// Start the server and wait until it is ready; `Err(log)` when it
+    /// exited because its port was taken (any other failure panics).
+    async fn launch(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.home.path().join("bao.log")).unwrap();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("server")
@@ -132,18 +169,24 @@ impl Bao {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready().await
     }
 
-    /// Poll `/v1/sys/health` until it answers 200 (initialized, unsealed, active).
-    async fn wait_ready(&mut self) {
+    /// Poll `/v1/sys/health` until it answers 200 (initialized, unsealed,
+    /// active); `Err(log)` when the server exited because its port was taken.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("bao server exited ({status}): {}", self.log());
+                self.child = None;
+                let log = self.log();
+                if log.contains("address already in use") {
+                    return Err(log);
+                }
+                panic!("bao server exited ({status}): {log}");
             }
             if self.health().await == Some(200) {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -188,7 +231,7 @@ impl Bao {
     /// keeps nothing: put the secrets again.
     pub async fn restart(&mut self) {
         self.kill();
-        self.launch().await;
+        self.launch_here().await;
     }
 
     /// Run `bao ARGS` as root against this server; panics on failure. Output
