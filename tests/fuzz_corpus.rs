@@ -20,17 +20,19 @@ fn replay(target: &str, check: fn(&[u8])) {
     for path in &files {
         let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if catch_unwind(AssertUnwindSafe(|| check(&data))).is_err() {
+            // Right after the panic message, so each message names its file.
+            eprintln!("  ^ {target}: {} failed", path.display());
             failed.push(path.display().to_string());
         }
     }
     assert!(
         failed.is_empty(),
-        "{target}: {} of {} seeds failed (the panic messages are above):\n{}",
+        "{target}: {} of {} corpus files failed (each panic message above names its file):\n{}",
         failed.len(),
         files.len(),
         failed.join("\n")
     );
-    eprintln!("{target}: {} seeds replayed", files.len());
+    eprintln!("{target}: {} corpus files replayed", files.len());
 }
 
 #[test]
