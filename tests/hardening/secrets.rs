@@ -95,6 +95,18 @@ async fn put_pair(bao: &Bao, path: &str, pair: &(String, String)) {
     bao.kv_put(path, &[("api_key", &pair.0), ("secret_key", &pair.1)]).await;
 }
 
+/// A pair the provider accepts, written at `path` in Vault, once credential
+/// `vaultcred` has loaded it.
+async fn load_new_pair(rig: &Rig, bao: &Bao, path: &str) -> (String, String) {
+    let pair = accepted_pair(rig);
+    put_pair(bao, path, &pair).await;
+    wait_for(Duration::from_secs(8), "the credential never loaded", || async {
+        loaded(rig, "vaultcred").await == 1.0
+    })
+    .await;
+    pair
+}
+
 async fn post_to(rig: &Rig, name: &str) -> Reply {
     rig.client.post(&rig.url(&vpath(name)), &order_body()).await
 }
@@ -572,12 +584,7 @@ async fn c02_vault_down_after_start_keeps_last_good_then_fails_closed() {
     write_token(&token_file, &bao.root);
     let cred = token_cred(&bao.addr(), "kp/c2", &token_file, "vault_max_stale_secs = 3");
     let rig = vault_rig(RigOptions::default(), &[("vaultcred", cred)]).await;
-    let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/c2", &pair).await;
-    wait_for(Duration::from_secs(8), "the credential never loaded", || async {
-        loaded(&rig, "vaultcred").await == 1.0
-    })
-    .await;
+    let pair = load_new_pair(&rig, &bao, "kp/c2").await;
     let before = rig.baseline().await;
     let errors_before = refresh_count(&rig, "vaultcred", "error").await;
 
@@ -883,12 +890,7 @@ async fn c04_token_renewal_failure_and_max_ttl_relogin_before_expiry() {
     let role = bao.approle("c4", "kp", "3s", "6s").await;
     let cred = approle_cred(&bao, &proxy.url(), "kp/c4", (&role.0, &role.1), "");
     let rig = vault_rig(RigOptions::default(), &[("vaultcred", cred)]).await;
-    let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/c4", &pair).await;
-    wait_for(Duration::from_secs(8), "the credential never loaded", || async {
-        loaded(&rig, "vaultcred").await == 1.0
-    })
-    .await;
+    load_new_pair(&rig, &bao, "kp/c4").await;
     let before = rig.baseline().await;
     let errors = refresh_count(&rig, "vaultcred", "error").await;
     let signed = AtomicUsize::new(0);
@@ -975,12 +977,7 @@ async fn c05_rotation_under_load_fails_nothing_and_switches_in_time() {
         &[("vaultcred", cred)],
     )
     .await;
-    let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/c5", &pair).await;
-    wait_for(Duration::from_secs(8), "the credential never loaded", || async {
-        loaded(&rig, "vaultcred").await == 1.0
-    })
-    .await;
+    load_new_pair(&rig, &bao, "kp/c5").await;
     let before = rig.baseline().await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1180,12 +1177,7 @@ async fn c07_recovery_after_outage_is_one_refresh_not_a_herd() {
         &[("vaultcred", cred)],
     )
     .await;
-    let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/c7", &pair).await;
-    wait_for(Duration::from_secs(8), "the credential never loaded", || async {
-        loaded(&rig, "vaultcred").await == 1.0
-    })
-    .await;
+    load_new_pair(&rig, &bao, "kp/c7").await;
     let before = rig.baseline().await;
 
     proxy.set(None, Fault::Status(503));
