@@ -453,3 +453,25 @@ fn hardening_limits_reach_the_typed_config() {
         .encode(br#"{"a":{"b":[[1]]}}"#, &opts, &mut out)
         .is_err());
 }
+
+#[test]
+fn route_and_webhook_names_are_unique_metric_labels() {
+    let hook = |name: &str, path: &str| {
+        format!(
+            "[[webhook]]\nname = \"{name}\"\nmatch_path = \"{path}\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nforward_to = \"http://127.0.0.1:3000/events\"\n"
+        )
+    };
+    let with = |extra: &str| GOOD.replacen("[scheme.acme]", &format!("{extra}[scheme.acme]"), 1);
+    assert!(Config::from_toml_str(&with(&hook("events", "/hooks/a"))).is_ok());
+    for (extra, key) in [
+        (hook("bad name", "/hooks/a"), "webhook[0].name"),
+        (hook("events", "/hooks/a") + &hook("events", "/hooks/b"), "webhook[1].name"),
+        (
+            "[[route]]\nname = \"kwikpaisa\"\nmatch_prefix = \"/other/\"\nupstream = \"https://sandbox.kwikpaisa.com\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\n".to_string(),
+            "route[1].name",
+        ),
+    ] {
+        let keys = keys_of(&with(&extra));
+        assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+    }
+}

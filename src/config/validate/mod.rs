@@ -147,6 +147,50 @@ impl V {
         Some(Quota { rate, burst })
     }
 
+    /// The name of a route or webhook: it becomes a metric label and an
+    /// audit field, so 1-64 of `A-Z a-z 0-9 - _ .`, unique among `taken`.
+    /// `None` (after an error) when the entry cannot be used.
+    fn label_name(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        taken: &mut BTreeSet<String>,
+        what: &str,
+    ) -> Option<String> {
+        let name = match value {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                n
+            }
+            Some(n) => {
+                self.push(ConfigError::invalid(
+                    key,
+                    n,
+                    "1-64 characters of A-Z a-z 0-9 - _ . (used as a metric label)",
+                ));
+                return None;
+            }
+            None => {
+                self.push(ConfigError::missing(
+                    key,
+                    format!("a unique {what} name (used in metrics and audit records)"),
+                ));
+                return None;
+            }
+        };
+        if !taken.insert(name.clone()) {
+            self.push(ConfigError::invalid(
+                key,
+                &name,
+                format!("a name not used by another {what}"),
+            ));
+        }
+        Some(name)
+    }
+
     /// A value that must name an entry of `defined` (a credential, a scheme).
     fn reference<T>(&mut self, key: &str, value: Option<String>, defined: &BTreeMap<String, T>, what: &str) -> String {
         match value {

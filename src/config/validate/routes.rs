@@ -57,37 +57,9 @@ pub(super) fn routes(
     let mut prefixes = BTreeMap::new();
     for (i, r) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("route[{i}].{k}");
-        let name = match r.name {
-            Some(n)
-                if !n.is_empty()
-                    && n.len() <= 64
-                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
-            {
-                n
-            }
-            Some(n) => {
-                v.push(ConfigError::invalid(
-                    key("name"),
-                    n,
-                    "1-64 characters of A-Z a-z 0-9 - _ . (used as a metric label)",
-                ));
-                continue;
-            }
-            None => {
-                v.push(ConfigError::missing(
-                    key("name"),
-                    "a unique route name (used in metrics and audit records)",
-                ));
-                continue;
-            }
+        let Some(name) = v.label_name(&key("name"), r.name, &mut names, "route") else {
+            continue;
         };
-        if !names.insert(name.clone()) {
-            v.push(ConfigError::invalid(
-                key("name"),
-                &name,
-                "a name not used by another route",
-            ));
-        }
         let match_prefix = match r.match_prefix.as_deref() {
             Some(p)
                 if p.starts_with('/')
@@ -267,11 +239,11 @@ pub(super) fn webhooks(
     routes: &[RouteConfig],
 ) -> Vec<WebhookConfig> {
     let mut out = Vec::with_capacity(raw.len());
+    let mut names = BTreeSet::new();
     let mut paths = BTreeSet::new();
     for (i, r) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("webhook[{i}].{k}");
-        let Some(name) = r.name.filter(|n| !n.is_empty()) else {
-            v.push(ConfigError::missing(key("name"), "a unique webhook name"));
+        let Some(name) = v.label_name(&key("name"), r.name, &mut names, "webhook") else {
             continue;
         };
         let match_path = match r.match_path {
