@@ -182,11 +182,14 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_serving() {
     })
     .await;
     assert!(counted, "{}", gw.log_text());
-    let log = gw.log_text();
-    assert!(
-        log.contains("reload rejected") && log.contains("listener.max_conections") && log.contains("access.allow"),
-        "{log}"
-    );
+    // The counter can be scraped before the child's log line has passed
+    // through its stderr pipe and our reader thread: wait for the line too.
+    let logged = eventually(Duration::from_secs(5), || async {
+        let log = gw.log_text();
+        log.contains("reload rejected") && log.contains("listener.max_conections") && log.contains("access.allow")
+    })
+    .await;
+    assert!(logged, "{}", gw.log_text());
     assert_eq!(
         c.post(&gw.url("/kwikpaisa/x"), "{}").await.status,
         200,
