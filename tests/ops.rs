@@ -158,7 +158,12 @@ async fn sighup_applies_a_new_route_limit_without_dropping_requests() {
     assert!(statuses.contains(&200) && statuses.contains(&429));
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "signgate_config_reloads_total", &[("result", "ok")]), 1.0);
-    assert!(gw.log_text().contains("configuration reloaded"));
+    // The log line can trail the counter through the stderr pipe.
+    let logged = eventually(Duration::from_secs(5), || async {
+        gw.log_text().contains("configuration reloaded")
+    })
+    .await;
+    assert!(logged, "{}", gw.log_text());
 }
 
 #[tokio::test]
