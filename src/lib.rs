@@ -39,20 +39,20 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod dedup;
-pub mod demo;
+pub mod devtools;
 pub mod fault;
+/// Property checks shared by the cargo-fuzz targets and the corpus replay test.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
-pub mod pki;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 pub mod secrets;
 pub mod sign;
-pub mod standin;
 pub mod tls;
 pub mod upstream;
 pub mod webhook;

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         }
         Command::Check { credentials } => runtime.block_on(signgate::cli::check(&config_path, credentials)),
         Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
-        Command::Demo => runtime.block_on(signgate::demo::run()),
+        Command::Demo => runtime.block_on(signgate::devtools::demo::run()),
         Command::Certs(args) => signgate::cli::certs(&args),
         Command::Webhooks { command } => {
             let action = match command {

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use signgate::standin::Verdict;
+use signgate::devtools::standin::Verdict;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -171,8 +171,8 @@ async fn per_client_limits_are_independent_across_addresses() {
     assert_eq!(b.post(&url, "{}").await.status, 200);
 }
 
-async fn tls_setup(client_ca: bool, route_extra: &str) -> (Setup, signgate::pki::DevCa) {
-    let clients = signgate::pki::DevCa::new("signgate test clients CA").unwrap();
+async fn tls_setup(client_ca: bool, route_extra: &str) -> (Setup, signgate::devtools::pki::DevCa) {
+    let clients = signgate::devtools::pki::DevCa::new("signgate test clients CA").unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
     let server = clients.server(&["localhost", "127.0.0.1"]).unwrap();
     let (cert, key, ca) = (dir.join("gw.pem"), dir.join("gw-key.pem"), dir.join("clients-ca.pem"));
@@ -217,7 +217,7 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_checks_identities() {
     // No certificate: refused in the handshake (TLS 1.3 reports it on first use).
     assert!(https_post(addr, &ca, None, "/kwikpaisa/x", "{}").await.is_err());
     // A certificate from another CA: refused.
-    let stranger = signgate::pki::DevCa::new("stranger CA").unwrap();
+    let stranger = signgate::devtools::pki::DevCa::new("stranger CA").unwrap();
     let foreign = stranger.client(&["spiffe://signgate.test/payout-svc"]).unwrap();
     assert!(https_post(addr, &ca, Some(&foreign), "/kwikpaisa/x", "{}")
         .await

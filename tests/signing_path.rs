@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use signgate::standin::Verdict;
+use signgate::devtools::standin::Verdict;
 use support::*;
 
 const ORDER: &str = r#"{
@@ -259,7 +259,11 @@ async fn untrusted_upstream_certificate_is_502_upstream_tls() {
     let pki = pki();
     let provider = provider(&pki).await;
     let other_ca = pki.dir.path().join("other-ca.pem");
-    std::fs::write(&other_ca, signgate::pki::DevCa::new("unrelated CA").unwrap().cert_pem()).unwrap();
+    std::fs::write(
+        &other_ca,
+        signgate::devtools::pki::DevCa::new("unrelated CA").unwrap().cert_pem(),
+    )
+    .unwrap();
     let cred = pki.dir.path().join("c.json");
     write_cred(&cred, &provider.api_key, &provider.secret);
     let upstream = format!("https://localhost:{}", provider.standin.addr().port());
@@ -394,7 +398,7 @@ async fn egress_client_certificate_for_mtls_to_the_provider() {
         .with_single_cert(vec![server.cert_der.clone()], server.key_der())
         .unwrap();
     let (api_key, secret) = (random_token("pk_test_", 20), random_token("sk_test_", 32));
-    let standin = signgate::standin::Standin::start(signgate::standin::StandinOptions {
+    let standin = signgate::devtools::standin::Standin::start(signgate::devtools::standin::StandinOptions {
         api_key: api_key.clone(),
         secret: signgate::secrets::SecretBytes::from(secret.clone()),
         tolerance: Duration::from_secs(60),

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use signgate::devtools::standin::Verdict;
 use signgate::secrets::SecretBytes;
-use signgate::standin::Verdict;
 use support::bao::{vault_gateway_config, Bao};
 use support::vault::*;
 use support::*;

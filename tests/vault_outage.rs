@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use signgate::devtools::standin::Verdict;
 use signgate::secrets::SecretBytes;
-use signgate::standin::Verdict;
 use support::bao::Bao;
 use support::vault::*;
 use support::*;

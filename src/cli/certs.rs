@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::pki::{DevCa, Issued};
+use crate::devtools::pki::{DevCa, Issued};
 
 /// Names the server certificate always carries, so `https://localhost` and
 /// `https://127.0.0.1` work out of the box.

@@ -805,7 +805,7 @@ async fn a07_client_signing_headers_never_reach_the_provider() {
     let recs = rig.provider.standin.records().await;
     let rec = recs.last().unwrap();
     assert_eq!(canonical(&rec.body), canonical(body.as_bytes()));
-    assert_eq!(rec.verdict, signgate::standin::Verdict::Valid);
+    assert_eq!(rec.verdict, signgate::devtools::standin::Verdict::Valid);
     for name in ["x-api-key", "x-timestamp", "x-signature"] {
         assert_eq!(rec.headers.get_all(name).iter().count(), 1, "{name} at the provider");
     }
@@ -1085,7 +1085,7 @@ async fn a12_hostile_json_is_refused_with_a_reason() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let recs = rig.provider.standin.records().await;
         let rec = recs.last().unwrap();
-        assert_eq!(rec.verdict, signgate::standin::Verdict::Valid);
+        assert_eq!(rec.verdict, signgate::devtools::standin::Verdict::Valid);
         // Canonical form (sorted keys), the big value byte for byte.
         let big = if body.contains("ORD-big") {
             "a".repeat(65_000)
@@ -1410,7 +1410,10 @@ impl TlsGateway {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let recs = self.provider.standin.records().await;
         assert_eq!(recs.len(), before + 1);
-        assert_eq!(recs.last().unwrap().verdict, signgate::standin::Verdict::Valid);
+        assert_eq!(
+            recs.last().unwrap().verdict,
+            signgate::devtools::standin::Verdict::Valid
+        );
         took
     }
 

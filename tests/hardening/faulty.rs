@@ -338,7 +338,7 @@ async fn respond(io: &mut Box<dyn Io>, behavior: &Behavior) -> bool {
 }
 
 /// A rustls server config presenting `cert` (for TLS variants of B7).
-pub fn server_config(cert: &signgate::pki::Issued) -> Arc<rustls::ServerConfig> {
+pub fn server_config(cert: &signgate::devtools::pki::Issued) -> Arc<rustls::ServerConfig> {
     server_config_der(cert.cert_der.clone(), cert.key_der())
 }
 
@@ -405,7 +405,7 @@ impl OldTls {
     /// The port is probed free, then bound by s_server: when another
     /// process took it in between, s_server exits without `ACCEPT` and the
     /// start is retried on another free port (a few times).
-    pub fn start(cert: &signgate::pki::Issued) -> OldTls {
+    pub fn start(cert: &signgate::devtools::pki::Issued) -> OldTls {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&c, &cert.cert_pem).unwrap();

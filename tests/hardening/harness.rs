@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use signgate::standin::Verdict;
+use signgate::devtools::standin::Verdict;
 use tempfile::TempDir;
 
 use crate::support::*;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use signgate::standin::Verdict;
+use signgate::devtools::standin::Verdict;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;

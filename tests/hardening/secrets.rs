@@ -21,8 +21,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use signgate::devtools::standin::Verdict;
 use signgate::secrets::SecretBytes;
-use signgate::standin::Verdict;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;

@@ -557,7 +557,7 @@ async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
         Behavior::Slow(Duration::ZERO),
     )
     .await;
-    let other_ca = signgate::pki::DevCa::new("unrelated CA").unwrap();
+    let other_ca = signgate::devtools::pki::DevCa::new("unrelated CA").unwrap();
     let unknown_ca = Faulty::start(
         server_config(&other_ca.server(&["localhost"]).unwrap()),
         Behavior::Slow(Duration::ZERO),

@@ -19,9 +19,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng as _;
-use signgate::pki::DevCa;
+use signgate::devtools::pki::DevCa;
+use signgate::devtools::standin::{Standin, StandinOptions};
 use signgate::secrets::SecretBytes;
-use signgate::standin::{Standin, StandinOptions};
 use tempfile::TempDir;
 
 pub fn random_token(prefix: &str, n: usize) -> String {
@@ -351,7 +351,7 @@ pub fn series_count(text: &str) -> usize {
 pub async fn https_post(
     addr: SocketAddr,
     ca: &DevCa,
-    client_cert: Option<&signgate::pki::Issued>,
+    client_cert: Option<&signgate::devtools::pki::Issued>,
     path: &str,
     body: &str,
 ) -> Result<Reply, String> {

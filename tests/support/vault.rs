@@ -109,7 +109,7 @@ impl World {
         .await;
     }
 
-    pub async fn last_record(&self) -> signgate::standin::Recorded {
+    pub async fn last_record(&self) -> signgate::devtools::standin::Recorded {
         self.provider
             .standin
             .records()

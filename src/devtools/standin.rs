@@ -8,7 +8,8 @@
 //! More than one (API key, secret) pair can be accepted at once
 //! ([`Standin::accept`]), as a provider does while a secret is rotated.
 //!
-//! Test hooks by path: `/hang` never answers, `/slow/MS` answers after MS ms,
+//! Test hooks by path, compiled only with the `test-hooks` feature (the
+//! crate's own tests): `/hang` never answers, `/slow/MS` answers after MS ms,
 //! `/status/NNN` answers that status (with `Retry-After: 7` for 429/503).
 
 use std::convert::Infallible;
@@ -89,6 +90,8 @@ struct Shared {
     tolerance: Duration,
     records: Arc<Mutex<Vec<Recorded>>>,
     events: mpsc::UnboundedSender<Recorded>,
+    /// Releases `/hang` requests at stop (test hooks only).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     cancel: CancellationToken,
 }
 
@@ -254,18 +257,8 @@ async fn respond(
     shared.records.lock().await.push(rec.clone());
     let _ = shared.events.send(rec);
 
-    if path == "/hang" {
-        shared.cancel.cancelled().await;
-    }
-    if let Some(ms) = path.strip_prefix("/slow/").and_then(|s| s.parse::<u64>().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let (status, body) = if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()) {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            format!(r#"{{"status":false,"code":{code},"message":"stand-in status {code}"}}"#),
-        )
+    let (status, body) = if let Some(hooked) = hooks::apply(&shared, &path).await {
+        hooked
     } else if verdict == Verdict::Valid {
         (
             StatusCode::OK,
@@ -287,6 +280,33 @@ async fn respond(
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
     }
     Ok(resp)
+}
+
+/// The test hooks (see the module doc); without the feature, none.
+mod hooks {
+    use super::Shared;
+    use http::StatusCode;
+
+    #[cfg(feature = "test-hooks")]
+    pub(super) async fn apply(shared: &Shared, path: &str) -> Option<(StatusCode, String)> {
+        if path == "/hang" {
+            shared.cancel.cancelled().await;
+        }
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|s| s.parse::<u64>().ok()) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let code = path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok())?;
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Some((
+            status,
+            format!(r#"{{"status":false,"code":{code},"message":"stand-in status {code}"}}"#),
+        ))
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) async fn apply(_shared: &Shared, _path: &str) -> Option<(StatusCode, String)> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng as _;
 
 use crate::config::Config;
-use crate::pki::DevCa;
+use crate::devtools::pki::DevCa;
+use crate::devtools::standin::{Standin, StandinOptions, Verdict};
 use crate::secrets::SecretBytes;
-use crate::standin::{Standin, StandinOptions, Verdict};
 
 struct Case {
     what: &'static str,

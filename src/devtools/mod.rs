@@ -1,0 +1,8 @@
+//! Tools around the product, not the request path: the throw-away PKI
+//! (`signgate certs dev`, the demo and the tests), the provider stand-in
+//! that recomputes every signature with its own code, and `signgate demo`.
+//! Nothing on the request path imports this module.
+
+pub mod demo;
+pub mod pki;
+pub mod standin;
