@@ -1,6 +1,6 @@
 // KwikPaisa v3 signing in njs, for the nginx+njs contender of benches/run.sh.
 //
-// Same rule as signgate's `kwikpaisa` scheme (README, "Signing rules"):
+// Same rule as signgate's `kwikpaisa` scheme (docs/signing.md, "KwikPaisa v3"):
 //   canonical JSON = object keys sorted at every depth (objects inside arrays
 //   too), compact, "/" unescaped, non-ASCII as lowercase \uXXXX;
 //   X-SIGNATURE = lowercase hex HMAC-SHA256(secret, canonical JSON + X-TIMESTAMP).

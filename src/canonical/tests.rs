@@ -23,7 +23,8 @@ const PHP: Options = Options {
     max_depth: DEFAULT_MAX_DEPTH,
 };
 
-/// §5(b) input object, insertion order and layout as in kwikpaisa.md.
+/// The nested input object (vectors B1–B7), insertion order and layout as in
+/// `docs/signing.md` ("Test vectors").
 const NESTED_INPUT: &str = r#"{
   "order_id": "ORD-2026-0001",
   "order_amount": 105.5,

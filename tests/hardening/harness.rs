@@ -1,7 +1,7 @@
 //! The hardening rig: the real `signgate` binary as a child process (so its
 //! file descriptors, RSS and tasks can be measured on their own), the
 //! provider stand-in over real TLS recomputing every signature, and the four
-//! after-fault checks of `hardening.md`:
+//! after-fault checks of `docs/security.md`:
 //!
 //! 1. a normal signed request still succeeds within its usual latency;
 //! 2. open fds, runtime tasks and RSS return to baseline within one timeout

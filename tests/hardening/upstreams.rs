@@ -1,7 +1,7 @@
 //! B. Faulty upstreams: each test starts one or more [`Faulty`] servers (real
 //! TLS on loopback), routes `/NAME/` to them next to the rig's genuine
 //! provider, injects the fault through a request, asserts the behaviour of
-//! `hardening.md`, then the four after-fault conditions. The faulty servers
+//! `docs/security.md`, then the four after-fault conditions. The faulty servers
 //! are stopped before `after_fault`, so the gateway's pooled connections to
 //! them close and resources must return to the baseline.
 
