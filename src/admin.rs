@@ -6,52 +6,72 @@
 //! `GET /webhooks[?failed=true]` and `POST /webhooks/retry?id=N|all_failed=true`
 //! (the inbox, for `signgate webhooks`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Gateway;
+use crate::listener::{self, ConnInfo, Handler};
+use crate::state::{ReloadHandle, Shared};
+
+/// At most this many admin connections at once: a flood of idle admin
+/// connections cannot take the file descriptors the traffic listener needs.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// An admin request head must arrive within this.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle admin connection is closed after this.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the admin endpoints may see and do: read the shared state, and ask
+/// the composition root for a reload.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    shared: Arc<Shared>,
+    reload: ReloadHandle,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>, reload: ReloadHandle) -> Self {
+        Admin { shared, reload }
+    }
+}
+
+impl Handler for Admin {
+    type Body = Full<Bytes>;
+
+    fn call(
+        self,
+        req: Request<Incoming>,
+        _conn: Arc<ConnInfo>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static {
+        respond(self, req)
+    }
+}
+
+/// The admin listener's limits: its own connection cap and timers, the
+/// accept back-off of the traffic listener (the same accept loop).
+fn settings() -> listener::Settings {
+    listener::Settings {
+        header_timeout: ADMIN_HEADER_TIMEOUT,
+        idle_timeout: ADMIN_IDLE_TIMEOUT,
+        max_headers: 64,
+        max_header_bytes: 16 * 1024,
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        write_idle_timeout: Duration::from_secs(30),
+        h2_max_concurrent_streams: 16,
+        h2_max_pending_resets: crate::config::DEFAULT_H2_MAX_PENDING_RESETS,
+    }
+}
 
 /// Serve the admin endpoints until `stop`.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(5));
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let gw = gw.clone();
-        let builder = builder.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| respond(gw.clone(), req));
-            tokio::select! {
-                _ = builder.serve_connection(TokioIo::new(stream), svc) => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+pub(crate) async fn serve(l: TcpListener, admin: Admin, stop: CancellationToken) {
+    let metrics = admin.shared.metrics().admin_connections.clone();
+    listener::serve(l, None, admin, metrics, settings(), stop, Duration::from_secs(1)).await;
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -64,9 +84,10 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     const JSON: &str = "application/json";
-    let resp = match (req.method(), req.uri().path()) {
+    let gw = &admin.shared;
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let snap = gw.snapshot();
             gw.metrics().observe_credentials(&snap.credentials);
@@ -85,7 +106,7 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"alive"}"#),
         (&Method::GET, "/readyz") => {
-            let missing = gw.readiness_problems();
+            let missing = gw.readiness();
             if missing.is_empty() {
                 reply(StatusCode::OK, JSON, r#"{"status":"ready"}"#)
             } else {
@@ -98,7 +119,7 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "failed=true"));
-            webhooks_list(&gw, failed_only).await
+            webhooks_list(gw, failed_only).await
         }
         (&Method::POST, "/webhooks/retry") => {
             let query = req.uri().query().unwrap_or("");
@@ -114,19 +135,19 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
                     r#"{"error":{"code":"bad_request","message":"give id=N or all_failed=true"}}"#,
                 )
             } else {
-                webhooks_retry(&gw, id).await
+                webhooks_retry(gw, id).await
             }
         }
-        (&Method::POST, "/reload") => match gw.reload().await {
+        (&Method::POST, "/reload") => match admin.reload.reload().await {
             Ok(summary) => reply(
                 StatusCode::OK,
                 JSON,
-                serde_json::json!({"status": "reloaded", "summary": summary}).to_string(),
+                serde_json::json!({"status": "reloaded", "summary": summary.to_string()}).to_string(),
             ),
             Err(why) => reply(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 JSON,
-                serde_json::json!({"error": {"code": "reload_rejected", "message": why}}).to_string(),
+                serde_json::json!({"error": {"code": "reload_rejected", "message": why.to_string()}}).to_string(),
             ),
         },
         (_, "/metrics" | "/healthz" | "/readyz" | "/reload" | "/webhooks" | "/webhooks/retry") => reply(
@@ -139,12 +160,11 @@ async fn respond(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Fu
             JSON,
             r#"{"error":{"code":"no_route","message":"admin endpoints: /metrics /healthz /readyz /reload"}}"#,
         ),
-    };
-    Ok(resp)
+    }
 }
 
-async fn webhooks_list(gw: &Gateway, failed_only: bool) -> Response<Full<Bytes>> {
-    let Some(store) = gw.webhook_store().cloned() else {
+async fn webhooks_list(gw: &Shared, failed_only: bool) -> Response<Full<Bytes>> {
+    let Some(store) = gw.inbox().cloned() else {
         return reply(
             StatusCode::NOT_FOUND,
             "application/json",
@@ -168,8 +188,8 @@ async fn webhooks_list(gw: &Gateway, failed_only: bool) -> Response<Full<Bytes>>
     }
 }
 
-async fn webhooks_retry(gw: &Gateway, id: Option<u64>) -> Response<Full<Bytes>> {
-    let Some(store) = gw.webhook_store().cloned() else {
+async fn webhooks_retry(gw: &Shared, id: Option<u64>) -> Response<Full<Bytes>> {
+    let Some(store) = gw.inbox().cloned() else {
         return reply(
             StatusCode::NOT_FOUND,
             "application/json",

@@ -8,6 +8,7 @@
 //! [`DuplicateStore`] so a shared store (Redis) can replace the in-memory one
 //! for fleets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -18,18 +19,36 @@ use dashmap::DashMap;
 pub enum Duplicate {
     InFlight,
     Succeeded,
+    /// An earlier attempt was sent and its outcome is unknown (timeout, cut
+    /// response): held for the window, as if it had succeeded.
+    Unknown,
     /// The store is full of in-flight references; fail closed.
     Full,
+}
+
+/// How a claimed request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider answered 2xx: the reference is used for the window.
+    Succeeded,
+    /// A definite failure (nothing sent, or the provider refused it): the
+    /// reference may be retried.
+    Failed,
+    /// Sent, but whether it took effect is not known: held for the window.
+    Unknown,
 }
 
 /// Storage of transaction references. Implementations must make `begin`
 /// atomic: of two concurrent calls with the same key, exactly one succeeds.
 pub trait DuplicateStore: Send + Sync {
-    /// Claim `key`; `Err` if it is in flight or succeeded within the window.
+    /// Claim `key`; `Err` if it is in flight, succeeded or unknown within the window.
     fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate>;
-    /// Record the outcome: a success keeps the key until `now + window`; a
-    /// failure releases it.
-    fn finish(&self, key: &str, succeeded: bool, now: Instant);
+    /// Record the outcome: a success or an unknown outcome keeps the key
+    /// until `now + window`; a failure releases it.
+    fn finish(&self, key: &str, outcome: Outcome, now: Instant);
+    /// Forget `key` whatever its state (an operator's manual release);
+    /// whether it was held.
+    fn release(&self, key: &str) -> bool;
     /// Number of references held.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -41,6 +60,25 @@ pub trait DuplicateStore: Send + Sync {
 enum State {
     InFlight,
     Done { until: Instant },
+    Unknown { until: Instant },
+}
+
+impl State {
+    fn refuses(self, now: Instant) -> Option<Duplicate> {
+        match self {
+            State::InFlight => Some(Duplicate::InFlight),
+            State::Done { until } if until > now => Some(Duplicate::Succeeded),
+            State::Unknown { until } if until > now => Some(Duplicate::Unknown),
+            State::Done { .. } | State::Unknown { .. } => None,
+        }
+    }
+
+    fn expiry(self) -> Option<Instant> {
+        match self {
+            State::InFlight => None,
+            State::Done { until } | State::Unknown { until } => Some(until),
+        }
+    }
 }
 
 /// In-memory store for one gateway process.
@@ -59,25 +97,21 @@ impl MemoryStore {
         }
     }
 
-    /// Drop expired references; if still full, drop the successes that
+    /// Drop expired references; if still full, drop the settled ones that
     /// expire soonest (never an in-flight one).
     fn make_room(&self, now: Instant) {
-        self.map
-            .retain(|_, s| !matches!(s, State::Done { until } if *until <= now));
+        self.map.retain(|_, s| s.expiry().is_none_or(|until| until > now));
         let excess = (self.map.len() + 1).saturating_sub(self.capacity);
         if excess == 0 {
             return;
         }
-        let mut done: Vec<(Instant, String)> = self
+        let mut settled: Vec<(Instant, String)> = self
             .map
             .iter()
-            .filter_map(|e| match e.value() {
-                State::Done { until } => Some((*until, e.key().clone())),
-                State::InFlight => None,
-            })
+            .filter_map(|e| e.value().expiry().map(|until| (until, e.key().clone())))
             .collect();
-        done.sort();
-        for (_, k) in done.into_iter().take(excess) {
+        settled.sort();
+        for (_, k) in settled.into_iter().take(excess) {
             self.map.remove(&k);
         }
     }
@@ -86,10 +120,8 @@ impl MemoryStore {
 impl DuplicateStore for MemoryStore {
     fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate> {
         // A known reference answers for itself, whatever the fill level.
-        match self.map.get(key).map(|s| *s) {
-            Some(State::InFlight) => return Err(Duplicate::InFlight),
-            Some(State::Done { until }) if until > now => return Err(Duplicate::Succeeded),
-            _ => {}
+        if let Some(why) = self.map.get(key).and_then(|s| s.refuses(now)) {
+            return Err(why);
         }
         if self.map.len() >= self.capacity {
             self.make_room(now);
@@ -98,10 +130,9 @@ impl DuplicateStore for MemoryStore {
             }
         }
         match self.map.entry(key.to_string()) {
-            Entry::Occupied(mut e) => match *e.get() {
-                State::InFlight => Err(Duplicate::InFlight),
-                State::Done { until } if until > now => Err(Duplicate::Succeeded),
-                State::Done { .. } => {
+            Entry::Occupied(mut e) => match e.get().refuses(now) {
+                Some(why) => Err(why),
+                None => {
                     e.insert(State::InFlight);
                     Ok(())
                 }
@@ -113,17 +144,23 @@ impl DuplicateStore for MemoryStore {
         }
     }
 
-    fn finish(&self, key: &str, succeeded: bool, now: Instant) {
-        if succeeded {
-            self.map.insert(
-                key.to_string(),
-                State::Done {
-                    until: now + self.window,
-                },
-            );
-        } else {
-            self.map.remove(key);
+    fn finish(&self, key: &str, outcome: Outcome, now: Instant) {
+        let until = now + self.window;
+        match outcome {
+            Outcome::Succeeded => {
+                self.map.insert(key.to_string(), State::Done { until });
+            }
+            Outcome::Unknown => {
+                self.map.insert(key.to_string(), State::Unknown { until });
+            }
+            Outcome::Failed => {
+                self.map.remove(key);
+            }
         }
+    }
+
+    fn release(&self, key: &str) -> bool {
+        self.map.remove(key).is_some()
     }
 
     fn len(&self) -> usize {
@@ -131,30 +168,52 @@ impl DuplicateStore for MemoryStore {
     }
 }
 
-/// The transaction reference at `pointer` in a JSON body, as JSON text
-/// (strings keep their quotes, so `"1"` and `1` stay distinct); `None` when
-/// the body has no value there.
+/// The transaction reference at `pointer` in a canonical JSON body, as its
+/// canonical JSON text: strings keep their quotes (`"1"` and `1` stay
+/// distinct) and numbers keep their digits (never read as floats, so
+/// `100000000000000000000001` and `…002` stay distinct). `None` when the
+/// body has no value there or it is `null`.
 pub fn reference(body: &[u8], pointer: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match v.pointer(pointer)? {
-        serde_json::Value::Null => None,
-        other => Some(other.to_string()),
+    let mut value: &serde_json::value::RawValue = serde_json::from_slice(body).ok()?;
+    if !pointer.is_empty() {
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let text = value.get().trim_start();
+            value = if text.starts_with('{') {
+                let map: std::collections::HashMap<String, &serde_json::value::RawValue> =
+                    serde_json::from_str(value.get()).ok()?;
+                map.get(&token).copied()?
+            } else if text.starts_with('[') {
+                let index: usize = token.parse().ok()?;
+                let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(value.get()).ok()?;
+                items.get(index).copied()?
+            } else {
+                return None;
+            };
+        }
+    }
+    match value.get().trim() {
+        "null" => None,
+        text => Some(text.to_string()),
     }
 }
 
-/// Releases an in-flight reference if the request is dropped before
-/// `finish` (client gone, panic): never leave a key stuck "in flight".
-pub struct Claim<'a> {
-    store: &'a dyn DuplicateStore,
+/// A claimed reference. Resolved by [`Claim::finish`]; if dropped before
+/// that (client gone, panic, shutdown), it is released when nothing was sent
+/// and held as unknown once the request may have reached the provider.
+pub struct Claim {
+    store: Arc<dyn DuplicateStore>,
     key: String,
+    sent: bool,
     done: bool,
 }
 
-impl<'a> Claim<'a> {
-    pub fn new(store: &'a dyn DuplicateStore, key: String) -> Self {
+impl Claim {
+    pub fn new(store: Arc<dyn DuplicateStore>, key: String) -> Self {
         Claim {
             store,
             key,
+            sent: false,
             done: false,
         }
     }
@@ -163,16 +222,22 @@ impl<'a> Claim<'a> {
         &self.key
     }
 
-    pub fn finish(mut self, succeeded: bool) {
-        self.store.finish(&self.key, succeeded, Instant::now());
+    /// From now on bytes may reach the provider: a drop means "unknown".
+    pub fn sending(&mut self) {
+        self.sent = true;
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.store.finish(&self.key, outcome, Instant::now());
         self.done = true;
     }
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
         if !self.done {
-            self.store.finish(&self.key, false, Instant::now());
+            let outcome = if self.sent { Outcome::Unknown } else { Outcome::Failed };
+            self.store.finish(&self.key, outcome, Instant::now());
         }
     }
 }
@@ -187,11 +252,20 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(s.begin("a", t0), Ok(()));
         assert_eq!(s.begin("a", t0), Err(Duplicate::InFlight));
-        s.finish("a", true, t0);
+        s.finish("a", Outcome::Succeeded, t0);
         assert_eq!(s.begin("a", t0 + Duration::from_secs(9)), Err(Duplicate::Succeeded));
         assert_eq!(s.begin("a", t0 + Duration::from_secs(11)), Ok(()));
-        s.finish("a", false, t0);
+        s.finish("a", Outcome::Failed, t0);
         assert_eq!(s.begin("a", t0), Ok(()), "a failed request may be retried");
+        s.finish("a", Outcome::Unknown, t0);
+        assert_eq!(
+            s.begin("a", t0 + Duration::from_secs(9)),
+            Err(Duplicate::Unknown),
+            "an unknown outcome stays claimed for the window"
+        );
+        assert_eq!(s.begin("a", t0 + Duration::from_secs(11)), Ok(()));
+        assert!(s.release("a"), "an operator can release a reference by hand");
+        assert_eq!(s.begin("a", t0), Ok(()));
     }
 
     #[test]
@@ -202,7 +276,7 @@ mod tests {
             s.begin(k, t0).unwrap();
         }
         assert_eq!(s.begin("d", t0), Err(Duplicate::Full));
-        s.finish("a", true, t0);
+        s.finish("a", Outcome::Succeeded, t0);
         assert_eq!(s.begin("d", t0), Ok(()), "the oldest success makes room");
         assert_eq!(s.len(), 3);
         assert_eq!(s.begin("b", t0), Err(Duplicate::InFlight));
@@ -218,6 +292,28 @@ mod tests {
             hs.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
         });
         assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn a_dropped_claim_is_released_before_sending_and_unknown_after() {
+        let s: Arc<dyn DuplicateStore> = Arc::new(MemoryStore::new(Duration::from_secs(60), 10));
+        s.begin("k", Instant::now()).unwrap();
+        drop(Claim::new(s.clone(), "k".into()));
+        assert_eq!(s.begin("k", Instant::now()), Ok(()), "nothing was sent: released");
+        let mut c = Claim::new(s.clone(), "k".into());
+        c.sending();
+        drop(c);
+        assert_eq!(s.begin("k", Instant::now()), Err(Duplicate::Unknown));
+    }
+
+    #[test]
+    fn large_numeric_references_keep_their_digits() {
+        let a = reference(br#"{"order_id":100000000000000000000001}"#, "/order_id");
+        let b = reference(br#"{"order_id":100000000000000000000002}"#, "/order_id");
+        assert_eq!(a.as_deref(), Some("100000000000000000000001"));
+        assert_ne!(a, b);
+        assert_eq!(reference(br#"{"a~b":{"c/d":7}}"#, "/a~0b/c~1d").as_deref(), Some("7"));
+        assert_eq!(reference(br#"{"a":[1]}"#, "/a/x"), None);
     }
 
     #[test]

@@ -39,12 +39,14 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod dedup;
+mod delivery;
 pub mod devtools;
 pub mod fault;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod headers;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
@@ -53,6 +55,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod secrets;
 pub mod sign;
+mod state;
 pub mod tls;
 pub mod upstream;
 pub mod webhook;

@@ -29,10 +29,50 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::Gateway;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
 use crate::config::ListenerConfig;
-use crate::metrics::ConnClose;
-use crate::proxy::{self, ConnInfo};
+use crate::metrics::{ConnClose, ConnMetrics};
+
+/// What the listener serves: one request in, one response out (refusals
+/// are responses too). The traffic listener serves the request pipeline.
+pub(crate) trait Handler: Clone + Send + Sync + 'static {
+    type Body: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
+    /// Called on a clone per request (a handler is a few `Arc`s).
+    fn call(
+        self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the listener knows about a connection, shared by its requests.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// TCP peer, IPv4-mapped IPv6 normalized to IPv4.
+    pub peer: SocketAddr,
+    /// SAN URIs and DNS names of a verified client certificate (mTLS).
+    pub identities: Option<Arc<[String]>>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> Self {
+        ConnInfo {
+            peer: SocketAddr::new(crate::allowlist::normalize(peer.ip()), peer.port()),
+            identities: None,
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+}
 
 /// Pause after an accept error (EMFILE, ENFILE, ENOBUFS) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -94,15 +134,17 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 /// Run the accept loop until `stop`; then stop accepting and let open
 /// connections finish their in-flight requests for up to `drain`. Returns
 /// whether every connection finished in time.
-pub async fn serve(
+pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    gw: Arc<Gateway>,
+    handler: H,
+    metrics: ConnMetrics,
     settings: Settings,
     stop: CancellationToken,
     drain: Duration,
 ) -> bool {
     let builder = Arc::new(builder(&settings));
+    let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let tracker = TaskTracker::new();
     // Cancelled when the drain period is over: remaining connections are dropped.
@@ -144,7 +186,7 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                gw.metrics().accept_errors.inc();
+                metrics.accept_errors.inc();
                 if accept_failures == 0 {
                     tracing::warn!(error = %e, "accept failed; backing off");
                 }
@@ -158,30 +200,37 @@ pub async fn serve(
             accept_failures = 0;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            gw.metrics().conn_closed(ConnClose::Limit);
+            metrics.closed(ConnClose::Limit);
             tracing::debug!(%peer, "connection limit reached; closing");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
+        let handler = handler.clone();
+        let metrics = metrics.clone();
         let builder = builder.clone();
         let settings = settings.clone();
         let tls = tls.clone();
         let (stop, force) = (stop.clone(), force.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            let metrics = gw.metrics().clone();
-            metrics.open_connections.inc();
+            metrics.open.inc();
             let conn = ConnInfo::new(peer);
+            let ctx = ConnCtx {
+                builder: &builder,
+                settings: &settings,
+                metrics: &metrics,
+                stop,
+                force,
+            };
             match tls {
-                None => serve_conn(&builder, &settings, stream, conn, gw, stop, force).await,
+                None => serve_conn(ctx, stream, conn, handler).await,
                 Some(acceptor) => match handshake(acceptor, stream, conn, settings.header_timeout).await {
-                    Ok((tls_stream, conn)) => serve_conn(&builder, &settings, tls_stream, conn, gw, stop, force).await,
-                    Err(why) => metrics.conn_closed(why),
+                    Ok((tls_stream, conn)) => serve_conn(ctx, tls_stream, conn, handler).await,
+                    Err(why) => metrics.closed(why),
                 },
             }
-            metrics.open_connections.dec();
+            metrics.open.dec();
         });
     }
     drop(listener);
@@ -473,17 +522,29 @@ fn parse_failure(e: &hyper::Error) -> Option<ConnClose> {
     }
 }
 
-async fn serve_conn<S>(
-    builder: &auto::Builder<TokioExecutor>,
-    settings: &Settings,
-    stream: S,
-    conn: ConnInfo,
-    gw: Arc<Gateway>,
+/// What every connection of one listener shares.
+struct ConnCtx<'a> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    settings: &'a Settings,
+    metrics: &'a ConnMetrics,
+    /// Draining: finish in-flight requests, take no new ones.
     stop: CancellationToken,
+    /// The drain period is over: drop the connection.
     force: CancellationToken,
-) where
+}
+
+async fn serve_conn<S, H>(ctx: ConnCtx<'_>, stream: S, conn: ConnInfo, handler: Arc<H>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
+    let ConnCtx {
+        builder,
+        settings,
+        metrics,
+        stop,
+        force,
+    } = ctx;
     let act = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -491,16 +552,15 @@ async fn serve_conn<S>(
     });
     let conn = Arc::new(conn);
     let peer = conn.peer;
-    let metrics = gw.metrics().clone();
     let req_act = act.clone();
     let service = service_fn(move |req| {
         let guard = InFlight::start(&req_act);
-        let fut = proxy::handle(gw.clone(), conn.clone(), req);
+        let fut = H::call((*handler).clone(), req, conn.clone());
         let act = req_act.clone();
         async move {
-            let r = fut.await;
+            let resp = fut.await;
             drop(guard);
-            r.map(|resp| resp.map(|body| Progress::new(body, act)))
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Progress::new(body, act)))
         }
     });
     let mut connection = pin!(builder.serve_connection(io, service));
@@ -521,7 +581,7 @@ async fn serve_conn<S>(
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                     // hyper answered 400/414/431 itself and closed: count it.
                     if let Some(why) = e.downcast_ref::<hyper::Error>().and_then(parse_failure) {
-                        metrics.conn_closed(why);
+                        metrics.closed(why);
                     }
                 }
                 return;
@@ -554,7 +614,7 @@ async fn serve_conn<S>(
                 match timed_out(&act, settings) {
                     Some(ConnClose::HeaderTimeout) => {
                         // A slow head gets no courtesy: drop the socket now.
-                        metrics.conn_closed(ConnClose::HeaderTimeout);
+                        metrics.closed(ConnClose::HeaderTimeout);
                         tracing::debug!(%peer, "request head not received in time; closing");
                         return;
                     }
@@ -562,12 +622,12 @@ async fn serve_conn<S>(
                         // Nothing more can be written: a graceful close would
                         // wait on the same full socket. Drop it (and the
                         // response it was holding) now.
-                        metrics.conn_closed(ConnClose::WriteTimeout);
+                        metrics.closed(ConnClose::WriteTimeout);
                         tracing::debug!(%peer, "client stopped reading the response; closing");
                         return;
                     }
                     Some(why) => {
-                        metrics.conn_closed(why);
+                        metrics.closed(why);
                         connection.as_mut().graceful_shutdown();
                         closing = Some(Instant::now() + GRACEFUL_CLOSE_GRACE);
                     }
@@ -581,6 +641,14 @@ async fn serve_conn<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_peers_are_normalized() {
+        let c = ConnInfo::new("[::ffff:127.0.0.3]:4000".parse().unwrap());
+        assert_eq!(c.ip(), "127.0.0.3".parse::<IpAddr>().unwrap());
+        let c = ConnInfo::new("[::1]:4000".parse().unwrap());
+        assert_eq!(c.ip(), "::1".parse::<IpAddr>().unwrap());
+    }
 
     fn settings(write_idle: Duration) -> Settings {
         Settings {

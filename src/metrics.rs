@@ -68,6 +68,58 @@ pub fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// The connection series of one listener (traffic or admin).
+#[derive(Clone)]
+pub struct ConnMetrics {
+    pub open: IntGauge,
+    pub closed: IntCounterVec,
+    pub accept_errors: IntCounter,
+}
+
+impl ConnMetrics {
+    pub fn closed(&self, why: ConnClose) {
+        self.closed.with_label_values(&[why.label()]).inc();
+    }
+
+    fn register(r: &Registry, prefix: &str, what: &str) -> ConnMetrics {
+        let m = ConnMetrics {
+            open: reg(
+                r,
+                IntGauge::new(format!("{prefix}open_connections"), format!("{what} connections open now."))
+                    .expect("valid metric"),
+            ),
+            closed: counter_vec(
+                r,
+                &format!("{prefix}connections_closed_total"),
+                &format!("{what} connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle, write_timeout, head_too_large, malformed)."),
+                &["reason"],
+            ),
+            accept_errors: reg(
+                r,
+                IntCounter::new(
+                    format!("{prefix}accept_errors_total"),
+                    format!("Failed accept() calls on the {} listener (e.g. out of file descriptors).", what.to_lowercase()),
+                )
+                .expect("valid metric"),
+            ),
+        };
+        for reason in CONN_CLOSE_REASONS {
+            m.closed.with_label_values(&[reason.label()]);
+        }
+        m
+    }
+}
+
+const CONN_CLOSE_REASONS: [ConnClose; 7] = [
+    ConnClose::Limit,
+    ConnClose::TlsHandshake,
+    ConnClose::HeaderTimeout,
+    ConnClose::Idle,
+    ConnClose::WriteTimeout,
+    ConnClose::HeadTooLarge,
+    ConnClose::Malformed,
+];
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -82,12 +134,13 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     pub clock_skew: prometheus::GaugeVec,
     pub inflight: IntGauge,
-    pub open_connections: IntGauge,
+    /// Client connections of the traffic listener.
+    pub connections: ConnMetrics,
+    /// Connections of the admin listener (its own cap and timers).
+    pub admin_connections: ConnMetrics,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     // Beyond the contract table.
-    pub connections_closed: IntCounterVec,
-    pub accept_errors: IntCounter,
     pub audit_records: IntCounterVec,
     pub upstream_passthrough_backoff: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
@@ -96,6 +149,7 @@ pub struct Metrics {
     pub duplicate_guard_size: IntGaugeVec,
     pub runtime_tasks: IntGauge,
     pub ratelimit_clients: IntGauge,
+    pub client_gone: IntCounterVec,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -200,10 +254,8 @@ impl Metrics {
                 &r,
                 IntGauge::new("signgate_inflight_requests", "Requests being handled now.").expect("valid metric"),
             ),
-            open_connections: reg(
-                &r,
-                IntGauge::new("signgate_open_connections", "Client connections open now.").expect("valid metric"),
-            ),
+            connections: ConnMetrics::register(&r, "signgate_", "Client"),
+            admin_connections: ConnMetrics::register(&r, "signgate_admin_", "Admin"),
             config_reloads: counter_vec(
                 &r,
                 "signgate_config_reloads_total",
@@ -218,12 +270,6 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            connections_closed: counter_vec(
-                &r,
-                "signgate_connections_closed_total",
-                "Connections the gateway closed itself, by reason (limit, tls_handshake, header_timeout, idle, write_timeout, head_too_large, malformed).",
-                &["reason"],
-            ),
             runtime_tasks: reg(
                 &r,
                 IntGauge::new(
@@ -237,14 +283,6 @@ impl Metrics {
                 IntGauge::new(
                     "signgate_ratelimit_clients",
                     "Client addresses the per-client rate limiter tracks now (bounded by per_client_max_keys), read at scrape time.",
-                )
-                .expect("valid metric"),
-            ),
-            accept_errors: reg(
-                &r,
-                IntCounter::new(
-                    "signgate_accept_errors_total",
-                    "Failed accept() calls (e.g. out of file descriptors).",
                 )
                 .expect("valid metric"),
             ),
@@ -294,6 +332,12 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            client_gone: counter_vec(
+                &r,
+                "signgate_client_gone_total",
+                "Requests whose client went away before its answer, by route and whether the request had been sent upstream (sent: the exchange completed and was audited with the provider's status).",
+                &["route", "upstream"],
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -303,22 +347,7 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
-        for reason in [
-            "limit",
-            "tls_handshake",
-            "header_timeout",
-            "idle",
-            "write_timeout",
-            "head_too_large",
-            "malformed",
-        ] {
-            m.connections_closed.with_label_values(&[reason]);
-        }
         Arc::new(m)
-    }
-
-    pub fn conn_closed(&self, why: ConnClose) {
-        self.connections_closed.with_label_values(&[why.label()]).inc();
     }
 
     /// Pre-create the series a configuration can produce, so dashboards and

@@ -29,11 +29,37 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::EgressConfig;
-use crate::proxy::UpstreamFailure;
 use crate::tls;
 
 /// How long an idle pooled connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Which part of the upstream exchange failed (also the metric `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+    Protocol,
+    /// The response head arrived but the body stalled for
+    /// `egress.response_idle_timeout_ms` (the stream is cut; the client
+    /// already has the head, so it never sees this as a JSON error).
+    ResponseIdle,
+}
+
+impl UpstreamFailure {
+    pub fn kind(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::ResponseIdle => "response_idle",
+        }
+    }
+}
 
 /// Why a connection could not be established (nothing was written yet).
 #[derive(Debug, thiserror::Error)]

@@ -259,10 +259,26 @@ async fn readyz_flips_when_the_missing_credential_appears() {
     })
     .await;
     assert!(ready);
-    // Draining turns readiness off at once.
-    let gw_ref = gw.gateway().clone();
+    // Draining turns readiness off at once, while a request still finishes.
+    let url = format!("http://{}/kwikpaisa/slow/800", gw.addr());
+    let slow = tokio::spawn(async move { TestClient::new().post(&url, "{}").await.status });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            provider
+                .standin
+                .records()
+                .await
+                .iter()
+                .any(|r| r.path_and_query.ends_with("/slow/800"))
+        })
+        .await,
+        "the slow request reached the provider"
+    );
     let stop = tokio::spawn(gw.shutdown());
-    assert!(eventually(Duration::from_secs(2), || async { !gw_ref.is_ready() }).await);
+    let r = c.send(Method::GET, &format!("{admin}/readyz"), &[], "").await;
+    assert_eq!(r.status, 503, "not ready while draining: {:?}", r.body);
+    assert_eq!(r.json()["missing"][0]["what"], "draining");
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
     stop.await.unwrap();
 }
 

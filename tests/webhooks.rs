@@ -253,7 +253,7 @@ async fn the_previous_secret_verifies_during_the_rotation_grace() {
     let old_secret = s.provider.secret.clone();
     let new_secret = random_token("sk_test_", 32);
     write_cred(&s.cred_path, &s.provider.api_key, &new_secret);
-    let slot = s.gw.gateway().snapshot().webhooks[0].credential.clone();
+    let slot = s.gw.webhook_credential_slot(0).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
             slot.get().unwrap().version() == Some(2)
@@ -396,15 +396,20 @@ async fn concurrent_requests_with_one_order_id_reach_the_provider_once() {
     );
     assert_eq!(first.await.unwrap().status, 200);
     // After a 2xx, a repeat within the window is refused too.
-    let again = TestClient::new()
-        .post(&s.url("/kwikpaisa/api/v3/banking/payment/create"), body)
-        .await;
+    let again = TestClient::new().post(&url, body).await;
     assert_eq!(again.status, 409);
     assert_eq!(
         s.provider.standin.records().await.len(),
         1,
         "exactly one reached the provider"
     );
+    // The guard is per endpoint: a status call with the same reference is
+    // its own request and never locks (nor is locked by) a create.
+    let status = TestClient::new()
+        .post(&s.url("/kwikpaisa/api/v3/pg/order/status"), body)
+        .await;
+    assert_eq!(status.status, 200);
+    assert_eq!(s.provider.standin.records().await.len(), 2);
     // Another reference goes through; a body without one is refused.
     assert_eq!(
         TestClient::new()

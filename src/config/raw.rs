@@ -23,6 +23,8 @@ pub struct RawListener {
     pub write_idle_timeout_ms: Option<u64>,
     pub max_uri_bytes: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
+    pub linger_ms: Option<u64>,
+    pub linger_bytes: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_header_bytes: Option<u64>,
     pub h2_max_concurrent_streams: Option<u64>,

@@ -27,6 +27,12 @@ pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// Longest time a response write may stay blocked on a client that does not
 /// read (nginx `send_timeout` is a 60 s gap timer).
 pub const DEFAULT_WRITE_IDLE_TIMEOUT: Duration = Duration::from_millis(30_000);
+/// After an answer sent before the request body was read: how long the
+/// unread body is still read and discarded (nginx's lingering close), so the
+/// client reads its answer instead of a connection reset.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(5_000);
+/// ... and how many bytes of it at most.
+pub const DEFAULT_LINGER_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest request target (path and query) accepted; longer gets 414.
 pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
 /// HTTP/2: streams a client may have open at once on one connection.
@@ -111,6 +117,9 @@ pub struct ListenerConfig {
     pub max_uri_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// Lingering after an early answer: time and bytes (0 ms: no linger).
+    pub linger: Duration,
+    pub linger_bytes: u64,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub h2_max_concurrent_streams: u32,

@@ -12,9 +12,9 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::canonical;
 use crate::config::WebhookConfig;
-use crate::proxy::GatewayError;
 use crate::secrets::{Credential, Material, SecretBytes};
 use crate::sign::{self, Encoding, MessageInput, Scheme, TimestampUnit};
+use crate::webhook::Refusal as GatewayError;
 use crate::webhook::{signed_headers, Verifier};
 
 /// The clock for fuzzed timestamps (the reference vectors' timestamp).

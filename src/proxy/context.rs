@@ -1,8 +1,5 @@
-//! Per-request identity: the request id (taken from a well-formed client
-//! `x-request-id`, else a fresh ULID) and what is known about the connection.
-
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+//! Per-request identity: the request id, taken from a well-formed client
+//! `x-request-id`, else a fresh ULID.
 
 use http::HeaderValue;
 
@@ -38,39 +35,9 @@ impl RequestId {
     }
 }
 
-/// What the listener knows about a connection, shared by its requests.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// TCP peer, IPv4-mapped IPv6 normalized to IPv4.
-    pub peer: SocketAddr,
-    /// SAN URIs and DNS names of a verified client certificate (mTLS).
-    pub identities: Option<Arc<[String]>>,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr) -> Self {
-        ConnInfo {
-            peer: SocketAddr::new(crate::allowlist::normalize(peer.ip()), peer.port()),
-            identities: None,
-        }
-    }
-
-    pub fn ip(&self) -> IpAddr {
-        self.peer.ip()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mapped_peers_are_normalized() {
-        let c = ConnInfo::new("[::ffff:127.0.0.3]:4000".parse().unwrap());
-        assert_eq!(c.ip(), "127.0.0.3".parse::<IpAddr>().unwrap());
-        let c = ConnInfo::new("[::1]:4000".parse().unwrap());
-        assert_eq!(c.ip(), "::1".parse::<IpAddr>().unwrap());
-    }
 
     #[test]
     fn request_ids() {

@@ -8,32 +8,13 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use super::RequestId;
+use crate::secrets::Unavailable;
+pub use crate::upstream::UpstreamFailure;
+use crate::webhook::Refusal;
 
-/// Which part of the upstream exchange failed (also the metric `kind` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Tls,
-    Timeout,
-    Reset,
-    Protocol,
-    /// The response head arrived but the body stalled for
-    /// `egress.response_idle_timeout_ms` (the stream is cut; the client
-    /// already has the head, so it never sees this as a JSON error).
-    ResponseIdle,
-}
-
-impl UpstreamFailure {
-    pub fn kind(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Tls => "tls",
-            UpstreamFailure::Timeout => "timeout",
-            UpstreamFailure::Reset => "reset",
-            UpstreamFailure::Protocol => "protocol",
-            UpstreamFailure::ResponseIdle => "response_idle",
-        }
-    }
+/// nginx's "client closed request": only ever recorded, never sent.
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +45,9 @@ pub enum GatewayError {
     InvalidPath,
     /// Request target (path + query) longer than `listener.max_uri_bytes`.
     UriTooLong { limit: usize },
-    /// The duplicate guard saw this transaction reference in flight or done.
-    DuplicateRequest,
+    /// The duplicate guard holds this transaction reference: in flight,
+    /// succeeded, or (`unknown`) sent before with an outcome nobody knows.
+    DuplicateRequest { unknown: bool },
     /// A route with `duplicate_key` got a body without that reference.
     MissingReference { pointer: String },
     /// The duplicate guard is full of in-flight references (fail closed).
@@ -74,8 +56,8 @@ pub enum GatewayError {
     BadSignature,
     /// A webhook whose timestamp is outside `tolerance_secs`.
     StaleTimestamp,
-    /// The route's credential has not loaded; `hint` says what to provide.
-    CredentialUnavailable { credential: String, hint: String },
+    /// The route's credential cannot sign; the reason says what to provide.
+    CredentialUnavailable(Unavailable),
     /// Upstream failed before a response arrived.
     Upstream(UpstreamFailure),
     /// The route's `max_inflight` upstream calls were busy for `queue_timeout_ms`.
@@ -86,6 +68,21 @@ pub enum GatewayError {
     AuditUnavailable,
     /// A bug: a panic in the request task or an impossible state.
     Internal,
+    /// The client went away (connection closed, HTTP/2 reset, drain deadline)
+    /// before its answer; never sent, only recorded (nginx's 499).
+    ClientGone,
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::BadSignature => GatewayError::BadSignature,
+            Refusal::StaleTimestamp => GatewayError::StaleTimestamp,
+            Refusal::InvalidJson { offset, reason } => GatewayError::InvalidJson { offset, reason },
+            Refusal::CredentialUnavailable(why) => GatewayError::CredentialUnavailable(why),
+            Refusal::Store => GatewayError::Internal,
+        }
+    }
 }
 
 impl GatewayError {
@@ -104,12 +101,12 @@ impl GatewayError {
             GatewayError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            GatewayError::DuplicateRequest => StatusCode::CONFLICT,
+            GatewayError::DuplicateRequest { .. } => StatusCode::CONFLICT,
             GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
-            GatewayError::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CredentialUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout | UpstreamFailure::ResponseIdle) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -120,6 +117,7 @@ impl GatewayError {
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::ClientGone => client_closed_request(),
         }
     }
 
@@ -139,12 +137,12 @@ impl GatewayError {
             GatewayError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             GatewayError::InvalidPath => "invalid_path",
             GatewayError::UriTooLong { .. } => "uri_too_long",
-            GatewayError::DuplicateRequest => "duplicate_request",
+            GatewayError::DuplicateRequest { .. } => "duplicate_request",
             GatewayError::MissingReference { .. } => "missing_duplicate_key",
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
             GatewayError::BadSignature => "bad_signature",
             GatewayError::StaleTimestamp => "stale_timestamp",
-            GatewayError::CredentialUnavailable { .. } => "credential_unavailable",
+            GatewayError::CredentialUnavailable(_) => "credential_unavailable",
             GatewayError::Upstream(UpstreamFailure::Connect) => "upstream_unreachable",
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
@@ -154,6 +152,7 @@ impl GatewayError {
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
+            GatewayError::ClientGone => "client_gone",
         }
     }
 
@@ -181,8 +180,13 @@ impl GatewayError {
             GatewayError::UnsupportedTransferCoding => "only the chunked transfer coding is accepted".into(),
             GatewayError::InvalidPath => "path contains dot segments or encoded separators".into(),
             GatewayError::UriTooLong { limit } => format!("request target exceeds {limit} bytes"),
-            GatewayError::DuplicateRequest => {
+            GatewayError::DuplicateRequest { unknown: false } => {
                 "a request with the same transaction reference is in flight or already succeeded".into()
+            }
+            GatewayError::DuplicateRequest { unknown: true } => {
+                "an earlier request with the same transaction reference was sent and its outcome is unknown \
+                 (timeout or cut response); nothing was sent now: check its status with the provider"
+                    .into()
             }
             GatewayError::MissingReference { pointer } => {
                 format!("this route needs a transaction reference at JSON pointer {pointer}")
@@ -192,8 +196,8 @@ impl GatewayError {
             }
             GatewayError::BadSignature => "signature missing or invalid".into(),
             GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
-            GatewayError::CredentialUnavailable { credential, hint } => {
-                format!("credential {credential} is not available: {hint}")
+            GatewayError::CredentialUnavailable(why) => {
+                format!("credential {} is not available: {}", why.credential, why.reason)
             }
             GatewayError::Upstream(UpstreamFailure::Connect) => "could not connect to the upstream".into(),
             GatewayError::Upstream(UpstreamFailure::Tls) => {
@@ -207,6 +211,7 @@ impl GatewayError {
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
             GatewayError::Internal => "internal error".into(),
+            GatewayError::ClientGone => "the client closed the request before its answer".into(),
         }
     }
 
@@ -282,7 +287,16 @@ mod tests {
             ),
             (GatewayError::InvalidPath, 400, "invalid_path"),
             (GatewayError::UriTooLong { limit: 1 }, 414, "uri_too_long"),
-            (GatewayError::DuplicateRequest, 409, "duplicate_request"),
+            (
+                GatewayError::DuplicateRequest { unknown: false },
+                409,
+                "duplicate_request",
+            ),
+            (
+                GatewayError::DuplicateRequest { unknown: true },
+                409,
+                "duplicate_request",
+            ),
             (
                 GatewayError::MissingReference { pointer: "/o".into() },
                 400,
@@ -292,10 +306,11 @@ mod tests {
             (GatewayError::BadSignature, 401, "bad_signature"),
             (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
             (
-                GatewayError::CredentialUnavailable {
+                GatewayError::CredentialUnavailable(Unavailable {
                     credential: "c".into(),
-                    hint: "h".into(),
-                },
+                    expired: false,
+                    reason: "h".into(),
+                }),
                 503,
                 "credential_unavailable",
             ),
@@ -325,6 +340,7 @@ mod tests {
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),
+            (GatewayError::ClientGone, 499, "client_gone"),
         ];
         for (e, status, code) in rows {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

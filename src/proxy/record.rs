@@ -1,4 +1,4 @@
-//! What one request did: the [`Record`] the pipeline fills in, and how it
+//! What one request did: the [`Record`] the steps fill in, and how it
 //! becomes metrics and one audit record (allowed or denied, never the body,
 //! the secret or the signature itself).
 
@@ -8,16 +8,17 @@ use std::time::{Instant, SystemTime};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Response, StatusCode};
 
-use super::{ConnInfo, GatewayError, RequestId, ResponseBody};
-use crate::app::Gateway;
+use super::response::ResponseBody;
+use super::{GatewayError, RequestId};
 use crate::audit::{redact_query, AuditLog, Entry};
-use crate::metrics::Metrics;
+use crate::listener::ConnInfo;
 use crate::router::Route;
+use crate::state::Shared;
 use crate::webhook::Hook;
 
-/// What happened to one request: filled in by the pipeline, then turned
-/// into metrics and one audit record by [`finish`].
-pub struct Record {
+/// What happened to one request: filled in by the steps, then turned into
+/// metrics by [`count`] and one audit record by [`audit_entry`].
+pub(super) struct Record {
     pub started: Instant,
     pub route: Option<Arc<Route>>,
     pub webhook: Option<Arc<Hook>>,
@@ -26,20 +27,41 @@ pub struct Record {
     pub uri: http::Uri,
     pub bytes_in: u64,
     pub upstream_status: Option<u16>,
-    pub upstream_started: Option<Instant>,
     pub credential_version: Option<u64>,
     pub signature_fingerprint: Option<String>,
     pub duplicate_key: Option<String>,
 }
 
-/// Count the request (and, with the audit log, record it).
-pub(super) fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
-    let m = gw.metrics();
-    let route = match (&rec.route, &rec.webhook) {
+impl Record {
+    pub fn new(method: Method, uri: http::Uri) -> Record {
+        Record {
+            started: Instant::now(),
+            route: None,
+            webhook: None,
+            method,
+            uri,
+            bytes_in: 0,
+            upstream_status: None,
+            credential_version: None,
+            signature_fingerprint: None,
+            duplicate_key: None,
+        }
+    }
+}
+
+/// The `route` label: the route or webhook name, or `none`.
+pub(super) fn route_label(rec: &Record) -> &str {
+    match (&rec.route, &rec.webhook) {
         (Some(r), _) => r.name(),
         (None, Some(h)) => h.name(),
         (None, None) => crate::metrics::NO_ROUTE,
-    };
+    }
+}
+
+/// Count the request: status, duration, and the refusal reason.
+pub(super) fn count(shared: &Shared, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
+    let m = shared.metrics();
+    let route = route_label(rec);
     m.requests
         .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
         .inc();
@@ -54,12 +76,30 @@ pub(super) fn finish(gw: &Gateway, rec: &Record, status: StatusCode, error: Opti
     }
 }
 
+/// The audit record of an answered request.
 pub(super) fn audit_entry(
     rec: &Record,
     rid: &RequestId,
     conn: &ConnInfo,
     resp: &Response<ResponseBody>,
     error: Option<&GatewayError>,
+    log: &AuditLog,
+) -> Entry {
+    let bytes_out = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    entry(rec, rid, conn, resp.status(), error, bytes_out, log)
+}
+
+pub(super) fn entry(
+    rec: &Record,
+    rid: &RequestId,
+    conn: &ConnInfo,
+    status: StatusCode,
+    error: Option<&GatewayError>,
+    bytes_out: Option<u64>,
     log: &AuditLog,
 ) -> Entry {
     let path = match rec.uri.query() {
@@ -79,15 +119,11 @@ pub(super) fn audit_entry(
         path,
         decision: if error.is_some() { "denied" } else { "allowed" },
         reason: error.map(GatewayError::code),
-        status: resp.status().as_u16(),
+        status: status.as_u16(),
         upstream_status: rec.upstream_status,
         duration_ms: rec.started.elapsed().as_secs_f64() * 1000.0,
         bytes_in: rec.bytes_in,
-        bytes_out: resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
+        bytes_out,
         credential: rec
             .route
             .as_ref()
@@ -96,15 +132,6 @@ pub(super) fn audit_entry(
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
-    }
-}
-
-pub(super) fn observe_upstream(metrics: &Metrics, route: &Route, rec: &Record) {
-    if let Some(t) = rec.upstream_started {
-        metrics
-            .upstream_duration
-            .with_label_values(&[route.name()])
-            .observe(t.elapsed().as_secs_f64());
     }
 }
 

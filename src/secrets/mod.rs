@@ -191,6 +191,22 @@ pub trait Source: Send + 'static {
     fn forget(&mut self) {}
 }
 
+/// Why a credential cannot sign right now. `reason` says what to provide or
+/// what failed; it never carries secret material (safe for clients and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub credential: String,
+    /// Loaded once, then failed closed (`vault_max_stale_secs`).
+    pub expired: bool,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// The current state of one credential, shared by all requests.
 pub struct CredentialSlot {
     name: String,
@@ -205,6 +221,8 @@ pub struct CredentialSlot {
     last_ok: AtomicU64,
     /// The version replaced by the last rotation, and when (webhook grace).
     previous: ArcSwapOption<(Arc<Credential>, SystemTime)>,
+    /// Failed closed after a successful load (cleared by the next install).
+    expired: std::sync::atomic::AtomicBool,
 }
 
 impl CredentialSlot {
@@ -217,6 +235,7 @@ impl CredentialSlot {
             refresh_error: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
             previous: ArcSwapOption::empty(),
+            expired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -246,15 +265,19 @@ impl CredentialSlot {
     }
 
     /// The credential to sign with, or why there is none.
-    pub fn get(&self) -> Result<Arc<Credential>, String> {
+    pub fn get(&self) -> Result<Arc<Credential>, Unavailable> {
         match self.current.load_full() {
             Some(c) => Ok(c),
-            None => Err(self
-                .problem
-                .load()
-                .as_ref()
-                .clone()
-                .unwrap_or_else(|| format!("credential {} is not loaded", self.name))),
+            None => Err(Unavailable {
+                credential: self.name.clone(),
+                expired: self.expired.load(Ordering::Relaxed),
+                reason: self
+                    .problem
+                    .load()
+                    .as_ref()
+                    .clone()
+                    .unwrap_or_else(|| format!("credential {} is not loaded", self.name)),
+            }),
         }
     }
 
@@ -272,6 +295,7 @@ impl CredentialSlot {
             self.previous.store(Some(Arc::new((old, SystemTime::now()))));
         }
         self.problem.store(Arc::new(None));
+        self.expired.store(false, Ordering::Relaxed);
     }
 
     fn fail(&self, why: String) {
@@ -281,6 +305,7 @@ impl CredentialSlot {
     /// Fail closed: stop signing with the current credential (requests that
     /// already hold it finish with it) until a source hands one over again.
     fn expire(&self, why: String) {
+        self.expired.store(true, Ordering::Relaxed);
         self.current.store(None);
         self.problem.store(Arc::new(Some(why)));
     }

@@ -56,7 +56,7 @@ async fn file_source_loads_json_and_toml_and_follows_atomic_replacement() {
     let cancel = CancellationToken::new();
     let store = CredentialStore::start(&spec(&path), &cancel).await;
     let slot = store.slot("kp").unwrap().clone();
-    let why = slot.get().unwrap_err();
+    let why = slot.get().unwrap_err().reason;
     assert!(why.contains("create the file") && why.contains("secret_key"), "{why}");
 
     std::fs::write(
@@ -118,7 +118,7 @@ async fn env_source_names_the_missing_variables() {
     );
     let cancel = CancellationToken::new();
     let store = CredentialStore::start(&m, &cancel).await;
-    let why = store.slot("kp").unwrap().get().unwrap_err();
+    let why = store.slot("kp").unwrap().get().unwrap_err().reason;
     assert!(
         why.contains("SIGNGATE_TEST_SURELY_UNSET_KEY") && why.contains("SIGNGATE_TEST_SURELY_UNSET_SECRET"),
         "{why}"

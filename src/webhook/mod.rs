@@ -11,7 +11,6 @@
 //! only then acknowledged with 200; [`deliver`] forwards it later. Refusals:
 //! 401 `bad_signature`, 401 `stale_timestamp`, 400 `invalid_json`.
 
-pub mod deliver;
 pub mod store;
 
 use std::sync::Arc;
@@ -23,7 +22,6 @@ use http::HeaderMap;
 use crate::allowlist::Allowlist;
 use crate::canonical;
 use crate::config::WebhookConfig;
-use crate::proxy::GatewayError;
 use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::{MessageInput, Scheme, TimestampUnit};
 use store::{Accepted, Store};
@@ -59,13 +57,31 @@ impl Outcome {
     }
 }
 
-/// The `result` label for a refused webhook.
-pub fn refusal_label(e: &GatewayError) -> &'static str {
-    match e {
-        GatewayError::BadSignature => "bad_signature",
-        GatewayError::StaleTimestamp => "stale",
-        GatewayError::InvalidJson { .. } => "invalid_json",
-        _ => "error",
+/// Why the receiver refused an event. The request pipeline turns it into
+/// its HTTP answer; the receiver knows nothing of HTTP responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No valid signature (or the headers are missing).
+    BadSignature,
+    /// A genuine signature but a timestamp outside `tolerance_secs`.
+    StaleTimestamp,
+    /// A genuine signature over a body that is not acceptable JSON.
+    InvalidJson { offset: usize, reason: &'static str },
+    /// No secret to verify with yet.
+    CredentialUnavailable(crate::secrets::Unavailable),
+    /// The inbox could not store the event (logged; the provider retries).
+    Store,
+}
+
+impl Refusal {
+    /// The `result` label of `signgate_webhooks_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::BadSignature => "bad_signature",
+            Refusal::StaleTimestamp => "stale",
+            Refusal::InvalidJson { .. } => "invalid_json",
+            Refusal::CredentialUnavailable(_) | Refusal::Store => "error",
+        }
     }
 }
 
@@ -104,7 +120,7 @@ pub struct Verifier<'a> {
 impl Verifier<'_> {
     /// `Ok` for a genuine, fresh event; `bad_signature`, `stale_timestamp`,
     /// or `invalid_json` (a genuine signature over a body that is not JSON).
-    pub fn verify(&self, signature: &str, timestamp: &str, raw: &[u8], now: SystemTime) -> Result<(), GatewayError> {
+    pub fn verify(&self, signature: &str, timestamp: &str, raw: &[u8], now: SystemTime) -> Result<(), Refusal> {
         let scheme = self.scheme;
         let with_key = |c: &Credential, body: &[u8]| {
             let input = MessageInput {
@@ -123,7 +139,7 @@ impl Verifier<'_> {
         let canonical = match canonical::canonicalize(raw, &scheme.canonical) {
             Ok(c) => Some(c),
             Err(e) if valid => {
-                return Err(GatewayError::InvalidJson {
+                return Err(Refusal::InvalidJson {
                     offset: e.offset,
                     reason: e.reason,
                 })
@@ -136,37 +152,32 @@ impl Verifier<'_> {
             }
         }
         if !valid {
-            return Err(GatewayError::BadSignature);
+            return Err(Refusal::BadSignature);
         }
         // Genuine but old or from the future: a replay or a broken clock.
-        let ts: u64 = timestamp.parse().map_err(|_| GatewayError::StaleTimestamp)?;
+        let ts: u64 = timestamp.parse().map_err(|_| Refusal::StaleTimestamp)?;
         let ts_secs = match scheme.timestamp_unit {
             TimestampUnit::Seconds => ts,
             TimestampUnit::Millis => ts / 1000,
         };
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         if now.abs_diff(ts_secs) > self.config.tolerance.as_secs() {
-            return Err(GatewayError::StaleTimestamp);
+            return Err(Refusal::StaleTimestamp);
         }
         Ok(())
     }
 }
 
 /// Verify, check freshness, de-duplicate and persist one webhook body.
-pub async fn receive(
-    hook: &Hook,
-    store: &Arc<Store>,
-    headers: &HeaderMap,
-    raw: Bytes,
-) -> Result<Outcome, GatewayError> {
+pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: Bytes) -> Result<Outcome, Refusal> {
     let Some((signature, timestamp)) = signed_headers(&hook.scheme, headers) else {
-        return Err(GatewayError::BadSignature);
+        return Err(Refusal::BadSignature);
     };
     let creds = candidates(&hook.credential, hook.config.rotation_grace);
     if creds.is_empty() {
-        return Err(GatewayError::CredentialUnavailable {
-            credential: hook.config.credential.clone(),
-            hint: hook.credential.get().err().unwrap_or_default(),
+        return Err(match hook.credential.get() {
+            Err(why) => Refusal::CredentialUnavailable(why),
+            Ok(_) => Refusal::BadSignature,
         });
     }
     let verifier = Verifier {
@@ -176,7 +187,7 @@ pub async fn receive(
     };
     verifier.verify(signature, timestamp, &raw, SystemTime::now())?;
     let Ok(body) = std::str::from_utf8(&raw) else {
-        return Err(GatewayError::InvalidJson {
+        return Err(Refusal::InvalidJson {
             offset: 0,
             reason: "invalid UTF-8",
         });
@@ -191,10 +202,10 @@ pub async fn receive(
     // The commit fsyncs: keep it off the async workers.
     let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window))
         .await
-        .map_err(|_| GatewayError::Internal)?
+        .map_err(|_| Refusal::Store)?
         .map_err(|e| {
             tracing::error!(error = %e, "webhook event could not be stored");
-            GatewayError::Internal
+            Refusal::Store
         })?;
     Ok(match accepted {
         Accepted::New(id) => Outcome::Accepted(id),

@@ -148,7 +148,7 @@ pub fn write_token(path: &Path, token: &str) {
 }
 
 pub fn slot(gw: &signgate::Running) -> Arc<CredentialSlot> {
-    gw.gateway().snapshot().credentials.slot("kwikpaisa").unwrap().clone()
+    gw.credential_slot("kwikpaisa").unwrap()
 }
 
 pub async fn post(gw: &signgate::Running) -> Reply {

@@ -242,7 +242,7 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
 }
 
 fn is_hop_by_hop(h: &HeaderName) -> bool {
-    crate::proxy::headers::HOP_BY_HOP.contains(h)
+    crate::headers::HOP_BY_HOP.contains(h)
 }
 
 fn is_reserved_header(h: &HeaderName) -> bool {
@@ -470,6 +470,9 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
         ),
         max_uri_bytes: v.positive("listener.max_uri_bytes", r.max_uri_bytes, DEFAULT_MAX_URI_BYTES),
         drain_timeout: v.millis("listener.drain_timeout_ms", r.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT),
+        // 0 turns lingering off (the connection closes right after the answer).
+        linger: r.linger_ms.map_or(DEFAULT_LINGER, Duration::from_millis),
+        linger_bytes: r.linger_bytes.unwrap_or(DEFAULT_LINGER_BYTES),
         max_headers: v.positive("listener.max_headers", r.max_headers, DEFAULT_MAX_HEADERS),
         max_header_bytes: max_header_bytes.max(MIN_HEADER_BYTES),
         h2_max_concurrent_streams: match r.h2_max_concurrent_streams {

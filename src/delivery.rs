@@ -16,10 +16,10 @@ use rand::Rng as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{now_ms, now_secs, EventState, Store, StoredEvent};
-use crate::app::Gateway;
 use crate::audit::Entry;
+use crate::state::Shared;
 use crate::upstream::Upstream;
+use crate::webhook::store::{now_ms, now_secs, EventState, Store, StoredEvent};
 
 /// How often the queue is looked at when nothing wakes the worker.
 const TICK: Duration = Duration::from_millis(250);
@@ -39,11 +39,12 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((base * jitter) as u64)
 }
 
-pub struct Worker {
-    pub gw: Arc<Gateway>,
+pub(crate) struct Worker {
+    /// The current hooks (their `forward_to`), metrics, audit log, and the
+    /// signal that an event was accepted.
+    pub shared: Arc<Shared>,
     pub store: Arc<Store>,
     pub client: Upstream,
-    pub wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -57,10 +58,11 @@ impl Worker {
             _ => {}
         }
         let mut last_prune = Instant::now();
+        let wake: Arc<Notify> = self.shared.delivery_signal();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
             let store = self.store.clone();
@@ -82,7 +84,7 @@ impl Worker {
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
                 let window = self
-                    .gw
+                    .shared
                     .snapshot()
                     .webhooks
                     .iter()
@@ -100,9 +102,9 @@ impl Worker {
         let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.pending_stats()).await else {
             return;
         };
-        let m = self.gw.metrics();
+        let m = self.shared.metrics();
         let now = now_secs();
-        for hook in self.gw.snapshot().webhooks.iter() {
+        for hook in self.shared.snapshot().webhooks.iter() {
             let (n, oldest) = stats
                 .iter()
                 .find(|(w, _, _)| w == hook.name())
@@ -115,7 +117,7 @@ impl Worker {
     }
 
     async fn attempt(&self, mut ev: StoredEvent) {
-        let snap = self.gw.snapshot();
+        let snap = self.shared.snapshot();
         let Some(hook) = snap.webhooks.iter().find(|h| h.name() == ev.webhook) else {
             ev.state = EventState::Failed;
             ev.last_error = Some("webhook no longer configured".into());
@@ -123,7 +125,7 @@ impl Worker {
             return;
         };
         let started = Instant::now();
-        let slot = match self.gw.audit() {
+        let slot = match self.shared.audit() {
             Some(a) => a.reserve().await,
             None => None,
         };
@@ -151,7 +153,7 @@ impl Worker {
                 }
             }
         };
-        self.gw
+        self.shared
             .metrics()
             .webhook_deliveries
             .with_label_values(&[hook.name(), label])

@@ -1,4 +1,6 @@
-//! Header hygiene between client, gateway and upstream.
+//! Header hygiene between client, gateway and upstream: pure rules over a
+//! `HeaderMap`, used by the request pipeline and by config validation (which
+//! refuses scheme headers that are hop-by-hop).
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway, nor do the
 //! headers a `Connection` header names. Client-supplied address headers

@@ -1,0 +1,312 @@
+//! The answer on its way to the client: the `respond` step, and the two
+//! kinds of response body.
+//!
+//! An upstream body ([`UpstreamBody`]) is streamed frame by frame (never
+//! buffered) under a gap timer: when the upstream sends nothing for
+//! `egress.response_idle_timeout_ms` the stream is cut (the client sees an
+//! incomplete response), counted as `signgate_upstream_errors_total{kind=
+//! "response_idle"}` (and `signgate_denied_total{reason=
+//! "upstream_response_idle"}`) and recorded in the audit record. A body the
+//! upstream breaks off counts as `kind="reset"` (reason `upstream_failed`).
+//! The route's `max_inflight` slot is held until the body is done, and the
+//! request's audit record is written when it ends.
+//!
+//! A local body (a refusal, a webhook acknowledgement) may carry the request
+//! body the gateway never read. It is released only after the answer went
+//! out: on HTTP/2 its stream is then reset with NO_ERROR (RFC 9113 §8.1:
+//! "stop sending"), on HTTP/1.1 it is read and discarded for at most
+//! `listener.linger_ms` / `linger_bytes`, so the client reads its answer
+//! instead of a connection reset (nginx's lingering close), and the
+//! connection may even be kept.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use super::scope::Scope;
+use super::{GatewayError, RequestId};
+use crate::audit::{Entry, Slot};
+use crate::config::ListenerConfig;
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::router::Route;
+use crate::upstream::UpstreamFailure;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The last step: response hygiene, and the body streams back with the
+/// route's in-flight slot.
+pub(super) fn respond(
+    scope: &Scope,
+    route: &Arc<Route>,
+    (response, permit): (Response<Incoming>, OwnedSemaphorePermit),
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::sanitize_response(&mut parts.headers);
+    let body = UpstreamBody::new(
+        body,
+        scope.snap.upstream.response_idle_timeout(),
+        scope.shared.metrics().clone(),
+        route.clone(),
+        scope.rid.clone(),
+        permit,
+    );
+    Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// What the listener sends back for one request.
+#[allow(clippy::large_enum_variant)] // one per response, moved once: not worth an allocation
+pub enum ResponseBody {
+    Upstream(UpstreamBody),
+    Local(LocalBody),
+}
+
+impl ResponseBody {
+    /// A JSON answer built by the gateway itself.
+    pub(super) fn local(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::Local(LocalBody {
+            inner: Full::new(body),
+            linger: None,
+        }));
+        *resp.status_mut() = status;
+        resp
+    }
+
+    /// The contract's JSON error for `e`.
+    pub(super) fn refusal(e: &GatewayError, rid: &RequestId) -> Response<ResponseBody> {
+        e.to_response(rid)
+            .map(|inner| ResponseBody::Local(LocalBody { inner, linger: None }))
+    }
+
+    /// Write the request's audit record: now for a local answer, when the
+    /// body ends for a streamed one (so a cut stream is recorded as such).
+    pub(super) fn audit(&mut self, slot: Slot, entry: Entry) {
+        match self {
+            ResponseBody::Upstream(b) => b.audit = Some((slot, entry)),
+            ResponseBody::Local(_) => slot.write(entry),
+        }
+    }
+
+    /// Hand over the unread request body, released after the answer (module doc).
+    pub(super) fn linger(&mut self, unread: Incoming, http1: bool, listener: &ListenerConfig) {
+        if let ResponseBody::Local(b) = self {
+            b.linger = Some(Linger {
+                body: unread,
+                http1,
+                time: listener.linger,
+                bytes: listener.linger_bytes,
+            });
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Local(b) => Pin::new(&mut b.inner).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Local(b) => b.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Local(b) => b.inner.size_hint(),
+        }
+    }
+}
+
+/// A body built by the gateway, with the request body it never read.
+pub struct LocalBody {
+    inner: Full<Bytes>,
+    linger: Option<Linger>,
+}
+
+struct Linger {
+    body: Incoming,
+    http1: bool,
+    time: Duration,
+    bytes: u64,
+}
+
+impl Drop for LocalBody {
+    /// The answer is out (or the connection is gone): release the request body.
+    fn drop(&mut self) {
+        let Some(l) = self.linger.take() else { return };
+        // HTTP/2: dropping it now resets the stream with NO_ERROR, after END_STREAM.
+        if !l.http1 || l.time.is_zero() || l.bytes == 0 {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(drain(l));
+        }
+    }
+}
+
+/// Read and discard what the client still sends, within the linger bounds.
+async fn drain(mut l: Linger) {
+    let deadline = Instant::now() + l.time;
+    let mut seen = 0u64;
+    while seen < l.bytes {
+        match tokio::time::timeout_at(deadline, l.body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seen = seen.saturating_add(data.len() as u64);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// An upstream response body with a gap timer (see the module doc).
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    /// Armed when the body starts waiting on the upstream, not while the
+    /// client is slow to take what was already sent.
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+    done: bool,
+    metrics: Arc<Metrics>,
+    route: Arc<Route>,
+    rid: RequestId,
+    /// The request's audit record, written when the body ends (or is cut).
+    audit: Option<(Slot, Entry)>,
+    _inflight: OwnedSemaphorePermit,
+}
+
+impl UpstreamBody {
+    fn new(
+        inner: Incoming,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+        route: Arc<Route>,
+        rid: RequestId,
+        inflight: OwnedSemaphorePermit,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            done: false,
+            metrics,
+            route,
+            rid,
+            audit: None,
+            _inflight: inflight,
+        }
+    }
+
+    fn cut(&mut self, failure: UpstreamFailure, detail: &str) {
+        self.done = true;
+        let code = GatewayError::Upstream(failure).code();
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[self.route.name(), failure.kind()])
+            .inc();
+        // A failed request, like its audit record says (its status was
+        // already counted when the head went out).
+        self.metrics.denied.with_label_values(&[self.route.name(), code]).inc();
+        tracing::warn!(
+            request_id = self.rid.as_str(),
+            route = self.route.name(),
+            kind = failure.kind(),
+            error = detail,
+            "upstream response body cut"
+        );
+        if let Some((slot, mut entry)) = self.audit.take() {
+            entry.decision = "denied";
+            entry.reason = Some(code);
+            slot.write(entry);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.cut(UpstreamFailure::Reset, &e.to_string());
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        let detail = format!("no body data within {} ms", this.idle.as_millis());
+                        this.cut(UpstreamFailure::ResponseIdle, &detail);
+                        Poll::Ready(Some(Err(
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, detail).into()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// Completed, or the client went away before the end of the body: the
+    /// record as it was at the head (with reason `client_gone` if it was not
+    /// all delivered; the provider's status is in it either way).
+    fn drop(&mut self) {
+        if let Some((slot, mut entry)) = self.audit.take() {
+            if !(self.done || self.inner.is_end_stream()) {
+                entry.reason = Some(GatewayError::ClientGone.code());
+                self.metrics
+                    .client_gone
+                    .with_label_values(&[self.route.name(), "sent"])
+                    .inc();
+            }
+            slot.write(entry);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The pipeline's steps before the upstream call, one function each, in the
+//! order `pipeline` calls them. Each returns its refusal as a
+//! [`GatewayError`] and notes what the audit record needs in the scope.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::scope::Scope;
+use super::GatewayError;
+use crate::allowlist::Allowlist;
+use crate::canonical;
+use crate::dedup::{Claim, Duplicate};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::router::{path_is_safe, Route};
+use crate::secrets::Credential;
+use crate::sign::{BodyMode, EmptyBody, Scheme};
+
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// No request proceeds without a reserved audit slot (fail closed).
+pub(super) async fn reserve_audit(scope: &mut Scope) -> Result<(), GatewayError> {
+    let log = scope.shared.audit().ok_or(GatewayError::ShuttingDown)?;
+    scope.slot = Some(log.reserve().await.ok_or(GatewayError::AuditUnavailable)?);
+    Ok(())
+}
+
+/// Who may send at all (the TCP peer, before anything else is looked at),
+/// then the target's length and the path's safety, before routing.
+pub(super) fn admit(scope: &Scope, parts: &Parts) -> Result<(), GatewayError> {
+    peer_allowed(scope, &scope.snap.access)?;
+    // A huge target costs routing and audit work: refuse it first (414).
+    let limit = scope.snap.config.listener.max_uri_bytes;
+    if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > limit {
+        return Err(GatewayError::UriTooLong { limit });
+    }
+    // Refuse path tricks before routing, so no route sees them.
+    if !path_is_safe(parts.uri.path()) {
+        return Err(GatewayError::InvalidPath);
+    }
+    Ok(())
+}
+
+pub(super) fn peer_allowed(scope: &Scope, allow: &Allowlist) -> Result<(), GatewayError> {
+    if allow.allows(scope.conn.ip()) {
+        Ok(())
+    } else {
+        Err(GatewayError::IpNotAllowed)
+    }
+}
+
+/// The route (longest prefix) and whether it takes this method.
+pub(super) fn route(scope: &mut Scope, parts: &Parts) -> Result<Arc<Route>, GatewayError> {
+    let route = scope
+        .snap
+        .router
+        .find(parts.uri.path())
+        .ok_or(GatewayError::NoRoute)?
+        .clone();
+    scope.rec.route = Some(route.clone());
+    if !route.allows_method(&parts.method) {
+        return Err(GatewayError::MethodNotAllowed {
+            route: route.name().to_string(),
+            allowed: route.allow_methods.clone(),
+        });
+    }
+    // Test builds only (feature `fault-injection`): a requested panic.
+    crate::fault::inject(&parts.headers);
+    Ok(route)
+}
+
+/// The route may narrow who may send (e.g. payouts from one subnet only),
+/// by address and by mTLS identity.
+pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
+    if let Some(allow) = &route.allow {
+        peer_allowed(scope, allow)?;
+    }
+    if let Some(ids) = &route.config.allow_identities {
+        let ok = scope
+            .conn
+            .identities
+            .as_ref()
+            .is_some_and(|have| have.iter().any(|h| ids.iter().any(|want| want == h)));
+        if !ok {
+            return Err(GatewayError::IdentityNotAllowed);
+        }
+    }
+    Ok(())
+}
+
+/// Rate limits before the body is read: a refused client costs no buffering.
+pub(super) fn limit(scope: &Scope, route: Option<&Route>) -> Result<(), GatewayError> {
+    scope
+        .snap
+        .limits
+        .check(scope.conn.ip(), route.and_then(|r| r.limit.as_ref()))
+        .map_err(|l| GatewayError::RateLimited {
+            scope: l.scope.label(),
+            retry_after: l.retry_after,
+        })
+}
+
+/// Read the body under `max_body_bytes`, `body_timeout` (the whole body) and
+/// `body_idle_timeout` (the longest pause between two pieces). Compressed
+/// bodies and transfer codings other than chunked are refused first; a
+/// declared Content-Length over the limit is refused without reading a byte
+/// (so an `Expect: 100-continue` client never gets its 100); a streamed body
+/// is cut off as soon as the running total passes the limit. Trailers are
+/// read and dropped: they are never forwarded nor signed. A body that is
+/// refused stays in the scope for the answer's linger.
+pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes, GatewayError> {
+    // Never sign bytes other than those sent: compressed bodies are refused.
+    if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
+        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(GatewayError::UnsupportedEncoding);
+        }
+    }
+    only_chunked(&parts.headers)?;
+    let listener = &scope.snap.config.listener;
+    let limit = listener.max_body_bytes;
+    let declared = declared_length(&parts.headers, limit)?;
+    let (total, idle) = (listener.body_timeout, listener.body_idle_timeout);
+    let body = scope.unread.as_mut().ok_or(GatewayError::Internal)?;
+    let raw = collect(
+        body,
+        declared,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+        total,
+        idle,
+    )
+    .await?;
+    scope.unread = None;
+    scope.rec.bytes_in = raw.len() as u64;
+    Ok(raw)
+}
+
+/// hyper decodes `chunked` and passes any other transfer coding through
+/// undecoded (`gzip, chunked` would reach us still compressed): refuse them
+/// (RFC 9112 §6.1, 501), so only the bytes the client meant are signed.
+fn only_chunked(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let other = headers.get_all(http::header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',').any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if other {
+        return Err(GatewayError::UnsupportedTransferCoding);
+    }
+    Ok(())
+}
+
+/// A declared Content-Length, refused when over `limit`.
+fn declared_length(headers: &HeaderMap, limit: u64) -> Result<Option<u64>, GatewayError> {
+    let Some(cl) = headers.get(CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let n: u64 = cl
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(GatewayError::BadBody)?;
+    if n > limit {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    Ok(Some(n))
+}
+
+/// Gather the body's data frames under the size limit and both timers.
+async fn collect(
+    body: &mut Incoming,
+    declared: Option<u64>,
+    limit: usize,
+    total: std::time::Duration,
+    idle: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
+    let deadline = tokio::time::Instant::now() + total;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut size = 0usize;
+    loop {
+        let gap = (tokio::time::Instant::now() + idle).min(deadline);
+        let frame = match tokio::time::timeout_at(gap, body.frame()).await {
+            Err(_) => return Err(GatewayError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(GatewayError::BadBody),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        size = size.saturating_add(data.len());
+        if size > limit {
+            return Err(GatewayError::BodyTooLarge { limit: limit as u64 });
+        }
+        // The common case, one frame, is kept without a copy.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(f) => {
+                let cap = declared.and_then(|d| usize::try_from(d).ok()).unwrap_or(0).min(limit);
+                rest.reserve(cap.max(f.len() + data.len()));
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+}
+
+/// The canonical bytes are the bytes signed and the bytes sent.
+pub(super) fn canonicalize(route: &Route, raw: Bytes) -> Result<Bytes, GatewayError> {
+    prepare_body(&route.scheme, raw)
+}
+
+/// Apply the scheme's body rule: canonical JSON (or the configured empty
+/// body), or the raw bytes as received.
+pub fn prepare_body(scheme: &Scheme, raw: Bytes) -> Result<Bytes, GatewayError> {
+    if raw.is_empty() {
+        return Ok(match scheme.empty_body {
+            EmptyBody::Empty => Bytes::new(),
+            EmptyBody::EmptyObject => Bytes::from_static(b"{}"),
+        });
+    }
+    match scheme.body {
+        BodyMode::Raw => Ok(raw),
+        BodyMode::CanonicalJson => {
+            let mut out = Vec::with_capacity(raw.len());
+            CANONICALIZER
+                .with(|c| c.borrow_mut().encode(&raw, &scheme.canonical, &mut out))
+                .map_err(|e| GatewayError::InvalidJson {
+                    offset: e.offset,
+                    reason: e.reason,
+                })?;
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+thread_local! {
+    /// Per-worker scratch space so canonicalization does not allocate its
+    /// tape on every request.
+    static CANONICALIZER: std::cell::RefCell<canonical::Canonicalizer> =
+        std::cell::RefCell::new(canonical::Canonicalizer::new());
+}
+
+/// A retried payment must not become a second payment: claim the route's
+/// transaction reference, per endpoint (method and upstream path), so that
+/// a status call never locks a create.
+pub(super) fn claim(
+    scope: &mut Scope,
+    route: &Route,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<Option<Claim>, GatewayError> {
+    let (Some(store), Some(pointer)) = (&route.duplicates, &route.config.duplicate_key) else {
+        return Ok(None);
+    };
+    let reference = crate::dedup::reference(body, pointer).ok_or_else(|| GatewayError::MissingReference {
+        pointer: pointer.clone(),
+    })?;
+    scope.rec.duplicate_key = Some(reference.clone());
+    let key = format!("{} {} {reference}", parts.method, route.upstream_path(parts.uri.path()));
+    store.begin(&key, Instant::now()).map_err(|d| match d {
+        Duplicate::Full => GatewayError::DuplicateGuardFull,
+        Duplicate::InFlight | Duplicate::Succeeded => GatewayError::DuplicateRequest { unknown: false },
+        Duplicate::Unknown => GatewayError::DuplicateRequest { unknown: true },
+    })?;
+    Ok(Some(Claim::new(store.clone(), key)))
+}
+
+/// The secret to sign with; a request keeps the version it started with.
+pub(super) fn credential(scope: &mut Scope, route: &Route) -> Result<Arc<Credential>, GatewayError> {
+    let cred = route.credential.get().map_err(GatewayError::CredentialUnavailable)?;
+    scope.rec.credential_version = cred.version();
+    Ok(cred)
+}
+
+/// A request ready to be signed and sent.
+pub(super) struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    /// The path the scheme signs (`{path}`).
+    pub upstream_path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The route's `max_inflight` slot, held until the response body ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Header hygiene and the upstream URI; then a slot among the route's
+/// `max_inflight` upstream calls: a slow provider must not pile up
+/// unbounded requests (and connections), so a request waits a bounded time
+/// and is refused before anything is signed.
+pub(super) async fn prepare(scope: &Scope, route: &Route, parts: Parts, body: Bytes) -> Result<Outgoing, GatewayError> {
+    let upstream_path = route.upstream_path(parts.uri.path());
+    let uri = route
+        .upstream_uri(&upstream_path, parts.uri.query())
+        .map_err(|_| GatewayError::InvalidPath)?;
+    let mut headers = parts.headers;
+    headers::sanitize_request(&mut headers, &route.scheme.headers());
+    headers.insert(X_REQUEST_ID.clone(), scope.rid.header_value());
+    if route.scheme.body == BodyMode::CanonicalJson {
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let permit = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
+        .await
+        .map_err(|_| GatewayError::UpstreamBusy)?
+        .map_err(|_| GatewayError::Internal)?;
+    Ok(Outgoing {
+        method: parts.method,
+        uri,
+        upstream_path,
+        headers,
+        body,
+        permit,
+    })
+}

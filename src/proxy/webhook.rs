@@ -1,0 +1,88 @@
+//! The webhook branch of the pipeline: the provider's events come in on a
+//! `[[webhook]]` path and take the same admission steps as a request (the
+//! webhook's own allowlist, POST only, the client and global limits, the
+//! bounded body), then the receiver: verify, freshness, de-duplication,
+//! the durable inbox, 200.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode};
+
+use super::response::ResponseBody;
+use super::scope::Scope;
+use super::{steps, GatewayError};
+use crate::webhook::{self, Hook, Outcome};
+
+/// Admit, read and hand one event to the receiver; answer the provider.
+pub(super) async fn receive(
+    scope: &mut Scope,
+    hook: &Arc<Hook>,
+    parts: &Parts,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    scope.rec.webhook = Some(hook.clone());
+    let result = admit_and_receive(scope, hook, parts).await;
+    let label = match &result {
+        Ok(outcome) => outcome.label(),
+        Err(Refused::Receiver(r)) => r.label(),
+        Err(Refused::Admission(_)) => "error",
+    };
+    let metrics = scope.shared.metrics();
+    metrics.webhooks.with_label_values(&[hook.name(), label]).inc();
+    let body = match result? {
+        Outcome::Accepted(id) => {
+            scope.shared.wake_delivery();
+            serde_json::json!({"status": "accepted", "id": id})
+        }
+        Outcome::Duplicate => serde_json::json!({"status": "duplicate"}),
+    };
+    let mut resp = ResponseBody::local(StatusCode::OK, Bytes::from(body.to_string()));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// Refused by a shared admission step, or by the receiver itself.
+enum Refused {
+    Admission(GatewayError),
+    Receiver(webhook::Refusal),
+}
+
+impl From<GatewayError> for Refused {
+    fn from(e: GatewayError) -> Self {
+        Refused::Admission(e)
+    }
+}
+
+impl From<Refused> for GatewayError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Admission(e) => e,
+            Refused::Receiver(r) => r.into(),
+        }
+    }
+}
+
+async fn admit_and_receive(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Result<Outcome, Refused> {
+    // Webhooks come from the provider, not from internal callers: their own
+    // allowlist applies (default `[access].allow`).
+    let allow = hook.allow.as_ref().unwrap_or(&scope.snap.access);
+    steps::peer_allowed(scope, allow)?;
+    if parts.method != Method::POST {
+        return Err(GatewayError::MethodNotAllowed {
+            route: hook.name().to_string(),
+            allowed: "POST".into(),
+        }
+        .into());
+    }
+    steps::limit(scope, None)?;
+    let raw = steps::read_body(scope, parts).await?;
+    let inbox = scope.shared.inbox().ok_or(GatewayError::Internal)?.clone();
+    let outcome = webhook::receive(hook, &inbox, &parts.headers, raw.clone())
+        .await
+        .map_err(Refused::Receiver)?;
+    scope.rec.duplicate_key = Some(webhook::event_key(hook, &raw));
+    Ok(outcome)
+}

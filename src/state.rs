@@ -1,0 +1,355 @@
+//! What a running gateway's stages share, below all of them: the immutable
+//! [`Snapshot`] built from one configuration (swapped whole on reload), the
+//! metrics, the audit log, the webhook inbox and the readiness flags, held
+//! together in [`Shared`]. The composition root (`app`) builds it; each stage
+//! gets the handle it needs and imports nothing above this module. Also the
+//! typed answers of a readiness check and of a reload.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::allowlist::Allowlist;
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ratelimit::Limits;
+use crate::router::{Route, Router};
+use crate::secrets::{CredentialStore, Unavailable};
+use crate::upstream::Upstream;
+use crate::webhook::store::Store;
+use crate::webhook::Hook;
+
+/// Everything derived from one configuration; swapped whole, never edited.
+pub(crate) struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub webhooks: Vec<Arc<Hook>>,
+    pub access: Allowlist,
+    pub upstream: Upstream,
+    pub credentials: CredentialStore,
+    pub limits: Limits,
+    /// Stops this snapshot's credential refreshers once it is replaced by a
+    /// snapshot with other credentials.
+    pub credentials_cancel: CancellationToken,
+}
+
+/// A configuration that names something the snapshot cannot resolve
+/// (validation makes this unreachable; kept typed rather than panicking).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BuildError {
+    #[error("{what} {name}: unknown scheme {scheme}")]
+    UnknownScheme {
+        what: &'static str,
+        name: String,
+        scheme: String,
+    },
+    #[error("{what} {name}: unknown credential {credential}")]
+    UnknownCredential {
+        what: &'static str,
+        name: String,
+        credential: String,
+    },
+}
+
+impl Snapshot {
+    /// Resolve routes and webhooks against schemes and credentials. With
+    /// `previous`, a route whose duplicate-guard settings did not change keeps
+    /// its guard's memory (a reload must not forget in-flight payouts).
+    pub fn build(
+        config: &Config,
+        credentials: CredentialStore,
+        credentials_cancel: CancellationToken,
+        upstream: Upstream,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
+        let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
+            .schemes
+            .iter()
+            .map(|(n, s)| (n.as_str(), Arc::new(s.clone())))
+            .collect();
+        let scheme = |what: &'static str, name: &str, scheme: &str| {
+            schemes.get(scheme).cloned().ok_or_else(|| BuildError::UnknownScheme {
+                what,
+                name: name.to_string(),
+                scheme: scheme.to_string(),
+            })
+        };
+        let slot = |what: &'static str, name: &str, credential: &str| {
+            credentials
+                .slot(credential)
+                .cloned()
+                .ok_or_else(|| BuildError::UnknownCredential {
+                    what,
+                    name: name.to_string(),
+                    credential: credential.to_string(),
+                })
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let kept = previous
+                .and_then(|p| p.router.by_name(&r.name))
+                .filter(|old| {
+                    old.config.duplicate_key == r.duplicate_key
+                        && old.config.duplicate_window == r.duplicate_window
+                        && old.config.duplicate_capacity == r.duplicate_capacity
+                })
+                .and_then(|old| old.duplicates.clone());
+            routes.push(Arc::new(Route::new(
+                r.clone(),
+                scheme("route", &r.name, &r.scheme)?,
+                slot("route", &r.name, &r.credential)?,
+                kept,
+            )));
+        }
+        let mut webhooks = Vec::with_capacity(config.webhooks.len());
+        for w in &config.webhooks {
+            webhooks.push(Arc::new(Hook {
+                allow: w.allow.as_deref().map(Allowlist::new),
+                scheme: scheme("webhook", &w.name, &w.scheme)?,
+                credential: slot("webhook", &w.name, &w.credential)?,
+                config: w.clone(),
+            }));
+        }
+        Ok(Snapshot {
+            webhooks,
+            config: Arc::new(config.clone()),
+            credentials_cancel,
+            router: Router::new(routes),
+            access: Allowlist::new(&config.access.allow),
+            upstream,
+            credentials,
+            limits: Limits::new(&config.limits),
+        })
+    }
+
+    pub fn webhook_for(&self, path: &str) -> Option<&Arc<Hook>> {
+        self.webhooks.iter().find(|h| h.config.match_path == path)
+    }
+}
+
+/// One reason the gateway is not ready (the `/readyz` body lists them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotReady {
+    /// Shutdown has begun: load balancers should stop sending.
+    Draining,
+    /// The traffic listener is not accepting yet.
+    NotAccepting,
+    /// A credential a route signs with cannot sign.
+    Credential(Unavailable),
+    /// The audit log cannot write: requests are refused (fail closed).
+    #[allow(dead_code)] // set once the audit writer reports its health
+    Audit(String),
+}
+
+impl Serialize for NotReady {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        match self {
+            NotReady::Draining => {
+                m.serialize_entry("what", "draining")?;
+                m.serialize_entry("detail", "the gateway is shutting down")?;
+            }
+            NotReady::NotAccepting => {
+                m.serialize_entry("what", "listener")?;
+                m.serialize_entry("detail", "the traffic listener is not accepting yet")?;
+            }
+            NotReady::Credential(why) => {
+                m.serialize_entry("what", "credential")?;
+                m.serialize_entry("credential", &why.credential)?;
+                m.serialize_entry("detail", &why.reason)?;
+            }
+            NotReady::Audit(why) => {
+                m.serialize_entry("what", "audit")?;
+                m.serialize_entry("detail", why)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReloadSummary {
+    pub routes: usize,
+    pub credentials: usize,
+    pub credentials_reloaded: bool,
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} route(s), {} credential(s){}",
+            self.routes,
+            self.credentials,
+            if self.credentials_reloaded {
+                " (credentials reloaded)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Why a reload was rejected; the running configuration keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("this gateway was not started from a file; nothing to reload")]
+    NoConfigFile,
+    /// The new file does not validate (every error, as `signgate check` prints them).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{} changed: these settings are bound at start-up and need a restart; nothing was applied", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    #[error("egress: {0}")]
+    Egress(String),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// The answer to one reload request.
+pub(crate) type ReloadResult = Result<ReloadSummary, ReloadError>;
+
+/// Asks the composition root to reload (admin `POST /reload`); the stage
+/// that asks never builds a snapshot itself.
+#[derive(Clone)]
+pub(crate) struct ReloadHandle(mpsc::Sender<oneshot::Sender<ReloadResult>>);
+
+impl ReloadHandle {
+    pub fn new() -> (ReloadHandle, mpsc::Receiver<oneshot::Sender<ReloadResult>>) {
+        let (tx, rx) = mpsc::channel(4);
+        (ReloadHandle(tx), rx)
+    }
+
+    pub async fn reload(&self) -> ReloadResult {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.map_err(|_| ReloadError::ShuttingDown)?;
+        rx.await.map_err(|_| ReloadError::ShuttingDown)?
+    }
+}
+
+/// The shared state of a running gateway (see the module doc).
+pub(crate) struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    /// Taken away at shutdown so the writer can flush and finish.
+    audit: ArcSwapOption<AuditLog>,
+    /// The durable webhook inbox (when webhooks are configured).
+    inbox: Option<Arc<Store>>,
+    /// Wakes the delivery worker when an event arrives.
+    delivery: Arc<Notify>,
+    /// Set once the traffic listener is bound and accepting.
+    accepting: AtomicBool,
+    /// Set as soon as shutdown starts.
+    draining: AtomicBool,
+    /// Upstream exchanges, which finish even when their client goes away;
+    /// shutdown waits for them before closing the audit log.
+    exchanges: TaskTracker,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, audit: AuditLog, inbox: Option<Arc<Store>>) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            audit: ArcSwapOption::from_pointee(audit),
+            inbox,
+            delivery: Arc::new(Notify::new()),
+            accepting: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            exchanges: TaskTracker::new(),
+        }
+    }
+
+    /// The current snapshot; a request keeps the one it started with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn replace_snapshot(&self, next: Snapshot) {
+        self.snapshot.store(Arc::new(next));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The audit log, or `None` once shutdown has closed it.
+    pub fn audit(&self) -> Option<Arc<AuditLog>> {
+        self.audit.load_full()
+    }
+
+    /// Close the audit queue (shutdown): the writer flushes and exits once
+    /// the last reserved slot is used.
+    pub fn close_audit(&self) {
+        self.audit.store(None);
+    }
+
+    pub fn inbox(&self) -> Option<&Arc<Store>> {
+        self.inbox.as_ref()
+    }
+
+    /// Tell the delivery worker there is work.
+    pub fn wake_delivery(&self) {
+        self.delivery.notify_one();
+    }
+
+    pub fn delivery_signal(&self) -> Arc<Notify> {
+        self.delivery.clone()
+    }
+
+    pub fn exchanges(&self) -> &TaskTracker {
+        &self.exchanges
+    }
+
+    pub fn set_accepting(&self) {
+        self.accepting.store(true, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Why the gateway is not ready; empty when ready.
+    pub fn readiness(&self) -> Vec<NotReady> {
+        let mut out = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            out.push(NotReady::Draining);
+        }
+        if !self.accepting.load(Ordering::Acquire) {
+            out.push(NotReady::NotAccepting);
+        }
+        let snap = self.snapshot();
+        let mut seen = std::collections::BTreeSet::new();
+        for route in snap.router.routes() {
+            let slot = &route.credential;
+            if seen.insert(slot.name()) {
+                if let Err(why) = slot.get() {
+                    out.push(NotReady::Credential(why));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness().is_empty()
+    }
+
+    /// How long shutdown waits for detached upstream exchanges.
+    pub fn exchange_deadline(&self) -> Duration {
+        self.snapshot().config.egress.request_timeout + Duration::from_secs(1)
+    }
+}
