@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-request work that is not I/O:
-//! canonicalize + sign (as `proxy::prepare_body` and `Scheme::sign` do it on
+//! canonicalize + sign (as `sign::prepare_body` and `Scheme::sign` do it on
 //! the hot path) for 300 B, 4 KB and 64 KB bodies, the client allowlist and
 //! the rate-limit check.
 //!
@@ -18,9 +18,8 @@ use ipnet::IpNet;
 
 use signgate::allowlist::Allowlist;
 use signgate::config::{LimitsConfig, Quota};
-use signgate::proxy::prepare_body;
 use signgate::ratelimit::{Limits, RouteLimit};
-use signgate::sign::{keyed_mac, MessageInput, Scheme};
+use signgate::sign::{keyed_mac, prepare_body, MessageInput, Scheme};
 
 /// The order body of benches/run.sh (~300 bytes, keys unsorted, one ₹).
 pub const ORDER: &str = r#"{"order_id":"ORD-20260513-6116229263036","order_amount":"1050.00","order_currency":"INR","order_note":"Monthly plan ₹1050, invoice 2026/05","service_type":"DIGITAL","customer":{"phone":"9876543210","name":"Asha Verma","email":"asha.verma@example.in"},"return_url":"https://merchant.example.in/pay/return?order=6116229263036"}"#;

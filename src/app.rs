@@ -291,6 +291,13 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         lock: Mutex::new(()),
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
+    let admin = match admin_listener {
+        Some(l) => Some((
+            l,
+            Admin::new(shared.clone(), reload_handle, &config.admin).context("loading the admin token")?,
+        )),
+        None => None,
+    };
     tokio::spawn(reloader.clone().serve(reload_requests, background.clone()));
     let listener = tokio::spawn(listener::serve(
         traffic,
@@ -302,8 +309,7 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         config.listener.drain_timeout,
     ));
     shared.set_accepting();
-    if let Some(l) = admin_listener {
-        let admin = Admin::new(shared.clone(), reload_handle);
+    if let Some((l, admin)) = admin {
         tokio::spawn(crate::admin::serve(l, admin, background.clone()));
     }
     if crate::fault::ENABLED {

@@ -1,7 +1,8 @@
 //! The command-line tools around the gateway: `check` (validate a config and
 //! optionally load its credentials), `sign` (show exactly what is signed, the
 //! tool for debugging a signature mismatch), `certs dev` (a development PKI
-//! on disk, in `cli/certs.rs`) and the shutdown signal.
+//! on disk, in `cli/certs.rs`), the admin API clients (`webhooks`, `guard`,
+//! in `cli/admin.rs`) and the shutdown signal.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -13,7 +14,9 @@ use crate::config::Config;
 use crate::secrets::{CredentialStore, SecretBytes};
 use crate::sign::{self, MessageInput, Scheme};
 
+mod admin;
 mod certs;
+pub use admin::{guard_release, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";
@@ -160,7 +163,8 @@ fn sign_inner(args: &SignArgs, config: Option<&Path>) -> Result<(), String> {
     std::io::stdin()
         .read_to_end(&mut raw)
         .map_err(|e| format!("reading the body from stdin: {e}"))?;
-    let body = crate::proxy::prepare_body(&scheme, Bytes::from(raw)).map_err(|e| e.message())?;
+    let body = crate::sign::prepare_body(&scheme, Bytes::from(raw))
+        .map_err(|e| format!("request body is not valid JSON at byte {}: {}", e.offset, e.reason))?;
     let ts = match args.timestamp {
         Some(t) => sign::Timestamp::from_u64(t),
         None => scheme.timestamp(std::time::SystemTime::now()),
@@ -243,128 +247,6 @@ pub fn audit_verify(files: &[std::path::PathBuf], continuation: bool) -> ExitCod
         Err(e) => {
             eprintln!("signgate audit verify: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// What `signgate webhooks` should do.
-pub enum WebhooksAction {
-    List {
-        failed: bool,
-    },
-    /// `None`: every failed event.
-    Retry {
-        id: Option<u64>,
-    },
-}
-
-/// `signgate webhooks list|retry`: through the running gateway's admin
-/// listener when it answers (the inbox is locked by the running process),
-/// else directly on the inbox under `[state].dir`.
-pub async fn webhooks(path: &Path, action: WebhooksAction) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprint!("{}: {errors}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let via_admin = match config.admin.addr {
-        Some(addr) => webhooks_via_admin(addr, &action).await,
-        None => None,
-    };
-    let result = match via_admin {
-        Some(r) => r,
-        None => webhooks_direct(&config.state.dir, &action),
-    };
-    match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("signgate webhooks: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn render_events(events: &[serde_json::Value]) -> String {
-    let mut out = String::new();
-    for e in events {
-        out.push_str(&format!(
-            "{}\t{}\t{}\tattempts={}\t{}\t{}\n",
-            e["id"],
-            e["webhook"].as_str().unwrap_or("-"),
-            e["state"].as_str().unwrap_or("-"),
-            e["attempts"],
-            e["key"].as_str().unwrap_or("-"),
-            e["last_error"].as_str().unwrap_or(""),
-        ));
-    }
-    if events.is_empty() {
-        out.push_str("no events\n");
-    }
-    out
-}
-
-/// `None` when no gateway answers on the admin address.
-async fn webhooks_via_admin(addr: std::net::SocketAddr, action: &WebhooksAction) -> Option<Result<String, String>> {
-    use http_body_util::{BodyExt, Full};
-    let (method, path) = match action {
-        WebhooksAction::List { failed } => ("GET", format!("/webhooks{}", if *failed { "?failed=true" } else { "" })),
-        WebhooksAction::Retry { id: Some(id) } => ("POST", format!("/webhooks/retry?id={id}")),
-        WebhooksAction::Retry { id: None } => ("POST", "/webhooks/retry?all_failed=true".to_string()),
-    };
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    let resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(e) => return Some(Err(format!("admin listener at {addr}: {e}"))),
-    };
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    Some(if !status.is_success() {
-        Err(format!(
-            "admin listener answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ))
-    } else if let Some(events) = v["events"].as_array() {
-        Ok(render_events(events))
-    } else {
-        Ok(format!("requeued {}\n", v["requeued"]))
-    })
-}
-
-fn webhooks_direct(dir: &Path, action: &WebhooksAction) -> Result<String, String> {
-    let store = crate::webhook::store::Store::open(dir).map_err(|e| e.to_string())?;
-    match action {
-        WebhooksAction::List { failed } => {
-            let events = store.list(*failed).map_err(|e| e.to_string())?;
-            let rows: Vec<serde_json::Value> = events.iter().map(crate::webhook::store::summary).collect();
-            Ok(render_events(&rows))
-        }
-        WebhooksAction::Retry { id } => {
-            let n = store.retry(*id).map_err(|e| e.to_string())?;
-            Ok(format!("requeued {n} (delivered when the gateway runs)\n"))
         }
     }
 }

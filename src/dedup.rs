@@ -46,14 +46,11 @@ pub trait DuplicateStore: Send + Sync {
     /// Record the outcome: a success or an unknown outcome keeps the key
     /// until `now + window`; a failure releases it.
     fn finish(&self, key: &str, outcome: Outcome, now: Instant);
-    /// Forget `key` whatever its state (an operator's manual release);
-    /// whether it was held.
-    fn release(&self, key: &str) -> bool;
+    /// Forget every claim on `reference` (keys are `METHOD PATH REFERENCE`),
+    /// whatever its state: an operator's manual release. How many were held.
+    fn release_reference(&self, reference: &str) -> usize;
     /// Number of references held.
     fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,8 +156,11 @@ impl DuplicateStore for MemoryStore {
         }
     }
 
-    fn release(&self, key: &str) -> bool {
-        self.map.remove(key).is_some()
+    fn release_reference(&self, reference: &str) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|k, _| k.splitn(3, ' ').nth(2).is_none_or(|r| r != reference));
+        before - self.map.len()
     }
 
     fn len(&self) -> usize {
@@ -218,10 +218,6 @@ impl Claim {
         }
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// From now on bytes may reach the provider: a drop means "unknown".
     pub fn sending(&mut self) {
         self.sent = true;
@@ -264,8 +260,17 @@ mod tests {
             "an unknown outcome stays claimed for the window"
         );
         assert_eq!(s.begin("a", t0 + Duration::from_secs(11)), Ok(()));
-        assert!(s.release("a"), "an operator can release a reference by hand");
-        assert_eq!(s.begin("a", t0), Ok(()));
+        s.finish("a", Outcome::Unknown, t0);
+        s.begin("POST /create \"a b\"", t0).unwrap();
+        s.begin("POST /status \"a b\"", t0).unwrap();
+        s.begin("POST /create \"a\"", t0).unwrap();
+        assert_eq!(
+            s.release_reference("\"a b\""),
+            2,
+            "an operator releases a reference on every endpoint"
+        );
+        assert_eq!(s.begin("POST /create \"a b\"", t0), Ok(()));
+        assert_eq!(s.begin("POST /create \"a\"", t0), Err(Duplicate::InFlight));
     }
 
     #[test]

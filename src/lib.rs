@@ -31,14 +31,14 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod allowlist;
-pub mod app;
-pub mod audit;
+mod app;
+pub(crate) mod audit;
 pub mod canonical;
 pub mod cli;
 pub mod config;
-pub mod dedup;
+pub(crate) mod dedup;
 mod delivery;
 pub mod devtools;
 pub mod fault;
@@ -46,19 +46,21 @@ pub mod fault;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod headers;
-pub mod identity;
-pub mod listener;
-pub mod metrics;
-pub mod proxy;
+pub(crate) mod headers;
+pub(crate) mod identity;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+#[cfg(test)]
+mod module_graph;
+pub(crate) mod proxy;
 pub mod ratelimit;
-pub mod router;
+pub(crate) mod router;
 pub mod secrets;
 pub mod sign;
 mod state;
 pub mod tls;
 pub mod upstream;
-pub mod webhook;
+pub(crate) mod webhook;
 
 pub use app::{run, start, Running};
 pub use config::Config;

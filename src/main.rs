@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+    /// The duplicate guard of a running gateway (through its admin API).
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -71,6 +76,20 @@ enum WebhooksCommand {
         id: Option<u64>,
         #[arg(long, conflicts_with = "id")]
         all_failed: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// Release a transaction reference the guard holds (every endpoint of
+    /// the route), e.g. one whose first attempt's outcome is unknown once the
+    /// provider's status API says it did not go through. Audited.
+    Release {
+        /// The route name.
+        route: String,
+        /// The reference as JSON text (`'"ORD-1"'`, `12345`); text that is not
+        /// JSON is taken as a string (`ORD-1`).
+        reference: String,
     },
 }
 
@@ -160,6 +179,9 @@ fn main() -> ExitCode {
             };
             runtime.block_on(signgate::cli::webhooks(&config_path, action))
         }
+        Command::Guard {
+            command: GuardCommand::Release { route, reference },
+        } => runtime.block_on(signgate::cli::guard_release(&config_path, &route, &reference)),
         Command::Audit {
             command: AuditCommand::Verify { files, continuation },
         } => signgate::cli::audit_verify(&files, continuation),

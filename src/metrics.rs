@@ -10,8 +10,7 @@ use std::time::SystemTime;
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::secrets::CredentialStore;
@@ -150,6 +149,7 @@ pub struct Metrics {
     pub runtime_tasks: IntGauge,
     pub ratelimit_clients: IntGauge,
     pub client_gone: IntCounterVec,
+    pub admin_unauthorized: IntCounter,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -338,6 +338,14 @@ impl Metrics {
                 "Requests whose client went away before its answer, by route and whether the request had been sent upstream (sent: the exchange completed and was audited with the provider's status).",
                 &["route", "upstream"],
             ),
+            admin_unauthorized: reg(
+                &r,
+                IntCounter::new(
+                    "signgate_admin_unauthorized_total",
+                    "Admin requests refused 401 (no or wrong Bearer token).",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -409,13 +417,4 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-}
-
-/// A timer that observes into a histogram when stopped.
-pub fn observe(h: &Histogram, since: std::time::Instant) {
-    h.observe(since.elapsed().as_secs_f64());
 }

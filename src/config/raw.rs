@@ -35,6 +35,7 @@ pub struct RawListener {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub addr: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -139,6 +139,10 @@ pub struct ServerTlsConfig {
 pub struct AdminConfig {
     /// `None` when the admin listener is disabled (`addr = ""`).
     pub addr: Option<SocketAddr>,
+    /// The Bearer token every admin endpoint but `/metrics`, `/healthz` and
+    /// `/readyz` requires. Without it those endpoints are served only on a
+    /// loopback admin address.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

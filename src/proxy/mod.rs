@@ -37,7 +37,6 @@ use hyper::body::Incoming;
 pub use context::RequestId;
 pub use error::GatewayError;
 pub use response::ResponseBody;
-pub use steps::prepare_body;
 
 use crate::listener::{ConnInfo, Handler};
 use crate::state::Shared;

@@ -16,12 +16,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::scope::Scope;
 use super::GatewayError;
 use crate::allowlist::Allowlist;
-use crate::canonical;
 use crate::dedup::{Claim, Duplicate};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
-use crate::sign::{BodyMode, EmptyBody, Scheme};
+use crate::sign::BodyMode;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -214,38 +213,10 @@ async fn collect(
 
 /// The canonical bytes are the bytes signed and the bytes sent.
 pub(super) fn canonicalize(route: &Route, raw: Bytes) -> Result<Bytes, GatewayError> {
-    prepare_body(&route.scheme, raw)
-}
-
-/// Apply the scheme's body rule: canonical JSON (or the configured empty
-/// body), or the raw bytes as received.
-pub fn prepare_body(scheme: &Scheme, raw: Bytes) -> Result<Bytes, GatewayError> {
-    if raw.is_empty() {
-        return Ok(match scheme.empty_body {
-            EmptyBody::Empty => Bytes::new(),
-            EmptyBody::EmptyObject => Bytes::from_static(b"{}"),
-        });
-    }
-    match scheme.body {
-        BodyMode::Raw => Ok(raw),
-        BodyMode::CanonicalJson => {
-            let mut out = Vec::with_capacity(raw.len());
-            CANONICALIZER
-                .with(|c| c.borrow_mut().encode(&raw, &scheme.canonical, &mut out))
-                .map_err(|e| GatewayError::InvalidJson {
-                    offset: e.offset,
-                    reason: e.reason,
-                })?;
-            Ok(Bytes::from(out))
-        }
-    }
-}
-
-thread_local! {
-    /// Per-worker scratch space so canonicalization does not allocate its
-    /// tape on every request.
-    static CANONICALIZER: std::cell::RefCell<canonical::Canonicalizer> =
-        std::cell::RefCell::new(canonical::Canonicalizer::new());
+    crate::sign::prepare_body(&route.scheme, raw).map_err(|e| GatewayError::InvalidJson {
+        offset: e.offset,
+        reason: e.reason,
+    })
 }
 
 /// A retried payment must not become a second payment: claim the route's

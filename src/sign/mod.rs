@@ -61,6 +61,33 @@ pub enum TimestampUnit {
     Millis,
 }
 
+/// Apply the scheme's body rule: canonical JSON (or the configured empty
+/// body), or the raw bytes as received. The result is what is signed and
+/// what is sent.
+pub fn prepare_body(scheme: &Scheme, raw: bytes::Bytes) -> Result<bytes::Bytes, canonical::Error> {
+    if raw.is_empty() {
+        return Ok(match scheme.empty_body {
+            EmptyBody::Empty => bytes::Bytes::new(),
+            EmptyBody::EmptyObject => bytes::Bytes::from_static(b"{}"),
+        });
+    }
+    match scheme.body {
+        BodyMode::Raw => Ok(raw),
+        BodyMode::CanonicalJson => {
+            let mut out = Vec::with_capacity(raw.len());
+            CANONICALIZER.with(|c| c.borrow_mut().encode(&raw, &scheme.canonical, &mut out))?;
+            Ok(bytes::Bytes::from(out))
+        }
+    }
+}
+
+thread_local! {
+    /// Per-worker scratch space so canonicalization does not allocate its
+    /// tape on every request.
+    static CANONICALIZER: std::cell::RefCell<canonical::Canonicalizer> =
+        std::cell::RefCell::new(canonical::Canonicalizer::new());
+}
+
 /// A signing scheme, built from configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scheme {

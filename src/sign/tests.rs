@@ -1,7 +1,7 @@
 use bytes::Bytes;
 
+use super::prepare_body;
 use super::*;
-use crate::proxy::prepare_body;
 
 const SECRET: &[u8] = b"YOUR_SECRET_KEY";
 const TS: &str = "1778659835";

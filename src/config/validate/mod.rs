@@ -268,6 +268,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             Some("") => None,
             a => Some(v.socket_addr("admin.addr", a, DEFAULT_ADMIN_ADDR)),
         },
+        token_file: raw.admin.token_file.as_deref().map(|p| v.path(p)),
     };
     if let Some(a) = admin.addr {
         if a == listener.addr && a.port() != 0 {
@@ -275,6 +276,14 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
                 "admin.addr",
                 a,
                 "an address different from listener.addr",
+            ));
+        }
+        // The admin API changes state and returns payment events: off
+        // loopback it must be locked.
+        if admin.token_file.is_none() && !is_loopback(&a) {
+            v.push(ConfigError::missing(
+                "admin.token_file",
+                format!("a file holding the admin Bearer token: admin.addr {a} is not a loopback address"),
             ));
         }
     }

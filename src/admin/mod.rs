@@ -1,0 +1,220 @@
+//! The admin listener, separate from traffic (loopback by default), on the
+//! same accept loop as the traffic listener with its own connection cap and
+//! timers. Open to anyone who reaches it: `GET /metrics` (Prometheus text),
+//! `GET /healthz` (the process is alive), `GET /readyz` (200 only when the
+//! listener accepts, the gateway is not draining, the audit log writes and
+//! every credential a route uses has loaded; otherwise 503 with a JSON body
+//! naming what is missing). Every other endpoint changes state or returns
+//! data and needs `Authorization: Bearer <token>` ([`auth`]): `POST /reload`
+//! (same as SIGHUP), `GET /webhooks[?failed=true]` and
+//! `POST /webhooks/retry?id=N|all_failed=true` (the inbox), `POST
+//! /guard/release` (the duplicate guard).
+
+mod auth;
+mod guard;
+mod inbox;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AdminConfig;
+use crate::listener::{self, ConnInfo, Handler};
+use crate::state::{ReloadHandle, Shared};
+pub(crate) use auth::TokenError;
+
+/// At most this many admin connections at once: a flood of idle admin
+/// connections cannot take the file descriptors the traffic listener needs.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// An admin request head must arrive within this.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle admin connection is closed after this.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest admin request body (JSON commands).
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+const JSON: &str = "application/json";
+
+/// What the admin endpoints may see and do: read the shared state, and ask
+/// the composition root for a reload.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    shared: Arc<Shared>,
+    reload: ReloadHandle,
+    token: Arc<auth::Token>,
+}
+
+impl Admin {
+    /// Fails when `admin.token_file` is set but holds no usable token.
+    pub fn new(shared: Arc<Shared>, reload: ReloadHandle, config: &AdminConfig) -> Result<Self, TokenError> {
+        Ok(Admin {
+            shared,
+            reload,
+            token: Arc::new(auth::Token::load(config.token_file.clone())?),
+        })
+    }
+}
+
+impl Handler for Admin {
+    type Body = Full<Bytes>;
+
+    fn call(
+        self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static {
+        respond(self, req, conn.peer)
+    }
+}
+
+/// The admin listener's limits: its own connection cap and timers, the
+/// accept back-off of the traffic listener (the same accept loop).
+fn settings() -> listener::Settings {
+    listener::Settings {
+        header_timeout: ADMIN_HEADER_TIMEOUT,
+        idle_timeout: ADMIN_IDLE_TIMEOUT,
+        max_headers: 64,
+        max_header_bytes: 16 * 1024,
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        write_idle_timeout: Duration::from_secs(30),
+        h2_max_concurrent_streams: 16,
+        h2_max_pending_resets: crate::config::DEFAULT_H2_MAX_PENDING_RESETS,
+    }
+}
+
+/// Serve the admin endpoints until `stop`.
+pub(crate) async fn serve(l: TcpListener, admin: Admin, stop: CancellationToken) {
+    let metrics = admin.shared.metrics().admin_connections.clone();
+    listener::serve(l, None, admin, metrics, settings(), stop, Duration::from_secs(1)).await;
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A JSON error in the shape of the traffic listener's.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        JSON,
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
+/// The endpoints open to anyone who reaches the admin address.
+const OPEN: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+/// Every path served, for 405 vs 404.
+const PATHS: [&str; 7] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/reload",
+    "/webhooks",
+    "/webhooks/retry",
+    "/guard/release",
+];
+
+async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !OPEN.contains(&path) && PATHS.contains(&path) {
+        if let Err(why) = admin.token.check(req.headers()) {
+            admin.shared.metrics().admin_unauthorized.inc();
+            tracing::warn!(%peer, path, "admin request refused: {why}");
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    let gw = &admin.shared;
+    match (req.method().clone(), path) {
+        (Method::GET, "/metrics") => metrics(gw),
+        (Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"alive"}"#),
+        (Method::GET, "/readyz") => {
+            let missing = gw.readiness();
+            if missing.is_empty() {
+                reply(StatusCode::OK, JSON, r#"{"status":"ready"}"#)
+            } else {
+                let body = serde_json::json!({"status": "not_ready", "missing": missing});
+                reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
+            }
+        }
+        (Method::GET, "/webhooks") => {
+            let failed_only = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "failed=true"));
+            inbox::list(gw, failed_only).await
+        }
+        (Method::POST, "/webhooks/retry") => inbox::retry(gw, req.uri().query().unwrap_or("")).await,
+        (Method::POST, "/reload") => match admin.reload.reload().await {
+            Ok(summary) => reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::json!({"status": "reloaded", "summary": summary.to_string()}).to_string(),
+            ),
+            Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, "reload_rejected", &why.to_string()),
+        },
+        (Method::POST, "/guard/release") => match json_body(req).await {
+            Ok(cmd) => guard::release(gw, &cmd, peer).await,
+            Err(r) => r,
+        },
+        (_, p) if PATHS.contains(&p) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "GET /metrics /healthz /readyz /webhooks; POST /reload /webhooks/retry /guard/release",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release",
+        ),
+    }
+}
+
+fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
+    let snap = gw.snapshot();
+    gw.metrics().observe_credentials(&snap.credentials);
+    gw.metrics()
+        .ratelimit_clients
+        .set(i64::try_from(snap.limits.tracked_clients()).unwrap_or(i64::MAX));
+    for route in snap.router.routes() {
+        if let Some(store) = &route.duplicates {
+            gw.metrics()
+                .duplicate_guard_size
+                .with_label_values(&[route.name()])
+                .set(store.len() as i64);
+        }
+    }
+    reply(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics().render())
+}
+
+/// A small JSON command body, or the error answer.
+async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response<Full<Bytes>>> {
+    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the request body could not be read (at most 16 KiB)",
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body: {e}")))
+}
