@@ -174,25 +174,7 @@ impl DuplicateStore for MemoryStore {
 /// `100000000000000000000001` and `…002` stay distinct). `None` when the
 /// body has no value there or it is `null`.
 pub fn reference(body: &[u8], pointer: &str) -> Option<String> {
-    let mut value: &serde_json::value::RawValue = serde_json::from_slice(body).ok()?;
-    if !pointer.is_empty() {
-        for token in pointer.strip_prefix('/')?.split('/') {
-            let token = token.replace("~1", "/").replace("~0", "~");
-            let text = value.get().trim_start();
-            value = if text.starts_with('{') {
-                let map: std::collections::HashMap<String, &serde_json::value::RawValue> =
-                    serde_json::from_str(value.get()).ok()?;
-                map.get(&token).copied()?
-            } else if text.starts_with('[') {
-                let index: usize = token.parse().ok()?;
-                let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(value.get()).ok()?;
-                items.get(index).copied()?
-            } else {
-                return None;
-            };
-        }
-    }
-    match value.get().trim() {
+    match crate::canonical::pointer(body, pointer)? {
         "null" => None,
         text => Some(text.to_string()),
     }

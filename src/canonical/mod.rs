@@ -412,6 +412,32 @@ fn close_object(
     Ok(())
 }
 
+/// The JSON text of the value at an RFC 6901 `pointer` in `json`, exactly
+/// as written (numbers keep their digits: nothing is read as a float).
+/// `None` when the document does not parse or has no value there; a JSON
+/// `null` there is `Some("null")`.
+pub fn pointer<'a>(json: &'a [u8], pointer: &str) -> Option<&'a str> {
+    use serde_json::value::RawValue;
+    let mut value: &RawValue = serde_json::from_slice(json).ok()?;
+    if !pointer.is_empty() {
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let text = value.get().trim_start();
+            value = if text.starts_with('{') {
+                let members: std::collections::HashMap<String, &RawValue> = serde_json::from_str(value.get()).ok()?;
+                members.get(&token).copied()?
+            } else if text.starts_with('[') {
+                let index: usize = token.parse().ok()?;
+                let items: Vec<&RawValue> = serde_json::from_str(value.get()).ok()?;
+                items.get(index).copied()?
+            } else {
+                return None;
+            };
+        }
+    }
+    Some(value.get().trim())
+}
+
 /// Convenience: fresh Canonicalizer, returns a new Vec.
 pub fn canonicalize(input: &[u8], opts: &Options) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();

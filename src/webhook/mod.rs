@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use sha2::Digest as _;
 
 use crate::allowlist::Allowlist;
 use crate::canonical;
@@ -213,18 +214,48 @@ pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: 
     })
 }
 
-/// `webhook|v1|v2|…` from the values at the configured JSON pointers
-/// (strings as themselves, other values as JSON text, absent as `-`).
+/// The event's de-duplication key: `webhook|` then the canonical JSON
+/// array of the values at `dedup_keys`, each wrapped so that a present value
+/// `v` is `[v]` and an absent one is `[]` (absent, `null` and `"-"` stay
+/// three different things; `"1"` and `1` stay two; no separator can be
+/// forged from inside a value). An event that has none of the fields is
+/// keyed by the SHA-256 of its canonical body instead — never by a constant,
+/// which would answer every later such event "duplicate".
 pub fn event_key(hook: &Hook, body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
-    let mut key = hook.name().to_string();
+    let opts = &hook.scheme.canonical;
+    let mut parts = Vec::with_capacity(hook.config.dedup_keys.len());
     for p in &hook.config.dedup_keys {
-        key.push('|');
-        match v.pointer(p) {
-            Some(serde_json::Value::String(s)) => key.push_str(s),
-            Some(serde_json::Value::Null) | None => key.push('-'),
-            Some(other) => key.push_str(&other.to_string()),
+        match canonical::pointer(body, p).and_then(|v| canonical::canonicalize(v.as_bytes(), opts).ok()) {
+            Some(v) => {
+                let mut item = Vec::with_capacity(v.len() + 2);
+                item.push(b'[');
+                item.extend_from_slice(&v);
+                item.push(b']');
+                parts.push(Some(item));
+            }
+            None => parts.push(None),
         }
     }
+    let mut key = hook.name().to_string();
+    key.push('|');
+    if parts.iter().all(Option::is_none) {
+        let canon = canonical::canonicalize(body, opts).unwrap_or_else(|_| body.to_vec());
+        key.push_str("sha256:");
+        key.push_str(&hex::encode(sha2::Sha256::digest(&canon)));
+        return key;
+    }
+    let mut array = Vec::new();
+    array.push(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            array.push(b',');
+        }
+        match part {
+            Some(item) => array.extend_from_slice(item),
+            None => array.extend_from_slice(b"[]"),
+        }
+    }
+    array.push(b']');
+    key.push_str(&String::from_utf8_lossy(&array));
     key
 }
