@@ -77,15 +77,59 @@ fn sha256_hex(line: &[u8]) -> String {
 }
 
 /// Replace the values of sensitive query parameters.
+///
+/// A parameter matches a key of `keys` when the two are equal after
+/// percent-decoding, lower-casing and dropping trailing `[]` / `[N]` array
+/// brackets (so `CARD_NUMBER`, `card%5Fnumber`, `card_number[]` and
+/// `card_number%5B%5D` all match `card_number`). The key is kept as sent.
 pub fn redact_query(query: &str, keys: &[String]) -> String {
+    if keys.is_empty() {
+        return query.to_string();
+    }
+    let wanted: Vec<String> = keys.iter().map(|k| normalize_key(k)).collect();
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if keys.iter().any(|s| s == k) => format!("{k}=REDACTED"),
+            Some((k, _)) if wanted.contains(&normalize_key(k)) => format!("{k}=REDACTED"),
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A query key as a server would see it: percent-decoded (`+` is a space),
+/// lower-cased, without trailing `[]` or `[digits]`.
+fn normalize_key(key: &str) -> String {
+    let mut decoded = Vec::with_capacity(key.len());
+    let bytes = key.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        decoded.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => decoded.push(b'%'),
+                }
+            }
+            b'+' => decoded.push(b' '),
+            b => decoded.push(b),
+        }
+        i += 1;
+    }
+    let mut key = String::from_utf8_lossy(&decoded).to_lowercase();
+    while key.ends_with(']') {
+        let Some(open) = key.rfind('[') else { break };
+        if !key[open + 1..key.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        key.truncate(open);
+    }
+    key
 }
 
 /// A reserved place in the queue: the request may proceed.

@@ -193,3 +193,41 @@ fn query_values_of_sensitive_keys_are_redacted() {
         "a=1&token=REDACTED&otp=REDACTED&b"
     );
 }
+
+#[test]
+fn redaction_matches_keys_as_a_server_decodes_them() {
+    let keys: Arc<[String]> = vec!["card_number".to_string()].into();
+    for (q, want) in [
+        ("card_number=4111", "card_number=REDACTED"),
+        ("CARD_NUMBER=4111", "CARD_NUMBER=REDACTED"),
+        ("Card_Number=4111", "Card_Number=REDACTED"),
+        ("card%5Fnumber=4111", "card%5Fnumber=REDACTED"),
+        ("card%5fnumber=4111", "card%5fnumber=REDACTED"),
+        ("%63ard_number=4111", "%63ard_number=REDACTED"),
+        ("card_number[]=4111", "card_number[]=REDACTED"),
+        ("card_number%5B%5D=4111", "card_number%5B%5D=REDACTED"),
+        ("card_number%5b%5d=4111", "card_number%5b%5d=REDACTED"),
+        ("CARD%5FNUMBER%5B%5D=4111", "CARD%5FNUMBER%5B%5D=REDACTED"),
+        (
+            "card_number[0]=4111&card_number[1]=5500",
+            "card_number[0]=REDACTED&card_number[1]=REDACTED",
+        ),
+        ("a=1&card_number=4111&b=2", "a=1&card_number=REDACTED&b=2"),
+        // Not the same key.
+        ("card_numbers=4111", "card_numbers=4111"),
+        ("card[number]=4111", "card[number]=4111"),
+        ("xcard_number=4111", "xcard_number=4111"),
+        ("card_number", "card_number"),
+        // Broken escapes stay as they are and do not match.
+        ("card%5_number=4111", "card%5_number=4111"),
+        ("card_number%=4111", "card_number%=4111"),
+        ("card_number%E2=4111", "card_number%E2=4111"),
+        ("", ""),
+    ] {
+        assert_eq!(redact_query(q, &keys), want, "{q}");
+    }
+    // Configured keys are normalized the same way.
+    let keys: Arc<[String]> = vec!["CARD_Number[]".to_string()].into();
+    assert_eq!(redact_query("card_number=1", &keys), "card_number=REDACTED");
+    assert_eq!(redact_query("card_number=1", &[]), "card_number=1");
+}
