@@ -10,8 +10,10 @@
 //! so that cutting records off the end is detectable too. The log never holds
 //! the secret, the signature itself (only its fingerprint) or the body.
 
+mod verify;
+
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,10 +26,15 @@ use tokio::task::JoinHandle;
 use crate::config::{AuditConfig, AuditSink};
 use crate::metrics::Metrics;
 
+pub use verify::{verify, Gap, HeadCheck, Recovery, Report, TornFile, Unterminated, Verdict};
+
 /// `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// How often `<path>.head` is refreshed while records flow.
 const HEAD_EVERY: Duration = Duration::from_secs(1);
+/// The longest line `verify` accepts. Records are far smaller (the path is
+/// bounded by `listener.max_uri_bytes`).
+const MAX_LINE: usize = 1 << 20;
 
 /// One audit record as the request path hands it over (seq/prev are added by
 /// the writer, which alone knows the order).
@@ -246,6 +253,11 @@ fn resume(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((0, GENESIS.to_string()))
 }
 
+/// `io::Error` with the path in its message.
+fn at(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 fn rotated(path: &Path, n: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
@@ -390,79 +402,6 @@ impl Writer {
             self.head_dirty = false;
         }
     }
-}
-
-/// Result of `signgate audit verify`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Ok { records: u64 },
-    Broken { file: PathBuf, line: u64, why: String },
-}
-
-/// Check the hash chain over `files` (oldest first; rotated files included).
-/// Unless `continuation`, the first record must be seq 1 with the genesis prev.
-pub fn verify(files: &[PathBuf], continuation: bool) -> std::io::Result<Verdict> {
-    let mut prev_hash: Option<String> = None;
-    let mut prev_seq: Option<u64> = None;
-    let mut records = 0u64;
-    for file in files {
-        let broken = |line: u64, why: String| Verdict::Broken {
-            file: file.clone(),
-            line,
-            why,
-        };
-        let reader = BufReader::new(File::open(file)?);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let n = i as u64 + 1;
-            let line = line?;
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
-                return Ok(broken(n, "not a JSON record".into()));
-            };
-            let (Some(seq), Some(prev)) = (v["seq"].as_u64(), v["prev"].as_str()) else {
-                return Ok(broken(n, "no seq/prev fields (was hash_chain off?)".into()));
-            };
-            match (&prev_hash, prev_seq) {
-                (Some(h), Some(s)) => {
-                    if prev != h {
-                        return Ok(broken(n, format!("prev does not match the record before it (seq {s}): a record was edited, deleted or reordered")));
-                    }
-                    if seq != s + 1 {
-                        return Ok(broken(n, format!("seq {seq} follows seq {s}")));
-                    }
-                }
-                _ if !continuation && (seq != 1 || prev != GENESIS) => {
-                    return Ok(broken(n, format!("the log starts at seq {seq}, not at seq 1 with the genesis prev: earlier records are missing (give rotated files oldest first, or --continuation)")));
-                }
-                _ => {}
-            }
-            prev_hash = Some(sha256_hex(&line));
-            prev_seq = Some(seq);
-            records += 1;
-        }
-    }
-    // The writer's head record catches records cut off the end.
-    if let Some(last) = files.last() {
-        if let Ok(bytes) = std::fs::read(head_path(last)) {
-            if let Ok(head) = serde_json::from_slice::<Head>(&bytes) {
-                let seen = prev_seq.unwrap_or(0);
-                if seen < head.seq {
-                    return Ok(Verdict::Broken {
-                        file: last.clone(),
-                        line: records + 1,
-                        why: format!("the log ends at seq {seen} but the writer recorded seq {}: records were removed from the end", head.seq),
-                    });
-                }
-                if seen == head.seq && prev_hash.as_deref() != Some(head.hash.as_str()) {
-                    return Ok(Verdict::Broken {
-                        file: last.clone(),
-                        line: records,
-                        why: "the last record differs from the one the writer recorded".into(),
-                    });
-                }
-            }
-        }
-    }
-    Ok(Verdict::Ok { records })
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
@@ -58,6 +59,21 @@ fn check(files: &[PathBuf]) -> Verdict {
     verify(files, false).unwrap()
 }
 
+/// The report of a chain that must hold.
+fn report(files: &[PathBuf]) -> Report {
+    match check(files) {
+        Verdict::Ok(r) => r,
+        broken => panic!("{broken:?}"),
+    }
+}
+
+/// A complete chain: its record count.
+fn clean(files: &[PathBuf]) -> u64 {
+    let r = report(files);
+    assert!(r.is_clean(), "{r:?}");
+    r.records
+}
+
 #[tokio::test]
 async fn chain_verifies_and_every_tampering_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +81,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
     write_n(&cfg(&path, 1 << 30), 6).await;
     let original = lines(&path);
     assert_eq!(original.len(), 6);
-    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
+    assert_eq!(clean(std::slice::from_ref(&path)), 6);
     let first: serde_json::Value = serde_json::from_str(&original[0]).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["prev"], GENESIS);
@@ -103,7 +119,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
         }
     }
     rewrite(&original);
-    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
+    assert_eq!(clean(std::slice::from_ref(&path)), 6);
 }
 
 #[tokio::test]
@@ -117,7 +133,7 @@ async fn restart_continues_the_chain() {
     let v: serde_json::Value = serde_json::from_str(&ls[3]).unwrap();
     assert_eq!(v["seq"], 4);
     assert_eq!(v["prev"], sha256_hex(ls[2].as_bytes()));
-    assert_eq!(check(&[path]), Verdict::Ok { records: 7 });
+    assert_eq!(clean(&[path]), 7);
 }
 
 #[tokio::test]
@@ -134,7 +150,7 @@ async fn rotation_keeps_the_chain_across_files() {
     assert!(files.len() >= 2, "expected rotation, got {files:?}");
     files.push(path.clone());
     let total: usize = files.iter().map(|f| lines(f).len()).sum();
-    assert_eq!(check(&files), Verdict::Ok { records: total as u64 });
+    assert_eq!(clean(&files), total as u64);
     assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
     // The newest file alone is a continuation.
     assert!(matches!(
@@ -143,7 +159,7 @@ async fn rotation_keeps_the_chain_across_files() {
     ));
     assert!(matches!(
         verify(std::slice::from_ref(&path), true).unwrap(),
-        Verdict::Ok { .. }
+        Verdict::Ok(r) if r.is_clean()
     ));
     // A restart after rotation still continues from the newest record.
     write_n(&c, 1).await;
@@ -192,6 +208,89 @@ fn query_values_of_sensitive_keys_are_redacted() {
         redact_query("a=1&token=s3cr3t&otp=9&b", &keys),
         "a=1&token=REDACTED&otp=REDACTED&b"
     );
+}
+
+#[test]
+fn verify_never_panics_on_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.jsonl");
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        b"\n".to_vec(),
+        b"[]\n1\n\"s\"\nnull\n".to_vec(),
+        b"{\"seq\":-1,\"prev\":\"x\"}\n".to_vec(),
+        b"{\"seq\":18446744073709551615,\"prev\":\"0\"}\n".to_vec(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":0,\"lost_to\":0,\"lost\":1}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":5,\"lost_to\":18446744073709551615,\"lost\":0}}\n").into_bytes(),
+        format!("{{\"seq\":0,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":1,\"lost_to\":1,\"lost\":1}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":7}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"recovered\",\"torn_file\":\"../../etc/passwd\",\"torn_bytes\":1,\"torn_sha256\":\"x\"}}\n").into_bytes(),
+        vec![0xff; 5000],
+        vec![b'{'; (1 << 20) + 5],
+    ];
+    for c in cases {
+        std::fs::write(&path, &c).unwrap();
+        let _ = verify(std::slice::from_ref(&path), false).unwrap();
+        let _ = verify(std::slice::from_ref(&path), true).unwrap();
+        std::fs::write(head_path(&path), &c).unwrap();
+        let _ = verify(std::slice::from_ref(&path), true).unwrap();
+        std::fs::remove_file(head_path(&path)).unwrap();
+    }
+    let missing = verify(&[dir.path().join("nope")], false).unwrap_err().to_string();
+    assert!(missing.contains("nope"), "{missing}");
+}
+
+#[tokio::test]
+async fn without_the_head_file_the_end_is_reported_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_n(&cfg(&path, 1 << 30), 3).await;
+    std::fs::remove_file(head_path(&path)).unwrap();
+    let r = report(std::slice::from_ref(&path));
+    assert_eq!((r.records, &r.head), (3, &HeadCheck::Missing));
+    assert!(!r.is_clean());
+    // An edited last record is still a chained one: only the head would see it.
+    let mut ls = lines(&path);
+    ls[2] = ls[2].replace("\"status\":200", "\"status\":201");
+    std::fs::write(&path, ls.join("\n") + "\n").unwrap();
+    assert_eq!(report(std::slice::from_ref(&path)).head, HeadCheck::Missing);
+    std::fs::write(head_path(&path), b"garbage").unwrap();
+    assert!(matches!(
+        report(std::slice::from_ref(&path)).head,
+        HeadCheck::Unreadable(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_head_pins_its_record_even_with_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_n(&cfg(&path, 1 << 30), 3).await;
+    let head = std::fs::read(head_path(&path)).unwrap();
+    write_n(&cfg(&path, 1 << 30), 2).await;
+    // An old head (as after a crash): the two records after it are reported.
+    std::fs::write(head_path(&path), &head).unwrap();
+    assert_eq!(
+        report(std::slice::from_ref(&path)).head,
+        HeadCheck::Behind { head_seq: 3, after: 2 }
+    );
+    // Rewriting the chain from seq 3 on is caught at seq 3.
+    let ls = lines(&path);
+    let mut prev = sha256_hex(ls[1].as_bytes());
+    let mut out = ls[..2].to_vec();
+    for l in &ls[2..] {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["status"] = 299.into();
+        v["prev"] = prev.clone().into();
+        let s = serde_json::to_string(&v).unwrap();
+        prev = sha256_hex(s.as_bytes());
+        out.push(s);
+    }
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    match check(&[path]) {
+        Verdict::Broken { why, .. } => assert!(why.contains("seq 3"), "{why}"),
+        ok => panic!("{ok:?}"),
+    }
 }
 
 #[test]
