@@ -89,6 +89,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub accept_errors: IntCounter,
     pub audit_records: IntCounterVec,
+    pub audit_healthy: IntGauge,
     pub upstream_passthrough_backoff: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
@@ -251,8 +252,16 @@ impl Metrics {
             audit_records: counter_vec(
                 &r,
                 "signgate_audit_records_total",
-                "Audit records, by result (written, failed).",
+                "Audit records, by result (written: on disk and synced; failed: lost, named by a gap record; refused: requests refused without a slot).",
                 &["result"],
+            ),
+            audit_healthy: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_audit_healthy",
+                    "1 while the audit log is writable; 0 while writes fail and requests are refused.",
+                )
+                .expect("valid metric"),
             ),
             upstream_passthrough_backoff: counter_vec(
                 &r,
