@@ -252,6 +252,10 @@ fn start_with(
     catch_sigxfsz();
     let (out, resumed) = match &c.sink {
         AuditSink::Stdout => (writer::Out::stdout()?, files::Resume::genesis()),
+        // `/dev/null`, a FIFO: written as a stream (no chain to resume).
+        AuditSink::File(path) if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) => {
+            (writer::Out::stream(path)?, files::Resume::genesis())
+        }
         AuditSink::File(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 files::create_private_dir(dir)?;

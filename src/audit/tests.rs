@@ -1,4 +1,4 @@
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -674,4 +674,23 @@ fn redaction_matches_keys_as_a_server_decodes_them() {
     let keys: Arc<[String]> = vec!["CARD_Number[]".to_string()].into();
     assert_eq!(redact_query("card_number=1", &keys), "card_number=REDACTED");
     assert_eq!(redact_query("card_number=1", &[]), "card_number=1");
+}
+
+#[tokio::test]
+async fn a_path_that_is_no_regular_file_is_written_as_a_stream() {
+    // /dev/null cannot be synced, cut or rotated (renaming it would be a
+    // disaster): records go out as on stdout, and the log stays healthy.
+    let mut c = cfg(Path::new("/dev/null"), 4096);
+    c.queue = 8;
+    let metrics = crate::metrics::Metrics::new();
+    let (log, handle) = start(&c, metrics.clone()).unwrap();
+    for i in 0..50 {
+        log.reserve().await.unwrap().write(entry(i));
+    }
+    until("50 written", || counter(&metrics, "written") == 50).await;
+    assert!(log.healthy());
+    drop(log);
+    handle.await.unwrap();
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(!Path::new("/dev/null.1").exists() && !Path::new("/dev/null.head").exists());
 }

@@ -100,12 +100,15 @@ fn write_counted(f: &mut File, buf: &[u8], fault: &Fault) -> (usize, io::Result<
 
 /// Where lines go.
 pub(super) enum Out {
-    /// A duplicate of fd 1, written without std's line buffer so that the
-    /// writer knows which lines went out. `partial`: a failed write left part
-    /// of a line; the next write starts a new line first.
-    Stdout {
+    /// stdout (a duplicate of fd 1, written without std's line buffer so
+    /// that the writer knows which lines went out) or a path that is not a
+    /// regular file (`/dev/null`, a FIFO): no sync, no truncation, no
+    /// rotation, no head file. `partial`: a failed write left part of a
+    /// line; the next write starts a new line first.
+    Stream {
         f: File,
         partial: bool,
+        name: String,
     },
     File(LogFile),
 }
@@ -126,9 +129,22 @@ pub(super) struct LogFile {
 impl Out {
     pub fn stdout() -> io::Result<Out> {
         let fd = io::stdout().as_fd().try_clone_to_owned()?;
-        Ok(Out::Stdout {
+        Ok(Out::Stream {
             f: File::from(fd),
             partial: false,
+            name: "stdout".into(),
+        })
+    }
+
+    /// A path that exists and is not a regular file.
+    pub fn stream(path: &std::path::Path) -> io::Result<Out> {
+        Ok(Out::Stream {
+            f: std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| at(path, e))?,
+            partial: false,
+            name: path.display().to_string(),
         })
     }
 
@@ -353,7 +369,7 @@ impl Writer {
 
     fn location(&self) -> String {
         match &self.out {
-            Out::Stdout { .. } => "stdout".into(),
+            Out::Stream { name, .. } => name.clone(),
             Out::File(lf) => lf.path.display().to_string(),
         }
     }
@@ -604,7 +620,7 @@ impl Writer {
     /// last synced line, so 0) and the error.
     fn commit(&mut self, buf: &[u8]) -> Result<(), (usize, io::Error)> {
         match &mut self.out {
-            Out::Stdout { f, partial } => {
+            Out::Stream { f, partial, .. } => {
                 if *partial {
                     let (_, r) = write_counted(f, b"\n", &self.fault);
                     r.map_err(|e| (0, e))?;
