@@ -233,20 +233,131 @@ fn resolve_scheme(name: &str, config: Option<&Path>) -> Result<Scheme, String> {
     }
 }
 
-/// `signgate audit verify`: exit 0 with `ok N records`, or 1 naming the first bad line.
-pub fn audit_verify(files: &[std::path::PathBuf], continuation: bool) -> ExitCode {
-    match crate::audit::verify(files, continuation) {
-        Ok(crate::audit::Verdict::Ok { records }) => {
-            println!("ok {records} records");
-            ExitCode::SUCCESS
-        }
-        Ok(crate::audit::Verdict::Broken { file, line, why }) => {
+/// How `signgate audit verify` judges what it finds besides a broken chain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// The first file continues an older one that is not given.
+    pub continuation: bool,
+    /// Gap records do not fail the check (they are still listed).
+    pub allow_gaps: bool,
+    /// Recovered (torn, moved-aside) lines fail the check.
+    pub strict: bool,
+    /// A missing or unreadable head file does not fail the check.
+    pub no_head: bool,
+}
+
+/// Exit status of `audit verify` when the chain holds but is not complete
+/// (a gap, no head file, a recovered line with `--strict`, an unfinished
+/// last line). 1 is a broken chain or an unreadable file; 2 a usage error.
+pub const VERIFY_INCOMPLETE: u8 = 3;
+
+/// `signgate audit verify`: exit 0 with `ok N records`, 1 naming the first
+/// bad line, or 3 when the chain holds but is incomplete. Every gap,
+/// recovery and head finding is printed on its own line before the verdict;
+/// the verdict is plain `ok N records` only for a complete chain.
+pub fn audit_verify(files: &[std::path::PathBuf], opts: VerifyOptions) -> ExitCode {
+    use crate::audit::{HeadCheck, TornFile, Verdict};
+    let report = match crate::audit::verify(files, opts.continuation) {
+        Ok(Verdict::Ok(report)) => report,
+        Ok(Verdict::Broken { file, line, why }) => {
             println!("{}: line {line}: {why}", file.display());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
         Err(e) => {
             eprintln!("signgate audit verify: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    for g in &report.gaps {
+        println!(
+            "{}: line {}: gap: seq {}-{} lost ({} records): {}",
+            g.file.display(),
+            g.line,
+            g.lost_from,
+            g.lost_to,
+            g.lost_to - g.lost_from + 1,
+            g.reason
+        );
+    }
+    for r in &report.recoveries {
+        let found = match r.torn_found {
+            TornFile::Matches => "it is there and matches",
+            TornFile::Differs => "it is there but DIFFERS from what was recorded",
+            TornFile::Missing => "it is not beside the log",
+        };
+        println!(
+            "{}: line {}: recovered: a torn last line ({} bytes, sha256 {}) was moved to {} ({found})",
+            r.file.display(),
+            r.line,
+            r.torn_bytes,
+            r.torn_sha256,
+            r.torn_file
+        );
+    }
+    let head = files.last().map(|f| {
+        let mut s = f.as_os_str().to_owned();
+        s.push(".head");
+        std::path::PathBuf::from(s).display().to_string()
+    });
+    let head = head.unwrap_or_default();
+    match &report.head {
+        HeadCheck::Pinned => {}
+        HeadCheck::Behind { head_seq, after } => println!(
+            "{head}: pins seq {head_seq}; the {after} record(s) after it are chained but their end is not pinned \
+             (the head is refreshed about once a second: a running gateway, or one that crashed)"
+        ),
+        HeadCheck::Missing => println!(
+            "{head}: missing: the end of the log cannot be checked (an edited or removed last record would go unnoticed)"
+        ),
+        HeadCheck::Unreadable(why) => println!("{head}: unreadable ({why}): the end of the log cannot be checked"),
+    }
+    if let Some(u) = &report.unterminated {
+        println!(
+            "{}: line {}: no newline at the end ({} bytes): a write in progress, or a line torn by a crash \
+             (the gateway moves a torn line aside when it starts)",
+            u.file.display(),
+            u.line,
+            u.bytes
+        );
+    }
+    // What keeps the verdict from a plain "ok", and whether it is accepted.
+    let mut notes: Vec<(String, Option<&str>)> = Vec::new();
+    if !report.gaps.is_empty() {
+        notes.push((
+            format!("{} gap(s), {} record(s) lost", report.gaps.len(), report.lost()),
+            (!opts.allow_gaps).then_some("--allow-gaps accepts gaps"),
+        ));
+    }
+    if !report.recoveries.is_empty() {
+        notes.push((
+            format!("{} torn line(s) recovered", report.recoveries.len()),
+            opts.strict.then_some("--strict refuses recovered lines"),
+        ));
+    }
+    if matches!(report.head, HeadCheck::Missing | HeadCheck::Unreadable(_)) {
+        notes.push((
+            "the end is not checked (no head file)".into(),
+            (!opts.no_head).then_some("--no-head accepts that"),
+        ));
+    }
+    if report.unterminated.is_some() {
+        notes.push((
+            "the last line is unfinished".into(),
+            Some("run again once it is complete"),
+        ));
+    }
+    let records = report.records;
+    if notes.is_empty() {
+        println!("ok {records} records");
+        return ExitCode::SUCCESS;
+    }
+    let what = notes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("; ");
+    let refused: Vec<&str> = notes.iter().filter_map(|(_, r)| *r).collect();
+    if refused.is_empty() {
+        println!("ok {records} records, with findings: {what}");
+        ExitCode::SUCCESS
+    } else {
+        println!("incomplete: {records} records: {what} ({})", refused.join("; "));
+        ExitCode::from(VERIFY_INCOMPLETE)
     }
 }

@@ -125,9 +125,17 @@ impl Worker {
             return;
         };
         let started = Instant::now();
+        // Audited or not attempted: without a slot the event stays pending
+        // (its attempt count unchanged) and is tried again later.
         let slot = match self.shared.audit() {
             Some(a) => a.reserve().await,
             None => None,
+        };
+        let Some(slot) = slot else {
+            tracing::debug!(webhook = %ev.webhook, id = ev.id, "no audit slot; delivery postponed");
+            ev.next_attempt_ms = now_ms() + BASE_BACKOFF.as_millis() as u64;
+            self.save(ev).await;
+            return;
         };
         let result = self.post(hook.config.forward_to.clone(), &ev).await;
         ev.attempts += 1;
@@ -158,33 +166,31 @@ impl Worker {
             .webhook_deliveries
             .with_label_values(&[hook.name(), label])
             .inc();
-        if let Some(slot) = slot {
-            slot.write(Entry {
-                time: crate::audit::now_rfc3339(),
-                request_id: format!("webhook-event-{}", ev.id),
-                client: "0.0.0.0:0"
-                    .parse()
-                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
-                route: Some(hook.name().to_string()),
-                method: "POST".into(),
-                path: hook.config.forward_to.path().to_string(),
-                decision: if label == "delivered" {
-                    "delivered"
-                } else {
-                    "delivery_failed"
-                },
-                reason: (label != "delivered").then_some("delivery_failed"),
-                status: status.unwrap_or(0),
-                upstream_status: status,
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                bytes_in: ev.body.len() as u64,
-                bytes_out: None,
-                credential: None,
-                secret_version: None,
-                signature_fp: None,
-                duplicate_key: Some(ev.key.clone()),
-            });
-        }
+        slot.write(Entry {
+            time: crate::audit::now_rfc3339(),
+            request_id: format!("webhook-event-{}", ev.id),
+            client: "0.0.0.0:0"
+                .parse()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            route: Some(hook.name().to_string()),
+            method: "POST".into(),
+            path: hook.config.forward_to.path().to_string(),
+            decision: if label == "delivered" {
+                "delivered"
+            } else {
+                "delivery_failed"
+            },
+            reason: (label != "delivered").then_some("delivery_failed"),
+            status: status.unwrap_or(0),
+            upstream_status: status,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            bytes_in: ev.body.len() as u64,
+            bytes_out: None,
+            credential: None,
+            secret_version: None,
+            signature_fp: None,
+            duplicate_key: Some(ev.key.clone()),
+        });
         self.save(ev).await;
     }
 

@@ -95,7 +95,8 @@ enum GuardCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; print `ok N records` or name the first bad line (exit 1).
+    /// Check the hash chain: `ok N records` (exit 0), the first bad line
+    /// (exit 1), or gaps / an unchecked end (exit 3, see the flags).
     Verify {
         /// Log files, oldest first (e.g. signgate.jsonl.2 signgate.jsonl.1 signgate.jsonl).
         #[arg(required = true)]
@@ -103,6 +104,15 @@ enum AuditCommand {
         /// Accept a first file that continues an older, absent one.
         #[arg(long)]
         continuation: bool,
+        /// Accept gap records (records the writer could not write); they are still listed.
+        #[arg(long)]
+        allow_gaps: bool,
+        /// Refuse recovered records (torn last lines moved aside at start).
+        #[arg(long)]
+        strict: bool,
+        /// Accept a missing or unreadable FILE.head (the end of the log is then not checked).
+        #[arg(long)]
+        no_head: bool,
     },
 }
 
@@ -183,8 +193,23 @@ fn main() -> ExitCode {
             command: GuardCommand::Release { route, reference },
         } => runtime.block_on(signgate::cli::guard_release(&config_path, &route, &reference)),
         Command::Audit {
-            command: AuditCommand::Verify { files, continuation },
-        } => signgate::cli::audit_verify(&files, continuation),
+            command:
+                AuditCommand::Verify {
+                    files,
+                    continuation,
+                    allow_gaps,
+                    strict,
+                    no_head,
+                },
+        } => signgate::cli::audit_verify(
+            &files,
+            signgate::cli::VerifyOptions {
+                continuation,
+                allow_gaps,
+                strict,
+                no_head,
+            },
+        ),
     }
 }
 

@@ -141,6 +141,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     // Beyond the contract table.
     pub audit_records: IntCounterVec,
+    pub audit_healthy: IntGauge,
     pub upstream_passthrough_backoff: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
@@ -289,8 +290,16 @@ impl Metrics {
             audit_records: counter_vec(
                 &r,
                 "signgate_audit_records_total",
-                "Audit records, by result (written, failed).",
+                "Audit records, by result (written: on disk and synced; failed: lost, named by a gap record; refused: requests refused without a slot).",
                 &["result"],
+            ),
+            audit_healthy: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_audit_healthy",
+                    "1 while the audit log is writable; 0 while writes fail and requests are refused.",
+                )
+                .expect("valid metric"),
             ),
             upstream_passthrough_backoff: counter_vec(
                 &r,

@@ -146,7 +146,6 @@ pub(crate) enum NotReady {
     /// A credential a route signs with cannot sign.
     Credential(Unavailable),
     /// The audit log cannot write: requests are refused (fail closed).
-    #[allow(dead_code)] // set once the audit writer reports its health
     Audit(String),
 }
 
@@ -330,6 +329,9 @@ impl Shared {
         }
         if !self.accepting.load(Ordering::Acquire) {
             out.push(NotReady::NotAccepting);
+        }
+        if let Some(problem) = self.audit().and_then(|log| log.problem()) {
+            out.push(NotReady::Audit(problem));
         }
         let snap = self.snapshot();
         let mut seen = std::collections::BTreeSet::new();

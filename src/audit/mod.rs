@@ -2,20 +2,40 @@
 //! denied, written off the hot path by one writer task.
 //!
 //! Every request reserves a slot in the bounded queue *before* anything is
-//! forwarded; if none frees up within `audit.wait_ms`, the request is refused
-//! (503 `audit_unavailable`) — fail closed: nothing reaches the provider
-//! unaudited. With `hash_chain`, each line carries `seq` and `prev` (SHA-256
-//! hex of the previous line); the chain continues across restarts and
-//! rotations, and `<path>.head` records the last seq/hash about once a second
-//! so that cutting records off the end is detectable too. The log never holds
-//! the secret, the signature itself (only its fingerprint) or the body.
+//! forwarded; if none frees up within `audit.wait_ms`, or the log is
+//! unhealthy, the request is refused (503 `audit_unavailable`): fail closed.
+//! With `hash_chain`, each line carries `seq` and `prev` (SHA-256 hex of the
+//! previous line); the chain continues across restarts and rotations, and
+//! `<path>.head` records the last seq/hash about once a second so that
+//! cutting records off the end is detectable too. The log never holds the
+//! secret, the signature itself (only its fingerprint) or the body.
+//!
+//! Failures are explicit (docs/operations.md#audit-log):
+//! - a record counts as written once the batch it is in was written to the
+//!   file and `fdatasync`ed; a failed or short write, or a failed sync, cuts
+//!   the file back to the last synced record, counts the batch's records as
+//!   lost and turns the log unhealthy ([`AuditLog::healthy`]): from then on
+//!   [`AuditLog::reserve`] refuses at once. The writer retries every second;
+//!   when a write works again it first writes a `gap` record naming the lost
+//!   sequence numbers, then becomes healthy;
+//! - a torn last line found at start (a crash mid-write) is moved aside to
+//!   `<path>.torn-<unix time>` and the chain continues with a `recovered`
+//!   record;
+//! - files are created owner-only (0600), directories 0700;
+//! - SIGXFSZ (a write past `RLIMIT_FSIZE`) is caught, so such a write fails
+//!   with EFBIG and is handled like a full disk instead of killing the process.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+mod files;
+mod verify;
+mod writer;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -24,10 +44,18 @@ use tokio::task::JoinHandle;
 use crate::config::{AuditConfig, AuditSink};
 use crate::metrics::Metrics;
 
+#[cfg(test)]
+pub use verify::Report;
+pub use verify::{verify, HeadCheck, TornFile, Verdict};
+
 /// `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// How often `<path>.head` is refreshed while records flow.
-const HEAD_EVERY: Duration = Duration::from_secs(1);
+/// How often `<path>.head` is refreshed while records flow, and how often an
+/// unhealthy writer tries again.
+const TICK: Duration = Duration::from_secs(1);
+/// The longest line `verify` and the start-up tail check accept. Records are
+/// far smaller (the path is bounded by `listener.max_uri_bytes`).
+const MAX_LINE: usize = 1 << 20;
 
 /// One audit record as the request path hands it over (seq/prev are added by
 /// the writer, which alone knows the order).
@@ -52,15 +80,6 @@ pub struct Entry {
     pub duplicate_key: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    entry: &'a Entry,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev: Option<&'a str>,
-}
-
 /// The head of the chain, persisted beside the log.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Head {
@@ -77,41 +96,140 @@ fn sha256_hex(line: &[u8]) -> String {
 }
 
 /// Replace the values of sensitive query parameters.
+///
+/// A parameter matches a key of `keys` when the two are equal after
+/// percent-decoding, lower-casing and dropping trailing `[]` / `[N]` array
+/// brackets (so `CARD_NUMBER`, `card%5Fnumber`, `card_number[]` and
+/// `card_number%5B%5D` all match `card_number`). The key is kept as sent.
 pub fn redact_query(query: &str, keys: &[String]) -> String {
+    if keys.is_empty() {
+        return query.to_string();
+    }
+    let wanted: Vec<String> = keys.iter().map(|k| normalize_key(k)).collect();
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if keys.iter().any(|s| s == k) => format!("{k}=REDACTED"),
+            Some((k, _)) if wanted.contains(&normalize_key(k)) => format!("{k}=REDACTED"),
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
 }
 
+/// A query key as a server would see it: percent-decoded (`+` is a space),
+/// lower-cased, without trailing `[]` or `[digits]`.
+fn normalize_key(key: &str) -> String {
+    let mut decoded = Vec::with_capacity(key.len());
+    let bytes = key.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        decoded.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => decoded.push(b'%'),
+                }
+            }
+            b'+' => decoded.push(b' '),
+            b => decoded.push(b),
+        }
+        i += 1;
+    }
+    let mut key = String::from_utf8_lossy(&decoded).to_lowercase();
+    while key.ends_with(']') {
+        let Some(open) = key.rfind('[') else { break };
+        if !key[open + 1..key.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        key.truncate(open);
+    }
+    key
+}
+
+/// What goes through the queue: a record, or the writer's clock.
+// A tick is rare and the queue holds records by value anyway; boxing them
+// would add an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(Entry),
+    Tick,
+}
+
 /// A reserved place in the queue: the request may proceed.
-pub struct Slot(mpsc::OwnedPermit<Entry>);
+pub struct Slot(mpsc::OwnedPermit<Msg>);
 
 impl Slot {
     pub fn write(self, e: Entry) {
-        self.0.send(e);
+        self.0.send(Msg::Record(e));
     }
+}
+
+/// Whether the writer can write, shared between the writer and every
+/// `AuditLog` clone.
+struct Health {
+    healthy: AtomicBool,
+    /// What failed, while unhealthy.
+    problem: ArcSwapOption<String>,
+    /// Records lost since the last written one (and their first seq).
+    lost: AtomicU64,
+    lost_from: AtomicU64,
 }
 
 /// The request side of the audit log.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::Sender<Msg>,
     wait: Duration,
-    redact: std::sync::Arc<[String]>,
+    redact: Arc<[String]>,
+    health: Arc<Health>,
 }
 
 impl AuditLog {
-    /// Reserve room for this request's record, waiting at most `audit.wait_ms`.
+    /// Reserve room for this request's record, waiting at most
+    /// `audit.wait_ms`. `None` (refuse the request, 503 `audit_unavailable`)
+    /// when no slot frees up in time, and at once while the log is unhealthy.
     pub async fn reserve(&self) -> Option<Slot> {
+        if !self.healthy() {
+            return None;
+        }
         match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
-            Ok(Ok(p)) => Some(Slot(p)),
+            // The log may have failed while this request waited.
+            Ok(Ok(p)) if self.healthy() => Some(Slot(p)),
             _ => None,
         }
+    }
+
+    /// Whether records are being written: false from the first failed write
+    /// until a write works again and the gap is recorded. Cheap (an atomic).
+    pub fn healthy(&self) -> bool {
+        self.health.healthy.load(Ordering::Acquire)
+    }
+
+    /// What is wrong, while unhealthy: for readiness and the admin API.
+    pub fn problem(&self) -> Option<String> {
+        if self.healthy() {
+            return None;
+        }
+        let what = self
+            .health
+            .problem
+            .load_full()
+            .map_or_else(|| "the audit log is not writable".to_string(), |p| p.to_string());
+        let lost = self.health.lost.load(Ordering::Acquire);
+        let from = self.health.lost_from.load(Ordering::Acquire);
+        Some(if lost == 0 {
+            format!("{what}; requests are refused until it is writable again (retried every second)")
+        } else {
+            format!(
+                "{what}; {lost} audit record(s) lost (seq {from}-{}); requests are refused until it is writable again (retried every second)",
+                from + lost - 1
+            )
+        })
     }
 
     pub fn redact_keys(&self) -> &[String] {
@@ -119,306 +237,108 @@ impl AuditLog {
     }
 }
 
-/// Where lines go.
-enum Out {
-    Stdout(std::io::Stdout),
-    File {
-        path: PathBuf,
-        w: BufWriter<File>,
-        size: u64,
-        max_bytes: u64,
-        max_files: usize,
-    },
-}
-
-struct Writer {
-    out: Out,
-    chain: bool,
-    seq: u64,
-    prev: String,
-    metrics: std::sync::Arc<Metrics>,
-    last_head: Instant,
-    head_dirty: bool,
-}
-
 /// Start the writer; the returned handle finishes after every queued record
-/// is written and flushed, once all `AuditLog` clones are dropped.
-pub fn start(c: &AuditConfig, metrics: std::sync::Arc<Metrics>) -> std::io::Result<(AuditLog, JoinHandle<()>)> {
-    let (out, seq, prev) = match &c.sink {
-        AuditSink::Stdout => (Out::Stdout(std::io::stdout()), 0, GENESIS.to_string()),
+/// is written and synced, once all `AuditLog` clones are dropped.
+///
+/// Must be called within a tokio runtime (it starts the writer's clock and
+/// catches SIGXFSZ).
+pub fn start(c: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<(AuditLog, JoinHandle<()>)> {
+    start_with(c, metrics, writer::Fault::none())
+}
+
+fn start_with(
+    c: &AuditConfig,
+    metrics: Arc<Metrics>,
+    fault: writer::Fault,
+) -> std::io::Result<(AuditLog, JoinHandle<()>)> {
+    catch_sigxfsz();
+    let (out, resumed) = match &c.sink {
+        AuditSink::Stdout => (writer::Out::stdout()?, files::Resume::genesis()),
+        // `/dev/null`, a FIFO: written as a stream (no chain to resume).
+        AuditSink::File(path) if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) => {
+            (writer::Out::stream(path)?, files::Resume::genesis())
+        }
         AuditSink::File(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                files::create_private_dir(dir)?;
             }
-            let (seq, prev) = resume(path)?;
-            let f = OpenOptions::new().create(true).append(true).open(path)?;
-            let size = f.metadata()?.len();
-            (
-                Out::File {
-                    path: path.clone(),
-                    w: BufWriter::new(f),
-                    size,
-                    max_bytes: c.max_bytes,
-                    max_files: c.max_files,
-                },
-                seq,
-                prev,
-            )
+            let resumed = files::resume(path)?;
+            let out = writer::Out::file(path, c.max_bytes, c.max_files)?;
+            (out, resumed)
         }
     };
+    if let Some(t) = &resumed.torn {
+        tracing::warn!(
+            torn_file = %t.file_name,
+            bytes = t.bytes,
+            reason = t.reason,
+            "audit log: a torn last line was moved aside; the chain continues with a recovered record"
+        );
+    }
+    let health = Arc::new(Health {
+        healthy: AtomicBool::new(true),
+        problem: ArcSwapOption::empty(),
+        lost: AtomicU64::new(0),
+        lost_from: AtomicU64::new(0),
+    });
+    metrics.audit_healthy.set(1);
     let (tx, rx) = mpsc::channel(c.queue);
-    let mut writer = Writer {
-        out,
-        chain: c.hash_chain,
-        seq,
-        prev,
-        metrics,
-        last_head: Instant::now(),
-        head_dirty: false,
-    };
-    let handle = tokio::task::spawn_blocking(move || writer.run(rx));
+    // The writer's clock: a tick a second (head file, retries). A weak
+    // sender, so it never keeps the queue open at shutdown.
+    let weak = tx.downgrade();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(tx) = weak.upgrade() else { return };
+            // A full queue means the writer is busy anyway.
+            let _ = tx.try_send(Msg::Tick);
+        }
+    });
+    let mut w = writer::Writer::new(out, c.hash_chain, resumed, health.clone(), metrics, fault);
+    let handle = tokio::task::spawn_blocking(move || w.run(rx));
     Ok((
         AuditLog {
             tx,
             wait: c.wait,
             redact: c.redact_query_keys.clone().into(),
+            health,
         },
         handle,
     ))
 }
 
-/// Continue the chain: seq and hash of the last line of the current file, or
-/// of the newest rotated file if the current one is empty or missing.
-fn resume(path: &Path) -> std::io::Result<(u64, String)> {
-    for p in [path.to_path_buf(), rotated(path, 1)] {
-        if let Some(last) = last_line(&p)? {
-            let seq = serde_json::from_slice::<serde_json::Value>(&last)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0);
-            return Ok((seq, sha256_hex(&last)));
-        }
+/// A write past `RLIMIT_FSIZE` raises SIGXFSZ, whose default action kills
+/// the process. With a handler installed (tokio keeps it for the life of the
+/// process) the write fails with EFBIG instead, which the writer handles like
+/// a full disk.
+fn catch_sigxfsz() {
+    #[cfg(all(target_os = "linux", any(target_arch = "mips", target_arch = "mips64")))]
+    const SIGXFSZ: i32 = 31;
+    #[cfg(not(all(target_os = "linux", any(target_arch = "mips", target_arch = "mips64"))))]
+    const SIGXFSZ: i32 = 25;
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Err(e) = signal(SignalKind::from_raw(SIGXFSZ)) {
+        tracing::warn!(error = %e, "could not catch SIGXFSZ; a write past RLIMIT_FSIZE would end the process");
     }
-    Ok((0, GENESIS.to_string()))
 }
 
-fn rotated(path: &Path, n: usize) -> PathBuf {
+/// `io::Error` with the path in its message.
+fn at(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn rotated(path: &std::path::Path, n: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
     PathBuf::from(s)
 }
 
-fn head_path(path: &Path) -> PathBuf {
+fn head_path(path: &std::path::Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".head");
     PathBuf::from(s)
-}
-
-/// The last complete line of a file (reads only its tail).
-fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let mut window = 64 * 1024u64;
-    loop {
-        let start = len.saturating_sub(window);
-        f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        if trimmed.is_empty() {
-            return Ok(None);
-        }
-        match trimmed.iter().rposition(|&b| b == b'\n') {
-            Some(i) => return Ok(Some(trimmed[i + 1..].to_vec())),
-            None if start == 0 => return Ok(Some(trimmed.to_vec())),
-            None => window *= 4,
-        }
-    }
-}
-
-impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Entry>) {
-        while let Some(e) = rx.blocking_recv() {
-            self.write(&e);
-            // Batch: write what is queued, then flush once.
-            while let Ok(e) = rx.try_recv() {
-                self.write(&e);
-            }
-            self.flush(false);
-        }
-        self.flush(true);
-    }
-
-    fn write(&mut self, e: &Entry) {
-        let seq = self.seq + 1;
-        let line = Line {
-            seq,
-            entry: e,
-            prev: self.chain.then_some(self.prev.as_str()),
-        };
-        let Ok(mut bytes) = serde_json::to_vec(&line) else {
-            self.metrics.audit_records.with_label_values(&["failed"]).inc();
-            return;
-        };
-        if let Err(err) = self.rotate_if_needed(bytes.len() as u64 + 1) {
-            tracing::error!(error = %err, "audit log rotation failed");
-        }
-        let hash = sha256_hex(&bytes);
-        bytes.push(b'\n');
-        let res = match &mut self.out {
-            Out::Stdout(s) => s.write_all(&bytes),
-            Out::File { w, size, .. } => {
-                *size += bytes.len() as u64;
-                w.write_all(&bytes)
-            }
-        };
-        match res {
-            Ok(()) => {
-                self.seq = seq;
-                self.prev = hash;
-                self.head_dirty = true;
-                self.metrics.audit_records.with_label_values(&["written"]).inc();
-            }
-            Err(err) => {
-                self.metrics.audit_records.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %err, "audit record could not be written");
-            }
-        }
-    }
-
-    fn rotate_if_needed(&mut self, incoming: u64) -> std::io::Result<()> {
-        let Out::File {
-            path,
-            w,
-            size,
-            max_bytes,
-            max_files,
-        } = &mut self.out
-        else {
-            return Ok(());
-        };
-        if *size == 0 || *size + incoming <= *max_bytes {
-            return Ok(());
-        }
-        w.flush()?;
-        let _ = std::fs::remove_file(rotated(path, *max_files));
-        for n in (1..*max_files).rev() {
-            let from = rotated(path, n);
-            if from.exists() {
-                std::fs::rename(&from, rotated(path, n + 1))?;
-            }
-        }
-        std::fs::rename(&*path, rotated(path, 1))?;
-        *w = BufWriter::new(OpenOptions::new().create(true).append(true).open(&*path)?);
-        *size = 0;
-        Ok(())
-    }
-
-    fn flush(&mut self, last: bool) {
-        let res = match &mut self.out {
-            Out::Stdout(s) => s.flush(),
-            Out::File { w, .. } => w.flush(),
-        };
-        if let Err(e) = res {
-            tracing::error!(error = %e, "audit log flush failed");
-        }
-        if self.head_dirty && (last || self.last_head.elapsed() >= HEAD_EVERY) {
-            if let Out::File { path, .. } = &self.out {
-                let head = Head {
-                    seq: self.seq,
-                    hash: self.prev.clone(),
-                };
-                let hp = head_path(path);
-                let tmp = hp.with_extension("head.tmp");
-                let ok = serde_json::to_vec(&head)
-                    .map_err(std::io::Error::other)
-                    .and_then(|b| std::fs::write(&tmp, b))
-                    .and_then(|()| std::fs::rename(&tmp, &hp));
-                if let Err(e) = ok {
-                    tracing::warn!(error = %e, "audit head file not updated");
-                }
-            }
-            self.last_head = Instant::now();
-            self.head_dirty = false;
-        }
-    }
-}
-
-/// Result of `signgate audit verify`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Ok { records: u64 },
-    Broken { file: PathBuf, line: u64, why: String },
-}
-
-/// Check the hash chain over `files` (oldest first; rotated files included).
-/// Unless `continuation`, the first record must be seq 1 with the genesis prev.
-pub fn verify(files: &[PathBuf], continuation: bool) -> std::io::Result<Verdict> {
-    let mut prev_hash: Option<String> = None;
-    let mut prev_seq: Option<u64> = None;
-    let mut records = 0u64;
-    for file in files {
-        let broken = |line: u64, why: String| Verdict::Broken {
-            file: file.clone(),
-            line,
-            why,
-        };
-        let reader = BufReader::new(File::open(file)?);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let n = i as u64 + 1;
-            let line = line?;
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
-                return Ok(broken(n, "not a JSON record".into()));
-            };
-            let (Some(seq), Some(prev)) = (v["seq"].as_u64(), v["prev"].as_str()) else {
-                return Ok(broken(n, "no seq/prev fields (was hash_chain off?)".into()));
-            };
-            match (&prev_hash, prev_seq) {
-                (Some(h), Some(s)) => {
-                    if prev != h {
-                        return Ok(broken(n, format!("prev does not match the record before it (seq {s}): a record was edited, deleted or reordered")));
-                    }
-                    if seq != s + 1 {
-                        return Ok(broken(n, format!("seq {seq} follows seq {s}")));
-                    }
-                }
-                _ if !continuation && (seq != 1 || prev != GENESIS) => {
-                    return Ok(broken(n, format!("the log starts at seq {seq}, not at seq 1 with the genesis prev: earlier records are missing (give rotated files oldest first, or --continuation)")));
-                }
-                _ => {}
-            }
-            prev_hash = Some(sha256_hex(&line));
-            prev_seq = Some(seq);
-            records += 1;
-        }
-    }
-    // The writer's head record catches records cut off the end.
-    if let Some(last) = files.last() {
-        if let Ok(bytes) = std::fs::read(head_path(last)) {
-            if let Ok(head) = serde_json::from_slice::<Head>(&bytes) {
-                let seen = prev_seq.unwrap_or(0);
-                if seen < head.seq {
-                    return Ok(Verdict::Broken {
-                        file: last.clone(),
-                        line: records + 1,
-                        why: format!("the log ends at seq {seen} but the writer recorded seq {}: records were removed from the end", head.seq),
-                    });
-                }
-                if seen == head.seq && prev_hash.as_deref() != Some(head.hash.as_str()) {
-                    return Ok(Verdict::Broken {
-                        file: last.clone(),
-                        line: records,
-                        why: "the last record differs from the one the writer recorded".into(),
-                    });
-                }
-            }
-        }
-    }
-    Ok(Verdict::Ok { records })
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::writer::{Fault, FAULT_NONE, FAULT_SHORT, FAULT_SYNC, FAULT_WRITE};
 use super::*;
 use crate::config::{AuditConfig, AuditSink};
 
@@ -58,6 +62,21 @@ fn check(files: &[PathBuf]) -> Verdict {
     verify(files, false).unwrap()
 }
 
+/// The report of a chain that must hold.
+fn report(files: &[PathBuf]) -> Report {
+    match check(files) {
+        Verdict::Ok(r) => r,
+        broken => panic!("{broken:?}"),
+    }
+}
+
+/// A complete chain: its record count.
+fn clean(files: &[PathBuf]) -> u64 {
+    let r = report(files);
+    assert!(r.is_clean(), "{r:?}");
+    r.records
+}
+
 #[tokio::test]
 async fn chain_verifies_and_every_tampering_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +84,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
     write_n(&cfg(&path, 1 << 30), 6).await;
     let original = lines(&path);
     assert_eq!(original.len(), 6);
-    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
+    assert_eq!(clean(std::slice::from_ref(&path)), 6);
     let first: serde_json::Value = serde_json::from_str(&original[0]).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["prev"], GENESIS);
@@ -103,7 +122,7 @@ async fn chain_verifies_and_every_tampering_names_the_line() {
         }
     }
     rewrite(&original);
-    assert_eq!(check(std::slice::from_ref(&path)), Verdict::Ok { records: 6 });
+    assert_eq!(clean(std::slice::from_ref(&path)), 6);
 }
 
 #[tokio::test]
@@ -117,7 +136,7 @@ async fn restart_continues_the_chain() {
     let v: serde_json::Value = serde_json::from_str(&ls[3]).unwrap();
     assert_eq!(v["seq"], 4);
     assert_eq!(v["prev"], sha256_hex(ls[2].as_bytes()));
-    assert_eq!(check(&[path]), Verdict::Ok { records: 7 });
+    assert_eq!(clean(&[path]), 7);
 }
 
 #[tokio::test]
@@ -134,7 +153,7 @@ async fn rotation_keeps_the_chain_across_files() {
     assert!(files.len() >= 2, "expected rotation, got {files:?}");
     files.push(path.clone());
     let total: usize = files.iter().map(|f| lines(f).len()).sum();
-    assert_eq!(check(&files), Verdict::Ok { records: total as u64 });
+    assert_eq!(clean(&files), total as u64);
     assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
     // The newest file alone is a continuation.
     assert!(matches!(
@@ -143,7 +162,7 @@ async fn rotation_keeps_the_chain_across_files() {
     ));
     assert!(matches!(
         verify(std::slice::from_ref(&path), true).unwrap(),
-        Verdict::Ok { .. }
+        Verdict::Ok(r) if r.is_clean()
     ));
     // A restart after rotation still continues from the newest record.
     write_n(&c, 1).await;
@@ -192,4 +211,486 @@ fn query_values_of_sensitive_keys_are_redacted() {
         redact_query("a=1&token=s3cr3t&otp=9&b", &keys),
         "a=1&token=REDACTED&otp=REDACTED&b"
     );
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    lines(path)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn counter(m: &crate::metrics::Metrics, result: &str) -> u64 {
+    m.audit_records.with_label_values(&[result]).get()
+}
+
+/// A writer with a fault switch, and three records written.
+async fn faulty(
+    c: &AuditConfig,
+) -> (
+    AuditLog,
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicU8>,
+    Arc<crate::metrics::Metrics>,
+) {
+    let (fault, switch) = Fault::switch();
+    let metrics = crate::metrics::Metrics::new();
+    let (log, handle) = start_with(c, metrics.clone(), fault).unwrap();
+    for i in 0..3 {
+        log.reserve().await.unwrap().write(entry(i));
+    }
+    until("3 records written", || counter(&metrics, "written") == 3).await;
+    (log, handle, switch, metrics)
+}
+
+/// Turn a fault on, lose two records (one in flight), check the refusals,
+/// turn it off, check the gap. Returns the log's lines.
+async fn lose_two_then_recover(mode: u8) -> (Vec<serde_json::Value>, Report, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let c = cfg(&path, 1 << 30);
+    let (log, handle, switch, metrics) = faulty(&c).await;
+    assert!(log.healthy() && log.problem().is_none());
+    assert_eq!(metrics.audit_healthy.get(), 1);
+    // A request that reserved its slot before the failure is already on its
+    // way: its record is lost, and so is the next in flight.
+    let in_flight = log.reserve().await.unwrap();
+    switch.store(mode, std::sync::atomic::Ordering::SeqCst);
+    log.reserve().await.unwrap().write(entry(3));
+    until("unhealthy", || !log.healthy()).await;
+    in_flight.write(entry(4));
+    until("2 failed", || counter(&metrics, "failed") == 2).await;
+    assert_eq!(metrics.audit_healthy.get(), 0);
+    let problem = log.problem().unwrap();
+    assert!(problem.contains("seq 4-5") && problem.contains("refused"), "{problem}");
+    // Refused at once, not after wait_ms.
+    let t = Instant::now();
+    assert!(log.reserve().await.is_none());
+    assert!(t.elapsed() < Duration::from_millis(100));
+    // Nothing past the last synced record, no partial line.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n') && text.lines().count() == 3, "{text:?}");
+    // Writable again: the writer retries (once a second) and writes the gap.
+    switch.store(FAULT_NONE, std::sync::atomic::Ordering::SeqCst);
+    until("healthy again", || log.healthy()).await;
+    assert!(log.problem().is_none());
+    log.reserve().await.unwrap().write(entry(5));
+    drop(log);
+    handle.await.unwrap();
+    assert_eq!(counter(&metrics, "written"), 4);
+    assert_eq!(counter(&metrics, "failed"), 2);
+    assert_eq!(metrics.audit_healthy.get(), 1);
+    let v = json_lines(&path);
+    let r = report(std::slice::from_ref(&path));
+    (v, r, dir.keep())
+}
+
+fn assert_gap_4_5(v: &[serde_json::Value], r: &Report, reason: &str) {
+    assert_eq!(v.len(), 5, "{v:?}");
+    let gap = &v[3];
+    assert_eq!(gap["record"], "gap");
+    assert_eq!(gap["seq"], 6);
+    assert_eq!(gap["lost_from"], 4);
+    assert_eq!(gap["lost_to"], 5);
+    assert_eq!(gap["lost"], 2);
+    assert!(gap["reason"].as_str().unwrap().contains(reason), "{gap}");
+    assert!(gap["since"].is_string() && gap["time"].is_string());
+    assert_eq!(v[4]["seq"], 7);
+    assert_eq!(v[4]["request_id"], "req-5");
+    assert_eq!(r.records, 5);
+    assert_eq!(r.lost(), 2);
+    assert_eq!(r.gaps.len(), 1);
+    assert_eq!((r.gaps[0].lost_from, r.gaps[0].lost_to, r.gaps[0].line), (4, 5, 4));
+    assert_eq!(r.head, HeadCheck::Pinned);
+    assert!(!r.is_clean());
+}
+
+#[tokio::test]
+async fn a_failed_write_turns_unhealthy_and_the_gap_is_recorded() {
+    let (v, r, dir) = lose_two_then_recover(FAULT_WRITE).await;
+    assert_gap_4_5(&v, &r, "No space left on device");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_short_write_is_cut_back_and_recorded_as_a_gap() {
+    let (v, r, dir) = lose_two_then_recover(FAULT_SHORT).await;
+    assert_gap_4_5(&v, &r, "No space left on device");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_sync_loses_the_batch_written_to_the_page_cache() {
+    let (v, r, dir) = lose_two_then_recover(FAULT_SYNC).await;
+    assert_gap_4_5(&v, &r, "Input/output error");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_gap_from_the_first_record_verifies_from_genesis() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let (fault, switch) = Fault::switch();
+    let metrics = crate::metrics::Metrics::new();
+    let (log, handle) = start_with(&cfg(&path, 1 << 30), metrics.clone(), fault).unwrap();
+    switch.store(FAULT_WRITE, std::sync::atomic::Ordering::SeqCst);
+    log.reserve().await.unwrap().write(entry(0));
+    until("unhealthy", || !log.healthy()).await;
+    switch.store(FAULT_NONE, std::sync::atomic::Ordering::SeqCst);
+    until("healthy again", || log.healthy()).await;
+    drop(log);
+    handle.await.unwrap();
+    let v = json_lines(&path);
+    assert_eq!((v[0]["seq"].as_u64(), v[0]["lost_from"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(v[0]["prev"], GENESIS);
+    let r = report(&[path]);
+    assert_eq!((r.records, r.lost()), (1, 1));
+}
+
+#[tokio::test]
+async fn records_lost_at_shutdown_leave_the_file_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let (log, handle, switch, metrics) = faulty(&cfg(&path, 1 << 30)).await;
+    switch.store(FAULT_WRITE, std::sync::atomic::Ordering::SeqCst);
+    log.reserve().await.unwrap().write(entry(3));
+    drop(log);
+    handle.await.unwrap();
+    assert_eq!(counter(&metrics, "failed"), 1);
+    assert_eq!(clean(std::slice::from_ref(&path)), 3);
+    // The next start continues after the last written record.
+    write_n(&cfg(&path, 1 << 30), 1).await;
+    assert_eq!(json_lines(&path)[3]["seq"], 4);
+}
+
+#[tokio::test]
+async fn a_gap_survives_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let c = cfg(&path, 4096);
+    let (log, handle, switch, _m) = faulty(&c).await;
+    switch.store(FAULT_WRITE, std::sync::atomic::Ordering::SeqCst);
+    log.reserve().await.unwrap().write(entry(3));
+    until("unhealthy", || !log.healthy()).await;
+    switch.store(FAULT_NONE, std::sync::atomic::Ordering::SeqCst);
+    until("healthy again", || log.healthy()).await;
+    for i in 0..30 {
+        log.reserve().await.unwrap().write(entry(i));
+    }
+    drop(log);
+    handle.await.unwrap();
+    let mut files: Vec<PathBuf> = (1..=5)
+        .rev()
+        .map(|n| rotated(&path, n))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!files.is_empty());
+    files.push(path.clone());
+    let r = report(&files);
+    assert_eq!((r.lost(), r.gaps.len(), r.head.clone_kind()), (1, 1, "pinned"));
+}
+
+impl HeadCheck {
+    fn clone_kind(&self) -> &'static str {
+        match self {
+            HeadCheck::Pinned => "pinned",
+            HeadCheck::Behind { .. } => "behind",
+            HeadCheck::Missing => "missing",
+            HeadCheck::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn torn_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn torn_case(tail: &[u8], reason: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_n(&cfg(&path, 1 << 30), 3).await;
+    let before = std::fs::read(&path).unwrap();
+    append(&path, tail);
+    // Seen by verify before the restart: not a silent ok.
+    assert!(!matches!(check(std::slice::from_ref(&path)), Verdict::Ok(r) if r.is_clean()));
+    write_n(&cfg(&path, 1 << 30), 1).await;
+    let torn = torn_files(dir.path());
+    assert_eq!(torn.len(), 1, "{torn:?}");
+    assert_eq!(std::fs::read(&torn[0]).unwrap(), tail);
+    assert_eq!(std::fs::metadata(&torn[0]).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read(&path).unwrap();
+    assert!(text.starts_with(&before));
+    let v = json_lines(&path);
+    assert_eq!(v.len(), 5);
+    let rec = &v[3];
+    assert_eq!(rec["record"], "recovered");
+    assert_eq!(rec["seq"], 4);
+    assert_eq!(rec["torn_bytes"], tail.len());
+    assert_eq!(rec["torn_sha256"], sha256_hex(tail));
+    assert_eq!(rec["reason"], reason);
+    assert_eq!(rec["torn_file"], torn[0].file_name().unwrap().to_str().unwrap());
+    assert_eq!(v[4]["seq"], 5);
+    let r = report(&[path]);
+    assert_eq!(r.records, 5);
+    assert_eq!(r.recoveries.len(), 1);
+    assert_eq!(r.recoveries[0].torn_found, TornFile::Matches);
+    assert_eq!(r.recoveries[0].line, 4);
+    assert!(r.gaps.is_empty() && r.head == HeadCheck::Pinned);
+    // A changed torn file is noticed.
+    std::fs::write(&torn[0], b"something else").unwrap();
+    assert_eq!(
+        report(&[dir.path().join("a.jsonl")]).recoveries[0].torn_found,
+        TornFile::Differs
+    );
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_moved_aside_and_recorded() {
+    torn_case(
+        br#"{"seq":4,"time":"2024-01-01T00:00:00.000Z","requ"#,
+        "the last line had no newline",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_last_line_of_nul_bytes_is_moved_aside_and_recorded() {
+    torn_case(&[0u8; 700], "the last line had no newline").await;
+    torn_case(b"\0\0\0\0\n", "the last line was not JSON").await;
+}
+
+#[tokio::test]
+async fn a_file_that_is_all_torn_starts_the_chain_from_genesis() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    std::fs::write(&path, br#"{"seq":1,"ti"#).unwrap();
+    write_n(&cfg(&path, 1 << 30), 1).await;
+    let v = json_lines(&path);
+    assert_eq!(
+        (v[0]["record"].as_str(), v[0]["seq"].as_u64()),
+        (Some("recovered"), Some(1))
+    );
+    assert_eq!(v[0]["prev"], GENESIS);
+    assert_eq!(report(&[path]).records, 2);
+}
+
+#[tokio::test]
+async fn a_file_that_is_no_audit_log_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"foo\":1}\n".to_vec(), "no seq"),
+        (b"hello\n\0\0\0\n".to_vec(), "not an audit record"),
+        (b"not json\npartial".to_vec(), "not JSON either"),
+        (vec![b'x'; 3 << 20], "no line break"),
+        (vec![b'x'; (1 << 20) + 10], "longer than 1 MiB"),
+        (
+            [b"x\n".as_slice(), &vec![b'y'; (1 << 20) + 10], b"\n"].concat(),
+            "longer than 1 MiB",
+        ),
+    ];
+    for (content, why) in cases {
+        std::fs::write(&path, &content).unwrap();
+        let err = match start(&cfg(&path, 1 << 30), crate::metrics::Metrics::new()) {
+            Ok(_) => panic!("started on {why}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("not a signgate audit log") && err.contains(why),
+            "{why}: {err}"
+        );
+        // Nothing was appended or cut.
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        // And verify says what is wrong without panicking.
+        assert!(matches!(
+            check(std::slice::from_ref(&path)),
+            Verdict::Broken { .. } | Verdict::Ok(_)
+        ));
+    }
+    assert!(torn_files(dir.path()).is_empty());
+}
+
+#[test]
+fn verify_never_panics_on_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.jsonl");
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        b"\n".to_vec(),
+        b"[]\n1\n\"s\"\nnull\n".to_vec(),
+        b"{\"seq\":-1,\"prev\":\"x\"}\n".to_vec(),
+        b"{\"seq\":18446744073709551615,\"prev\":\"0\"}\n".to_vec(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":0,\"lost_to\":0,\"lost\":1}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":5,\"lost_to\":18446744073709551615,\"lost\":0}}\n").into_bytes(),
+        format!("{{\"seq\":0,\"prev\":\"{GENESIS}\",\"record\":\"gap\",\"lost_from\":1,\"lost_to\":1,\"lost\":1}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":7}}\n").into_bytes(),
+        format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"record\":\"recovered\",\"torn_file\":\"../../etc/passwd\",\"torn_bytes\":1,\"torn_sha256\":\"x\"}}\n").into_bytes(),
+        vec![0xff; 5000],
+        vec![b'{'; (1 << 20) + 5],
+    ];
+    for c in cases {
+        std::fs::write(&path, &c).unwrap();
+        let _ = verify(std::slice::from_ref(&path), false).unwrap();
+        let _ = verify(std::slice::from_ref(&path), true).unwrap();
+        std::fs::write(head_path(&path), &c).unwrap();
+        let _ = verify(std::slice::from_ref(&path), true).unwrap();
+        std::fs::remove_file(head_path(&path)).unwrap();
+    }
+    let missing = verify(&[dir.path().join("nope")], false).unwrap_err().to_string();
+    assert!(missing.contains("nope"), "{missing}");
+}
+
+#[tokio::test]
+async fn without_the_head_file_the_end_is_reported_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_n(&cfg(&path, 1 << 30), 3).await;
+    std::fs::remove_file(head_path(&path)).unwrap();
+    let r = report(std::slice::from_ref(&path));
+    assert_eq!((r.records, &r.head), (3, &HeadCheck::Missing));
+    assert!(!r.is_clean());
+    // An edited last record is still a chained one: only the head would see it.
+    let mut ls = lines(&path);
+    ls[2] = ls[2].replace("\"status\":200", "\"status\":201");
+    std::fs::write(&path, ls.join("\n") + "\n").unwrap();
+    assert_eq!(report(std::slice::from_ref(&path)).head, HeadCheck::Missing);
+    std::fs::write(head_path(&path), b"garbage").unwrap();
+    assert!(matches!(
+        report(std::slice::from_ref(&path)).head,
+        HeadCheck::Unreadable(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_head_pins_its_record_even_with_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_n(&cfg(&path, 1 << 30), 3).await;
+    let head = std::fs::read(head_path(&path)).unwrap();
+    write_n(&cfg(&path, 1 << 30), 2).await;
+    // An old head (as after a crash): the two records after it are reported.
+    std::fs::write(head_path(&path), &head).unwrap();
+    assert_eq!(
+        report(std::slice::from_ref(&path)).head,
+        HeadCheck::Behind { head_seq: 3, after: 2 }
+    );
+    // Rewriting the chain from seq 3 on is caught at seq 3.
+    let ls = lines(&path);
+    let mut prev = sha256_hex(ls[1].as_bytes());
+    let mut out = ls[..2].to_vec();
+    for l in &ls[2..] {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["status"] = 299.into();
+        v["prev"] = prev.clone().into();
+        let s = serde_json::to_string(&v).unwrap();
+        prev = sha256_hex(s.as_bytes());
+        out.push(s);
+    }
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    match check(&[path]) {
+        Verdict::Broken { why, .. } => assert!(why.contains("seq 3"), "{why}"),
+        ok => panic!("{ok:?}"),
+    }
+}
+
+#[tokio::test]
+async fn files_are_owner_only_and_a_new_directory_is_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/sub/a.jsonl");
+    write_n(&cfg(&path, 4096), 30).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("new")), 0o700);
+    assert_eq!(mode(&dir.path().join("new/sub")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&head_path(&path)), 0o600);
+    assert!(rotated(&path, 1).exists());
+    assert_eq!(mode(&rotated(&path, 1)), 0o600);
+    // An existing directory and file keep their modes.
+    let pre = dir.path().join("pre");
+    std::fs::create_dir(&pre).unwrap();
+    std::fs::set_permissions(&pre, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(pre.join("a.jsonl"), b"").unwrap();
+    std::fs::set_permissions(pre.join("a.jsonl"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    write_n(&cfg(&pre.join("a.jsonl"), 4096), 1).await;
+    assert_eq!(mode(&pre), 0o750);
+    assert_eq!(mode(&pre.join("a.jsonl")), 0o640);
+    // Only the probe's leftovers would be odd: there are none.
+    assert!(!dir.path().join("new/sub/a.jsonl.probe").exists());
+}
+
+#[test]
+fn redaction_matches_keys_as_a_server_decodes_them() {
+    let keys: Arc<[String]> = vec!["card_number".to_string()].into();
+    for (q, want) in [
+        ("card_number=4111", "card_number=REDACTED"),
+        ("CARD_NUMBER=4111", "CARD_NUMBER=REDACTED"),
+        ("Card_Number=4111", "Card_Number=REDACTED"),
+        ("card%5Fnumber=4111", "card%5Fnumber=REDACTED"),
+        ("card%5fnumber=4111", "card%5fnumber=REDACTED"),
+        ("%63ard_number=4111", "%63ard_number=REDACTED"),
+        ("card_number[]=4111", "card_number[]=REDACTED"),
+        ("card_number%5B%5D=4111", "card_number%5B%5D=REDACTED"),
+        ("card_number%5b%5d=4111", "card_number%5b%5d=REDACTED"),
+        ("CARD%5FNUMBER%5B%5D=4111", "CARD%5FNUMBER%5B%5D=REDACTED"),
+        (
+            "card_number[0]=4111&card_number[1]=5500",
+            "card_number[0]=REDACTED&card_number[1]=REDACTED",
+        ),
+        ("a=1&card_number=4111&b=2", "a=1&card_number=REDACTED&b=2"),
+        // Not the same key.
+        ("card_numbers=4111", "card_numbers=4111"),
+        ("card[number]=4111", "card[number]=4111"),
+        ("xcard_number=4111", "xcard_number=4111"),
+        ("card_number", "card_number"),
+        // Broken escapes stay as they are and do not match.
+        ("card%5_number=4111", "card%5_number=4111"),
+        ("card_number%=4111", "card_number%=4111"),
+        ("card_number%E2=4111", "card_number%E2=4111"),
+        ("", ""),
+    ] {
+        assert_eq!(redact_query(q, &keys), want, "{q}");
+    }
+    // Configured keys are normalized the same way.
+    let keys: Arc<[String]> = vec!["CARD_Number[]".to_string()].into();
+    assert_eq!(redact_query("card_number=1", &keys), "card_number=REDACTED");
+    assert_eq!(redact_query("card_number=1", &[]), "card_number=1");
+}
+
+#[tokio::test]
+async fn a_path_that_is_no_regular_file_is_written_as_a_stream() {
+    // /dev/null cannot be synced, cut or rotated (renaming it would be a
+    // disaster): records go out as on stdout, and the log stays healthy.
+    let mut c = cfg(Path::new("/dev/null"), 4096);
+    c.queue = 8;
+    let metrics = crate::metrics::Metrics::new();
+    let (log, handle) = start(&c, metrics.clone()).unwrap();
+    for i in 0..50 {
+        log.reserve().await.unwrap().write(entry(i));
+    }
+    until("50 written", || counter(&metrics, "written") == 50).await;
+    assert!(log.healthy());
+    drop(log);
+    handle.await.unwrap();
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(!Path::new("/dev/null.1").exists() && !Path::new("/dev/null.head").exists());
 }

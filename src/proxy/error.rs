@@ -209,7 +209,10 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
-            GatewayError::AuditUnavailable => "the audit log cannot keep up; request refused, nothing was sent".into(),
+            GatewayError::AuditUnavailable => {
+                "the audit log cannot record this request (queue full or writes failing); refused, nothing was sent"
+                    .into()
+            }
             GatewayError::Internal => "internal error".into(),
             GatewayError::ClientGone => "the client closed the request before its answer".into(),
         }

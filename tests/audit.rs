@@ -1,0 +1,484 @@
+//! The audit log against real faults, with the real binary: a full disk
+//! (every request refused, the provider sees nothing, a gap record once the
+//! disk has room again, no restart), a torn last line after a crash, a
+//! missing head file, and owner-only files under umask 022.
+//!
+//! The full disk is a 256 KiB tmpfs mounted for the test (we run as root;
+//! so does CI). Where mounting is not permitted, the test falls back to
+//! RLIMIT_FSIZE set on the running gateway with `prlimit --pid` (writes past
+//! it fail with EFBIG; signgate catches SIGXFSZ). `SIGNGATE_TEST_DISK_FAULT=
+//! tmpfs|fsize` forces one.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)] // tests; a std Mutex holds the child's log lines
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_signgate");
+
+/// A provider stand-in, a credential and a config file whose audit log is
+/// at `audit` (with `audit_extra` keys added to `[audit]`).
+struct Env {
+    _pki: Pki, // holds the CA file the config names
+    provider: Provider,
+    config: PathBuf,
+}
+
+async fn env(audit: &Path, audit_extra: &str) -> Env {
+    let pki = pki();
+    let provider = provider(&pki).await;
+    let cred = pki.dir.path().join("kwikpaisa.json");
+    write_cred(&cred, &provider.api_key, &provider.secret);
+    let upstream = format!("https://localhost:{}", provider.standin.addr().port());
+    let toml = config(&upstream, &pki.ca_path, &cred, "", "", "");
+    let default = format!("path = \"{}\"", pki.dir.path().join("audit.jsonl").display());
+    assert!(toml.contains(&default));
+    let toml = toml.replace(&default, &format!("path = \"{}\"\n{audit_extra}", audit.display()));
+    let config = pki.dir.path().join("gateway.toml");
+    std::fs::write(&config, toml).unwrap();
+    Env {
+        _pki: pki,
+        provider,
+        config,
+    }
+}
+
+impl Env {
+    async fn provider_got(&self) -> usize {
+        self.provider.standin.records().await.len()
+    }
+}
+
+fn verify(args: &[&str], files: &[&Path]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(["audit", "verify"]).args(args);
+    for f in files {
+        c.arg(f);
+    }
+    c.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// SIGTERM, and wait for a clean exit (the writer flushes and writes the head).
+async fn stop(gw: &mut GatewayProcess) {
+    gw.signal("TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", gw.log_text());
+}
+
+/// `GatewayProcess::start`, but through `sh -c 'umask U; exec signgate ...'`.
+fn start_with_umask(config: &Path, umask: &str) -> GatewayProcess {
+    use std::io::BufRead;
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("umask {umask} && exec \"$0\" run --config \"$1\""), BIN])
+        .arg(config)
+        .env("SIGNGATE__LISTENER__ADDR", "127.0.0.1:0")
+        .env("SIGNGATE__ADMIN__ADDR", "127.0.0.1:0")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let line = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("gateway did not report listening:\n{}", log.lock().unwrap().join("\n")));
+        if line.contains("signgate listening") {
+            break line;
+        }
+    };
+    let field = |prefix: &str| -> std::net::SocketAddr {
+        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        let end = rest.find(|c: char| c == ')' || c.is_whitespace()).unwrap_or(rest.len());
+        rest[..end].parse().unwrap()
+    };
+    GatewayProcess {
+        child,
+        addr: field(" addr="),
+        admin: field(" admin=Some("),
+        log,
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+async fn audit_metric(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&gw.metrics().await, name, labels)
+}
+
+async fn written(gw: &GatewayProcess) -> f64 {
+    audit_metric(gw, "signgate_audit_records_total", &[("result", "written")]).await
+}
+
+async fn failed(gw: &GatewayProcess) -> f64 {
+    audit_metric(gw, "signgate_audit_records_total", &[("result", "failed")]).await
+}
+
+/// How the test takes the disk away from the audit log.
+enum DiskFault {
+    /// A small tmpfs holding the log; filled by a filler file.
+    Tmpfs { mount: PathBuf, filler: PathBuf },
+    /// RLIMIT_FSIZE on the gateway, set to the log's current size.
+    Fsize,
+}
+
+impl DiskFault {
+    /// Mount a 256 KiB tmpfs at `dir`, or fall back to RLIMIT_FSIZE.
+    fn new(dir: &Path) -> DiskFault {
+        let forced = std::env::var("SIGNGATE_TEST_DISK_FAULT").unwrap_or_default();
+        if forced != "fsize" {
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"])
+                .arg(dir)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    eprintln!("disk fault: a 256 KiB tmpfs at {}", dir.display());
+                    return DiskFault::Tmpfs {
+                        mount: dir.to_path_buf(),
+                        filler: dir.join("filler"),
+                    };
+                }
+                other => {
+                    assert!(forced != "tmpfs", "cannot mount a tmpfs: {other:?}");
+                    eprintln!("disk fault: mount not permitted ({other:?}); using RLIMIT_FSIZE through prlimit");
+                }
+            }
+        }
+        eprintln!("disk fault: RLIMIT_FSIZE through prlimit");
+        DiskFault::Fsize
+    }
+
+    fn fill(&self, gw: &GatewayProcess, log: &Path) {
+        match self {
+            DiskFault::Tmpfs { filler, .. } => {
+                use std::io::Write;
+                let mut f = std::fs::File::create(filler).unwrap();
+                // Whole pages first, then the filler's last page byte by byte.
+                for chunk in [4096usize, 1] {
+                    while f.write_all(&vec![b'x'; chunk]).is_ok() {}
+                }
+                let _ = f.sync_all();
+            }
+            DiskFault::Fsize => {
+                let size = std::fs::metadata(log).unwrap().len();
+                prlimit(gw, &format!("--fsize={size}:")); // the soft limit: raising a hard one back needs CAP_SYS_RESOURCE
+            }
+        }
+    }
+
+    fn free(&self, gw: &GatewayProcess) {
+        match self {
+            DiskFault::Tmpfs { filler, .. } => std::fs::remove_file(filler).unwrap(),
+            DiskFault::Fsize => prlimit(gw, "--fsize=unlimited:"),
+        }
+    }
+
+    /// The error the writer must have seen.
+    fn error(&self) -> &'static str {
+        match self {
+            DiskFault::Tmpfs { .. } => "No space left on device",
+            DiskFault::Fsize => "File too large",
+        }
+    }
+}
+
+fn prlimit(gw: &GatewayProcess, arg: &str) {
+    let out = Command::new("prlimit")
+        .args(["--pid", &gw.child.id().to_string(), arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prlimit {arg}: {out:?}");
+}
+
+impl Drop for DiskFault {
+    fn drop(&mut self) {
+        if let DiskFault::Tmpfs { mount, .. } = self {
+            let _ = Command::new("umount").arg("-l").arg(&*mount).status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = DiskFault::new(dir.path());
+    let log = dir.path().join("audit/signgate.jsonl");
+    let e = env(&log, "").await;
+    let mut gw = GatewayProcess::start(&e.config, &[]);
+    let c = TestClient::new();
+    let url = gw.url("/kwikpaisa/api/v3/pg/order/status");
+    for _ in 0..3 {
+        assert_eq!(c.post(&url, "{}").await.status, 200);
+    }
+    assert!(eventually(Duration::from_secs(5), || async { written(&gw).await == 3.0 }).await);
+    assert_eq!(audit_metric(&gw, "signgate_audit_healthy", &[]).await, 1.0);
+
+    fault.fill(&gw, &log);
+    // Until a write fails nothing knows the disk is full: records may still
+    // fit in the file's last page, and the request whose record is the first
+    // to fail was already forwarded. One request at a time, so exactly one
+    // record is lost.
+    let mut slack = 0;
+    loop {
+        assert_eq!(c.post(&url, "{}").await.status, 200, "{}", gw.log_text());
+        let before = 3.0 + slack as f64;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                written(&gw).await > before || failed(&gw).await > 0.0
+            })
+            .await
+        );
+        if failed(&gw).await > 0.0 {
+            break;
+        }
+        slack += 1;
+        assert!(slack < 40, "the disk never filled up");
+    }
+    let lost_seq = 3 + slack + 1;
+    eprintln!("records written into the last page after the fill: {slack}; lost: seq {lost_seq}");
+    assert_eq!(failed(&gw).await, 1.0);
+    assert_eq!(audit_metric(&gw, "signgate_audit_healthy", &[]).await, 0.0);
+
+    // From now on every request is refused and nothing reaches the provider.
+    let got = e.provider_got().await;
+    for _ in 0..10 {
+        let r = c.post(&url, "{}").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "audit_unavailable");
+    }
+    // (The writer retries every second; the disk is still full.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c.post(&url, "{}").await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "audit_unavailable"));
+    assert_eq!(e.provider_got().await, got, "nothing is forwarded unaudited");
+    assert_eq!(
+        audit_metric(&gw, "signgate_audit_records_total", &[("result", "refused")]).await,
+        11.0
+    );
+
+    // Room again: healthy within about a second, without a restart.
+    fault.free(&gw);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            audit_metric(&gw, "signgate_audit_healthy", &[]).await == 1.0
+        })
+        .await,
+        "{}",
+        gw.log_text()
+    );
+    for _ in 0..3 {
+        assert_eq!(c.post(&url, "{}").await.status, 200);
+    }
+    assert_eq!(e.provider_got().await, got + 3);
+    stop(&mut gw).await;
+
+    // The gap is in the chain: named by verify, never a plain "ok".
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let gap = lines.iter().find(|l| l["record"] == "gap").expect("a gap record");
+    assert_eq!(gap["lost_from"], lost_seq);
+    assert_eq!(gap["lost_to"], lost_seq);
+    assert_eq!(gap["lost"], 1);
+    assert_eq!(gap["seq"], lost_seq + 1);
+    assert!(gap["reason"].as_str().unwrap().contains(fault.error()), "{gap}");
+    assert_eq!(lines.len() as u64, 3 + slack + 1 + 3);
+    assert!(lines.iter().all(|l| l["seq"] != lost_seq), "the lost seq is on no line");
+
+    let out = verify(&[], &[&log]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let s = stdout(&out);
+    assert!(
+        s.contains(&format!("gap: seq {lost_seq}-{lost_seq} lost (1 records)")),
+        "{s}"
+    );
+    assert!(s.lines().last().unwrap().starts_with("incomplete:"), "{s}");
+    let out = verify(&["--allow-gaps"], &[&log]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let n = lines.len();
+    assert!(
+        stdout(&out).ends_with(&format!("ok {n} records, with findings: 1 gap(s), 1 record(s) lost\n")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_moved_aside_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("signgate.jsonl");
+    let e = env(&log, "").await;
+    let c = TestClient::new();
+    let mut gw = GatewayProcess::start(&e.config, &[]);
+    for _ in 0..2 {
+        assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
+    }
+    stop(&mut gw).await;
+    // A crash in the middle of writing the third line: half a line, no newline.
+    let whole = std::fs::read(&log).unwrap();
+    let last_line_start = whole[..whole.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let torn = whole[last_line_start..last_line_start + (whole.len() - last_line_start) / 2].to_vec();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
+    drop(f);
+    let out = verify(&[], &[&log]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(stdout(&out).contains("no newline at the end"), "{}", stdout(&out));
+
+    let mut gw = start_with_umask(&e.config, "022");
+    assert!(
+        gw.log_text().contains("torn last line was moved aside"),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
+    stop(&mut gw).await;
+
+    let torn_files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("signgate.jsonl.torn-"))
+        .collect();
+    assert_eq!(torn_files.len(), 1, "{torn_files:?}");
+    assert_eq!(std::fs::read(&torn_files[0]).unwrap(), torn);
+    assert_eq!(mode(&torn_files[0]), 0o600);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[2]["record"], "recovered");
+    assert_eq!(lines[2]["seq"], 3);
+    assert_eq!(lines[2]["torn_bytes"], torn.len());
+    assert_eq!(lines[3]["seq"], 4);
+
+    let out = verify(&[], &[&log]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s = stdout(&out);
+    assert!(s.contains("line 3: recovered: a torn last line"), "{s}");
+    assert!(s.contains("it is there and matches"), "{s}");
+    assert!(
+        s.ends_with("ok 4 records, with findings: 1 torn line(s) recovered\n"),
+        "{s}"
+    );
+    let out = verify(&["--strict"], &[&log]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[tokio::test]
+async fn without_the_head_file_verify_says_the_end_is_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("signgate.jsonl");
+    let e = env(&log, "").await;
+    let c = TestClient::new();
+    let mut gw = GatewayProcess::start(&e.config, &[]);
+    for _ in 0..2 {
+        assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
+    }
+    stop(&mut gw).await;
+    let out = verify(&[], &[&log]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "ok 2 records\n".to_string())
+    );
+
+    // Edit the last record and drop the head file: the chain alone cannot
+    // tell, so verify must not say ok.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last = lines[1].replace("\"status\":200", "\"status\":201");
+    assert_ne!(last, lines[1]);
+    lines[1] = &last;
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    // (With the head file, that is caught.)
+    let out = verify(&[], &[&log]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("differs from the one the writer recorded"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::remove_file(dir.path().join("signgate.jsonl.head")).unwrap();
+    let out = verify(&[], &[&log]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let s = stdout(&out);
+    assert!(
+        s.contains("signgate.jsonl.head: missing: the end of the log cannot be checked"),
+        "{s}"
+    );
+    assert!(s.contains("--no-head"), "{s}");
+    let out = verify(&["--no-head"], &[&log]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout(&out).ends_with("ok 2 records, with findings: the end is not checked (no head file)\n"),
+        "{}",
+        stdout(&out)
+    );
+    drop(e);
+}
+
+#[tokio::test]
+async fn audit_files_are_owner_only_under_umask_022() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/audit/signgate.jsonl");
+    let e = env(&log, "max_bytes = 4096").await;
+    let mut gw = start_with_umask(&e.config, "022");
+    let c = TestClient::new();
+    for _ in 0..20 {
+        assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
+    }
+    stop(&mut gw).await;
+    assert_eq!(mode(&dir.path().join("logs")), 0o700);
+    assert_eq!(mode(&dir.path().join("logs/audit")), 0o700);
+    assert_eq!(mode(&log), 0o600);
+    assert_eq!(mode(&dir.path().join("logs/audit/signgate.jsonl.head")), 0o600);
+    assert_eq!(mode(&dir.path().join("logs/audit/signgate.jsonl.1")), 0o600);
+    // The same umask for a file the test creates, to show it is in effect.
+    let out = Command::new("sh")
+        .args(["-c", "umask 022 && touch \"$0\" && stat -c %a \"$0\""])
+        .arg(dir.path().join("probe"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "644");
+    let mut files: Vec<PathBuf> = (1..=10)
+        .rev()
+        .map(|n| dir.path().join(format!("logs/audit/signgate.jsonl.{n}")))
+        .filter(|p| p.exists())
+        .collect();
+    files.push(log.clone());
+    let present: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = verify(&[], &present);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    drop(e);
+}
