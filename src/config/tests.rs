@@ -475,3 +475,36 @@ fn route_and_webhook_names_are_unique_metric_labels() {
         assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
     }
 }
+
+#[test]
+fn allow_identities_are_typed_in_the_route_config() {
+    use crate::identity::Identity;
+    let mtls = GOOD.replace(
+        "addr = \"127.0.0.1:8080\"",
+        "addr = \"127.0.0.1:8080\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"",
+    );
+    let with = |list: &str| {
+        mtls.replace(
+            "strip_prefix = true",
+            &format!("strip_prefix = true\nallow_identities = {list}"),
+        )
+    };
+    let c = Config::from_toml_str(&with(
+        r#"["spiffe://prod/payouts", "payouts.internal", "uri:urn:x:y", "dns:a.b"]"#,
+    ))
+    .unwrap();
+    let allowed = c.routes[0].allow_identities.as_ref().unwrap();
+    assert_eq!(
+        allowed.entries(),
+        [
+            Identity::Uri("spiffe://prod/payouts".into()),
+            Identity::Dns("payouts.internal".into()),
+            Identity::Uri("urn:x:y".into()),
+            Identity::Dns("a.b".into()),
+        ]
+    );
+    let errs = errors_of(&with(r#"["ok.example", "dns:spiffe://prod/payouts", "pay outs"]"#));
+    let keys: Vec<&str> = errs.iter().map(ConfigError::key).collect();
+    assert_eq!(keys, ["route[0].allow_identities[1]", "route[0].allow_identities[2]"]);
+    assert!(errs[0].to_string().contains("uri:"), "{}", errs[0]);
+}

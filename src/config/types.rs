@@ -269,7 +269,8 @@ pub struct RouteConfig {
     pub scheme: String,
     pub methods: Vec<Method>,
     pub allow: Option<Vec<IpNet>>,
-    pub allow_identities: Option<Vec<String>>,
+    /// With mTLS: the client certificate must carry one of these (typed) identities.
+    pub allow_identities: Option<crate::identity::Allowed>,
     pub limit: Option<Quota>,
     pub duplicate_key: Option<String>,
     pub duplicate_window: Duration,

@@ -43,8 +43,8 @@ impl RequestId {
 pub struct ConnInfo {
     /// TCP peer, IPv4-mapped IPv6 normalized to IPv4.
     pub peer: SocketAddr,
-    /// SAN URIs and DNS names of a verified client certificate (mTLS).
-    pub identities: Option<Arc<[String]>>,
+    /// SAN URIs and DNS names of a verified client certificate (mTLS), typed.
+    pub identities: Option<Arc<[crate::identity::Identity]>>,
 }
 
 impl ConnInfo {

@@ -180,11 +180,8 @@ async fn pipeline(
             return Err(GatewayError::IpNotAllowed);
         }
     }
-    if let Some(ids) = &route.config.allow_identities {
-        let ok = conn
-            .identities
-            .as_ref()
-            .is_some_and(|have| have.iter().any(|h| ids.iter().any(|want| want == h)));
+    if let Some(allowed) = &route.config.allow_identities {
+        let ok = conn.identities.as_deref().is_some_and(|have| allowed.matches(have));
         if !ok {
             return Err(GatewayError::IdentityNotAllowed);
         }

@@ -1,6 +1,7 @@
 //! `[[route]]` and `[[webhook]]`: upstream targets, matching, guards.
 
 use super::*;
+use crate::identity::{Allowed, Identity};
 
 pub(super) fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> Option<UpstreamTarget> {
     let expected = "an https:// URL with a host and optional base path, no query (http:// only with egress.allow_plain_http = true)";
@@ -169,7 +170,18 @@ pub(super) fn routes(
                         "to be used only with mTLS (listener.client_ca set)",
                     ));
                 }
-                Some(list)
+                let mut entries = Vec::with_capacity(list.len());
+                for (j, entry) in list.iter().enumerate() {
+                    match Identity::parse_entry(entry) {
+                        Ok(id) => entries.push(id),
+                        Err(expected) => v.push(ConfigError::invalid(
+                            format!("route[{i}].allow_identities[{j}]"),
+                            entry,
+                            expected,
+                        )),
+                    }
+                }
+                Some(Allowed::new(entries))
             }
         };
         let duplicate_key = match r.duplicate_key {
