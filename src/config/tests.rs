@@ -508,3 +508,42 @@ fn allow_identities_are_typed_in_the_route_config() {
     assert_eq!(keys, ["route[0].allow_identities[1]", "route[0].allow_identities[2]"]);
     assert!(errs[0].to_string().contains("uri:"), "{}", errs[0]);
 }
+
+/// GOOD plus a webhook with these two settings (absent when `None`).
+fn with_webhook(tolerance: Option<u64>, window: Option<u64>) -> String {
+    let mut t = format!(
+        "{GOOD}\n[[webhook]]\nname = \"hook\"\nmatch_path = \"/webhooks/kp\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nforward_to = \"http://127.0.0.1:3000/events\"\n"
+    );
+    if let Some(s) = tolerance {
+        t.push_str(&format!("tolerance_secs = {s}\n"));
+    }
+    if let Some(s) = window {
+        t.push_str(&format!("dedup_window_secs = {s}\n"));
+    }
+    t
+}
+
+#[test]
+fn the_dedup_window_must_outlast_twice_the_tolerance() {
+    // 10 s of memory for 600 s of freshness: a replay 11-600 s later would be new again.
+    let errs = errors_of(&with_webhook(Some(300), Some(10)));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key(), "webhook[0].dedup_window_secs");
+    let msg = errs[0].to_string();
+    assert!(
+        msg.contains("webhook[0].tolerance_secs = 300") && msg.contains("at least 601 seconds"),
+        "{msg}"
+    );
+    // Exactly twice is not enough: first seen at ts - 300, replayed at ts + 300.
+    assert_eq!(
+        keys_of(&with_webhook(Some(300), Some(600))),
+        ["webhook[0].dedup_window_secs"]
+    );
+    assert!(Config::from_toml_str(&with_webhook(Some(300), Some(601))).is_ok());
+    // The defaults (300 s, 7 days) pass; a short window against the default tolerance says so.
+    assert!(Config::from_toml_str(&with_webhook(None, None)).is_ok());
+    let msg = errors_of(&with_webhook(None, Some(60)))[0].to_string();
+    assert!(msg.contains("= 300 (its default)"), "{msg}");
+    // A zero is reported once, as itself.
+    assert_eq!(keys_of(&with_webhook(Some(0), Some(10))), ["webhook[0].tolerance_secs"]);
+}

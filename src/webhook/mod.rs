@@ -174,7 +174,9 @@ pub async fn receive(
         config: &hook.config,
         creds: &creds,
     };
-    verifier.verify(signature, timestamp, &raw, SystemTime::now())?;
+    let verified_at = SystemTime::now();
+    verifier.verify(signature, timestamp, &raw, verified_at)?;
+    let verified_at = verified_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let Ok(body) = std::str::from_utf8(&raw) else {
         return Err(GatewayError::InvalidJson {
             offset: 0,
@@ -189,7 +191,7 @@ pub async fn receive(
     );
     let (ts, body) = (timestamp.to_string(), body.to_string());
     // The commit fsyncs: keep it off the async workers.
-    let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window))
+    let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window, verified_at))
         .await
         .map_err(|_| GatewayError::Internal)?
         .map_err(|e| {

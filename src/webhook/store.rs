@@ -15,6 +15,9 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 
 pub const DB_FILE: &str = "signgate.redb";
 
+/// Seen keys are kept this much longer than the window before pruning.
+pub const PRUNE_SLACK_SECS: u64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 #[error("webhook store: {0}")]
 pub struct StoreError(String);
@@ -85,8 +88,10 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Record a verified event unless its key was seen within `window_secs`.
-    /// Durable when this returns `New`.
+    /// Record a verified event unless its key was seen within `window_secs`
+    /// of `verified_at` (unix seconds of the freshness check, so the window
+    /// is measured on the same clock readings as the tolerance, however long
+    /// the commit waited). Durable when this returns `New`.
     pub fn accept(
         &self,
         webhook: &str,
@@ -94,13 +99,14 @@ impl Store {
         timestamp: &str,
         body: &str,
         window_secs: u64,
+        verified_at: u64,
     ) -> Result<Accepted, StoreError> {
         let now = now_secs();
         let txn = self.db.begin_write().map_err(err)?;
         let outcome = {
             let mut seen = txn.open_table(SEEN).map_err(err)?;
             let first = seen.get(key).map_err(err)?.map(|g| g.value());
-            if first.is_some_and(|t| t + window_secs > now) {
+            if first.is_some_and(|t| t.saturating_add(window_secs) > verified_at) {
                 Accepted::Duplicate
             } else {
                 let mut events = txn.open_table(EVENTS).map_err(err)?;
@@ -120,7 +126,7 @@ impl Store {
                 };
                 let bytes = serde_json::to_vec(&ev).map_err(err)?;
                 events.insert(id, bytes.as_slice()).map_err(err)?;
-                seen.insert(key, now).map_err(err)?;
+                seen.insert(key, verified_at).map_err(err)?;
                 Accepted::New(id)
             }
         };
@@ -196,9 +202,11 @@ impl Store {
         Ok(pending.len())
     }
 
-    /// Forget seen keys and delivered events older than `window_secs`.
+    /// Forget seen keys and delivered events older than `window_secs` (plus
+    /// [`PRUNE_SLACK_SECS`], so a replay verified just inside the window but
+    /// committed late still finds its key).
     pub fn prune(&self, window_secs: u64) -> Result<(), StoreError> {
-        let cutoff = now_secs().saturating_sub(window_secs);
+        let cutoff = now_secs().saturating_sub(window_secs.saturating_add(PRUNE_SLACK_SECS));
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut seen = txn.open_table(SEEN).map_err(err)?;
@@ -237,4 +245,21 @@ pub fn summary(e: &StoredEvent) -> serde_json::Value {
         "received_at": e.received_at,
         "last_error": e.last_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_a_duplicate_for_the_window_on_the_verification_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let t = 1_000_000;
+        let accept = |at: u64| store.accept("hook", "hook|k", "0", "{}", 601, at).unwrap();
+        assert!(matches!(accept(t), Accepted::New(_)));
+        // The latest replay a 300 s tolerance lets through comes 600 s later.
+        assert!(matches!(accept(t + 600), Accepted::Duplicate));
+        assert!(matches!(accept(t + 601), Accepted::New(_)));
+    }
 }
