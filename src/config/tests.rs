@@ -547,3 +547,17 @@ fn the_dedup_window_must_outlast_twice_the_tolerance() {
     // A zero is reported once, as itself.
     assert_eq!(keys_of(&with_webhook(Some(0), Some(10))), ["webhook[0].tolerance_secs"]);
 }
+
+#[test]
+fn vault_mount_and_path_must_form_a_url_path() {
+    let vault = |path: &str| {
+        GOOD.replace(
+            "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+            &format!("source = \"vault\"\nvault_addr = \"https://vault.example:8200\"\nvault_path = \"{path}\""),
+        )
+    };
+    assert!(Config::from_toml_str(&vault("kwikpaisa/prod")).is_ok());
+    for bad in ["kp/prod?x=1", "kp prod", "kp/%2e%2e", "kp#frag"] {
+        assert_eq!(keys_of(&vault(bad)), ["credentials.kwikpaisa.vault_path"], "{bad}");
+    }
+}
