@@ -48,6 +48,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;

@@ -131,6 +131,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            // The files the configuration names, checked as `check` does: a
+            // missing or unusable one is a bad configuration too (exit 64).
+            if let Err(errors) = signgate::preflight::preflight(&config) {
+                eprint!("signgate: {}: {errors}", config_path.display());
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             match runtime.block_on(signgate::run(
                 config,
                 Some(config_path.clone()),
