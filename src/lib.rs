@@ -47,6 +47,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod identity;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;

@@ -561,3 +561,12 @@ fn vault_mount_and_path_must_form_a_url_path() {
         assert_eq!(keys_of(&vault(bad)), ["credentials.kwikpaisa.vault_path"], "{bad}");
     }
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(Config::from_toml_str(GOOD).unwrap().log.format, LogFormat::Text);
+    let json = format!("[log]\nformat = \"json\"\n{GOOD}");
+    assert_eq!(Config::from_toml_str(&json).unwrap().log.format, LogFormat::Json);
+    assert_eq!(keys_of(&format!("[log]\nformat = \"JSON\"\n{GOOD}")), ["log.format"]);
+    assert_eq!(keys_of(&format!("[log]\nlevel = \"debug\"\n{GOOD}")), ["log.level"]);
+}

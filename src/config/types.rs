@@ -77,6 +77,7 @@ pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 /// The validated configuration. Cheap to clone pieces of; built once per load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub log: LogConfig,
     pub listener: ListenerConfig,
     pub admin: AdminConfig,
     pub access: AccessConfig,
@@ -88,6 +89,22 @@ pub struct Config {
     pub schemes: BTreeMap<String, Scheme>,
     pub routes: Vec<RouteConfig>,
     pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[log]`: how log lines are written (the level comes from `SIGNGATE_LOG`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `[log].format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colour only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (see docs/operations.md#logs).
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
