@@ -45,6 +45,7 @@ pub mod fault;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hygiene;
 pub mod identity;
 pub mod listener;
 pub mod logging;

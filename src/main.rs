@@ -1,6 +1,6 @@
 //! The `signgate` binary: parse the command line, set up logging, and hand
 //! over to the library. Nothing else lives here: `run`'s start-up steps are
-//! `signgate::preflight` and `signgate::logging`.
+//! `signgate::hygiene`, `signgate::preflight` and `signgate::logging`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -128,10 +128,14 @@ fn tool(f: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
     }
 }
 
-/// `signgate run`. The order matters: the configuration (errors on plain
-/// stderr, exit 64) before logging, whose format it sets; preflight (exit
-/// 64); then serve (a failure there is exit 1).
+/// `signgate run`. The order matters: no core dumps before any secret is
+/// read; the configuration (errors on plain stderr, exit 64) before logging,
+/// whose format it sets; preflight (exit 64); the secrets out of the
+/// environment (a re-exec of this binary, see `signgate::hygiene`) before
+/// the runtime starts a thread; then serve (a failure there is exit 1).
 fn serve(config_path: &Path) -> ExitCode {
+    let undumpable = signgate::hygiene::make_undumpable();
+    let handoff = signgate::hygiene::adopt_handed_over();
     let config = match signgate::Config::load(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -143,7 +147,24 @@ fn serve(config_path: &Path) -> ExitCode {
         eprint!("signgate: {}: {errors}", config_path.display());
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    let reexec = match &handoff {
+        Ok(signgate::hygiene::Handoff::None) => signgate::hygiene::reexec_without_secrets(&config),
+        _ => Ok(false),
+    };
     let _logging = signgate::logging::init(config.log.format);
+    if let Err(e) = undumpable {
+        tracing::warn!("cannot mark the process non-dumpable (core dumps and ptrace stay possible): {e}");
+    }
+    match handoff {
+        Ok(signgate::hygiene::Handoff::Adopted(names)) => {
+            tracing::info!(variables = %names.join(","), "secret environment variables taken out of the environment")
+        }
+        Ok(signgate::hygiene::Handoff::None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
+    if let Err(e) = reexec {
+        tracing::warn!("{e}");
+    }
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
