@@ -51,7 +51,8 @@ impl Reloader {
         let Some(path) = &self.config_path else {
             return Err(ReloadError::NoConfigFile);
         };
-        let result = match Config::load(path) {
+        // The same checks as `signgate check` and start-up, files included.
+        let result = match Config::load(path).and_then(|c| crate::preflight::preflight(&c).map(|()| c)) {
             Ok(c) => self.apply(c).await,
             Err(errors) => Err(ReloadError::Invalid(format!("{}: {errors}", path.display()))),
         };
@@ -84,6 +85,9 @@ impl Reloader {
         }
         if new.state != cur.state {
             restart.push("[state]");
+        }
+        if new.log != cur.log {
+            restart.push("[log]");
         }
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");

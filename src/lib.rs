@@ -47,11 +47,14 @@ pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod headers;
+pub mod hygiene;
 pub(crate) mod identity;
 pub(crate) mod listener;
+pub mod logging;
 pub(crate) mod metrics;
 #[cfg(test)]
 mod module_graph;
+pub mod preflight;
 pub(crate) mod proxy;
 pub mod ratelimit;
 pub(crate) mod router;

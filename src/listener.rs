@@ -57,8 +57,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct ConnInfo {
     /// TCP peer, IPv4-mapped IPv6 normalized to IPv4.
     pub peer: SocketAddr,
-    /// SAN URIs and DNS names of a verified client certificate (mTLS).
-    pub identities: Option<Arc<[String]>>,
+    /// SAN URIs and DNS names of a verified client certificate (mTLS), typed.
+    pub identities: Option<Arc<[crate::identity::Identity]>>,
 }
 
 impl ConnInfo {

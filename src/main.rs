@@ -1,7 +1,8 @@
 //! The `signgate` binary: parse the command line, set up logging, and hand
-//! over to the library. Nothing else lives here.
+//! over to the library. Nothing else lives here: `run`'s start-up steps are
+//! `signgate::hygiene`, `signgate::preflight` and `signgate::logging`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -117,18 +118,121 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIGNGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config_path = cli
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => serve(&config_path),
+        Command::Check { credentials } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials))),
+        Command::Sign(args) => tool(|_| signgate::cli::sign(&args, cli.config.as_deref())),
+        Command::Demo => tool(|rt| rt.block_on(signgate::devtools::demo::run())),
+        Command::Certs(args) => tool(|_| signgate::cli::certs(&args)),
+        Command::Webhooks { command } => {
+            let action = match command {
+                WebhooksCommand::List { failed } => signgate::cli::WebhooksAction::List { failed },
+                WebhooksCommand::Retry { id, all_failed } => {
+                    if id.is_none() && !all_failed {
+                        eprintln!("signgate webhooks retry: give an event id or --all-failed");
+                        return ExitCode::from(2);
+                    }
+                    signgate::cli::WebhooksAction::Retry { id }
+                }
+            };
+            tool(|rt| rt.block_on(signgate::cli::webhooks(&config_path, action)))
+        }
+        Command::Guard {
+            command: GuardCommand::Release { route, reference },
+        } => tool(|rt| rt.block_on(signgate::cli::guard_release(&config_path, &route, &reference))),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    continuation,
+                    allow_gaps,
+                    strict,
+                    no_head,
+                },
+        } => tool(|_| {
+            signgate::cli::audit_verify(
+                &files,
+                signgate::cli::VerifyOptions {
+                    continuation,
+                    allow_gaps,
+                    strict,
+                    no_head,
+                },
+            )
+        }),
+    }
+}
+
+/// The commands other than `run`: text logs on stderr, and a runtime.
+fn tool(f: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
+    signgate::logging::init(signgate::config::LogFormat::Text);
+    match runtime() {
+        Ok(rt) => f(&rt),
+        Err(code) => code,
+    }
+}
+
+/// `signgate run`. The order matters: no core dumps before any secret is
+/// read; the configuration (errors on plain stderr, exit 64) before logging,
+/// whose format it sets; preflight (exit 64); the secrets out of the
+/// environment (a re-exec of this binary, see `signgate::hygiene`) before
+/// the runtime starts a thread; then serve (a failure there is exit 1).
+fn serve(config_path: &Path) -> ExitCode {
+    let undumpable = signgate::hygiene::make_undumpable();
+    let handoff = signgate::hygiene::adopt_handed_over();
+    let config = match signgate::Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("signgate: {}: {errors}", config_path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Err(errors) = signgate::preflight::preflight(&config) {
+        eprint!("signgate: {}: {errors}", config_path.display());
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let reexec = match &handoff {
+        Ok(signgate::hygiene::Handoff::None) => signgate::hygiene::reexec_without_secrets(&config),
+        _ => Ok(false),
+    };
+    let _logging = signgate::logging::init(config.log.format);
+    if let Err(e) = undumpable {
+        tracing::warn!("cannot mark the process non-dumpable (core dumps and ptrace stay possible): {e}");
+    }
+    match handoff {
+        Ok(signgate::hygiene::Handoff::Adopted(names)) => {
+            tracing::info!(variables = %names.join(","), "secret environment variables taken out of the environment")
+        }
+        Ok(signgate::hygiene::Handoff::None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
+    if let Err(e) = reexec {
+        tracing::warn!("{e}");
+    }
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(signgate::run(
+        config,
+        Some(config_path.to_path_buf()),
+        signgate::cli::shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tokio runtime; `Err` is the exit code to leave with.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     // SIGNGATE_WORKER_THREADS=N pins the number of runtime worker threads
@@ -141,76 +245,13 @@ fn main() -> ExitCode {
         Ok(None) => {}
         Err(e) => {
             eprintln!("signgate: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            return Err(ExitCode::from(EXIT_BAD_CONFIG));
         }
     }
-    let runtime = match builder.build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("signgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            let config = match signgate::Config::load(&config_path) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("signgate: {}: {errors}", config_path.display());
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
-            };
-            match runtime.block_on(signgate::run(
-                config,
-                Some(config_path.clone()),
-                signgate::cli::shutdown_signal(),
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("signgate: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Check { credentials } => runtime.block_on(signgate::cli::check(&config_path, credentials)),
-        Command::Sign(args) => signgate::cli::sign(&args, cli.config.as_deref()),
-        Command::Demo => runtime.block_on(signgate::devtools::demo::run()),
-        Command::Certs(args) => signgate::cli::certs(&args),
-        Command::Webhooks { command } => {
-            let action = match command {
-                WebhooksCommand::List { failed } => signgate::cli::WebhooksAction::List { failed },
-                WebhooksCommand::Retry { id, all_failed } => {
-                    if id.is_none() && !all_failed {
-                        eprintln!("signgate webhooks retry: give an event id or --all-failed");
-                        return ExitCode::from(2);
-                    }
-                    signgate::cli::WebhooksAction::Retry { id }
-                }
-            };
-            runtime.block_on(signgate::cli::webhooks(&config_path, action))
-        }
-        Command::Guard {
-            command: GuardCommand::Release { route, reference },
-        } => runtime.block_on(signgate::cli::guard_release(&config_path, &route, &reference)),
-        Command::Audit {
-            command:
-                AuditCommand::Verify {
-                    files,
-                    continuation,
-                    allow_gaps,
-                    strict,
-                    no_head,
-                },
-        } => signgate::cli::audit_verify(
-            &files,
-            signgate::cli::VerifyOptions {
-                continuation,
-                allow_gaps,
-                strict,
-                no_head,
-            },
-        ),
-    }
+    builder.build().map_err(|e| {
+        eprintln!("signgate: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// `SIGNGATE_WORKER_THREADS`: unset or empty = tokio's default (one per core).

@@ -407,11 +407,17 @@ impl Metrics {
             self.credential_loaded
                 .with_label_values(&[name])
                 .set(i64::from(slot.is_loaded()));
-            let age = slot
-                .last_ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .map_or(0.0, |d| d.as_secs_f64());
-            self.credential_age.with_label_values(&[name]).set(age);
+            // No sample until the credential has loaded once: a 0 would
+            // read as "fresh". (A slot replaced by a reload starts over.)
+            match slot.last_ok() {
+                Some(t) => {
+                    let age = now.duration_since(t).map_or(0.0, |d| d.as_secs_f64());
+                    self.credential_age.with_label_values(&[name]).set(age);
+                }
+                None => {
+                    let _ = self.credential_age.remove_label_values(&[name]);
+                }
+            }
         }
     }
 

@@ -133,24 +133,116 @@ impl Router {
     }
 }
 
-/// Paths with dot segments, empty segments, backslashes or percent-encoded
-/// dots/separators are refused: they are how a request escapes a base path
-/// on a server that normalizes differently from us.
+/// Whether a request path may be routed and forwarded. Refused are the
+/// tricks that make a server behind us see another path than the one we
+/// routed (normalizers differ: Tomcat, Jetty, Spring, IIS, Node…):
+///
+/// - dot segments (`.`, `..`), empty segments (`//`), backslashes, and
+///   percent-encoded dots, slashes, backslashes and NUL (`%2e %2f %5c %00`);
+/// - path parameters on a dot-only segment: `..;a`, `.;`, `;x` (Tomcat and
+///   Spring drop `;…` and then see `..`), also when the `;` is encoded;
+/// - double encoding: `%25` followed by a hex pair or by `u` (`%252e`);
+/// - percent escapes that are malformed (`%zz`, a lone `%`) or IIS-style
+///   `%uXXXX`;
+/// - escapes whose bytes are not valid UTF-8, overlong forms included
+///   (`%c0%af` is a `/` to a lenient decoder);
+/// - control characters, raw or encoded (`%0d %0a %09 %7f`, C1 controls):
+///   header and log injection;
+/// - Unicode look-alikes of `.`, `/` and `\` that NFKC-normalizing servers
+///   fold into them (fullwidth `．／＼`, `․ ‥ ∕`).
+///
+/// Linear in the path, and it allocates only for a path with escapes.
 pub fn path_is_safe(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') || path.contains("//") {
         return false;
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    let b = path.as_bytes();
+    // Every `%` starts a well-formed escape of a byte that may be encoded.
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'%') {
+        let at = i + off;
+        let (Some(&h), Some(&l)) = (b.get(at + 1), b.get(at + 2)) else {
+            return false;
+        };
+        let (Some(h), Some(l)) = (hex(h), hex(l)) else {
+            return false; // `%zz`, `%u002e`
+        };
+        match (h << 4) | l {
+            // Dots, separators and NUL stay literal or are refused.
+            b'.' | b'/' | b'\\' | 0 => return false,
+            // `%25` then a hex pair or `u`: a second decoding would yield an escape.
+            b'%' => {
+                if matches!(b.get(at + 3), Some(c) if c.is_ascii_hexdigit() || *c == b'u' || *c == b'U') {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        i = at + 3;
+    }
+    // The decoded path must be valid UTF-8 without controls or look-alikes.
+    let decoded_owned;
+    let decoded: &str = if b.contains(&b'%') {
+        match String::from_utf8(percent_decode(b)) {
+            Ok(s) => {
+                decoded_owned = s;
+                &decoded_owned
+            }
+            Err(_) => return false, // overlong forms, lone continuation bytes, surrogates
+        }
+    } else {
+        path
+    };
+    if decoded.chars().any(|c| c.is_control() || LOOKALIKES.contains(&c)) {
         return false;
     }
-    let b = path.as_bytes();
-    !b.windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_lowercase()),
-                (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
-            )
+    // Segment by segment, on the raw `/` (an encoded one was refused above).
+    path.split('/').all(|raw| {
+        if raw == "." || raw == ".." {
+            return false;
+        }
+        let has_param = raw.contains(';') || raw.contains("%3b") || raw.contains("%3B");
+        if !has_param {
+            return true;
+        }
+        let seg = percent_decode(raw.as_bytes());
+        let stem = seg.split(|&c| c == b';').next().unwrap_or_default();
+        // `;x`, `.;x`, `..;x`, `...;x`: a dot-only (or empty) stem; and any
+        // segment with parameters that starts with `..`.
+        !(stem.iter().all(|&c| c == b'.') || seg.starts_with(b".."))
     })
+}
+
+/// Characters some servers normalize (NFKC) into `.`, `/` or `\`.
+const LOOKALIKES: &[char] = &[
+    '\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2024}', '\u{2025}', '\u{2215}', '\u{fe52}',
+];
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One decoding pass; a malformed escape is kept as is.
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+                out.push((h << 4) | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -175,5 +267,108 @@ mod tests {
         ] {
             assert_eq!(path_is_safe(p), ok, "{p}");
         }
+    }
+
+    fn refused(paths: &[&str]) {
+        for p in paths {
+            assert!(!path_is_safe(p), "{p:?} was accepted");
+        }
+    }
+
+    fn accepted(paths: &[&str]) {
+        for p in paths {
+            assert!(path_is_safe(p), "{p:?} was refused");
+        }
+    }
+
+    #[test]
+    fn path_parameters_on_dot_segments() {
+        refused(&[
+            "/kp/..;/admin",
+            "/kp/..;a/admin",
+            "/kp/..;a=b;c/admin",
+            "/kp/.;/admin",
+            "/kp/.;x",
+            "/kp/;/admin",
+            "/kp/;jsessionid=1/admin",
+            "/kp/...;/admin",
+            "/kp/..%3b/admin",
+            "/kp/..%3B/admin",
+            "/kp/.%2e;/admin",
+            "/kp/%2e%2e;/admin",
+            "/kp/..x;y/admin",
+        ]);
+        accepted(&["/kp/order;v=1", "/kp/a.b;c", "/kp/x/..foo", "/kp/v1.2/x", "/kp/a..b"]);
+    }
+
+    #[test]
+    fn double_encoding() {
+        refused(&[
+            "/kp/%252e%252e/admin",
+            "/kp/%252E%252e/admin",
+            "/kp/%252f",
+            "/kp/%255c",
+            "/kp/%2500",
+            "/kp/%2541",
+            "/kp/%25u002e",
+            "/kp/%25U002E",
+        ]);
+        accepted(&["/kp/100%25", "/kp/100%25off", "/kp/%25-x"]);
+    }
+
+    #[test]
+    fn overlong_and_invalid_utf8() {
+        refused(&[
+            "/kp/%c0%af",       // overlong '/'
+            "/kp/%c0%ae%c0%ae", // overlong '.'
+            "/kp/%e0%80%af",    // 3-byte overlong '/'
+            "/kp/%f0%80%80%af", // 4-byte overlong '/'
+            "/kp/%c1%9c",       // overlong '\\'
+            "/kp/%80",          // lone continuation byte
+            "/kp/%c3",          // truncated sequence
+            "/kp/%ed%a0%80",    // a UTF-16 surrogate
+            "/kp/%f4%90%80%80", // past U+10FFFF
+            "/kp/%ff",
+        ]);
+        accepted(&["/kp/caf%c3%a9", "/kp/%e2%82%b9", "/kp/caf\u{e9}"]);
+    }
+
+    #[test]
+    fn iis_u_escapes_and_malformed_escapes() {
+        refused(&[
+            "/kp/%u002e%u002e/admin",
+            "/kp/%U002F",
+            "/kp/%uff0e",
+            "/kp/%zz",
+            "/kp/%4",
+            "/kp/%",
+            "/kp/a%g1",
+        ]);
+    }
+
+    #[test]
+    fn control_characters() {
+        refused(&[
+            "/kp/a%0d%0aSet-Cookie:x",
+            "/kp/%0a",
+            "/kp/%0D",
+            "/kp/%09",
+            "/kp/%1b[31m",
+            "/kp/%7f",
+            "/kp/%c2%85", // NEL, a C1 control
+            "/kp/a\u{7}b",
+        ]);
+    }
+
+    #[test]
+    fn unicode_lookalikes() {
+        refused(&[
+            "/kp/%ef%bc%8e%ef%bc%8e/admin", // fullwidth full stops
+            "/kp/a%ef%bc%8fb",              // fullwidth solidus
+            "/kp/a%ef%bc%bcb",              // fullwidth reverse solidus
+            "/kp/%e2%80%a5",                // two dot leader
+            "/kp/a%e2%88%95b",              // division slash
+            "/kp/\u{ff0e}\u{ff0e}/admin",
+        ]);
     }
 }

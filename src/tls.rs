@@ -31,6 +31,21 @@ pub enum TlsError {
     Config { what: &'static str, detail: String },
 }
 
+impl TlsError {
+    /// The problem without the file name, for messages that name the file
+    /// (and the configuration key) themselves.
+    pub fn reason(&self) -> String {
+        match self {
+            TlsError::Certs { detail, .. } => format!("cannot read certificates: {detail}"),
+            TlsError::NoCerts { .. } => "no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)".into(),
+            TlsError::Key { detail, .. } => {
+                format!("cannot read a private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {detail}")
+            }
+            TlsError::Config { detail, .. } => detail.clone(),
+        }
+    }
+}
+
 /// The process-wide crypto provider (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

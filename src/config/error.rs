@@ -19,6 +19,12 @@ pub enum ConfigError {
     /// A required key is absent.
     #[error("{key}: missing; expected {expected}")]
     Missing { key: String, expected: String },
+    /// A file the configuration names cannot be used as it is (missing,
+    /// unreadable, not PEM, a key that does not match its certificate, a
+    /// directory that cannot be written): found by `preflight`, not by
+    /// validation, which never touches the file system.
+    #[error("{key}: {path}: {detail}")]
+    File { key: String, path: String, detail: String },
     /// A value that has the right type but is not acceptable.
     #[error("{key}: invalid value {value:?}; expected {expected}")]
     Invalid {
@@ -35,6 +41,7 @@ impl ConfigError {
             ConfigError::UnknownKey { key }
             | ConfigError::WrongType { key, .. }
             | ConfigError::Missing { key, .. }
+            | ConfigError::File { key, .. }
             | ConfigError::Invalid { key, .. } => key,
         }
     }
@@ -44,6 +51,14 @@ impl ConfigError {
             key: key.into(),
             value: value.to_string(),
             expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn file(key: impl Into<String>, path: &std::path::Path, detail: impl fmt::Display) -> Self {
+        ConfigError::File {
+            key: key.into(),
+            path: path.display().to_string(),
+            detail: detail.to_string(),
         }
     }
 

@@ -77,6 +77,7 @@ fn from_builder(
     let mut raw = RawConfig::default();
     for (key, value) in root {
         match key.as_str() {
+            "log" => section(&key, value, &mut errors).map(|v| raw.log = v),
             "listener" => section(&key, value, &mut errors).map(|v| raw.listener = v),
             "admin" => section(&key, value, &mut errors).map(|v| raw.admin = v),
             "access" => section(&key, value, &mut errors).map(|v| raw.access = Some(v)),

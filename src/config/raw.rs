@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawListener {
     pub addr: Option<String>,
     pub tls_cert: Option<String>,
@@ -164,6 +169,7 @@ pub struct RawScheme {
 /// type error in one section does not hide the errors of the others.
 #[derive(Debug, Default)]
 pub struct RawConfig {
+    pub log: RawLog,
     pub listener: RawListener,
     pub admin: RawAdmin,
     pub access: Option<RawAccess>,

@@ -475,3 +475,98 @@ fn route_and_webhook_names_are_unique_metric_labels() {
         assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
     }
 }
+
+#[test]
+fn allow_identities_are_typed_in_the_route_config() {
+    use crate::identity::Identity;
+    let mtls = GOOD.replace(
+        "addr = \"127.0.0.1:8080\"",
+        "addr = \"127.0.0.1:8080\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"",
+    );
+    let with = |list: &str| {
+        mtls.replace(
+            "strip_prefix = true",
+            &format!("strip_prefix = true\nallow_identities = {list}"),
+        )
+    };
+    let c = Config::from_toml_str(&with(
+        r#"["spiffe://prod/payouts", "payouts.internal", "uri:urn:x:y", "dns:a.b"]"#,
+    ))
+    .unwrap();
+    let allowed = c.routes[0].allow_identities.as_ref().unwrap();
+    assert_eq!(
+        allowed.entries(),
+        [
+            Identity::Uri("spiffe://prod/payouts".into()),
+            Identity::Dns("payouts.internal".into()),
+            Identity::Uri("urn:x:y".into()),
+            Identity::Dns("a.b".into()),
+        ]
+    );
+    let errs = errors_of(&with(r#"["ok.example", "dns:spiffe://prod/payouts", "pay outs"]"#));
+    let keys: Vec<&str> = errs.iter().map(ConfigError::key).collect();
+    assert_eq!(keys, ["route[0].allow_identities[1]", "route[0].allow_identities[2]"]);
+    assert!(errs[0].to_string().contains("uri:"), "{}", errs[0]);
+}
+
+/// GOOD plus a webhook with these two settings (absent when `None`).
+fn with_webhook(tolerance: Option<u64>, window: Option<u64>) -> String {
+    let mut t = format!(
+        "{GOOD}\n[[webhook]]\nname = \"hook\"\nmatch_path = \"/webhooks/kp\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nforward_to = \"http://127.0.0.1:3000/events\"\n"
+    );
+    if let Some(s) = tolerance {
+        t.push_str(&format!("tolerance_secs = {s}\n"));
+    }
+    if let Some(s) = window {
+        t.push_str(&format!("dedup_window_secs = {s}\n"));
+    }
+    t
+}
+
+#[test]
+fn the_dedup_window_must_outlast_twice_the_tolerance() {
+    // 10 s of memory for 600 s of freshness: a replay 11-600 s later would be new again.
+    let errs = errors_of(&with_webhook(Some(300), Some(10)));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key(), "webhook[0].dedup_window_secs");
+    let msg = errs[0].to_string();
+    assert!(
+        msg.contains("webhook[0].tolerance_secs = 300") && msg.contains("at least 601 seconds"),
+        "{msg}"
+    );
+    // Exactly twice is not enough: first seen at ts - 300, replayed at ts + 300.
+    assert_eq!(
+        keys_of(&with_webhook(Some(300), Some(600))),
+        ["webhook[0].dedup_window_secs"]
+    );
+    assert!(Config::from_toml_str(&with_webhook(Some(300), Some(601))).is_ok());
+    // The defaults (300 s, 7 days) pass; a short window against the default tolerance says so.
+    assert!(Config::from_toml_str(&with_webhook(None, None)).is_ok());
+    let msg = errors_of(&with_webhook(None, Some(60)))[0].to_string();
+    assert!(msg.contains("= 300 (its default)"), "{msg}");
+    // A zero is reported once, as itself.
+    assert_eq!(keys_of(&with_webhook(Some(0), Some(10))), ["webhook[0].tolerance_secs"]);
+}
+
+#[test]
+fn vault_mount_and_path_must_form_a_url_path() {
+    let vault = |path: &str| {
+        GOOD.replace(
+            "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+            &format!("source = \"vault\"\nvault_addr = \"https://vault.example:8200\"\nvault_path = \"{path}\""),
+        )
+    };
+    assert!(Config::from_toml_str(&vault("kwikpaisa/prod")).is_ok());
+    for bad in ["kp/prod?x=1", "kp prod", "kp/%2e%2e", "kp#frag"] {
+        assert_eq!(keys_of(&vault(bad)), ["credentials.kwikpaisa.vault_path"], "{bad}");
+    }
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(Config::from_toml_str(GOOD).unwrap().log.format, LogFormat::Text);
+    let json = format!("[log]\nformat = \"json\"\n{GOOD}");
+    assert_eq!(Config::from_toml_str(&json).unwrap().log.format, LogFormat::Json);
+    assert_eq!(keys_of(&format!("[log]\nformat = \"JSON\"\n{GOOD}")), ["log.format"]);
+    assert_eq!(keys_of(&format!("[log]\nlevel = \"debug\"\n{GOOD}")), ["log.level"]);
+}

@@ -83,6 +83,7 @@ pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 /// The validated configuration. Cheap to clone pieces of; built once per load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub log: LogConfig,
     pub listener: ListenerConfig,
     pub admin: AdminConfig,
     pub access: AccessConfig,
@@ -94,6 +95,22 @@ pub struct Config {
     pub schemes: BTreeMap<String, Scheme>,
     pub routes: Vec<RouteConfig>,
     pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[log]`: how log lines are written (the level comes from `SIGNGATE_LOG`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `[log].format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colour only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (see docs/operations.md#logs).
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +299,8 @@ pub struct RouteConfig {
     pub scheme: String,
     pub methods: Vec<Method>,
     pub allow: Option<Vec<IpNet>>,
-    pub allow_identities: Option<Vec<String>>,
+    /// With mTLS: the client certificate must carry one of these (typed) identities.
+    pub allow_identities: Option<crate::identity::Allowed>,
     pub limit: Option<Quota>,
     pub duplicate_key: Option<String>,
     pub duplicate_window: Duration,

@@ -40,6 +40,13 @@ impl Issued {
     }
 }
 
+/// One subject alternative name of a client certificate, with its type.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientSan<'a> {
+    Uri(&'a str),
+    Dns(&'a str),
+}
+
 /// A certificate authority able to issue server and client certificates.
 pub struct DevCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -105,6 +112,22 @@ impl DevCa {
                 SanType::URI((*id).try_into()?)
             } else {
                 SanType::DnsName((*id).try_into()?)
+            });
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.issue(params)
+    }
+
+    /// A client certificate with exactly these SANs, each of the type given:
+    /// tests use it to make the confusing ones (`DNS:spiffe://…`).
+    pub fn client_with(&self, common_name: &str, sans: &[ClientSan<'_>]) -> Result<Issued, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        for san in sans {
+            params.subject_alt_names.push(match san {
+                ClientSan::Uri(u) => SanType::URI((*u).try_into()?),
+                ClientSan::Dns(d) => SanType::DnsName((*d).try_into()?),
             });
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

@@ -81,12 +81,8 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
     if let Some(allow) = &route.allow {
         peer_allowed(scope, allow)?;
     }
-    if let Some(ids) = &route.config.allow_identities {
-        let ok = scope
-            .conn
-            .identities
-            .as_ref()
-            .is_some_and(|have| have.iter().any(|h| ids.iter().any(|want| want == h)));
+    if let Some(allowed) = &route.config.allow_identities {
+        let ok = scope.conn.identities.as_deref().is_some_and(|have| allowed.matches(have));
         if !ok {
             return Err(GatewayError::IdentityNotAllowed);
         }

@@ -8,7 +8,7 @@
 //! while in-flight requests keep the one they started with. Secret bytes are
 //! zeroized on drop and never appear in `Debug`, logs, errors or metrics.
 
-mod env;
+pub mod env;
 mod file;
 mod runner;
 mod vault;

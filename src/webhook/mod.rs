@@ -186,7 +186,9 @@ pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: 
         config: &hook.config,
         creds: &creds,
     };
-    verifier.verify(signature, timestamp, &raw, SystemTime::now())?;
+    let verified_at = SystemTime::now();
+    verifier.verify(signature, timestamp, &raw, verified_at)?;
+    let verified_at = verified_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let Ok(body) = std::str::from_utf8(&raw) else {
         return Err(Refusal::InvalidJson {
             offset: 0,
@@ -201,7 +203,7 @@ pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: 
     );
     let (ts, body) = (timestamp.to_string(), body.to_string());
     // The commit fsyncs: keep it off the async workers.
-    let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window))
+    let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window, verified_at))
         .await
         .map_err(|_| Refusal::Store)?
         .map_err(|e| {

@@ -15,6 +15,43 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 
 pub const DB_FILE: &str = "signgate.redb";
 
+/// Seen keys are kept this much longer than the window before pruning.
+pub const PRUNE_SLACK_SECS: u64 = 300;
+
+/// `create_dir_all` whose newly made directories are 0700 regardless of the
+/// umask; an existing directory is left as the operator made it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    // The umask may have taken bits away (never added any): set it exactly.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Create `path` as an empty 0600 file if it does not exist, and take group
+/// and other access away from an existing one (an inbox made by an older
+/// version under umask 022).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        // Best effort: a file this process may write but not chmod still serves.
+        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700)) {
+            tracing::warn!(path = %path.display(), error = %e, "the webhook inbox is readable by others and could not be made owner-only");
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("webhook store: {0}")]
 pub struct StoreError(String);
@@ -73,10 +110,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl Store {
-    /// Open (or create) the inbox in `dir`.
+    /// Open (or create) the inbox in `dir`. A directory created here is
+    /// owner-only (0700) and the inbox file is always owner-only (0600),
+    /// whatever the umask: it holds the providers' event bodies.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
+        create_private_dir(dir).map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
+        create_private_file(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         let db = Database::create(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(EVENTS).map_err(err)?;
@@ -85,8 +125,10 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Record a verified event unless its key was seen within `window_secs`.
-    /// Durable when this returns `New`.
+    /// Record a verified event unless its key was seen within `window_secs`
+    /// of `verified_at` (unix seconds of the freshness check, so the window
+    /// is measured on the same clock readings as the tolerance, however long
+    /// the commit waited). Durable when this returns `New`.
     pub fn accept(
         &self,
         webhook: &str,
@@ -94,13 +136,14 @@ impl Store {
         timestamp: &str,
         body: &str,
         window_secs: u64,
+        verified_at: u64,
     ) -> Result<Accepted, StoreError> {
         let now = now_secs();
         let txn = self.db.begin_write().map_err(err)?;
         let outcome = {
             let mut seen = txn.open_table(SEEN).map_err(err)?;
             let first = seen.get(key).map_err(err)?.map(|g| g.value());
-            if first.is_some_and(|t| t + window_secs > now) {
+            if first.is_some_and(|t| t.saturating_add(window_secs) > verified_at) {
                 Accepted::Duplicate
             } else {
                 let mut events = txn.open_table(EVENTS).map_err(err)?;
@@ -120,7 +163,7 @@ impl Store {
                 };
                 let bytes = serde_json::to_vec(&ev).map_err(err)?;
                 events.insert(id, bytes.as_slice()).map_err(err)?;
-                seen.insert(key, now).map_err(err)?;
+                seen.insert(key, verified_at).map_err(err)?;
                 Accepted::New(id)
             }
         };
@@ -196,9 +239,11 @@ impl Store {
         Ok(pending.len())
     }
 
-    /// Forget seen keys and delivered events older than `window_secs`.
+    /// Forget seen keys and delivered events older than `window_secs` (plus
+    /// [`PRUNE_SLACK_SECS`], so a replay verified just inside the window but
+    /// committed late still finds its key).
     pub fn prune(&self, window_secs: u64) -> Result<(), StoreError> {
-        let cutoff = now_secs().saturating_sub(window_secs);
+        let cutoff = now_secs().saturating_sub(window_secs.saturating_add(PRUNE_SLACK_SECS));
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut seen = txn.open_table(SEEN).map_err(err)?;
@@ -237,4 +282,40 @@ pub fn summary(e: &StoredEvent) -> serde_json::Value {
         "received_at": e.received_at,
         "last_error": e.last_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_a_duplicate_for_the_window_on_the_verification_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let t = 1_000_000;
+        let accept = |at: u64| store.accept("hook", "hook|k", "0", "{}", 601, at).unwrap();
+        assert!(matches!(accept(t), Accepted::New(_)));
+        // The latest replay a 300 s tolerance lets through comes 600 s later.
+        assert!(matches!(accept(t + 600), Accepted::Duplicate));
+        assert!(matches!(accept(t + 601), Accepted::New(_)));
+    }
+
+    #[test]
+    fn the_state_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        drop(Store::open(&state).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(DB_FILE)), 0o600);
+        // An inbox left readable by an older version is tightened.
+        std::fs::set_permissions(state.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&state).unwrap());
+        assert_eq!(mode(&state.join(DB_FILE)), 0o600);
+        // An existing directory is left as the operator made it.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        drop(Store::open(&state).unwrap());
+        assert_eq!(mode(&state), 0o750);
+    }
 }

@@ -165,6 +165,22 @@ pub(super) fn credential(v: &mut V, name: &str, r: RawCredential) -> Option<Secr
                 ));
                 return None;
             };
+            // They become the request path `/v1/{mount}/data/{path}`: a
+            // value that cannot be a URL path (or would start a query) is
+            // refused here rather than leaving the credential unloadable.
+            for (k, value) in [("vault_mount", &mount), ("vault_path", &path)] {
+                let usable = !value.contains(['?', '#', '%'])
+                    && format!("/v1/{}", value.trim_matches('/'))
+                        .parse::<http::uri::PathAndQuery>()
+                        .is_ok();
+                if !usable {
+                    v.push(ConfigError::invalid(
+                        key(k),
+                        value,
+                        "a KV path of URL path characters, without '?', '#', '%' or spaces",
+                    ));
+                }
+            }
             let refresh = v.secs(&key("refresh_secs"), r.refresh_secs, DEFAULT_VAULT_REFRESH);
             let max_stale = r
                 .vault_max_stale_secs

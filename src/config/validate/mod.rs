@@ -262,6 +262,16 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         base: base.map(Path::to_path_buf),
     };
 
+    let log = LogConfig {
+        format: match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                v.push(ConfigError::invalid("log.format", other, "\"text\" or \"json\""));
+                LogFormat::Text
+            }
+        },
+    };
     let listener = listener(&mut v, raw.listener);
     let admin = AdminConfig {
         addr: match raw.admin.addr.as_deref() {
@@ -374,6 +384,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
 
     if v.errors.is_empty() {
         Ok(Config {
+            log,
             listener,
             admin,
             access,

@@ -1,6 +1,7 @@
 //! `[[route]]` and `[[webhook]]`: upstream targets, matching, guards.
 
 use super::*;
+use crate::identity::{Allowed, Identity};
 
 pub(super) fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> Option<UpstreamTarget> {
     let expected = "an https:// URL with a host and optional base path, no query (http:// only with egress.allow_plain_http = true)";
@@ -169,7 +170,18 @@ pub(super) fn routes(
                         "to be used only with mTLS (listener.client_ca set)",
                     ));
                 }
-                Some(list)
+                let mut entries = Vec::with_capacity(list.len());
+                for (j, entry) in list.iter().enumerate() {
+                    match Identity::parse_entry(entry) {
+                        Ok(id) => entries.push(id),
+                        Err(expected) => v.push(ConfigError::invalid(
+                            format!("route[{i}].allow_identities[{j}]"),
+                            entry,
+                            expected,
+                        )),
+                    }
+                }
+                Some(Allowed::new(entries))
             }
         };
         let duplicate_key = match r.duplicate_key {
@@ -324,6 +336,9 @@ pub(super) fn webhooks(
             r.dedup_window_secs,
             DEFAULT_WEBHOOK_DEDUP_WINDOW,
         );
+        if r.tolerance_secs != Some(0) && r.dedup_window_secs != Some(0) {
+            replay_window(v, i, r.tolerance_secs.is_some(), tolerance, dedup_window);
+        }
         let allow = match r.allow {
             None => None,
             Some(list) if list.is_empty() => {
@@ -377,4 +392,28 @@ pub(super) fn webhooks(
         });
     }
     out
+}
+
+/// A webhook event is fresh while its timestamp is within `tolerance` of
+/// the local clock, in either direction (`|now - ts| <= tolerance`, whole
+/// seconds). Its key is remembered from the moment it is first accepted,
+/// for `dedup_window` (it is a duplicate while `first + window > now`). The
+/// first delivery can come as early as `ts - tolerance` (a timestamp in the
+/// future is accepted too) and a replay as late as `ts + tolerance`: 2 ×
+/// tolerance apart. So the window must be *longer* than 2 × tolerance,
+/// at least 2 × tolerance + 1 s, or a captured event replayed at the edge of
+/// its freshness is neither stale nor remembered, and is delivered twice.
+pub(super) fn replay_window(v: &mut V, i: usize, tolerance_set: bool, tolerance: Duration, window: Duration) {
+    let needed = tolerance.as_secs().saturating_mul(2).saturating_add(1);
+    if window.as_secs() < needed {
+        let tolerance_note = if tolerance_set { "" } else { " (its default)" };
+        v.push(ConfigError::invalid(
+            format!("webhook[{i}].dedup_window_secs"),
+            window.as_secs(),
+            format!(
+                "at least {needed} seconds: more than twice webhook[{i}].tolerance_secs = {}{tolerance_note}, since an event is fresh from tolerance_secs before its timestamp to tolerance_secs after it, and a replay inside that span must still be remembered; raise dedup_window_secs or lower tolerance_secs",
+                tolerance.as_secs()
+            ),
+        ));
+    }
 }

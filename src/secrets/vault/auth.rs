@@ -244,7 +244,14 @@ fn read_token(file: Option<&Path>) -> Result<Zeroizing<String>, LoadError> {
     let (token, from) = match file {
         Some(p) => (read_secret_file(p, "vault_token_file")?, p.display().to_string()),
         None => {
-            let env = Zeroizing::new(std::env::var("VAULT_TOKEN").unwrap_or_default());
+            // Kept at start-up by `run` (hygiene), else the environment.
+            let env = crate::secrets::env::var("VAULT_TOKEN")
+                .and_then(|v| {
+                    std::str::from_utf8(v.expose())
+                        .ok()
+                        .map(|s| Zeroizing::new(s.to_string()))
+                })
+                .unwrap_or_default();
             if env.trim().is_empty() {
                 return Err(LoadError::Missing {
                     hint: "no Vault token: set vault_token_file, or VAULT_TOKEN in signgate's environment".into(),
