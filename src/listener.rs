@@ -157,31 +157,39 @@ pub(crate) async fn serve<H: Handler>(
     // would reset them. Take in what is queued (without waiting for more,
     // at most `LATE_ACCEPTS`) and drain those too.
     let mut late: Option<usize> = None;
+    let mut listener = Some(listener);
+    let mut queued: Option<std::net::TcpListener> = None;
     loop {
-        let accepted = match late {
-            Some(n) => {
-                let queued = std::future::poll_fn(|cx| {
-                    Poll::Ready(match listener.poll_accept(cx) {
-                        Poll::Ready(r) => Some(r),
-                        Poll::Pending => None,
-                    })
-                })
-                .await;
-                match queued {
-                    Some(Ok(a)) if n < LATE_ACCEPTS => {
-                        late = Some(n + 1);
-                        Ok(a)
-                    }
-                    _ => break,
+        let accepted = match (late, listener.as_ref()) {
+            (Some(n), _) => {
+                if n >= LATE_ACCEPTS {
+                    break;
                 }
+                // Ask the kernel directly: the runtime's cached readiness may
+                // not have seen the last connections yet (a loaded reactor),
+                // and closing over them would reset requests already sent.
+                if queued.is_none() {
+                    match listener.take().map(TcpListener::into_std) {
+                        Some(Ok(l)) => queued = Some(l),
+                        _ => break,
+                    }
+                }
+                let Some(Ok((s, peer))) = queued.as_ref().map(std::net::TcpListener::accept) else {
+                    break;
+                };
+                late = Some(n + 1);
+                s.set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(s))
+                    .map(|s| (s, peer))
             }
-            None => tokio::select! {
+            (None, Some(l)) => tokio::select! {
                 _ = stop.cancelled() => {
                     late = Some(0);
                     continue;
                 }
-                a = listener.accept() => a,
+                a = l.accept() => a,
             },
+            (None, None) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -233,7 +241,7 @@ pub(crate) async fn serve<H: Handler>(
             metrics.open.dec();
         });
     }
-    drop(listener);
+    drop((listener, queued));
     tracker.close();
     let drained = tokio::time::timeout(drain, tracker.wait()).await.is_ok();
     if drained {

@@ -408,7 +408,8 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
         let unanswered = l.await.unwrap();
         assert!(
             unanswered.is_empty(),
-            "requests written to the gateway were dropped without an answer: {unanswered:?}"
+            "requests written to the gateway were dropped without an answer: {unanswered:?}\nLOG:\n{}",
+            rig.gw.log_text()
         );
     }
     assert!(status.success(), "exit {status:?}\n{}", rig.gw.log_text());
