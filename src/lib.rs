@@ -57,6 +57,7 @@ mod module_graph;
 pub mod preflight;
 pub(crate) mod proxy;
 pub mod ratelimit;
+mod reflect;
 pub(crate) mod router;
 pub mod secrets;
 pub mod sign;

@@ -151,6 +151,8 @@ pub struct Metrics {
     pub ratelimit_clients: IntGauge,
     pub client_gone: IntCounterVec,
     pub admin_unauthorized: IntCounter,
+    pub reflection_signatures: IntGauge,
+    pub reflection_early_rotations: IntCounter,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -355,6 +357,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reflection_signatures: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_reflection_guard_signatures",
+                    "Outbound signatures remembered so they cannot come back as webhooks (read at scrape time).",
+                )
+                .expect("valid metric"),
+            ),
+            reflection_early_rotations: reg(
+                &r,
+                IntCounter::new(
+                    "signgate_reflection_guard_early_rotations_total",
+                    "Times the remembered signatures hit their cap and the oldest generation was forgotten early.",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -380,7 +398,14 @@ impl Metrics {
                 .with_label_values(&[route.as_str(), "response_idle"]);
         }
         for w in webhooks {
-            for result in ["accepted", "bad_signature", "stale", "duplicate", "invalid_json"] {
+            for result in [
+                "accepted",
+                "bad_signature",
+                "stale",
+                "duplicate",
+                "invalid_json",
+                "reflected_signature",
+            ] {
                 self.webhooks.with_label_values(&[w.as_str(), result]);
             }
             for result in ["delivered", "retry", "failed"] {

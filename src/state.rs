@@ -22,6 +22,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
+use crate::reflect::Reflections;
 use crate::router::{Route, Router};
 use crate::secrets::{CredentialStore, Unavailable};
 use crate::upstream::Upstream;
@@ -40,6 +41,9 @@ pub(crate) struct Snapshot {
     /// Stops this snapshot's credential refreshers once it is replaced by a
     /// snapshot with other credentials.
     pub credentials_cancel: CancellationToken,
+    /// Credentials a webhook verifies with, and the longest `tolerance_secs`
+    /// among those webhooks: how long their outbound signatures are remembered.
+    pub reflect_windows: BTreeMap<String, Duration>,
 }
 
 /// A configuration that names something the snapshot cannot resolve
@@ -119,7 +123,13 @@ impl Snapshot {
                 config: w.clone(),
             }));
         }
+        let mut reflect_windows: BTreeMap<String, Duration> = BTreeMap::new();
+        for w in &config.webhooks {
+            let window = reflect_windows.entry(w.credential.clone()).or_default();
+            *window = (*window).max(w.tolerance);
+        }
         Ok(Snapshot {
+            reflect_windows,
             webhooks,
             config: Arc::new(config.clone()),
             credentials_cancel,
@@ -256,6 +266,8 @@ pub(crate) struct Shared {
     /// Upstream exchanges, which finish even when their client goes away;
     /// shutdown waits for them before closing the audit log.
     exchanges: TaskTracker,
+    /// The signatures this gateway sent, refused when they come back as webhooks.
+    reflections: Reflections,
 }
 
 impl Shared {
@@ -269,6 +281,7 @@ impl Shared {
             accepting: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
+            reflections: Reflections::new(),
         }
     }
 
@@ -311,6 +324,10 @@ impl Shared {
 
     pub fn exchanges(&self) -> &TaskTracker {
         &self.exchanges
+    }
+
+    pub fn reflections(&self) -> &Reflections {
+        &self.reflections
     }
 
     pub fn set_accepting(&self) {

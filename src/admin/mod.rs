@@ -199,7 +199,14 @@ fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
                 .set(store.len() as i64);
         }
     }
-    reply(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics().render())
+    let reflections = gw.reflections();
+    let m = gw.metrics();
+    m.reflection_signatures
+        .set(i64::try_from(reflections.len()).unwrap_or(i64::MAX));
+    let early = reflections.early_rotations.load(std::sync::atomic::Ordering::Relaxed);
+    m.reflection_early_rotations
+        .inc_by(early.saturating_sub(m.reflection_early_rotations.get()));
+    reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
 }
 
 /// A small JSON command body, or the error answer.

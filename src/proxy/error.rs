@@ -56,6 +56,9 @@ pub enum GatewayError {
     BadSignature,
     /// A webhook whose timestamp is outside `tolerance_secs`.
     StaleTimestamp,
+    /// A webhook carrying a signature this gateway produced (an outbound
+    /// request's headers replayed as an event).
+    ReflectedSignature,
     /// The route's credential cannot sign; the reason says what to provide.
     CredentialUnavailable(Unavailable),
     /// Upstream failed before a response arrived.
@@ -78,6 +81,7 @@ impl From<Refusal> for GatewayError {
         match r {
             Refusal::BadSignature => GatewayError::BadSignature,
             Refusal::StaleTimestamp => GatewayError::StaleTimestamp,
+            Refusal::ReflectedSignature => GatewayError::ReflectedSignature,
             Refusal::InvalidJson { offset, reason } => GatewayError::InvalidJson { offset, reason },
             Refusal::CredentialUnavailable(why) => GatewayError::CredentialUnavailable(why),
             Refusal::Store => GatewayError::Internal,
@@ -106,6 +110,7 @@ impl GatewayError {
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            GatewayError::ReflectedSignature => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout | UpstreamFailure::ResponseIdle) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -142,6 +147,7 @@ impl GatewayError {
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
             GatewayError::BadSignature => "bad_signature",
             GatewayError::StaleTimestamp => "stale_timestamp",
+            GatewayError::ReflectedSignature => "reflected_signature",
             GatewayError::CredentialUnavailable(_) => "credential_unavailable",
             GatewayError::Upstream(UpstreamFailure::Connect) => "upstream_unreachable",
             GatewayError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
@@ -196,6 +202,9 @@ impl GatewayError {
             }
             GatewayError::BadSignature => "signature missing or invalid".into(),
             GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
+            GatewayError::ReflectedSignature => {
+                "this signature was produced by the gateway for an outbound request; it is not a provider event".into()
+            }
             GatewayError::CredentialUnavailable(why) => {
                 format!("credential {} is not available: {}", why.credential, why.reason)
             }
@@ -308,6 +317,7 @@ mod tests {
             (GatewayError::DuplicateGuardFull, 503, "duplicate_guard_full"),
             (GatewayError::BadSignature, 401, "bad_signature"),
             (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
+            (GatewayError::ReflectedSignature, 401, "reflected_signature"),
             (
                 GatewayError::CredentialUnavailable(Unavailable {
                     credential: "c".into(),

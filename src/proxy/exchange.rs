@@ -9,7 +9,7 @@
 //! request — or, if the client is gone, to the request's `Drop` bookkeeping.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::DATE;
@@ -26,7 +26,8 @@ use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::secrets::Credential;
-use crate::sign::MessageInput;
+use crate::sign::{MessageInput, Signature};
+use crate::state::Shared;
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
 
 /// What the exchange task hands back.
@@ -57,9 +58,11 @@ pub(super) async fn send(
     out: Outgoing,
     claim: Option<Claim>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
+    let reflect = scope.snap.reflect_windows.get(&route.config.credential).copied();
     let task = exchange(
         scope.snap.upstream.clone(),
-        scope.shared.metrics().clone(),
+        scope.shared.clone(),
+        reflect,
         route.clone(),
         cred,
         out,
@@ -77,21 +80,29 @@ pub(super) async fn send(
     }
 }
 
+/// `reflect`: how long the signatures must be remembered (the credential
+/// also verifies webhooks).
+#[allow(clippy::too_many_arguments)] // one task's inputs, moved in once
 async fn exchange(
     upstream: Upstream,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    reflect: Option<Duration>,
     route: Arc<Route>,
     cred: Arc<Credential>,
     out: Outgoing,
     mut claim: Option<Claim>,
     rid: String,
 ) -> Exchanged {
+    let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
     let mut fingerprint;
     let result = loop {
-        let (req, fp) = signed_request(&route, &cred, &out);
-        fingerprint = Some(fp);
+        let (req, sig) = signed_request(&route, &cred, &out);
+        fingerprint = Some(sig.fingerprint());
+        if let Some(window) = reflect {
+            shared.reflections().remember(sig.mac(), window);
+        }
         metrics
             .signatures
             .with_label_values(&[route.name(), route.config.credential.as_str()])
@@ -162,8 +173,8 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
 }
 
 /// Sign last, after every other change to the request. Returns the request
-/// and the signature's fingerprint (for the audit record).
-fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<Full<Bytes>>, String) {
+/// and its signature.
+fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<Full<Bytes>>, Signature) {
     let scheme = &route.scheme;
     let ts = scheme.timestamp(SystemTime::now());
     let sig = scheme.sign(
@@ -190,5 +201,5 @@ fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = out.uri.clone();
     *req.headers_mut() = headers;
-    (req, sig.fingerprint())
+    (req, sig)
 }

@@ -65,6 +65,26 @@ impl From<Refused> for GatewayError {
     }
 }
 
+/// A signature this gateway produced (an outbound request replayed as an
+/// event) is refused whatever else it would verify as.
+fn not_reflected(scope: &Scope, hook: &Hook, parts: &Parts) -> Result<(), webhook::Refusal> {
+    let Some((signature, _)) = webhook::signed_headers(&hook.scheme, &parts.headers) else {
+        return Ok(());
+    };
+    match hook.scheme.decode(signature.as_bytes()) {
+        Some(mac) if scope.shared.reflections().seen(&mac) => {
+            tracing::warn!(
+                request_id = scope.rid.as_str(),
+                webhook = hook.name(),
+                client = %scope.conn.peer,
+                "webhook refused: it carries a signature this gateway produced for an outbound request"
+            );
+            Err(webhook::Refusal::ReflectedSignature)
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn admit_and_receive(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Result<Outcome, Refused> {
     // Webhooks come from the provider, not from internal callers: their own
     // allowlist applies (default `[access].allow`).
@@ -79,6 +99,7 @@ async fn admit_and_receive(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Res
     }
     steps::limit(scope, None)?;
     let raw = steps::read_body(scope, parts).await?;
+    not_reflected(scope, hook, parts).map_err(Refused::Receiver)?;
     let inbox = scope.shared.inbox().ok_or(GatewayError::Internal)?.clone();
     let outcome = webhook::receive(hook, &inbox, &parts.headers, raw.clone())
         .await

@@ -119,6 +119,8 @@ pub struct MessageInput<'a> {
 pub struct Signature {
     buf: [u8; 88],
     len: usize,
+    /// The MAC itself, before encoding.
+    mac: [u8; 32],
 }
 
 impl Signature {
@@ -129,6 +131,12 @@ impl Signature {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// The raw MAC (what a reflected signature is recognised by, whatever
+    /// the case of its hex digits).
+    pub fn mac(&self) -> &[u8; 32] {
+        &self.mac
     }
 
     /// First 12 hex chars of SHA-256 of the signature: identifies it in audit
@@ -257,7 +265,11 @@ impl Scheme {
         let mut mac = keyed.clone();
         self.feed(&mut mac, input);
         let digest = mac.finalize().into_bytes();
-        let mut sig = Signature { buf: [0u8; 88], len: 0 };
+        let mut sig = Signature {
+            buf: [0u8; 88],
+            len: 0,
+            mac: digest.into(),
+        };
         match self.encoding {
             Encoding::Hex => {
                 let _ = hex::encode_to_slice(digest, &mut sig.buf[..64]);
@@ -275,6 +287,17 @@ impl Scheme {
     /// Constant-time check of a received signature (webhooks). Hex is accepted
     /// in either case; anything undecodable is simply a mismatch.
     pub fn verify(&self, keyed: &HmacSha256, input: &MessageInput<'_>, received: &[u8]) -> bool {
+        let Some(raw) = self.decode(received) else {
+            return false;
+        };
+        let mut mac = keyed.clone();
+        self.feed(&mut mac, input);
+        mac.verify_slice(&raw).is_ok()
+    }
+
+    /// The MAC a received signature header carries, decoded as `verify`
+    /// decodes it; `None` if it is not a well-formed signature.
+    pub fn decode(&self, received: &[u8]) -> Option<[u8; 32]> {
         let mut raw = [0u8; 32];
         let decoded = match self.encoding {
             Encoding::Hex => hex::decode_to_slice(received, &mut raw).is_ok(),
@@ -283,12 +306,7 @@ impl Scheme {
                 Ok(32)
             ),
         };
-        if !decoded {
-            return false;
-        }
-        let mut mac = keyed.clone();
-        self.feed(&mut mac, input);
-        mac.verify_slice(&raw).is_ok()
+        decoded.then_some(raw)
     }
 
     /// Whether the message uses the body at all (a template may not).

@@ -66,6 +66,8 @@ pub enum Refusal {
     BadSignature,
     /// A genuine signature but a timestamp outside `tolerance_secs`.
     StaleTimestamp,
+    /// A signature the gateway itself produced for an outbound request.
+    ReflectedSignature,
     /// A genuine signature over a body that is not acceptable JSON.
     InvalidJson { offset: usize, reason: &'static str },
     /// No secret to verify with yet.
@@ -80,6 +82,7 @@ impl Refusal {
         match self {
             Refusal::BadSignature => "bad_signature",
             Refusal::StaleTimestamp => "stale",
+            Refusal::ReflectedSignature => "reflected_signature",
             Refusal::InvalidJson { .. } => "invalid_json",
             Refusal::CredentialUnavailable(_) | Refusal::Store => "error",
         }
