@@ -134,7 +134,7 @@ async fn exchange(
         claim.finish(settle(&result));
     }
     if let Ok(resp) = &result {
-        observe_response(&metrics, &route, resp);
+        observe_response(metrics, &route, resp);
     }
     Exchanged {
         result,
