@@ -1,22 +1,10 @@
 //! The request pipeline. [`handle`] opens a [`scope::Scope`] (the request's
 //! bookkeeping, finished in `Drop` whatever ends the request) and runs
-//! [`pipeline`], which calls one named step per stage, in this order:
-//!
-//! 1. `reserve_audit` — no request proceeds without a reserved audit slot;
-//! 2. webhook dispatch — a `[[webhook]]` path takes [`webhook::receive`];
-//! 3. `admit` — client allowlist, target length (414), path tricks (400);
-//! 4. `route` — longest prefix (404), method (405);
-//! 5. `authorize` — the route's allowlist, the mTLS identity;
-//! 6. `limit` — per-client, route and global rate limits (429);
-//! 7. `read_body` — codings (415/501), size (413), time (408);
-//! 8. `canonicalize` — the bytes signed are the bytes sent (400);
-//! 9. `claim` — the duplicate guard (409);
-//! 10. `credential` — the secret to sign with (503);
-//! 11. `prepare` — header hygiene, the upstream URI, a `max_inflight` slot;
-//! 12. `send` — sign and forward, detached from the client (502/504);
-//! 13. `respond` — response hygiene; the body streams back.
-//!
-//! Every refusal is a [`GatewayError`], answered as the contract's JSON error.
+//! [`pipeline`], which calls one named step per stage, in the order
+//! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
+//! slot, dispatch webhooks, admit, route, authorize, limit, read the body,
+//! canonicalize, claim, credential, prepare, send, respond. Every refusal is
+//! a [`GatewayError`], answered as the contract's JSON error.
 
 mod context;
 mod error;
