@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 
 use crate::config::ListenerConfig;
 use crate::metrics::{ConnClose, ConnMetrics};
+use crate::tls::LiveServerConfig;
 
 /// What the listener serves: one request in, one response out (refusals
 /// are responses too). The traffic listener serves the request pipeline.
@@ -136,7 +137,7 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 /// whether every connection finished in time.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<LiveServerConfig>,
     handler: H,
     metrics: ConnMetrics,
     settings: Settings,
@@ -233,7 +234,16 @@ pub(crate) async fn serve<H: Handler>(
             };
             match tls {
                 None => serve_conn(ctx, stream, conn, handler).await,
-                Some(acceptor) => match handshake(acceptor, stream, conn, settings.header_timeout).await {
+                // The server config as it is now: a certificate reload
+                // reaches the connections accepted after it.
+                Some(live) => match handshake(
+                    TlsAcceptor::from(live.load_full()),
+                    stream,
+                    conn,
+                    settings.header_timeout,
+                )
+                .await
+                {
                     Ok((tls_stream, conn)) => serve_conn(ctx, tls_stream, conn, handler).await,
                     Err(why) => metrics.closed(why),
                 },

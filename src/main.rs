@@ -200,7 +200,7 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(signgate::hygiene::Handoff::None) => signgate::hygiene::reexec_without_secrets(&config),
         _ => Ok(false),
     };
-    let _logging = signgate::logging::init(config.log.format);
+    let logging = signgate::logging::init(config.log.format);
     if let Err(e) = undumpable {
         tracing::warn!("cannot mark the process non-dumpable (core dumps and ptrace stay possible): {e}");
     }
@@ -218,11 +218,11 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(signgate::run(
-        config,
-        Some(config_path.to_path_buf()),
-        signgate::cli::shutdown_signal(),
-    )) {
+    let options = signgate::Options {
+        config_path: Some(config_path.to_path_buf()),
+        log_filter: Some(logging.filter().clone()),
+    };
+    match runtime.block_on(signgate::run(config, options, signgate::cli::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("signgate: {e:#}");
