@@ -12,12 +12,14 @@
 //! request's audit record is written when it ends.
 //!
 //! A local body (a refusal, a webhook acknowledgement) may carry the request
-//! body the gateway never read. It is released only after the answer went
-//! out: on HTTP/2 its stream is then reset with NO_ERROR (RFC 9113 §8.1:
-//! "stop sending"), on HTTP/1.1 it is read and discarded for at most
-//! `listener.linger_ms` / `linger_bytes`, so the client reads its answer
-//! instead of a connection reset (nginx's lingering close), and the
-//! connection may even be kept.
+//! body the gateway never read. It is kept until the answer went out, then
+//! read and discarded for at most `listener.linger_ms` / `linger_bytes`
+//! (nginx's lingering close), so the client reads its answer instead of a
+//! reset: on HTTP/1.1 a close with unread data resets the connection; on
+//! HTTP/2 a client still sending when its stream is reset may report the
+//! reset instead of the answer (curl does). Past the bounds the body is
+//! dropped: HTTP/1.1 closes the connection, HTTP/2 resets the stream with
+//! NO_ERROR after END_STREAM (RFC 9113 §8.1, "stop sending").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,11 +99,10 @@ impl ResponseBody {
     }
 
     /// Hand over the unread request body, released after the answer (module doc).
-    pub(super) fn linger(&mut self, unread: Incoming, http1: bool, listener: &ListenerConfig) {
+    pub(super) fn linger(&mut self, unread: Incoming, listener: &ListenerConfig) {
         if let ResponseBody::Local(b) = self {
             b.linger = Some(Linger {
                 body: unread,
-                http1,
                 time: listener.linger,
                 bytes: listener.linger_bytes,
             });
@@ -143,7 +144,6 @@ pub struct LocalBody {
 
 struct Linger {
     body: Incoming,
-    http1: bool,
     time: Duration,
     bytes: u64,
 }
@@ -152,8 +152,9 @@ impl Drop for LocalBody {
     /// The answer is out (or the connection is gone): release the request body.
     fn drop(&mut self) {
         let Some(l) = self.linger.take() else { return };
-        // HTTP/2: dropping it now resets the stream with NO_ERROR, after END_STREAM.
-        if !l.http1 || l.time.is_zero() || l.bytes == 0 {
+        // Without linger: dropped now (HTTP/2 resets the stream with
+        // NO_ERROR after END_STREAM; HTTP/1.1 closes the connection).
+        if l.time.is_zero() || l.bytes == 0 {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -95,7 +95,7 @@ impl Scope {
         }
         // A body never read stays with the answer until it is sent (linger).
         if let Some(unread) = self.unread.take() {
-            resp.body_mut().linger(unread, self.http1(), &self.snap.config.listener);
+            resp.body_mut().linger(unread, &self.snap.config.listener);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
         match (self.slot.take(), self.shared.audit()) {
