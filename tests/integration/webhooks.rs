@@ -55,9 +55,11 @@ async fn a_valid_webhook_is_acknowledged_then_delivered_once_with_verified_heade
     assert_eq!(body, W1.as_bytes(), "delivered exactly as received");
     assert_eq!(headers["x-signgate-verified"], "1");
     assert_eq!(headers["x-signgate-timestamp"], ts.as_str());
+    // The webhook's name and the canonical JSON array of the values at
+    // dedup_keys, each as `[value]` (`[]` when absent).
     assert_eq!(
         headers["x-signgate-event-key"],
-        "kwikpaisa-events|payment.success|6116229263036|PAID"
+        r#"kwikpaisa-events|[["payment.success"],["6116229263036"],["PAID"]]"#
     );
     assert!(
         headers.get("x-signature").is_none(),
