@@ -185,6 +185,11 @@ impl GatewayToml {
         t.get(key)
     }
 
+    /// `[log] key = value` (`format = "text" | "json"`).
+    pub fn log(self, key: &str, value: impl ToToml) -> Self {
+        self.set("log", key, value)
+    }
+
     /// `[listener] key = value`.
     pub fn listener(self, key: &str, value: impl ToToml) -> Self {
         self.set("listener", key, value)
@@ -550,13 +555,23 @@ impl Webhook {
     pub fn kwikpaisa(forward_to: &str) -> Self {
         Self::new("kwikpaisa-events", "/webhooks/kwikpaisa", "kwikpaisa", forward_to)
             .set("scheme", "kwikpaisa")
-            .set("tolerance_secs", 300)
+            .tolerance_secs(300)
     }
 
     /// Any key, replacing an earlier value.
     pub fn set(mut self, key: &str, value: impl ToToml) -> Self {
         self.0.insert(key.to_string(), value.to_toml());
         self
+    }
+
+    /// `tolerance_secs`: accepted timestamp age, either direction.
+    pub fn tolerance_secs(self, secs: u64) -> Self {
+        self.set("tolerance_secs", secs)
+    }
+
+    /// `dedup_window_secs`: how long an event key counts as seen.
+    pub fn dedup_window_secs(self, secs: u64) -> Self {
+        self.set("dedup_window_secs", secs)
     }
 
     pub fn verify_canonical(self, on: bool) -> Self {
