@@ -203,6 +203,12 @@ impl Fixture {
     pub fn process(&self, toml: &GatewayToml, env: &[(&str, &str)]) -> GatewayProcess {
         GatewayProcess::start(&self.write_config(toml), env)
     }
+
+    /// The real binary on `toml` (written to [`Fixture::config_path`]),
+    /// started as `launch` says (umask, user, environment, stderr).
+    pub fn process_with(&self, toml: &GatewayToml, launch: &Launch) -> GatewayProcess {
+        GatewayProcess::launch(&self.write_config(toml), launch)
+    }
 }
 
 /// The gateway in-process on `toml`; panics with the validation errors.
@@ -268,12 +274,75 @@ impl Setup {
     }
 }
 
+/// How [`GatewayProcess::launch`] starts `signgate run --config <path>`.
+/// The defaults are those of [`GatewayProcess::start`]: the listener and the
+/// admin listener on `127.0.0.1:0` (the child picks the ports), `NO_COLOR=1`,
+/// the test's own environment otherwise, stderr captured through a pipe.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    env: Vec<(String, String)>,
+    unset: Vec<String>,
+    umask: Option<String>,
+    user: Option<u32>,
+    stderr: Option<PathBuf>,
+}
+
+impl Launch {
+    pub fn new() -> Launch {
+        Launch::default()
+    }
+
+    /// Add `key=value` to the child's environment (after the defaults, so
+    /// it may replace one).
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Each of `vars` added to the child's environment.
+    pub fn envs(self, vars: &[(&str, &str)]) -> Launch {
+        vars.iter().fold(self, |l, (k, v)| l.env(k, v))
+    }
+
+    /// Remove `key` from the environment the child inherits, a default
+    /// included (`unset("NO_COLOR")`).
+    pub fn unset(mut self, key: &str) -> Launch {
+        self.unset.push(key.to_string());
+        self
+    }
+
+    /// Run under this umask (`"022"`): through `sh -c 'umask U && exec
+    /// signgate ...'`, so the gateway itself is the child (same pid).
+    pub fn umask(mut self, umask: &str) -> Launch {
+        self.umask = Some(umask.to_string());
+        self
+    }
+
+    /// Run as this user id (and the same group id); needs root.
+    pub fn user(mut self, uid: u32) -> Launch {
+        self.user = Some(uid);
+        self
+    }
+
+    /// Send stderr to this file (created here) instead of a pipe.
+    pub fn stderr_to(mut self, path: &Path) -> Launch {
+        self.stderr = Some(path.to_path_buf());
+        self
+    }
+}
+
+/// Where a child's stderr goes: lines read from a pipe, or a file.
+enum Log {
+    Pipe(std::sync::Arc<std::sync::Mutex<Vec<String>>>),
+    File(PathBuf),
+}
+
 /// A `signgate` child process, killed when dropped (even if the test fails).
 pub struct GatewayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: Log,
 }
 
 impl Drop for GatewayProcess {
@@ -289,61 +358,106 @@ impl GatewayProcess {
     /// `env`), and wait until it reports listening; the addresses are read
     /// from that log line, so no port is picked here and then raced for.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
-        Self::start_without(config, env, &[])
+        Self::launch(config, &Launch::new().envs(env))
     }
 
     /// Like [`GatewayProcess::start`], with the variables `unset` removed
     /// from the environment the child inherits.
     pub fn start_without(config: &Path, env: &[(&str, &str)], unset: &[&str]) -> GatewayProcess {
+        let launch = unset.iter().fold(Launch::new(), |l, k| l.unset(k)).envs(env);
+        Self::launch(config, &launch)
+    }
+
+    /// Start `signgate run --config <path>` as `launch` says, and wait until
+    /// it reports listening (in the text or the JSON log format); panics
+    /// with its log if it exits or stays silent for 20 s.
+    pub fn launch(config: &Path, launch: &Launch) -> GatewayProcess {
         use std::io::BufRead;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"));
+        use std::os::unix::process::CommandExt as _;
+        let bin = env!("CARGO_BIN_EXE_signgate");
+        let mut cmd = match &launch.umask {
+            Some(umask) => {
+                let mut c = std::process::Command::new("/bin/sh");
+                c.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
         cmd.args(["run", "--config"])
             .arg(config)
             .env("SIGNGATE__LISTENER__ADDR", "127.0.0.1:0")
             .env("SIGNGATE__ADMIN__ADDR", "127.0.0.1:0")
             .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped());
-        for k in unset {
+            .stdin(std::process::Stdio::null());
+        for k in &launch.unset {
             cmd.env_remove(k);
         }
-        for (k, v) in env {
+        for (k, v) in &launch.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line.clone());
-                sink.lock().unwrap().push(line);
+        if let Some(uid) = launch.user {
+            cmd.uid(uid).gid(uid);
+        }
+        let log = match &launch.stderr {
+            Some(path) => {
+                cmd.stderr(std::fs::File::create(path).unwrap());
+                Log::File(path.clone())
             }
-        });
+            None => {
+                cmd.stderr(std::process::Stdio::piped());
+                Log::Pipe(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())))
+            }
+        };
+        let mut child = cmd.spawn().unwrap();
+        if let Log::Pipe(sink) = &log {
+            let stderr = child.stderr.take().unwrap();
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut gw = GatewayProcess {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let line = loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("gateway did not report listening:\n{}", log.lock().unwrap().join("\n")));
-            if line.contains("signgate listening") {
-                break line;
+            if let Some(line) = gw.log_text().lines().find(|l| l.contains("signgate listening")) {
+                break line.to_string();
             }
+            if let Some(status) = gw.child.try_wait().unwrap() {
+                // Let the pipe reader take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("gateway exited ({status}):\n{}", gw.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not report listening:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         };
-        // `... signgate listening addr=127.0.0.1:P admin=Some(127.0.0.1:Q) ...`
-        let field = |prefix: &str| -> SocketAddr {
-            let at = line.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {line:?}"));
-            let rest = &line[at + prefix.len()..];
-            let end = rest.find(|c: char| c == ')' || c.is_whitespace()).unwrap_or(rest.len());
-            rest[..end]
-                .parse()
-                .unwrap_or_else(|e| panic!("{prefix} in {line:?}: {e}"))
-        };
-        GatewayProcess {
-            child,
-            addr: field(" addr="),
-            admin: field(" admin=Some("),
-            log,
+        (gw.addr, gw.admin) = listening_addrs(&line);
+        gw
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        match &self.log {
+            Log::Pipe(lines) => lines.lock().unwrap().join("\n"),
+            Log::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
         }
+    }
+
+    /// Wait (polling, so the runtime keeps going) until the log contains
+    /// `needle`; panics with the log after `within`.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let found = super::eventually(within, || async { self.log_text().contains(needle) }).await;
+        assert!(found, "no {needle:?} in the gateway's log:\n{}", self.log_text());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -376,10 +490,6 @@ impl GatewayProcess {
         }
     }
 
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
     pub async fn metrics(&self) -> String {
         let r = TestClient::new().get(&self.admin_url("/metrics")).await;
         String::from_utf8(r.body.to_vec()).unwrap()
@@ -389,4 +499,34 @@ impl GatewayProcess {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.metrics().await, name, labels)
     }
+}
+
+/// `addr` and `admin` of the "signgate listening" line, text
+/// (`... signgate listening addr=127.0.0.1:P admin=Some(127.0.0.1:Q) ...`)
+/// or JSON (`{"fields":{"addr":"127.0.0.1:P","admin":"Some(127.0.0.1:Q)",...}}`).
+fn listening_addrs(line: &str) -> (SocketAddr, SocketAddr) {
+    let (addr, admin) = match line.find('{') {
+        Some(at) if line.trim_end().ends_with('}') => {
+            let v: serde_json::Value = serde_json::from_str(&line[at..]).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            let field = |k: &str| {
+                v["fields"][k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no fields.{k} in {line:?}"))
+                    .to_string()
+            };
+            (field("addr"), field("admin"))
+        }
+        _ => {
+            let field = |prefix: &str| {
+                let at = line.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {line:?}"));
+                line[at + prefix.len()..].split_whitespace().next().unwrap().to_string()
+            };
+            (field(" addr="), field(" admin="))
+        }
+    };
+    let admin = admin.trim_start_matches("Some(").trim_end_matches(')');
+    (
+        addr.parse().unwrap_or_else(|e| panic!("addr in {line:?}: {e}")),
+        admin.parse().unwrap_or_else(|e| panic!("admin in {line:?}: {e}")),
+    )
 }
