@@ -10,7 +10,11 @@
 //! - `vault`, `vault_outage`: the Vault source working, and failing;
 //! - `cli`: `check`, `sign`, `demo` and the shipped `gateway.toml`;
 //! - `certs`: `signgate certs dev` and mTLS on its files;
-//! - `deploy`: the artefacts under `deploy/`, checked as data.
+//! - `deploy`: the artefacts under `deploy/`, checked as data;
+//! - `edges`: the real binary's preflight, logs, typed mTLS identities, the
+//!   credential-age metric, secrets at rest and path tricks;
+//! - `audit`: the audit log against a full disk, a torn line, a missing head
+//!   file and umask 022, with the real binary.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -20,9 +24,11 @@
 mod support;
 
 mod access;
+mod audit;
 mod certs;
 mod cli;
 mod deploy;
+mod edges;
 mod observability;
 mod ops;
 mod signing_path;
