@@ -198,7 +198,12 @@ impl<T> Piece<T> {
             }
             Err(e) => {
                 self.failed = Some(now);
-                let detail = format!("{e}; the previous certificate stays in use");
+                let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
+                let detail = format!(
+                    "{}: {}; the previous certificate stays in use",
+                    files.join(", "),
+                    e.reason()
+                );
                 tracing::error!(certificate = self.label, "certificate rejected: {detail}");
                 Some(report("error", detail))
             }
