@@ -244,6 +244,17 @@ async fn a_client_that_drops_the_connection_mid_payment_cannot_resend_it() {
     assert_eq!(recs[0]["reason"], "client_gone", "{}", recs[0]);
     assert_eq!(recs[0]["decision"], "allowed", "it was signed and sent: {}", recs[0]);
     assert!(recs[0].get("upstream_status").is_none_or(Value::is_null), "{}", recs[0]);
+    // The upstream timed out, with or without its client: counted as such.
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_upstream_errors_total",
+            &[("route", "kwikpaisa"), ("kind", "timeout")]
+        ),
+        1.0,
+        "{m}"
+    );
     let r = c.post(&url, body).await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (409, "duplicate_request"));
     assert!(message(&r).contains("outcome is unknown"), "{}", message(&r));
