@@ -590,6 +590,53 @@ async fn duplicate_references_are_per_endpoint() {
     assert_eq!(provider_bodies(&fx).await.len(), 4);
 }
 
+/// One endpoint spelled differently (a trailing slash, a percent-encoded
+/// letter, a `;` parameter, other letter case) is the same endpoint to the
+/// frameworks behind a provider, and was one claim before the guard became
+/// per endpoint: a retry spelled differently must not pay out twice.
+#[tokio::test]
+async fn one_endpoint_spelled_differently_is_one_claim() {
+    let fx = Fixture::new().await;
+    let gw = fx.process(&guarded(&fx, 5000), &[]);
+    let c = TestClient::new();
+    let body = r#"{"order_id":"ORD-SPELLED"}"#;
+    assert_eq!(
+        c.post(&gw.url("/kwikpaisa/api/v3/pg/order/create"), body).await.status,
+        200
+    );
+    for path in [
+        "/kwikpaisa/api/v3/pg/order/create/",
+        "/kwikpaisa/api/v3/pg/order/cr%65ate",
+        "/kwikpaisa/api/v3/pg/order/cr%65ate/",
+        "/kwikpaisa/api/v3/pg/order/CREATE",
+        "/kwikpaisa/api/v3/pg/order/create;v=1",
+        "/kwikpaisa/api/v3/pg/order;x/create",
+        "/kwikpaisa/api/v3/pg/order/create?retry=1",
+    ] {
+        let r = c.post(&gw.url(path), body).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (409, "duplicate_request"),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let seen: Vec<String> = fx
+        .provider
+        .standin
+        .records()
+        .await
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(seen, ["/api/v3/pg/order/create"]);
+    // Another endpoint is still another claim.
+    assert_eq!(
+        c.post(&gw.url("/kwikpaisa/api/v3/pg/order/status"), body).await.status,
+        200
+    );
+}
+
 /// Old builds read numeric references as floats: `…0001` and `…0002` were
 /// one order, and the second was refused.
 #[tokio::test]
