@@ -321,6 +321,10 @@ async fn a_client_gone_after_the_forward_is_audited(leave: Leave) {
     // The exchange completes without the client (at 1.5 s) and is audited
     // once, with the provider's status.
     let recs = audit_records_of(&fx, &rid).await;
+    if let Leave::Http2Reset = leave {
+        // Only the stream went: its connection is still open.
+        assert_eq!(gw.metric("signgate_open_connections", &[]).await, 1.0);
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let recs_later = audit_records_of(&fx, &rid).await;
     assert_eq!((recs.len(), recs_later.len()), (1, 1), "{recs_later:#?}");
