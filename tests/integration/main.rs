@@ -18,6 +18,10 @@
 //! - `deploy`: the artefacts under `deploy/`, checked as data;
 //! - `edges`: the real binary's preflight, logs, typed mTLS identities, the
 //!   credential-age metric, secrets at rest and path tricks;
+//! - `money`: money safety on the real binary: unknown outcomes stay claimed,
+//!   a client gone is audited, the authenticated guard release, duplicate
+//!   references per endpoint and by their JSON text, webhook keys that
+//!   cannot collide, refusals without `100 Continue`;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
 //!   file and umask 022, with the real binary.
 //!
@@ -34,6 +38,7 @@ mod certs;
 mod cli;
 mod deploy;
 mod edges;
+mod money;
 mod observability;
 mod ops;
 mod ops_certs;

@@ -274,6 +274,17 @@ impl Setup {
     }
 }
 
+/// The `signgate` binary that [`GatewayProcess`] runs: this build's, or the
+/// one `SIGNGATE_TEST_BINARY` names. The variable is for showing that a test
+/// fails on another build (say, a release from before a fix):
+/// `SIGNGATE_TEST_BINARY=/path/to/old/signgate cargo test --test integration money::`.
+pub fn signgate_bin() -> PathBuf {
+    match std::env::var_os("SIGNGATE_TEST_BINARY") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_signgate")),
+    }
+}
+
 /// How [`GatewayProcess::launch`] starts `signgate run --config <path>`.
 /// The defaults are those of [`GatewayProcess::start`]: the listener and the
 /// admin listener on `127.0.0.1:0` (the child picks the ports), `NO_COLOR=1`,
@@ -374,14 +385,15 @@ impl GatewayProcess {
     pub fn launch(config: &Path, launch: &Launch) -> GatewayProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt as _;
-        let bin = env!("CARGO_BIN_EXE_signgate");
+        let bin = signgate_bin();
         let mut cmd = match &launch.umask {
             Some(umask) => {
                 let mut c = std::process::Command::new("/bin/sh");
-                c.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\""), bin]);
+                c.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+                    .arg(&bin);
                 c
             }
-            None => std::process::Command::new(bin),
+            None => std::process::Command::new(&bin),
         };
         cmd.args(["run", "--config"])
             .arg(config)
