@@ -11,7 +11,9 @@
 //! (a client that stopped reading) drops the connection, so a slow reader
 //! cannot pin a response and its upstream connection forever. The TLS
 //! handshake must complete within `header_timeout` (a stalled ClientHello is
-//! a slowloris on the handshake).
+//! a slowloris on the handshake). Each handshake uses the server config in
+//! force when the connection was accepted (`tls::LiveServerConfig`), so a
+//! certificate reload reaches new connections and leaves open ones alone.
 
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
