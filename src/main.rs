@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// Print the running gateway's log filter, or replace it (through its admin API).
+    LogLevel {
+        /// A new filter, e.g. `info,signgate=debug` (`SIGNGATE_LOG` syntax); without it, print the current one.
+        filter: Option<String>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -178,6 +183,9 @@ fn main() -> ExitCode {
                 },
             )
         }),
+        Command::LogLevel { filter } => {
+            tool(|rt| rt.block_on(signgate::cli::log_level(&config_path, filter.as_deref())))
+        }
         // Neither needs a configuration, logging or a runtime.
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),

@@ -73,6 +73,28 @@ async fn put_log_level_turns_on_debug_lines_get_reads_it_a_bad_filter_is_refused
     assert_eq!(r.json()["filter"], "signgate=debug");
     let r = c.send(Method::POST, &url, &auth, "").await;
     assert_eq!(r.status, 405);
+
+    // `signgate log-level` does the same through the admin API, with the
+    // token from the configuration.
+    let admin = gw.admin.to_string();
+    let config = fx.config_path();
+    let cli = |args: &[&str]| {
+        let mut full = vec!["log-level", "--config", config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        signgate(&full, &[("SIGNGATE__ADMIN__ADDR", &admin)])
+    };
+    let out = cli(&["info,signgate=trace"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The filter as the gateway holds it: directives most specific first.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "signgate=trace,info (was signgate=debug)\n"
+    );
+    let out = cli(&[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "signgate=trace,info\n");
+    let out = cli(&["signgate=chatty"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_filter"));
 }
 
 fn git_revision() -> Option<String> {
