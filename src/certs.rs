@@ -112,9 +112,9 @@ type Parse<T> = fn(&[PathBuf]) -> Result<(T, Option<i64>), TlsError>;
 fn digest(files: &[PathBuf]) -> Result<[u8; 32], TlsError> {
     let mut h = Sha256::new();
     for f in files {
-        let bytes = std::fs::read(f).map_err(|e| TlsError::Certs {
-            path: f.clone(),
-            detail: e.to_string(),
+        let bytes = std::fs::read(f).map_err(|e| TlsError::Config {
+            what: "certificate files",
+            detail: format!("cannot read {}: {e}", f.display()),
         })?;
         h.update((bytes.len() as u64).to_be_bytes());
         h.update(&bytes);
@@ -518,5 +518,14 @@ mod tests {
         let r = certs.reload().reports;
         assert!(r[0].detail.contains("cert.pem"), "{r:?}");
         assert_eq!(reloads(&metrics, LISTENER, "error"), 3);
+
+        // A file that went away (a swap half done): the same.
+        std::fs::remove_file(&key).unwrap();
+        let r = certs.reload().reports;
+        assert!(
+            r[0].detail.contains("cannot read") && r[0].detail.contains("key.pem"),
+            "{r:?}"
+        );
+        assert_eq!(Arc::as_ptr(&live.load_full()), in_use);
     }
 }
