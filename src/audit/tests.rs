@@ -15,11 +15,12 @@ fn cfg(path: &Path, max_bytes: u64) -> AuditConfig {
         max_files: 5,
         queue: 64,
         wait: Duration::from_millis(200),
+        reserve_bytes: 64 * 1024,
         redact_query_keys: vec!["token".into()],
     }
 }
 
-fn entry(i: usize) -> Entry {
+pub(super) fn entry(i: usize) -> Entry {
     Entry {
         time: now_rfc3339(),
         request_id: format!("req-{i}"),
