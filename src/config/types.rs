@@ -213,7 +213,8 @@ pub struct AuditConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`path.1` newest … `path.N` oldest).
     pub max_files: usize,
-    /// Records that may wait for the writer.
+    /// Records admitted and not yet written (each request holds a place
+    /// from its admission until its record is written).
     pub queue: usize,
     /// How long a request waits for room in a full queue before it is refused
     /// (503 `audit_unavailable`): no request is forwarded unaudited.
