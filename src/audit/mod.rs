@@ -20,7 +20,7 @@
 //!   sequence numbers, then becomes healthy;
 //! - the space for the records of the requests already admitted is
 //!   allocated ahead (`audit.reserve_bytes` past the end of the file, kept
-//!   after every write, [`reserve`]): when it cannot be kept the log turns
+//!   after every write, `reserve.rs`): when it cannot be kept the log turns
 //!   unhealthy at once, and the records already promised are still written
 //!   into what is reserved, so a full disk loses none of them;
 //! - a torn last line found at start (a crash mid-write) is moved aside to
