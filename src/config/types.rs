@@ -64,6 +64,9 @@ pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_AUDIT_MAX_FILES: usize = 10;
 pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
 pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_millis(1000);
+/// `audit.reserve_bytes` defaults to this many bytes per queue slot: a
+/// generous record (a typical one is 400-600 bytes).
+pub const DEFAULT_AUDIT_RESERVE_PER_RECORD: u64 = 1024;
 pub const DEFAULT_FILE_POLL: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
 /// `vault_timeout_ms`: budget of one Vault refresh (login, renewal and read).
@@ -218,11 +221,16 @@ pub struct AuditConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`path.1` newest … `path.N` oldest).
     pub max_files: usize,
-    /// Records that may wait for the writer.
+    /// Records admitted and not yet written (each request holds a place
+    /// from its admission until its record is written).
     pub queue: usize,
     /// How long a request waits for room in a full queue before it is refused
     /// (503 `audit_unavailable`): no request is forwarded unaudited.
     pub wait: Duration,
+    /// Disk space kept allocated past the end of the log file, so that the
+    /// records of the requests already admitted (at most `queue`) can be
+    /// written when the file system fills up; 0: none.
+    pub reserve_bytes: u64,
     /// Query parameters whose values are replaced by `REDACTED` in the record.
     pub redact_query_keys: Vec<String>,
 }
