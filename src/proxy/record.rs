@@ -30,9 +30,18 @@ pub(super) struct Record {
     pub credential_version: Option<u64>,
     pub signature_fingerprint: Option<String>,
     pub duplicate_key: Option<String>,
+    /// With `[fleet]`: where the shared decisions came from.
+    pub fleet: Option<crate::fleet::Source>,
 }
 
 impl Record {
+    /// Note a decision's source: once any fell back, the record says `local`.
+    pub fn note_fleet(&mut self, source: crate::fleet::Source) {
+        if self.fleet != Some(crate::fleet::Source::Local) {
+            self.fleet = Some(source);
+        }
+    }
+
     pub fn new(method: Method, uri: http::Uri) -> Record {
         Record {
             started: Instant::now(),
@@ -45,6 +54,7 @@ impl Record {
             credential_version: None,
             signature_fingerprint: None,
             duplicate_key: None,
+            fleet: None,
         }
     }
 }
@@ -132,6 +142,7 @@ pub(super) fn entry(
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
+        fleet: rec.fleet.map(crate::fleet::Source::label),
     }
 }
 
