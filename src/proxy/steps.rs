@@ -323,8 +323,10 @@ pub(super) fn canonicalize(route: &Route, raw: Bytes) -> Result<Bytes, GatewayEr
 
 /// A retried payment must not become a second payment: claim the route's
 /// transaction reference, per endpoint (method and upstream path), so that
-/// a status call never locks a create. With `[fleet]` the claim is taken in
-/// Redis, and refused (fail closed) while Redis cannot answer.
+/// a status call never locks a create and a create spelled differently is
+/// still the same create (endpoints compared as [`crate::dedup::endpoint`]
+/// does). With `[fleet]` the claim is taken in Redis, and refused (fail
+/// closed) while Redis cannot answer.
 pub(super) async fn claim(
     scope: &mut Scope,
     route: &Route,
@@ -338,7 +340,11 @@ pub(super) async fn claim(
         pointer: pointer.clone(),
     })?;
     scope.rec.duplicate_key = Some(reference.clone());
-    let endpoint = format!("{} {}", parts.method, route.upstream_path(parts.uri.path()));
+    let endpoint = format!(
+        "{} {}",
+        parts.method,
+        crate::dedup::endpoint(&route.upstream_path(parts.uri.path()))
+    );
     let claimed = guard.begin(&endpoint, &reference).await;
     if let Some(source) = guard.source() {
         let unavailable = matches!(claimed, Err(Refused::Unavailable));
