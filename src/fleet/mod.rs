@@ -324,14 +324,37 @@ impl Fleet {
         }
     }
 
-    /// `PING`; marks the state. Whether Redis answered.
+    /// `PING`; marks the state. Whether Redis answered. A down Redis is
+    /// marked up only once a second `PING` on the (re)made connection
+    /// answers within `timeout_ms`: a Redis slower than that is not usable.
     async fn probe(&self) -> bool {
-        let mut c = self.conn.clone();
-        let budget = if self.is_up() {
+        let was_up = self.is_up();
+        let first = if was_up {
             self.timeout.max(Duration::from_millis(250))
         } else {
             CONNECT_TIMEOUT
         };
+        let mut result = self.ping(first).await;
+        if result.is_ok() && !was_up {
+            result = self.ping(self.timeout).await;
+        }
+        match result {
+            Ok(()) => {
+                self.mark_up();
+                true
+            }
+            Err(why) => {
+                if was_up {
+                    self.metrics.redis_errors.with_label_values(&["ping"]).inc();
+                }
+                self.mark_down(&why);
+                false
+            }
+        }
+    }
+
+    async fn ping(&self, budget: Duration) -> Result<(), String> {
+        let mut c = self.conn.clone();
         let started = Instant::now();
         let answer: Result<RedisResult<String>, _> =
             tokio::time::timeout(budget, redis::cmd("PING").query_async(&mut c)).await;
@@ -341,23 +364,10 @@ impl Fleet {
                     .redis_duration
                     .with_label_values(&["ping"])
                     .observe(started.elapsed().as_secs_f64());
-                self.mark_up();
-                true
+                Ok(())
             }
-            Ok(Err(e)) => {
-                if self.is_up() {
-                    self.metrics.redis_errors.with_label_values(&["ping"]).inc();
-                }
-                self.mark_down(&e.to_string());
-                false
-            }
-            Err(_) => {
-                if self.is_up() {
-                    self.metrics.redis_errors.with_label_values(&["ping"]).inc();
-                }
-                self.mark_down("no answer to PING");
-                false
-            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer to PING within its budget".into()),
         }
     }
 
