@@ -166,6 +166,23 @@ async fn one_order_id_over_three_instances_reaches_the_provider_once() {
     let keys = redis.cli(&["--scan", "--pattern", "{signgate:dup:kwikpaisa}:*"]);
     assert_eq!(keys.lines().count(), 1, "one claim key: {keys}");
     assert_eq!(redis.cli(&["GET", keys.trim()]), "s", "held as succeeded");
+    // An operator's release on one instance frees the reference on all.
+    let released = TestClient::new()
+        .post(
+            &f.gws[1].admin_url("/guard/release"),
+            r#"{"route":"kwikpaisa","reference":"ORD-FLEET-1"}"#,
+        )
+        .await;
+    assert_eq!(released.status, 200, "{:?}", released.body);
+    assert_eq!(released.json()["released"], 1, "{:?}", released.body);
+    let retried = post(
+        &f.gws[2],
+        "/kwikpaisa/api/v3/pg/order/create",
+        r#"{"order_id":"ORD-FLEET-1"}"#,
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(f.received("/api/v3/pg/order/create").await, 2);
 }
 
 /// One webhook event posted to all three instances at once: each
