@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: signgate (signing) against nginx as a plain reverse proxy,
-# nginx+njs doing the same KwikPaisa signing, and the upstream directly.
+# nginx+njs doing the same KwikPaisa signing, the upstream directly, and
+# signgate + Redis ([fleet]: one limit script per request) against signgate.
 #
 #   ./benches/run.sh                 # ~4 minutes; prints one table
 #   ./benches/run.sh --soak          # also a 5-minute RSS soak of signgate
@@ -41,7 +42,7 @@ Options:
   --no-build        use the existing release binary
   --bin=PATH        benchmark this signgate binary (implies --no-build)
   --only=LIST       only the throughput runs of these contenders (direct, nginx,
-                    njs, signgate, signgate-null), for development
+                    njs, signgate, signgate-null, signgate-redis), for development
   --perf=FILE       also profile signgate (perf record, cpu-clock) during one
                     more run; the report goes to FILE
 EOF
