@@ -479,3 +479,64 @@ async fn a_signature_sent_by_one_instance_is_refused_as_a_webhook_by_another() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.count().await, 0, "nothing delivered");
 }
+
+/// A password-protected Redis: the password comes from
+/// `redis_password_file`, works, and appears in no log line, metric or
+/// error; `signgate check` names a missing password file by its key.
+#[tokio::test]
+async fn the_redis_password_is_used_and_never_shown() {
+    let password = format!("pw-{}", random_token("", 24));
+    let redis = RedisServer::start_with(Some(&password));
+    let fx = Fixture::new().await;
+    let pw_file = fx.path("redis-password");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let toml = fx
+        .config()
+        .edit_route("kwikpaisa", |r| r.duplicate_key("/order_id"))
+        .fleet("redis_url", redis.url())
+        .fleet("redis_password_file", &pw_file)
+        .fleet("timeout_ms", 250);
+    let gw = fx.process(&toml, &[("SIGNGATE_LOG", "debug")]);
+    let up = eventually(Duration::from_secs(5), || async {
+        gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+    })
+    .await;
+    assert!(up, "{}", gw.log_text());
+    let r = post(&gw, "/kwikpaisa/create", r#"{"order_id":"PW-1"}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        redis
+            .cli(&["--scan", "--pattern", "{signgate:dup:kwikpaisa}:*"])
+            .lines()
+            .count(),
+        1
+    );
+    let metrics = gw.metrics().await;
+    assert!(!gw.log_text().contains(&password) && !metrics.contains(&password));
+    // A wrong password: Redis refuses, the guard fails closed, still no password shown.
+    let wrong = format!("pw-{}", random_token("", 24));
+    std::fs::write(&pw_file, &wrong).unwrap();
+    let gw2 = fx.process(
+        &toml
+            .clone()
+            .audit_path(&fx.path("audit-2.jsonl"))
+            .state_dir(&fx.path("state-2")),
+        &[],
+    );
+    let r = post(&gw2, "/kwikpaisa/create", r#"{"order_id":"PW-2"}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (503, "duplicate_guard_unavailable")
+    );
+    assert!(!gw2.log_text().contains(&wrong), "{}", gw2.log_text());
+    // `signgate check`: the missing file is named by its key, exit 64.
+    std::fs::remove_file(&pw_file).unwrap();
+    let out = std::process::Command::new(signgate_bin())
+        .args(["check", "--config"])
+        .arg(fx.write_config(&toml))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("fleet.redis_password_file"), "{err}");
+}

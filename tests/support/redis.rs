@@ -17,6 +17,7 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    password: Option<String>,
 }
 
 impl Drop for RedisServer {
@@ -33,11 +34,17 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// On a free port. Panics (never skips) when `redis-server` is missing.
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// With `requirepass`: clients must send `password`.
+    pub fn start_with(password: Option<&str>) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let mut r = RedisServer {
             child: None,
             port: free_port(),
             dir,
+            password: password.map(str::to_string),
         };
         r.restart();
         r
@@ -49,6 +56,11 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -91,13 +103,20 @@ impl RedisServer {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        let mut buf = [0u8; 64];
+        // With requirepass a PING is answered NOAUTH: still an answer.
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     /// Run a command with `redis-cli` (tests inspect keys with it).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
