@@ -191,6 +191,7 @@ impl Worker {
             signature_fp: None,
             duplicate_key: Some(ev.key.clone()),
             fleet: ev.dedup_local.then_some("local"),
+            upstream_error: None,
         });
         self.save(ev).await;
     }

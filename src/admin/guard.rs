@@ -95,6 +95,7 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         signature_fp: None,
         duplicate_key: Some(reference.clone()),
         fleet: store.source().map(crate::fleet::Source::label),
+        upstream_error: None,
     });
     reply(
         StatusCode::OK,

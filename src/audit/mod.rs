@@ -84,6 +84,10 @@ pub struct Entry {
     /// otherwise, so records without a fleet are byte-for-byte as before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<&'static str>,
+    /// How the upstream exchange failed (its error code), when it did: the
+    /// only trace of a provider timeout for a request whose client had gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<&'static str>,
 }
 
 /// The head of the chain, persisted beside the log.

@@ -39,6 +39,7 @@ fn entry(i: usize) -> Entry {
         signature_fp: Some("abcdef012345".into()),
         duplicate_key: None,
         fleet: None,
+        upstream_error: None,
     }
 }
 

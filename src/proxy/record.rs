@@ -32,6 +32,8 @@ pub(super) struct Record {
     pub duplicate_key: Option<String>,
     /// With `[fleet]`: where the shared decisions came from.
     pub fleet: Option<crate::fleet::Source>,
+    /// The upstream exchange's failure, if it failed.
+    pub upstream_error: Option<&'static str>,
 }
 
 impl Record {
@@ -55,6 +57,7 @@ impl Record {
             signature_fingerprint: None,
             duplicate_key: None,
             fleet: None,
+            upstream_error: None,
         }
     }
 }
@@ -143,6 +146,7 @@ pub(super) fn entry(
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
         fleet: rec.fleet.map(crate::fleet::Source::label),
+        upstream_error: rec.upstream_error,
     }
 }
 

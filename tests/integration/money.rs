@@ -244,6 +244,8 @@ async fn a_client_that_drops_the_connection_mid_payment_cannot_resend_it() {
     assert_eq!(recs[0]["reason"], "client_gone", "{}", recs[0]);
     assert_eq!(recs[0]["decision"], "allowed", "it was signed and sent: {}", recs[0]);
     assert!(recs[0].get("upstream_status").is_none_or(Value::is_null), "{}", recs[0]);
+    // ... and the record says how the exchange ended.
+    assert_eq!(recs[0]["upstream_error"], "upstream_timeout", "{}", recs[0]);
     // The upstream timed out, with or without its client: counted as such.
     let m = gw.metrics().await;
     assert_eq!(

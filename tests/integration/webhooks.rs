@@ -431,3 +431,67 @@ async fn a_failed_request_may_be_retried() {
     assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), body).await.status, 409);
     assert_eq!(s.provider.standin.records().await.len(), 3);
 }
+
+/// An outbound request's body, `X-TIMESTAMP` and `X-SIGNATURE` — as anyone
+/// who sees outbound headers has them — posted to the webhook path: the
+/// gateway signs requests and verifies webhooks with the same credential
+/// and rule, so old builds accepted it (200 `accepted`) and delivered a
+/// forged event to the app. It is refused `401 reflected_signature`, also
+/// with its hex digits upper-cased, counted and audited, while a genuine
+/// event (the provider's own signature) still goes through.
+#[tokio::test]
+async fn an_outbound_signature_replayed_as_a_webhook_is_refused() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), |w| w).await;
+    let sent = TestClient::new()
+        .send(
+            Method::POST,
+            &s.url("/kwikpaisa/api/v3/pg/order/status"),
+            &[("content-type", "application/json"), ("x-request-id", "reflect-out-1")],
+            W1.to_string(),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    let seen = s.provider.standin.records().await;
+    let out = seen.last().expect("the provider got the outbound request");
+    let ts = out.headers["x-timestamp"].to_str().unwrap().to_string();
+    let sig = out.headers["x-signature"].to_str().unwrap().to_string();
+    let body = String::from_utf8(out.body.to_vec()).unwrap();
+    // The signature is genuine: the provider's own rule accepts it for this body.
+    assert_eq!(sig, provider_signature(&s.provider.secret, body.as_bytes(), &ts));
+    for replayed in [sig.clone(), sig.to_uppercase()] {
+        let r = post_webhook(&s, &body, &ts, Some(&replayed)).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (401, "reflected_signature"),
+            "{:?}",
+            r.body
+        );
+    }
+    // A genuine event still goes through.
+    let genuine = W1.replace("PAID", "SETTLED");
+    assert_eq!(signed(&s, &genuine).await.status, 200);
+    assert!(wait_count(&app, 1, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = app.received.lock().await.clone();
+    assert_eq!(received.len(), 1, "only the genuine event was delivered");
+    assert_eq!(received[0].1, genuine.as_bytes());
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "reflected_signature")]
+        ),
+        2.0
+    );
+    assert!(metric(&m, "signgate_reflection_guard_signatures", &[]) >= 1.0, "{m}");
+    let Setup { gw, fx } = s;
+    gw.shutdown().await;
+    let audit = std::fs::read_to_string(fx.audit_path()).unwrap();
+    assert_eq!(
+        audit.matches(r#""reason":"reflected_signature""#).count(),
+        2,
+        "both refusals audited: {audit}"
+    );
+}
