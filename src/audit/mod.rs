@@ -88,6 +88,12 @@ pub struct Entry {
     pub secret_version: Option<u64>,
     pub signature_fp: Option<String>,
     pub duplicate_key: Option<String>,
+    /// With `[fleet]` only: `redis` when the request's shared decisions
+    /// (limits, duplicate guard, webhook de-duplication, reflection) came
+    /// from Redis, `local` when any fell back to this instance. Absent
+    /// otherwise, so records without a fleet are byte-for-byte as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<&'static str>,
     /// How the upstream exchange failed (its error code), when it did: the
     /// only trace of a provider timeout for a request whose client had gone.
     #[serde(skip_serializing_if = "Option::is_none")]

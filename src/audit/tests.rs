@@ -39,6 +39,7 @@ pub(super) fn entry(i: usize) -> Entry {
         secret_version: Some(1),
         signature_fp: Some("abcdef012345".into()),
         duplicate_key: None,
+        fleet: None,
         upstream_error: None,
     }
 }

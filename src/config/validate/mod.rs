@@ -4,6 +4,7 @@
 //! Sections live in submodules: credentials, schemes, routes and webhooks.
 
 mod credentials;
+mod fleet;
 mod routes;
 mod schemes;
 
@@ -363,6 +364,8 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
     };
 
+    let fleet = raw.fleet.map(|f| fleet::fleet(&mut v, f));
+
     let mut schemes = BTreeMap::new();
     schemes.insert(sign::KWIKPAISA.to_string(), Scheme::kwikpaisa());
     for (name, rs) in raw.schemes {
@@ -397,6 +400,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             egress,
             audit,
             state,
+            fleet,
             credentials,
             schemes,
             routes,
