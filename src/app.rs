@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::amount_guard::LocalTotals;
 use crate::certs::{self, Certificates, EgressTls};
 use crate::config::Config;
 use crate::delivery;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
-use crate::state::{ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
+use crate::state::{Backing, ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 
@@ -139,6 +140,9 @@ impl Reloader {
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
+        if new.needs_amount_store() && self.shared.amounts().is_none() {
+            restart.push("[route.amount_guard] (the first amount guard opens its totals under [state].dir)");
+        }
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
@@ -162,7 +166,7 @@ impl Reloader {
             credentials_cancel,
             upstream,
             Some(&old),
-            self.shared.fleet(),
+            self.shared.backing(),
         )?;
         prime(self.shared.metrics(), &new);
         self.shared.replace_snapshot(next);
@@ -221,6 +225,11 @@ fn prime(metrics: &Metrics, config: &Config) {
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );
+    for r in &config.routes {
+        if let Some(g) = &r.amount_guard {
+            metrics.prime_amount_guard(&r.name, &g.day_caps());
+        }
+    }
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -275,6 +284,16 @@ impl Running {
             .is_err()
         {
             tracing::error!("upstream exchanges still running at shutdown; their records are written as they end");
+        }
+        // Amount-guard settlements on this host (each one short write).
+        if let Some(amounts) = self.shared.amounts() {
+            amounts.tasks().close();
+            if tokio::time::timeout(FLEET_SETTLE_TIMEOUT, amounts.tasks().wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("amount guard: settlements still running at shutdown");
+            }
         }
         // Settlements of fleet claims whose requests ended (bounded: each
         // gives up by its claim's expiry).
@@ -365,6 +384,16 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
             format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
         })?))
     };
+    let amounts = if config.needs_amount_store() {
+        Some(Arc::new(LocalTotals::open(&config.state.dir).with_context(|| {
+            format!(
+                "opening the amount guard's totals in state.dir {}",
+                config.state.dir.display()
+            )
+        })?))
+    } else {
+        None
+    };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
     let fleet = match &config.fleet {
@@ -375,9 +404,21 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         ),
         None => None,
     };
-    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, fleet.as_ref())?;
+    let backing = Backing {
+        fleet: fleet.as_ref(),
+        amounts: amounts.as_ref(),
+        metrics: &metrics,
+    };
+    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, backing)?;
     prime(&metrics, &config);
-    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), fleet));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        metrics.clone(),
+        audit,
+        inbox.clone(),
+        amounts,
+        fleet,
+    ));
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {
@@ -452,7 +493,19 @@ fn spawn_sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = every.tick() => shared.snapshot().limits.sweep(),
+                _ = every.tick() => {
+                    shared.snapshot().limits.sweep();
+                    // Past days' amount totals, once a day (a short write).
+                    if let Some(amounts) = shared.amounts().cloned() {
+                        let pruned = tokio::task::spawn_blocking(move || {
+                            amounts.prune(crate::amount_guard::Day::today())
+                        })
+                        .await;
+                        if let Ok(Err(e)) = pruned {
+                            tracing::warn!(error = %e, "amount guard: old days could not be pruned");
+                        }
+                    }
+                }
             }
         }
     });

@@ -16,7 +16,7 @@ use crate::sign::{self, MessageInput, Scheme};
 
 mod admin;
 mod certs;
-pub use admin::{guard_release, log_level, webhooks, WebhooksAction};
+pub use admin::{guard_release, guard_status, log_level, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";

@@ -192,6 +192,8 @@ impl Worker {
             duplicate_key: Some(ev.key.clone()),
             fleet: ev.dedup_local.then_some("local"),
             upstream_error: None,
+            amount: None,
+            currency: None,
         });
         self.save(ev).await;
     }

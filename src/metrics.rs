@@ -157,7 +157,29 @@ pub struct Metrics {
     pub reflection_early_rotations: IntCounter,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    /// The amount guard's decisions and settlements, by route and result.
+    pub amount_guard: IntCounterVec,
+    /// The largest share of a day cap used today, by route and cap (read at scrape time).
+    pub amount_guard_day_used: prometheus::GaugeVec,
 }
+
+/// The amount guard's results (the `result` label of
+/// `signgate_amount_guard_total`): the decision on a request (`allowed`:
+/// reserved and let through; `invalid`; `over_request`; `over_day`;
+/// `over_count`; `unavailable`), then how each allowed one was settled
+/// (`kept`: the provider answered 2xx; `released`: nothing was sent or the
+/// provider refused it; `unknown`: sent, outcome unknown, kept counted).
+pub const AMOUNT_GUARD_RESULTS: [&str; 9] = [
+    "allowed",
+    "invalid",
+    "over_request",
+    "over_day",
+    "over_count",
+    "unavailable",
+    "kept",
+    "released",
+    "unknown",
+];
 
 /// `signgate_build_info`'s `revision`: the git revision the binary was built
 /// from (build.rs: `SIGNGATE_GIT_REVISION`, else `git rev-parse --short
@@ -199,12 +221,12 @@ pub struct FleetMetrics {
     pub redis_errors: IntCounterVec,
     pub redis_duration: HistogramVec,
     /// Decisions taken without Redis, by what (limits_local, limits_denied,
-    /// guard_refused, webhook_local, reflection_local).
+    /// guard_refused, amount_refused, webhook_local, reflection_local).
     pub fallback: IntCounterVec,
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 8] = [
+pub const FLEET_OPS: [&str; 11] = [
     "limit",
     "claim",
     "settle",
@@ -212,13 +234,17 @@ pub const FLEET_OPS: [&str; 8] = [
     "cooldown",
     "webhook_seen",
     "reflection",
+    "amount_reserve",
+    "amount_settle",
+    "amount_totals",
     "ping",
 ];
 /// The fallbacks (the `what` label).
-pub const FLEET_FALLBACKS: [&str; 5] = [
+pub const FLEET_FALLBACKS: [&str; 6] = [
     "limits_local",
     "limits_denied",
     "guard_refused",
+    "amount_refused",
     "webhook_local",
     "reflection_local",
 ];
@@ -262,7 +288,7 @@ impl Metrics {
             fallback: counter_vec(
                 r,
                 "signgate_fleet_fallback_total",
-                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, webhook_local, reflection_local).",
+                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, amount_refused, webhook_local, reflection_local).",
                 &["what"],
             ),
         };
@@ -492,6 +518,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            amount_guard: counter_vec(
+                &r,
+                "signgate_amount_guard_total",
+                "Amount guard decisions and settlements, by route and result (allowed, invalid, over_request, over_day, over_count, unavailable; then kept, released, unknown).",
+                &["route", "result"],
+            ),
+            amount_guard_day_used: gauge_vec(
+                &r,
+                "signgate_amount_guard_day_used_ratio",
+                "Largest share of a day cap used today (UTC) by one caller, or by the route with per = \"route\", by route and cap (amount: max_per_day, count: max_count_per_day); read at scrape time.",
+                &["route", "cap"],
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -540,6 +578,16 @@ impl Metrics {
             }
             self.webhook_queue_depth.with_label_values(&[w.as_str()]);
             self.webhook_oldest_pending.with_label_values(&[w.as_str()]);
+        }
+    }
+
+    /// Pre-create the amount guard's series of a guarded route.
+    pub fn prime_amount_guard(&self, route: &str, caps: &[&str]) {
+        for result in AMOUNT_GUARD_RESULTS {
+            self.amount_guard.with_label_values(&[route, result]);
+        }
+        for cap in caps {
+            self.amount_guard_day_used.with_label_values(&[route, cap]);
         }
     }
 

@@ -9,7 +9,8 @@
 //! behind the webhook delivery client), each Vault credential's
 //! `vault_ca_file` (`VaultSource::new`), the audit log (`audit::start`) and,
 //! when webhooks are configured, the inbox under `[state].dir`
-//! (`webhook::store::Store::open`). Each problem is a [`ConfigError::File`]
+//! (`webhook::store::Store::open`), and the amount guard's totals there
+//! (`amount_guard::LocalTotals::open`) for a guarded route without `[fleet]`. Each problem is a [`ConfigError::File`]
 //! naming the key and the file, and all of them are reported together.
 //!
 //! Left to run time (exit 1, not 64): binding `listener.addr` and
@@ -179,8 +180,16 @@ fn audit(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn state(config: &Config, errors: &mut Vec<ConfigError>) {
-    // The inbox is opened only when a webhook is configured (as `run` does).
-    if config.webhooks.is_empty() {
+    // The inbox is opened only when a webhook is configured, the amount
+    // guard's totals only for a guarded route without [fleet] (as `run` does).
+    let mut files = Vec::new();
+    if !config.webhooks.is_empty() {
+        files.push((crate::webhook::store::DB_FILE, "the webhook inbox"));
+    }
+    if config.needs_amount_store() {
+        files.push((crate::amount_guard::DB_FILE, "the amount guard's totals"));
+    }
+    if files.is_empty() {
         return;
     }
     let dir = &config.state.dir;
@@ -188,21 +197,23 @@ fn state(config: &Config, errors: &mut Vec<ConfigError>) {
         errors.push(ConfigError::file("state.dir", dir, why));
         return;
     }
-    let db = dir.join(crate::webhook::store::DB_FILE);
-    match fs::metadata(&db) {
-        Ok(m) if !m.is_file() => errors.push(ConfigError::file("state.dir", &db, "is not a regular file")),
-        // Opened, not locked: a running gateway holding it is no error here.
-        Ok(_) => {
-            if let Err(e) = OpenOptions::new().read(true).write(true).open(&db) {
-                errors.push(ConfigError::file(
-                    "state.dir",
-                    &db,
-                    format!("cannot open the webhook inbox for writing: {}", io_reason(&e)),
-                ));
+    for (file, what) in files {
+        let db = dir.join(file);
+        match fs::metadata(&db) {
+            Ok(m) if !m.is_file() => errors.push(ConfigError::file("state.dir", &db, "is not a regular file")),
+            // Opened, not locked: a running gateway holding it is no error here.
+            Ok(_) => {
+                if let Err(e) = OpenOptions::new().read(true).write(true).open(&db) {
+                    errors.push(ConfigError::file(
+                        "state.dir",
+                        &db,
+                        format!("cannot open {what} for writing: {}", io_reason(&e)),
+                    ));
+                }
             }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => errors.push(ConfigError::file("state.dir", &db, io_reason(&e))),
         }
-        Err(e) if is_absent(&e) => {}
-        Err(e) => errors.push(ConfigError::file("state.dir", &db, io_reason(&e))),
     }
 }
 

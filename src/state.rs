@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::allowlist::Allowlist;
+use crate::amount_guard::{AmountGuard, Backend, LocalTotals};
 use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
@@ -34,6 +35,9 @@ use crate::webhook::Hook;
 /// Beyond the request's own timers, how long an in-flight duplicate-guard
 /// claim lives in Redis before it expires on its own.
 const CLAIM_SLACK: Duration = Duration::from_secs(10);
+/// Beyond that, how long an amount reservation's token waits in Redis for
+/// its settlement (retried meanwhile) before it expires and stays counted.
+const AMOUNT_TOKEN_SLACK: Duration = Duration::from_secs(60);
 
 /// Everything derived from one configuration; swapped whole, never edited.
 pub(crate) struct Snapshot {
@@ -68,20 +72,34 @@ pub(crate) enum BuildError {
         name: String,
         credential: String,
     },
+    #[error("route {route}: amount_guard needs its store under [state].dir, opened at start-up: restart the gateway")]
+    NoAmountStore { route: String },
+}
+
+/// Where a snapshot's routes keep what outlives it: the fleet's Redis, the
+/// amount guard's totals on this host, and the metrics their counters live in.
+#[derive(Clone, Copy)]
+pub(crate) struct Backing<'a> {
+    pub fleet: Option<&'a Arc<Fleet>>,
+    pub amounts: Option<&'a Arc<LocalTotals>>,
+    pub metrics: &'a Metrics,
 }
 
 impl Snapshot {
     /// Resolve routes and webhooks against schemes and credentials. With
     /// `previous`, a route whose duplicate-guard settings did not change keeps
-    /// its guard's memory (a reload must not forget in-flight payouts).
+    /// its guard's memory (a reload must not forget in-flight payouts); the
+    /// amount guard's totals live in `backing` (on disk or in Redis), keyed
+    /// by route name, so every snapshot sees the same.
     pub fn build(
         config: &Config,
         credentials: CredentialStore,
         credentials_cancel: CancellationToken,
         upstream: Upstream,
         previous: Option<&Snapshot>,
-        fleet: Option<&Arc<Fleet>>,
+        backing: Backing<'_>,
     ) -> Result<Snapshot, BuildError> {
+        let fleet = backing.fleet;
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
             .iter()
@@ -121,12 +139,26 @@ impl Snapshot {
             // An in-flight claim lives as long as its request can: the
             // queue, the exchange and its one retry, and some slack.
             let claim_ttl = r.queue_timeout + config.egress.request_timeout * 2 + CLAIM_SLACK;
+            let amounts = match &r.amount_guard {
+                None => None,
+                Some(g) => {
+                    let store = match (fleet, backing.amounts) {
+                        (Some(f), _) => Backend::Fleet(f.clone()),
+                        (None, Some(s)) => Backend::Local(s.clone()),
+                        (None, None) => return Err(BuildError::NoAmountStore { route: r.name.clone() }),
+                    };
+                    // An unsettled reservation's token outlives its request.
+                    let token_ttl = claim_ttl + AMOUNT_TOKEN_SLACK;
+                    Some(AmountGuard::new(&r.name, g.clone(), store, backing.metrics, token_ttl))
+                }
+            };
             routes.push(Arc::new(Route::new(
                 r.clone(),
                 scheme("route", &r.name, &r.scheme)?,
                 slot("route", &r.name, &r.credential)?,
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
+                amounts,
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());
@@ -308,6 +340,9 @@ pub(crate) struct Shared {
     reflections: Reflections,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
+    /// The amount guard's totals on this host (routes with `amount_guard`
+    /// and no `[fleet]`; opened at start-up).
+    amounts: Option<Arc<LocalTotals>>,
 }
 
 impl Shared {
@@ -316,6 +351,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
+        amounts: Option<Arc<LocalTotals>>,
         fleet: Option<Arc<Fleet>>,
     ) -> Shared {
         Shared {
@@ -329,6 +365,21 @@ impl Shared {
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(fleet.clone()),
             fleet,
+            amounts,
+        }
+    }
+
+    /// The amount guard's totals on this host, when opened.
+    pub fn amounts(&self) -> Option<&Arc<LocalTotals>> {
+        self.amounts.as_ref()
+    }
+
+    /// What a snapshot built now keeps its routes' state in.
+    pub fn backing(&self) -> Backing<'_> {
+        Backing {
+            fleet: self.fleet.as_ref(),
+            amounts: self.amounts.as_ref(),
+            metrics: &self.metrics,
         }
     }
 

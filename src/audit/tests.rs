@@ -41,6 +41,8 @@ pub(super) fn entry(i: usize) -> Entry {
         duplicate_key: None,
         fleet: None,
         upstream_error: None,
+        amount: None,
+        currency: None,
     }
 }
 

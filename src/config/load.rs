@@ -118,7 +118,8 @@ fn section<T: DeserializeOwned>(prefix: &str, mut value: Value, errors: &mut Vec
     };
     for _ in 0..MAX_TYPE_ERRORS_PER_SECTION {
         let mut unknown = Vec::new();
-        let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}.{path}"));
+        // An `Option` on the way shows as a `?` segment (`limit.?.rat`): drop it.
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}.{path}").replace(".?.", "."));
         let de = serde_ignored::Deserializer::new(value.clone(), &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(de);
         match result {

@@ -5,8 +5,9 @@
 //! The exchange runs as its own task, detached from the client's request:
 //! once a byte may have reached the provider, a client that goes away does
 //! not abort it. It finishes (up to `egress.request_timeout_ms`), settles
-//! the duplicate-guard claim by its outcome and hands its result to the
-//! request — or, if the client is gone, to the request's `Drop` bookkeeping.
+//! what the request holds ([`Holds`]: the duplicate-guard claim, the amount
+//! reservation) by its outcome and hands its result to the request — or, if
+//! the client is gone, to the request's `Drop` bookkeeping.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +23,7 @@ use super::record::{clock_skew, Record};
 use super::scope::Scope;
 use super::steps::Outgoing;
 use super::GatewayError;
+use crate::amount_guard::Reservation;
 use crate::config::MAX_COOLDOWN;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
@@ -31,6 +33,44 @@ use crate::secrets::Credential;
 use crate::sign::{MessageInput, Signature};
 use crate::state::Shared;
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
+
+/// What a request holds until its outcome is known: the duplicate guard's
+/// claim and the amount guard's reservation. Both are settled by the same
+/// [`Outcome`]; each settles itself in `Drop` if the exchange never ends
+/// (released if nothing was sent, kept as unknown once it may have been).
+#[derive(Default)]
+pub(super) struct Holds {
+    pub claim: Option<Claim>,
+    pub reservation: Option<Reservation>,
+}
+
+impl Holds {
+    /// From now on bytes may reach the provider.
+    fn sending(&mut self) {
+        if let Some(c) = self.claim.as_mut() {
+            c.sending();
+        }
+        if let Some(r) = self.reservation.as_mut() {
+            r.sending();
+        }
+    }
+
+    /// Settle both by the outcome (each done, or handed to a retrying task,
+    /// when this returns).
+    async fn finish(self, outcome: Outcome) {
+        let claim = async {
+            if let Some(c) = self.claim {
+                c.finish(outcome).await;
+            }
+        };
+        let reservation = async {
+            if let Some(r) = self.reservation {
+                r.finish(outcome).await;
+            }
+        };
+        futures_util::future::join(claim, reservation).await;
+    }
+}
 
 /// What the exchange task hands back.
 pub(super) struct Exchanged {
@@ -59,7 +99,7 @@ pub(super) async fn send(
     route: &Arc<Route>,
     cred: Arc<Credential>,
     out: Outgoing,
-    claim: Option<Claim>,
+    holds: Holds,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
     let reflect = scope.snap.reflect_windows.get(&route.config.credential).copied();
     let task = exchange(
@@ -69,7 +109,7 @@ pub(super) async fn send(
         route.clone(),
         cred,
         out,
-        claim,
+        holds,
         scope.rid.as_str().to_string(),
     );
     let handle = scope.shared.exchanges().spawn(task);
@@ -93,7 +133,7 @@ async fn exchange(
     route: Arc<Route>,
     cred: Arc<Credential>,
     out: Outgoing,
-    mut claim: Option<Claim>,
+    mut holds: Holds,
     rid: String,
 ) -> Exchanged {
     let metrics = shared.metrics();
@@ -112,9 +152,7 @@ async fn exchange(
             .signatures
             .with_label_values(&[route.name(), route.config.credential.as_str()])
             .inc();
-        if let Some(c) = claim.as_mut() {
-            c.sending();
-        }
+        holds.sending();
         match upstream.send(req).await {
             Ok(r) => break Ok(r),
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
@@ -139,9 +177,7 @@ async fn exchange(
         observe_response(metrics, &route, resp);
         cool_down(&shared, &route, resp).await;
     }
-    if let Some(claim) = claim {
-        claim.finish(settle(&result)).await;
-    }
+    holds.finish(settle(&result)).await;
     Exchanged {
         result,
         fingerprint,
@@ -149,8 +185,9 @@ async fn exchange(
     }
 }
 
-/// How the exchange settles a duplicate-guard claim: only a definite
-/// failure releases it; a request that may have taken effect holds it.
+/// How the exchange settles a duplicate-guard claim and an amount
+/// reservation: only a definite failure releases them; a request that may
+/// have taken effect holds them.
 fn settle(result: &Result<Response<Incoming>, AttemptError>) -> Outcome {
     match result {
         Ok(r) if r.status().is_success() => Outcome::Succeeded,

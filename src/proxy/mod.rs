@@ -3,8 +3,9 @@
 //! [`pipeline`], which calls one named step per stage, in the order
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
 //! slot, dispatch webhooks, admit, route, authorize, limit, read the body,
-//! canonicalize, claim, credential, prepare, send, respond. Every refusal is
-//! a [`GatewayError`], answered as the contract's JSON error.
+//! canonicalize, claim, reserve the amount, credential, prepare, send,
+//! respond. Every refusal is a [`GatewayError`], answered as the contract's
+//! JSON error.
 
 mod context;
 mod error;
@@ -84,11 +85,13 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
     let claim = steps::claim(scope, &route, &parts, &body).await?;
+    let reservation = steps::reserve_amount(scope, &route, &body).await?;
+    let holds = exchange::Holds { claim, reservation };
     let cred = steps::credential(scope, &route)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
-    // A cooldown that began while this request waited: the claim is
-    // released as it drops (nothing was sent).
+    // A cooldown that began while this request waited: the claim and the
+    // reservation are released as they drop (nothing was sent).
     steps::cooled(scope, &route)?;
-    let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
+    let exchanged = exchange::send(scope, &route, cred, outgoing, holds).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

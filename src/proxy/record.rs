@@ -34,6 +34,10 @@ pub(super) struct Record {
     pub fleet: Option<crate::fleet::Source>,
     /// The upstream exchange's failure, if it failed.
     pub upstream_error: Option<&'static str>,
+    /// A route with `amount_guard`: the payout's amount (decimal text with
+    /// the route's `minor_units`) and currency, once read.
+    pub amount: Option<String>,
+    pub currency: Option<String>,
 }
 
 impl Record {
@@ -58,6 +62,8 @@ impl Record {
             duplicate_key: None,
             fleet: None,
             upstream_error: None,
+            amount: None,
+            currency: None,
         }
     }
 }
@@ -147,6 +153,8 @@ pub(super) fn entry(
         duplicate_key: rec.duplicate_key.clone(),
         fleet: rec.fleet.map(crate::fleet::Source::label),
         upstream_error: rec.upstream_error,
+        amount: rec.amount.clone(),
+        currency: rec.currency.clone(),
     }
 }
 

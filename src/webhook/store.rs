@@ -32,8 +32,8 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Create `path` as an empty 0600 file if it does not exist, and take group
 /// and other access away from an existing one (an inbox made by an older
-/// version under umask 022).
-fn create_private_file(path: &Path) -> std::io::Result<()> {
+/// version under umask 022). Also used for the amount guard's totals.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -46,7 +46,7 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     if mode & 0o077 != 0 {
         // Best effort: a file this process may write but not chmod still serves.
         if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700)) {
-            tracing::warn!(path = %path.display(), error = %e, "the webhook inbox is readable by others and could not be made owner-only");
+            tracing::warn!(path = %path.display(), error = %e, "a state file is readable by others and could not be made owner-only");
         }
     }
     Ok(())

@@ -220,6 +220,9 @@ pub(super) fn routes(
             DEFAULT_DUPLICATE_CAPACITY,
         );
         let limit = v.quota(&key("limit"), r.limit);
+        let amount_guard = r
+            .amount_guard
+            .and_then(|g| super::amounts::amount_guard(v, i, g, schemes.get(&scheme)));
         if let Some(upstream) = upstream {
             out.push(RouteConfig {
                 name,
@@ -238,6 +241,7 @@ pub(super) fn routes(
                 max_inflight,
                 queue_timeout,
                 honor_retry_after: r.honor_retry_after.unwrap_or(true),
+                amount_guard,
             });
         }
     }
