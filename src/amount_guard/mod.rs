@@ -259,8 +259,8 @@ impl AmountGuard {
         }
     }
 
-    /// Read the amount and currency of a canonical body and check the
-    /// per-request cap (counted when refused).
+    /// Read the amount and currency of a canonical body (counted when
+    /// refused).
     pub fn payout(&self, body: &[u8]) -> Result<Payout, Refusal> {
         let result = self.read(body);
         if let Err(why) = &result {
@@ -289,21 +289,28 @@ impl AmountGuard {
             Some(pointer) => currency(crate::canonical::pointer(body, pointer))
                 .map_err(|why| Refusal::Invalid(format!("invalid currency at {pointer}: {why}")))?,
         };
-        if let Some(max) = c.max_per_request.filter(|&max| amount > max) {
+        Ok(Payout { amount, currency })
+    }
+
+    /// A single payout over a cap: `max_per_request`, or the whole
+    /// `max_per_day` (it can never fit the day).
+    fn check_request(&self, p: &Payout) -> Result<(), Refusal> {
+        let c = &self.inner.config;
+        if let Some(max) = c.max_per_request.filter(|&max| p.amount > max) {
             return Err(Refusal::OverRequest(format!(
                 "amount {} is over this route's max_per_request ({})",
-                self.money(amount, &currency),
-                self.money(max, &currency)
+                self.money(p.amount, &p.currency),
+                self.money(max, &p.currency)
             )));
         }
-        if let Some(max) = c.max_per_day.filter(|&max| amount > max) {
+        if let Some(max) = c.max_per_day.filter(|&max| p.amount > max) {
             return Err(Refusal::OverDay(format!(
                 "amount {} is over this route's max_per_day ({})",
-                self.money(amount, &currency),
-                self.money(max, &currency)
+                self.money(p.amount, &p.currency),
+                self.money(max, &p.currency)
             )));
         }
-        Ok(Payout { amount, currency })
+        Ok(())
     }
 
     /// Whose day a request counts on: `caller` (the mTLS identity, else the
@@ -322,10 +329,14 @@ impl AmountGuard {
         }
     }
 
-    /// Check the day's caps for `caller` and reserve the payout (counted
-    /// either way). Cancelled while the reservation is on its way, it is
-    /// released once it lands.
+    /// Check the per-request caps, then the day's caps for `caller`, and
+    /// reserve the payout (counted either way). Cancelled while the
+    /// reservation is on its way, it is released once it lands.
     pub async fn reserve(&self, caller: String, payout: &Payout) -> Result<Reservation, Refusal> {
+        if let Err(why) = self.check_request(payout) {
+            self.inner.counters.refused(&why);
+            return Err(why);
+        }
         let bucket = Bucket {
             day: Day::today(),
             currency: payout.currency.clone(),

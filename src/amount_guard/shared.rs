@@ -5,9 +5,11 @@
 //! after the day's last reservation. A reservation is one script call that
 //! checks the caps and adds itself, and leaves a token
 //! (`{PREFIX:amt:ROUTE}:t:INSTANCE:ULID`, holding the amount) that its
-//! settlement consumes: settling twice, or settling a reservation whose
-//! answer was lost (it may or may not have landed), is harmless. A token
-//! that expires unsettled leaves its reservation counted.
+//! settlement consumes: settling twice is harmless, and a release of a
+//! reservation whose answer was lost leaves a tombstone in the token's
+//! place, so the reservation, should it land later (it timed out on its
+//! way), is refused. A token that expires unsettled leaves its reservation
+//! counted.
 //!
 //! Redis not answering: no reservation (fail closed, 503); a settlement is
 //! tried again every [`SETTLE_RETRY`] until the token would have expired.
@@ -75,6 +77,9 @@ pub(super) async fn reserve(
                 AmountAnswer::Reserved => Verdict::Reserved,
                 AmountAnswer::OverDay => Verdict::OverDay,
                 AmountAnswer::OverCount => Verdict::OverCount,
+                // Never for a request still waiting (its release runs only
+                // once it gave up): refuse it as unanswered.
+                AmountAnswer::Released => return Err(()),
             };
             Ok((verdict, std::mem::take(&mut pending.token_key)))
         }
@@ -99,7 +104,7 @@ struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if self.armed {
-            let deadline = Instant::now() + self.guard.inner.token_ttl;
+            let ttl = self.guard.inner.token_ttl;
             self.fleet.spawn(settle_until(
                 self.guard.inner.route.clone(),
                 self.fleet.clone(),
@@ -107,7 +112,7 @@ impl Drop for Pending {
                 std::mem::take(&mut self.token_key),
                 std::mem::take(&mut self.field),
                 AmountSettlement::Release,
-                deadline,
+                ttl,
             ));
         }
     }
@@ -126,12 +131,12 @@ fn how(outcome: Outcome) -> AmountSettlement {
 pub(super) async fn settle(g: &AmountGuard, fleet: &Arc<Fleet>, b: &Bucket, token_key: &str, outcome: Outcome) {
     let day_key = day_key(g, fleet, b.day);
     let field = suffix(b);
+    let ttl = g.inner.token_ttl;
     if fleet
-        .amount_settle(&day_key, token_key, &field, how(outcome))
+        .amount_settle(&day_key, token_key, &field, how(outcome), ttl)
         .await
         .is_err()
     {
-        let deadline = Instant::now() + g.inner.token_ttl;
         fleet.spawn(settle_until(
             g.inner.route.clone(),
             fleet.clone(),
@@ -139,11 +144,13 @@ pub(super) async fn settle(g: &AmountGuard, fleet: &Arc<Fleet>, b: &Bucket, toke
             token_key.to_string(),
             field,
             how(outcome),
-            deadline,
+            ttl,
         ));
     }
 }
 
+/// Settle, trying again while Redis cannot answer, until the token would
+/// have expired (`ttl` from now: past it, the reservation stays counted).
 async fn settle_until(
     route: String,
     fleet: Arc<Fleet>,
@@ -151,10 +158,15 @@ async fn settle_until(
     token_key: String,
     field: String,
     how: AmountSettlement,
-    deadline: Instant,
+    ttl: Duration,
 ) {
+    let deadline = Instant::now() + ttl;
     loop {
-        if fleet.amount_settle(&day_key, &token_key, &field, how).await.is_ok() {
+        if fleet
+            .amount_settle(&day_key, &token_key, &field, how, ttl)
+            .await
+            .is_ok()
+        {
             return;
         }
         if Instant::now() >= deadline {

@@ -104,6 +104,8 @@ pub enum AmountAnswer {
     OverDay,
     /// The caller's count for the day is at the day's cap.
     OverCount,
+    /// Its release came first (it was on its way when its request gave up).
+    Released,
 }
 
 /// How an amount reservation ended (its settlement in Redis).
@@ -579,18 +581,20 @@ impl Fleet {
         Ok(match answer {
             0 => AmountAnswer::Reserved,
             1 => AmountAnswer::OverDay,
-            _ => AmountAnswer::OverCount,
+            2 => AmountAnswer::OverCount,
+            _ => AmountAnswer::Released,
         })
     }
 
     /// Settle an amount reservation by its token (idempotent, see
-    /// `scripts::AMOUNT_SETTLE`).
+    /// `scripts::AMOUNT_SETTLE`); a release leaves a tombstone for `ttl`.
     pub async fn amount_settle(
         &self,
         day_key: &str,
         token_key: &str,
         field: &str,
         how: AmountSettlement,
+        ttl: Duration,
     ) -> Result<(), FleetError> {
         let how = match how {
             AmountSettlement::Release => "r",
@@ -607,6 +611,7 @@ impl Fleet {
                     .key(token_key)
                     .arg(field)
                     .arg(how)
+                    .arg(ttl.as_millis().max(1) as u64)
                     .invoke_async(&mut c),
             )
             .await?;

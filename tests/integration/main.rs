@@ -26,7 +26,11 @@
 //!   limits, the duplicate guard, webhook de-duplication, provider cooldown
 //!   and reflections fleet-wide; Redis killed and slowed;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
-//!   file and umask 022, with the real binary.
+//!   file and umask 022, with the real binary;
+//! - `amounts`: the amount guard: caps per request, day and count, what is
+//!   kept or released by outcome (client gone included), callers apart or
+//!   together, invalid amounts, a process restart, a UTC midnight under
+//!   libfaketime, two instances sharing a day through Redis.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -36,6 +40,7 @@
 mod support;
 
 mod access;
+mod amounts;
 mod audit;
 mod certs;
 mod cli;
