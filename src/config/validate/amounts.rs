@@ -9,9 +9,9 @@ use crate::money::{self, DecimalError, MAX_MINOR, MAX_MINOR_UNITS};
 fn cap(v: &mut V, key: &str, raw: Option<RawDecimal>, minor_units: u8) -> Option<u64> {
     let expected = || {
         format!(
-            "a positive amount as a string with at most {minor_units} decimal places, e.g. \"{}\" (at most {})",
-            money::format_minor(50_000 * 10u64.pow(u32::from(minor_units)), minor_units),
+            "a positive amount as a string, with at most {minor_units} decimal places and at most {}, e.g. \"{}\"",
             money::format_minor(MAX_MINOR, minor_units),
+            money::format_minor(50_000 * 10u64.pow(u32::from(minor_units)), minor_units),
         )
     };
     let text = match raw? {
@@ -36,7 +36,7 @@ fn cap(v: &mut V, key: &str, raw: Option<RawDecimal>, minor_units: u8) -> Option
         }
         Ok(minor) => Some(minor),
         Err(why @ (DecimalError::TooPrecise { .. } | DecimalError::TooLarge | DecimalError::Negative)) => {
-            v.push(ConfigError::invalid(key, &text, format!("{} ({why})", expected())));
+            v.push(ConfigError::invalid(key, &text, format!("{}; this value: {why}", expected())));
             None
         }
         Err(_) => {
