@@ -20,6 +20,8 @@
 //! work spawned from `Drop`. Totals survive restarts (on disk or in Redis);
 //! a reservation whose gateway died before settling stays counted.
 
+mod payout;
+mod reservation;
 mod shared;
 mod store;
 
@@ -27,13 +29,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
-use tokio::task::JoinHandle;
 
 use crate::config::{AmountGuardConfig, AmountPer};
 use crate::dedup::Outcome;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::money::{self, AmountError};
+use crate::money;
+pub use payout::Payout;
+pub use reservation::Reservation;
 pub use store::{LocalTotals, StoreError, DB_FILE};
 
 /// A UTC day: days since 1970-01-01.
@@ -56,15 +59,6 @@ impl Day {
         let date = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(i64::from(self.0));
         format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
     }
-}
-
-/// What a request asks to pay out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payout {
-    /// Minor units.
-    pub amount: u64,
-    /// Upper-cased; empty when the guard has no `currency` pointer.
-    pub currency: String,
 }
 
 /// Where a reservation counts: one caller's (or the route's) day in one currency.
@@ -208,9 +202,6 @@ pub struct AmountGuard {
     inner: Arc<Inner>,
 }
 
-/// Longest currency code accepted (ISO 4217 codes have 3 letters).
-const MAX_CURRENCY_LEN: usize = 16;
-
 impl AmountGuard {
     /// `token_ttl`: with `[fleet]`, how long a reservation may stay
     /// unsettled in Redis before its token expires (it then stays counted).
@@ -249,70 +240,6 @@ impl AmountGuard {
         money::format_minor(minor, self.inner.config.minor_units)
     }
 
-    /// `105.50 INR`, or `105.50` without a currency.
-    fn money(&self, minor: u64, currency: &str) -> String {
-        let amount = self.format(minor);
-        if currency.is_empty() {
-            amount
-        } else {
-            format!("{amount} {currency}")
-        }
-    }
-
-    /// Read the amount and currency of a canonical body (counted when
-    /// refused).
-    pub fn payout(&self, body: &[u8]) -> Result<Payout, Refusal> {
-        let result = self.read(body);
-        if let Err(why) = &result {
-            self.inner.counters.refused(why);
-        }
-        result
-    }
-
-    fn read(&self, body: &[u8]) -> Result<Payout, Refusal> {
-        let c = &self.inner.config;
-        let amount =
-            money::amount_from_json(crate::canonical::pointer(body, &c.amount), c.minor_units).map_err(|e| {
-                let why = match e {
-                    AmountError::Decimal(money::DecimalError::TooPrecise { .. }) => {
-                        format!(
-                            "{e} (this route takes amounts like {})",
-                            self.format(10_550 * 10u64.pow(u32::from(c.minor_units)) / 100)
-                        )
-                    }
-                    _ => e.to_string(),
-                };
-                Refusal::Invalid(format!("invalid amount at {}: {why}", c.amount))
-            })?;
-        let currency = match &c.currency {
-            None => String::new(),
-            Some(pointer) => currency(crate::canonical::pointer(body, pointer))
-                .map_err(|why| Refusal::Invalid(format!("invalid currency at {pointer}: {why}")))?,
-        };
-        Ok(Payout { amount, currency })
-    }
-
-    /// A single payout over a cap: `max_per_request`, or the whole
-    /// `max_per_day` (it can never fit the day).
-    fn check_request(&self, p: &Payout) -> Result<(), Refusal> {
-        let c = &self.inner.config;
-        if let Some(max) = c.max_per_request.filter(|&max| p.amount > max) {
-            return Err(Refusal::OverRequest(format!(
-                "amount {} is over this route's max_per_request ({})",
-                self.money(p.amount, &p.currency),
-                self.money(max, &p.currency)
-            )));
-        }
-        if let Some(max) = c.max_per_day.filter(|&max| p.amount > max) {
-            return Err(Refusal::OverDay(format!(
-                "amount {} is over this route's max_per_day ({})",
-                self.money(p.amount, &p.currency),
-                self.money(max, &p.currency)
-            )));
-        }
-        Ok(())
-    }
-
     /// Whose day a request counts on: `caller` (the mTLS identity, else the
     /// address), or everyone's with `per = "route"`.
     pub fn caller(&self, caller: impl FnOnce() -> String) -> String {
@@ -349,15 +276,7 @@ impl AmountGuard {
         let result = match verdict {
             Ok((Verdict::Reserved, token)) => {
                 self.inner.counters.allowed.inc();
-                return Ok(Reservation {
-                    held: Some(Held {
-                        guard: self.clone(),
-                        bucket,
-                        amount: payout.amount,
-                        token,
-                    }),
-                    sent: false,
-                });
+                return Ok(Reservation::new(self.clone(), bucket, payout.amount, token));
             }
             Ok((Verdict::OverDay, _)) => Refusal::OverDay(self.over_day(&bucket)),
             Ok((Verdict::OverCount, _)) => Refusal::OverCount(self.over_count(&bucket)),
@@ -365,72 +284,6 @@ impl AmountGuard {
         };
         self.inner.counters.refused(&result);
         Err(result)
-    }
-
-    fn whose(&self) -> String {
-        match self.inner.config.per {
-            AmountPer::Client => "your".to_string(),
-            AmountPer::Route => format!("route {}'s", self.inner.route),
-        }
-    }
-
-    fn over_day(&self, b: &Bucket) -> String {
-        let max = self.inner.config.max_per_day.unwrap_or_default();
-        format!(
-            "this payout would take {} total for {} (UTC) past max_per_day ({})",
-            self.whose(),
-            b.day.label(),
-            self.money(max, &b.currency)
-        )
-    }
-
-    fn over_count(&self, b: &Bucket) -> String {
-        let max = self.inner.config.max_count_per_day.unwrap_or_default();
-        let currency = if b.currency.is_empty() {
-            String::new()
-        } else {
-            format!(" in {}", b.currency)
-        };
-        format!(
-            "{} payouts for {} (UTC){currency} have reached max_count_per_day ({max})",
-            self.whose(),
-            b.day.label()
-        )
-    }
-
-    async fn reserve_local(
-        &self,
-        store: &Arc<LocalTotals>,
-        bucket: &Bucket,
-        amount: u64,
-    ) -> Result<(Verdict, String), ()> {
-        let (s, b, route, caps) = (store.clone(), bucket.clone(), self.inner.route.clone(), self.caps());
-        let mut pending = PendingLocal {
-            guard: self.clone(),
-            bucket: bucket.clone(),
-            amount,
-            handle: Some(
-                store
-                    .tasks()
-                    .spawn_blocking(move || s.reserve(&route, &b, amount, caps)),
-            ),
-        };
-        let joined = match pending.handle.as_mut() {
-            Some(h) => h.await,
-            None => return Err(()),
-        };
-        pending.handle = None;
-        match joined {
-            Ok(Ok(verdict)) => Ok((verdict, String::new())),
-            Ok(Err(e)) => {
-                tracing::error!(route = %self.inner.route, error = %e, "amount guard: the totals cannot be written; refusing payouts (503)");
-                Err(())
-            }
-            Err(e) => {
-                tracing::error!(route = %self.inner.route, error = %e, "amount guard: a reservation failed");
-                Err(())
-            }
-        }
     }
 
     /// Today's totals of this route, by currency and caller.
@@ -475,139 +328,6 @@ impl AmountGuard {
             share(t.amount, self.inner.config.max_per_day),
             share(t.count, self.inner.config.max_count_per_day),
         )
-    }
-
-    /// Apply a settlement and count it (blocking or through Redis).
-    async fn settle(&self, bucket: Bucket, amount: u64, token: String, outcome: Outcome) {
-        self.inner.counters.settled(outcome);
-        match &self.inner.backend {
-            Backend::Local(store) => {
-                let (s, route) = (store.clone(), self.inner.route.clone());
-                // Runs to its end even if this future is dropped.
-                let job = store
-                    .tasks()
-                    .spawn_blocking(move || s.settle(&route, &bucket, amount, outcome));
-                match job.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(route = %self.inner.route, ?outcome, error = %e, "amount guard: a settlement could not be written; the total stays high")
-                    }
-                    Err(e) => {
-                        tracing::error!(route = %self.inner.route, ?outcome, error = %e, "amount guard: a settlement failed")
-                    }
-                }
-            }
-            Backend::Fleet(fleet) => shared::settle(self, fleet, &bucket, &token, outcome).await,
-        }
-    }
-
-    /// Settle from `Drop`: the work is spawned (tracked, so shutdown waits).
-    fn settle_detached(&self, bucket: Bucket, amount: u64, token: String, outcome: Outcome) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let tasks = match &self.inner.backend {
-                Backend::Local(store) => store.tasks().clone(),
-                Backend::Fleet(fleet) => fleet.tasks().clone(),
-            };
-            let guard = self.clone();
-            tasks.spawn(async move { guard.settle(bucket, amount, token, outcome).await });
-            return;
-        }
-        // No runtime (a drop at the very end of the process): a local store
-        // is still written; in Redis the token's expiry leaves it counted.
-        self.inner.counters.settled(outcome);
-        if let Backend::Local(store) = &self.inner.backend {
-            if let Err(e) = store.settle(&self.inner.route, &bucket, amount, outcome) {
-                tracing::error!(route = %self.inner.route, error = %e, "amount guard: a settlement could not be written");
-            }
-        }
-    }
-}
-
-/// A currency code from its JSON text: a string of 1-16 ASCII letters or
-/// digits, upper-cased (`"inr"` and `"INR"` are one currency, so a caller
-/// cannot split a cap by spelling).
-fn currency(text: Option<&str>) -> Result<String, &'static str> {
-    let text = match text {
-        None | Some("null") => return Err("missing"),
-        Some(t) => t,
-    };
-    let code: String = if text.starts_with('"') {
-        serde_json::from_str(text).map_err(|_| "not a currency code")?
-    } else {
-        return Err("not a string");
-    };
-    if code.is_empty() || code.len() > MAX_CURRENCY_LEN || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("not a currency code (1-16 letters or digits, e.g. \"INR\")");
-    }
-    Ok(code.to_ascii_uppercase())
-}
-
-/// A local reservation on its way (in the blocking pool): dropped before
-/// its answer, the reservation is released once it lands.
-struct PendingLocal {
-    guard: AmountGuard,
-    bucket: Bucket,
-    amount: u64,
-    handle: Option<JoinHandle<Result<Verdict, StoreError>>>,
-}
-
-impl Drop for PendingLocal {
-    fn drop(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        let (guard, bucket, amount) = (self.guard.clone(), self.bucket.clone(), self.amount);
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        if let Backend::Local(store) = &guard.inner.backend {
-            store.tasks().clone().spawn(async move {
-                if let Ok(Ok(Verdict::Reserved)) = handle.await {
-                    guard.inner.counters.allowed.inc();
-                    guard.settle(bucket, amount, String::new(), Outcome::Failed).await;
-                }
-            });
-        }
-    }
-}
-
-struct Held {
-    guard: AmountGuard,
-    bucket: Bucket,
-    amount: u64,
-    /// `[fleet]`: the reservation's token in Redis.
-    token: String,
-}
-
-/// A payout's reserved share of its day. Settled by [`Reservation::finish`];
-/// if dropped before that, released when nothing was sent and kept (as
-/// unknown) once the request may have reached the provider.
-pub struct Reservation {
-    held: Option<Held>,
-    sent: bool,
-}
-
-impl Reservation {
-    /// From now on bytes may reach the provider: a drop means "unknown".
-    pub fn sending(&mut self) {
-        self.sent = true;
-    }
-
-    /// Settle by the outcome; done when this returns (a fleet settlement
-    /// Redis cannot take now is retried in the background).
-    pub async fn finish(mut self, outcome: Outcome) {
-        if let Some(h) = self.held.take() {
-            h.guard.settle(h.bucket, h.amount, h.token, outcome).await;
-        }
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Some(h) = self.held.take() {
-            let outcome = if self.sent { Outcome::Unknown } else { Outcome::Failed };
-            h.guard.settle_detached(h.bucket, h.amount, h.token, outcome);
-        }
     }
 }
 

@@ -36,7 +36,11 @@ fn cap(v: &mut V, key: &str, raw: Option<RawDecimal>, minor_units: u8) -> Option
         }
         Ok(minor) => Some(minor),
         Err(why @ (DecimalError::TooPrecise { .. } | DecimalError::TooLarge | DecimalError::Negative)) => {
-            v.push(ConfigError::invalid(key, &text, format!("{}; this value: {why}", expected())));
+            v.push(ConfigError::invalid(
+                key,
+                &text,
+                format!("{}; this value: {why}", expected()),
+            ));
             None
         }
         Err(_) => {
