@@ -413,12 +413,25 @@ mod tests {
         assert!(invalid(r#"{"amount":"1.00"}"#).contains("at /currency: missing"));
         assert!(invalid(r#"{"amount":"1.00","currency":"IN R"}"#).contains("currency"));
         assert!(invalid(r#"{"amount":"1.00","currency":356}"#).contains("not a string"));
-        match p(r#"{"amount":"500.01","currency":"INR"}"#) {
+        assert_eq!(
+            p(r#"{"amount":"500.01","currency":"INR"}"#).map(|p| p.amount),
+            Ok(50_001),
+            "the caps are the reservation's business"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_payout_over_a_cap_is_refused_before_the_store() {
+        let (g, _dir) = guard(|_| {});
+        let payout = g.payout(br#"{"amount":"500.01","currency":"INR"}"#).unwrap();
+        match g.reserve("c".into(), &payout).await {
             Err(Refusal::OverRequest(m)) => {
                 assert_eq!(m, "amount 500.01 INR is over this route's max_per_request (500.00 INR)")
             }
-            other => panic!("{other:?}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("over max_per_request"),
         }
+        assert!(g.today().await.unwrap().1.is_empty(), "nothing reserved");
     }
 
     #[tokio::test]
