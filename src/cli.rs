@@ -79,9 +79,12 @@ pub async fn check(path: &Path, credentials: bool) -> ExitCode {
     for slot in store.slots() {
         match slot.get() {
             Ok(c) => println!(
-                "credential {}: loaded (version {})",
+                "credential {}: loaded (version {}{})",
                 slot.name(),
-                c.version().map_or("-".into(), |v| v.to_string())
+                c.version().map_or("-".into(), |v| v.to_string()),
+                c.transit()
+                    .map(|t| format!("; signs in Vault Transit: {}", t.describe()))
+                    .unwrap_or_default()
             ),
             Err(why) => {
                 failed = true;

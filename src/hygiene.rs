@@ -88,6 +88,14 @@ pub fn secret_vars(config: &Config) -> BTreeSet<String> {
             SecretSource::Vault(v) if matches!(v.auth, VaultAuth::Token { token_file: None }) => {
                 out.insert("VAULT_TOKEN".to_string());
             }
+            SecretSource::VaultTransit(t) => {
+                if let crate::config::ApiKeySource::Env(var) = &t.api_key {
+                    out.insert(var.clone());
+                }
+                if matches!(t.auth, VaultAuth::Token { token_file: None }) {
+                    out.insert("VAULT_TOKEN".to_string());
+                }
+            }
             _ => {}
         }
     }

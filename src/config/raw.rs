@@ -114,6 +114,10 @@ pub struct RawCredential {
     pub vault_max_stale_secs: Option<u64>,
     pub vault_timeout_ms: Option<u64>,
     pub refresh_secs: Option<u64>,
+    // vault_transit (with the vault connection and auth keys above)
+    pub transit_mount: Option<String>,
+    pub transit_key: Option<String>,
+    pub transit_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

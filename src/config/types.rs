@@ -65,6 +65,11 @@ pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// Largest accepted `vault_timeout_ms`: a refresh must stay bounded.
 pub const MAX_VAULT_TIMEOUT: Duration = Duration::from_millis(60_000);
+/// `transit_mount`: where the Transit secrets engine is mounted.
+pub const DEFAULT_TRANSIT_MOUNT: &str = "transit";
+/// `transit_timeout_ms`: budget of one HMAC (or verify) call to Transit,
+/// made while a request waits.
+pub const DEFAULT_TRANSIT_TIMEOUT: Duration = Duration::from_millis(2_000);
 pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
 pub const DEFAULT_SECRET_FIELD: &str = "secret_key";
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
@@ -245,6 +250,9 @@ pub enum SecretSource {
         poll: Duration,
     },
     Vault(VaultSpec),
+    /// The HMAC is computed by Vault/OpenBao Transit: the secret never
+    /// enters the gateway.
+    VaultTransit(TransitSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,6 +273,38 @@ pub struct VaultSpec {
     /// `vault_timeout_ms`: budget of one refresh, every call in it included
     /// (login, renewal, read); a slower Vault counts as a failed refresh.
     pub timeout: Duration,
+}
+
+/// `source = "vault_transit"`: the provider's secret is a Transit key of
+/// type `hmac`; every signature is `POST {mount}/hmac/{key}/sha2-256`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitSpec {
+    pub addr: Uri,
+    pub auth: VaultAuth,
+    pub ca_file: Option<PathBuf>,
+    /// `transit_mount` (default `transit`).
+    pub mount: String,
+    /// `transit_key`: the name of the key.
+    pub key: String,
+    /// Where the API key (not a secret to the provider's scheme, but sent
+    /// in a header) comes from.
+    pub api_key: ApiKeySource,
+    /// `refresh_secs`: how often the key's metadata (its latest version)
+    /// and the API key are read again.
+    pub refresh: Duration,
+    /// `vault_timeout_ms`: budget of one refresh (login, renewal, reads).
+    pub timeout: Duration,
+    /// `transit_timeout_ms`: budget of one HMAC or verify call.
+    pub sign_timeout: Duration,
+}
+
+/// The API key of a `vault_transit` credential.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiKeySource {
+    /// `api_key_env`: an environment variable, read once.
+    Env(String),
+    /// `vault_mount`/`vault_path`/`api_key_field`: a field of a KV v2 secret.
+    Kv { mount: String, path: String, field: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]

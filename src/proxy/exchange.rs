@@ -2,6 +2,10 @@
 //! request), send, and retry at most once — only when the connection failed
 //! before any byte was written, signed afresh with a new timestamp.
 //!
+//! A credential held in memory signs synchronously (no allocation, no
+//! await); a Vault Transit credential signs with one HMAC call to Vault, and
+//! a failed call sends nothing (`503 credential_unavailable`).
+//!
 //! The exchange runs as its own task, detached from the client's request:
 //! once a byte may have reached the provider, a client that goes away does
 //! not abort it. It finishes (up to `egress.request_timeout_ms`), settles
@@ -25,16 +29,27 @@ use super::GatewayError;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
 use crate::router::Route;
-use crate::secrets::Credential;
-use crate::sign::{MessageInput, Signature};
+use crate::secrets::{Credential, Key, Unavailable};
+use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
 
+/// Why the exchange got no response.
+pub(super) enum Failure {
+    /// The upstream call failed.
+    Upstream(AttemptError),
+    /// The credential could not sign (Vault Transit failed): nothing was sent.
+    Unsigned(Unavailable),
+}
+
 /// What the exchange task hands back.
 pub(super) struct Exchanged {
-    pub result: Result<Response<Incoming>, AttemptError>,
+    pub result: Result<Response<Incoming>, Failure>,
     /// The last signature sent (its fingerprint, for the audit record).
     pub fingerprint: Option<String>,
+    /// The key version that made the last signature, when the signer said
+    /// (Transit's `vault:vN:`).
+    pub version: Option<u64>,
     /// The route's `max_inflight` slot, held on while the body streams.
     pub permit: OwnedSemaphorePermit,
 }
@@ -43,6 +58,9 @@ impl Exchanged {
     /// Note the outcome in the request's record.
     pub fn note(&self, rec: &mut Record) {
         rec.signature_fingerprint.clone_from(&self.fingerprint);
+        if self.version.is_some() {
+            rec.credential_version = self.version;
+        }
         if let Ok(r) = &self.result {
             rec.upstream_status = Some(r.status().as_u16());
         }
@@ -58,7 +76,7 @@ pub(super) async fn send(
     out: Outgoing,
     claim: Option<Claim>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
-    let reflect = scope.snap.reflect_windows.get(&route.config.credential).copied();
+    let reflect = scope.snap.reflect_windows.get(cred.name()).copied();
     let task = exchange(
         scope.snap.upstream.clone(),
         scope.shared.clone(),
@@ -76,7 +94,8 @@ pub(super) async fn send(
     exchanged.note(&mut scope.rec);
     match exchanged.result {
         Ok(resp) => Ok((resp, exchanged.permit)),
-        Err(e) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Upstream(e)) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Unsigned(why)) => Err(GatewayError::CredentialUnavailable(why)),
     }
 }
 
@@ -96,17 +115,35 @@ async fn exchange(
     let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
-    let mut fingerprint;
+    let mut fingerprint = None;
+    let mut version = None;
     let result = loop {
-        let (req, sig) = signed_request(&route, &cred, &out);
+        let scheme = &route.scheme;
+        let ts = scheme.timestamp(SystemTime::now());
+        let input = message_input(&cred, &ts, &out);
+        let sig = match cred.key() {
+            Key::Local(mac) => scheme.sign(mac, &input),
+            Key::Transit(transit) => match transit.hmac(&scheme.message_bytes(&input)).await {
+                Ok((v, mac)) => {
+                    version = Some(v);
+                    scheme.signature(mac)
+                }
+                Err(reason) => {
+                    tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
+                    break Err(Failure::Unsigned(Unavailable {
+                        credential: cred.name().to_string(),
+                        expired: false,
+                        reason,
+                    }));
+                }
+            },
+        };
+        let req = signed_request(&route, &cred, &out, &ts, &sig);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
             shared.reflections().remember(sig.mac(), window);
         }
-        metrics
-            .signatures
-            .with_label_values(&[route.name(), route.config.credential.as_str()])
-            .inc();
+        metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
@@ -122,7 +159,7 @@ async fn exchange(
             }
             Err(e) => {
                 tracing::warn!(request_id = rid, route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
-                break Err(e);
+                break Err(Failure::Upstream(e));
             }
         }
     };
@@ -139,21 +176,23 @@ async fn exchange(
     Exchanged {
         result,
         fingerprint,
+        version,
         permit: out.permit,
     }
 }
 
 /// How the exchange settles a duplicate-guard claim: only a definite
 /// failure releases it; a request that may have taken effect holds it.
-fn settle(result: &Result<Response<Incoming>, AttemptError>) -> Outcome {
+fn settle(result: &Result<Response<Incoming>, Failure>) -> Outcome {
     match result {
         Ok(r) if r.status().is_success() => Outcome::Succeeded,
         // A timeout reported by the provider (or a proxy in front of it)
         // says nothing about whether the payment went through.
         Ok(r) if matches!(r.status().as_u16(), 408 | 504 | 522 | 524) => Outcome::Unknown,
         Ok(_) => Outcome::Failed,
-        Err(e) if e.nothing_sent => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
+        Err(Failure::Unsigned(_)) => Outcome::Failed,
+        Err(Failure::Upstream(e)) if e.nothing_sent => Outcome::Failed,
+        Err(Failure::Upstream(_)) => Outcome::Unknown,
     }
 }
 
@@ -172,22 +211,28 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
     }
 }
 
-/// Sign last, after every other change to the request. Returns the request
-/// and its signature.
-fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<Full<Bytes>>, Signature) {
+/// What the scheme's message is made of for this request.
+fn message_input<'a>(cred: &'a Credential, ts: &'a Timestamp, out: &'a Outgoing) -> MessageInput<'a> {
+    MessageInput {
+        api_key: cred.api_key().as_bytes(),
+        timestamp: ts.as_str(),
+        method: out.method.as_str(),
+        path: &out.upstream_path,
+        query: out.uri.query().unwrap_or(""),
+        body: &out.body,
+    }
+}
+
+/// The request with the scheme's headers: signed last, after every other
+/// change to the request.
+fn signed_request(
+    route: &Route,
+    cred: &Credential,
+    out: &Outgoing,
+    ts: &Timestamp,
+    sig: &Signature,
+) -> Request<Full<Bytes>> {
     let scheme = &route.scheme;
-    let ts = scheme.timestamp(SystemTime::now());
-    let sig = scheme.sign(
-        cred.mac(),
-        &MessageInput {
-            api_key: cred.api_key().as_bytes(),
-            timestamp: ts.as_str(),
-            method: out.method.as_str(),
-            path: &out.upstream_path,
-            query: out.uri.query().unwrap_or(""),
-            body: &out.body,
-        },
-    );
     let mut headers = out.headers.clone();
     headers.insert(scheme.api_key_header.clone(), cred.api_key().clone());
     headers.insert(
@@ -201,5 +246,5 @@ fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = out.uri.clone();
     *req.headers_mut() = headers;
-    (req, sig)
+    req
 }

@@ -3,18 +3,18 @@ use std::time::Duration;
 use super::*;
 
 fn material(key: &str, secret: &str) -> Material {
-    Material {
-        api_key: SecretBytes::from(key.to_string()),
-        secret: SecretBytes::from(secret.to_string()),
-        version: Some(3),
-    }
+    Material::secret(
+        SecretBytes::from(key.to_string()),
+        SecretBytes::from(secret.to_string()),
+        Some(3),
+    )
 }
 
 #[test]
 fn debug_never_shows_secrets() {
     let m = material("pk_test_visible_key", "sk_test_very_secret_value");
     let c = Credential::from_material("kp", &m).unwrap();
-    for dbg in [format!("{m:?}"), format!("{c:?}"), format!("{:?}", m.secret)] {
+    for dbg in [format!("{m:?}"), format!("{c:?}"), format!("{:?}", m.key)] {
         assert!(!dbg.contains("sk_test_very_secret_value"), "{dbg}");
     }
     assert!(c.api_key().is_sensitive());
