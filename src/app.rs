@@ -145,7 +145,12 @@ fn prime(metrics: &Metrics, config: &Config) {
         &config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.credential.clone()))
+            .flat_map(|r| {
+                r.credential
+                    .names()
+                    .into_iter()
+                    .map(|c| (r.name.clone(), c.to_string()))
+            })
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );

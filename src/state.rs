@@ -20,10 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::allowlist::Allowlist;
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::config::RouteCredential;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
-use crate::router::{Route, Router};
+use crate::router::{Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
@@ -107,10 +108,19 @@ impl Snapshot {
                         && old.config.duplicate_capacity == r.duplicate_capacity
                 })
                 .and_then(|old| old.duplicates.clone());
+            let slots = match &r.credential {
+                RouteCredential::One(c) => RouteSlots::One(slot("route", &r.name, c)?),
+                RouteCredential::ByCaller(rules) => RouteSlots::ByCaller(
+                    rules
+                        .iter()
+                        .map(|rule| Ok((rule.caller.clone(), slot("route", &r.name, &rule.credential)?)))
+                        .collect::<Result<_, BuildError>>()?,
+                ),
+            };
             routes.push(Arc::new(Route::new(
                 r.clone(),
                 scheme("route", &r.name, &r.scheme)?,
-                slot("route", &r.name, &r.credential)?,
+                slots,
                 kept,
             )));
         }
@@ -352,10 +362,9 @@ impl Shared {
         }
         let snap = self.snapshot();
         let mut seen = std::collections::BTreeSet::new();
-        for route in snap.router.routes() {
-            let slot = &route.credential;
+        for slot in snap.router.routes().flat_map(|r| r.credential.slots()) {
             if seen.insert(slot.name()) {
-                if let Err(why) = slot.get() {
+                if let Err(why) = slot.ready() {
                     out.push(NotReady::Credential(why));
                 }
             }

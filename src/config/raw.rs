@@ -127,6 +127,7 @@ pub struct RawRoute {
     pub strip_prefix: Option<bool>,
     pub upstream: Option<String>,
     pub credential: Option<String>,
+    pub credential_map: Option<Vec<RawCredentialRule>>,
     pub scheme: Option<String>,
     pub methods: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
@@ -137,6 +138,14 @@ pub struct RawRoute {
     pub duplicate_capacity: Option<u64>,
     pub max_inflight: Option<u64>,
     pub queue_timeout_ms: Option<u64>,
+}
+
+/// One entry of a route's `credential_map`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCredentialRule {
+    pub client: Option<String>,
+    pub identity: Option<String>,
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

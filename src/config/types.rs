@@ -335,7 +335,8 @@ pub struct RouteConfig {
     pub match_prefix: String,
     pub strip_prefix: bool,
     pub upstream: UpstreamTarget,
-    pub credential: String,
+    /// `credential`, or `credential_map`: who signs for whom.
+    pub credential: RouteCredential,
     pub scheme: String,
     pub methods: Vec<Method>,
     pub allow: Option<Vec<IpNet>>,
@@ -349,6 +350,78 @@ pub struct RouteConfig {
     /// up to `queue_timeout`, then get 503 `upstream_busy`.
     pub max_inflight: usize,
     pub queue_timeout: Duration,
+}
+
+/// Which credential signs a route's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteCredential {
+    /// `credential = "NAME"`: the same for every caller.
+    One(String),
+    /// `credential_map`: the first entry that matches the caller; a caller
+    /// that matches none is refused (`403 no_credential_for_caller`).
+    ByCaller(Vec<CredentialRule>),
+}
+
+impl RouteCredential {
+    /// Every credential the route may sign with, each once, in order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            RouteCredential::One(n) => vec![n.as_str()],
+            RouteCredential::ByCaller(rules) => {
+                let mut out: Vec<&str> = Vec::with_capacity(rules.len());
+                for r in rules {
+                    if !out.contains(&r.credential.as_str()) {
+                        out.push(&r.credential);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The credential, when it does not depend on the caller.
+    pub fn single(&self) -> Option<&str> {
+        match self {
+            RouteCredential::One(n) => Some(n),
+            RouteCredential::ByCaller(_) => None,
+        }
+    }
+}
+
+/// One entry of `credential_map`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRule {
+    pub caller: Caller,
+    pub credential: String,
+}
+
+/// Who a `credential_map` entry is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    /// `client = "CIDR"`: the TCP peer address is in it.
+    Client(IpNet),
+    /// `identity = "uri:…"` or `"dns:…"`: a SAN of the mTLS client certificate.
+    Identity(crate::identity::Identity),
+}
+
+impl Caller {
+    /// Whether a caller with this address and these certificate identities
+    /// is the one meant (`ip` normalized: IPv4-mapped IPv6 as IPv4).
+    pub fn matches(&self, ip: IpAddr, identities: Option<&[crate::identity::Identity]>) -> bool {
+        match self {
+            Caller::Client(net) => net.contains(&ip),
+            Caller::Identity(want) => identities.is_some_and(|have| have.iter().any(|h| want.matches(h))),
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Client(net) => write!(f, "client {net}"),
+            Caller::Identity(id) => write!(f, "identity {id}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -19,7 +19,7 @@ use crate::allowlist::Allowlist;
 use crate::dedup::{Claim, Duplicate};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::{path_is_safe, Route};
-use crate::secrets::Credential;
+use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::BodyMode;
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -92,6 +92,19 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
         }
     }
     Ok(())
+}
+
+/// The credential that signs for this caller: the route's one, or the first
+/// `credential_map` entry matching the caller's address or certificate
+/// identity (403 when none does: nothing is sent).
+pub(super) fn pick_credential(scope: &mut Scope, route: &Route) -> Result<Arc<CredentialSlot>, GatewayError> {
+    let slot = route
+        .credential
+        .pick(scope.conn.ip(), scope.conn.identities.as_deref())
+        .ok_or(GatewayError::NoCredentialForCaller)?
+        .clone();
+    scope.rec.credential = Some(slot.clone());
+    Ok(slot)
 }
 
 /// Rate limits before the body is read: a refused client costs no buffering.
@@ -245,8 +258,8 @@ pub(super) fn claim(
 }
 
 /// The secret to sign with; a request keeps the version it started with.
-pub(super) fn credential(scope: &mut Scope, route: &Route) -> Result<Arc<Credential>, GatewayError> {
-    let cred = route.credential.get().map_err(GatewayError::CredentialUnavailable)?;
+pub(super) fn credential(scope: &mut Scope, slot: &CredentialSlot) -> Result<Arc<Credential>, GatewayError> {
+    let cred = slot.get().map_err(GatewayError::CredentialUnavailable)?;
     scope.rec.credential_version = cred.version();
     Ok(cred)
 }
