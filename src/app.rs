@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,8 @@ struct Reloader {
     background: CancellationToken,
     /// One reload at a time (cold path; never held by requests).
     lock: Mutex<()>,
+    /// Wakes the egress-IP self-check after a change of `[egress]`.
+    egress_check: Arc<Notify>,
 }
 
 impl Reloader {
@@ -111,6 +113,9 @@ impl Reloader {
         self.shared.replace_snapshot(next);
         if reloaded {
             old.credentials_cancel.cancel();
+        }
+        if new.egress != cur.egress {
+            self.egress_check.notify_one();
         }
         Ok(ReloadSummary {
             routes: new.routes.len(),
@@ -283,6 +288,7 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
             allow_plain_http: true,
             request_timeout: delivery::ATTEMPT_TIMEOUT,
             client_cert: None,
+            source_check: None,
             ..config.egress.clone()
         };
         let worker = delivery::Worker {
@@ -293,11 +299,18 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         tokio::spawn(worker.run(background.clone()));
     }
     spawn_sweeper(shared.clone(), background.clone());
+    let egress_check = Arc::new(Notify::new());
+    tokio::spawn(crate::egress_ip::run(
+        shared.clone(),
+        egress_check.clone(),
+        background.clone(),
+    ));
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         config_path,
         background: background.clone(),
         lock: Mutex::new(()),
+        egress_check,
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
     let admin = match admin_listener {

@@ -28,6 +28,7 @@ pub mod config;
 pub(crate) mod dedup;
 mod delivery;
 pub mod devtools;
+mod egress_ip;
 pub mod fault;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
 #[cfg(feature = "fuzzing")]

@@ -167,6 +167,19 @@ pub(crate) enum NotReady {
     Credential(Unavailable),
     /// The audit log cannot write: requests are refused (fail closed).
     Audit(String),
+    /// The egress-IP self-check failed or saw another address than
+    /// `egress.expect_source_ip` (traffic is not blocked).
+    EgressSourceIp(EgressCheck),
+}
+
+/// The last egress-IP self-check: what was expected, what the echo endpoint
+/// saw (if it answered), and when they differ or it failed, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EgressCheck {
+    pub expected: std::net::IpAddr,
+    pub seen: Option<std::net::IpAddr>,
+    /// `None`: `seen` is `expected`.
+    pub problem: Option<String>,
 }
 
 impl Serialize for NotReady {
@@ -190,6 +203,12 @@ impl Serialize for NotReady {
             NotReady::Audit(why) => {
                 m.serialize_entry("what", "audit")?;
                 m.serialize_entry("detail", why)?;
+            }
+            NotReady::EgressSourceIp(check) => {
+                m.serialize_entry("what", "egress_source_ip")?;
+                m.serialize_entry("expected", &check.expected.to_string())?;
+                m.serialize_entry("seen", &check.seen.map(|ip| ip.to_string()))?;
+                m.serialize_entry("detail", check.problem.as_deref().unwrap_or_default())?;
             }
         }
         m.end()
@@ -278,6 +297,8 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// The last egress-IP self-check (`None`: none made yet).
+    egress_check: ArcSwapOption<EgressCheck>,
 }
 
 impl Shared {
@@ -292,6 +313,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(),
+            egress_check: ArcSwapOption::empty(),
         }
     }
 
@@ -340,6 +362,15 @@ impl Shared {
         &self.reflections
     }
 
+    /// Record the outcome of an egress-IP self-check.
+    pub fn set_egress_check(&self, check: Option<EgressCheck>) {
+        self.egress_check.store(check.map(Arc::new));
+    }
+
+    pub fn egress_check(&self) -> Option<Arc<EgressCheck>> {
+        self.egress_check.load_full()
+    }
+
     pub fn set_accepting(&self) {
         self.accepting.store(true, Ordering::Release);
     }
@@ -361,6 +392,19 @@ impl Shared {
             out.push(NotReady::Audit(problem));
         }
         let snap = self.snapshot();
+        if let Some(want) = &snap.config.egress.source_check {
+            // A check made for another expected address (before a reload)
+            // does not count.
+            match self.egress_check().filter(|c| c.expected == want.expect) {
+                Some(c) if c.problem.is_none() => {}
+                Some(c) => out.push(NotReady::EgressSourceIp(EgressCheck::clone(&c))),
+                None => out.push(NotReady::EgressSourceIp(EgressCheck {
+                    expected: want.expect,
+                    seen: None,
+                    problem: Some("the egress address has not been checked yet".into()),
+                })),
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for slot in snap.router.routes().flat_map(|r| r.credential.slots()) {
             if seen.insert(slot.name()) {

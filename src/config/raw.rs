@@ -72,6 +72,9 @@ pub struct RawEgress {
     pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
+    pub expect_source_ip: Option<String>,
+    pub source_check_url: Option<String>,
+    pub source_check_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

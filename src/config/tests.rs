@@ -767,3 +767,46 @@ fn credential_map_picks_a_credential_per_caller() {
         "unknown keys inside an entry are errors"
     );
 }
+
+#[test]
+fn the_egress_source_check_needs_both_keys() {
+    let egress = |lines: &str| format!("[egress]\n{lines}\n{GOOD}");
+    let c = Config::from_toml_str(&egress(
+        "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"https://ifconfig.example/ip\"",
+    ))
+    .unwrap();
+    let check = c.egress.source_check.unwrap();
+    assert_eq!(check.expect, "203.0.113.7".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(check.url.to_string(), "https://ifconfig.example/ip");
+    assert_eq!(check.interval, DEFAULT_SOURCE_CHECK_INTERVAL);
+    assert!(Config::from_toml_str(GOOD).unwrap().egress.source_check.is_none());
+    for (lines, key) in [
+        ("expect_source_ip = \"203.0.113.7\"", "egress.source_check_url"),
+        ("source_check_url = \"https://ifconfig.example/ip\"", "egress.expect_source_ip"),
+        ("source_check_interval_secs = 60", "egress.source_check_interval_secs"),
+        (
+            "expect_source_ip = \"203.0.113.7:443\"\nsource_check_url = \"https://ifconfig.example/ip\"",
+            "egress.expect_source_ip",
+        ),
+        (
+            "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"http://ifconfig.example/ip\"",
+            "egress.source_check_url",
+        ),
+        (
+            "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"https://ifconfig.example/ip\"\nsource_check_interval_secs = 0",
+            "egress.source_check_interval_secs",
+        ),
+    ] {
+        assert_eq!(keys_of(&egress(lines)), [key], "{lines}");
+    }
+    let plain = egress(
+        "allow_plain_http = true\nexpect_source_ip = \"::ffff:127.0.0.2\"\nsource_check_url = \"http://127.0.0.1:9/\"\nsource_check_interval_secs = 5",
+    );
+    let check = Config::from_toml_str(&plain).unwrap().egress.source_check.unwrap();
+    assert_eq!(
+        check.expect,
+        "127.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+        "IPv4-mapped is IPv4"
+    );
+    assert_eq!(check.interval, std::time::Duration::from_secs(5));
+}

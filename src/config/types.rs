@@ -53,6 +53,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
 /// Longest pause in an upstream response body before the stream is cut.
 pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
+/// `egress.source_check_interval_secs`: how often the egress address is checked.
+pub const DEFAULT_SOURCE_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
 pub const DEFAULT_STATE_DIR: &str = "state";
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
@@ -199,6 +201,21 @@ pub struct EgressConfig {
     pub response_idle_timeout: Duration,
     pub pool_idle_per_host: usize,
     pub allow_plain_http: bool,
+    /// `expect_source_ip` + `source_check_url`: the egress-IP self-check.
+    pub source_check: Option<SourceCheck>,
+}
+
+/// The egress-IP self-check: the address the provider sees, asked of an
+/// echo endpoint through the egress client, must be `expect`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceCheck {
+    /// `expect_source_ip`: the address the provider has whitelisted.
+    pub expect: IpAddr,
+    /// `source_check_url`: answers the caller's address, as text or as
+    /// JSON `{"ip": "…"}`.
+    pub url: Uri,
+    /// `source_check_interval_secs`.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
