@@ -1,6 +1,7 @@
 //! The command-line tools around the gateway: `check` (validate a config and
 //! optionally load its credentials), `sign` (show exactly what is signed, the
-//! tool for debugging a signature mismatch), `certs dev` (a development PKI
+//! tool for debugging a signature mismatch), `explain` (what the gateway
+//! would send for one request, in `cli/explain.rs`), `certs dev` (a development PKI
 //! on disk, in `cli/certs.rs`), the admin API clients (`webhooks`, `guard`,
 //! in `cli/admin.rs`) and the shutdown signal.
 
@@ -16,8 +17,10 @@ use crate::sign::{self, MessageInput, Scheme};
 
 mod admin;
 mod certs;
+mod explain;
 pub use admin::{guard_release, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
+pub use explain::{explain, ExplainArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";
 
