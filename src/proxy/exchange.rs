@@ -61,8 +61,10 @@ impl Exchanged {
         if self.version.is_some() {
             rec.credential_version = self.version;
         }
-        if let Ok(r) = &self.result {
-            rec.upstream_status = Some(r.status().as_u16());
+        match &self.result {
+            Ok(r) => rec.upstream_status = Some(r.status().as_u16()),
+            Err(Failure::Upstream(e)) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
+            Err(Failure::Unsigned(_)) => {}
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::exchange::Exchanged;
+use super::exchange::{Exchanged, Failure};
 use super::record::{self, Record};
 use super::response::ResponseBody;
 use super::{GatewayError, RequestId};
@@ -164,6 +164,15 @@ impl Abandoned {
     fn record(mut self, exchanged: Option<Exchanged>) {
         if let Some(ex) = exchanged {
             ex.note(&mut self.rec);
+            // The upstream failed (a timeout, a reset) whether or not its
+            // client waited for it: count it like any upstream error.
+            if let Err(Failure::Upstream(e)) = &ex.result {
+                self.shared
+                    .metrics()
+                    .upstream_errors
+                    .with_label_values(&[record::route_label(&self.rec), e.failure.kind()])
+                    .inc();
+            }
         }
         let error = GatewayError::ClientGone;
         let status = error.status();
