@@ -18,7 +18,13 @@
 //!   references per endpoint and by their JSON text, webhook keys that
 //!   cannot collide, refusals without `100 Continue`;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
-//!   file and umask 022, with the real binary.
+//!   file and umask 022, with the real binary;
+//! - `beyond_transit`: `vault_transit` credentials against a real OpenBao
+//!   (signing, short secrets, failures, webhooks, explain, the latency);
+//! - `beyond_callers`: `credential_map`, by loopback address and by mTLS
+//!   identity;
+//! - `beyond_explain`: `signgate explain`, the real binary;
+//! - `beyond_egress`: the egress-IP self-check against a loopback echo.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -29,6 +35,10 @@ mod support;
 
 mod access;
 mod audit;
+mod beyond_callers;
+mod beyond_egress;
+mod beyond_explain;
+mod beyond_transit;
 mod certs;
 mod cli;
 mod deploy;
