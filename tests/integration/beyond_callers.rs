@@ -97,7 +97,11 @@ async fn callers_by_address_sign_with_their_own_credential() {
     let m = s.metrics().await;
     for (cred, n) in [("merchant_a", 1.0), ("merchant_b", 1.0)] {
         assert_eq!(
-            metric(&m, "signgate_signatures_total", &[("route", "kwikpaisa"), ("credential", cred)]),
+            metric(
+                &m,
+                "signgate_signatures_total",
+                &[("route", "kwikpaisa"), ("credential", cred)]
+            ),
             n,
             "{cred}"
         );
@@ -162,7 +166,10 @@ async fn readiness_waits_for_every_mapped_credential() {
     let b = TestClient::from_addr("127.0.0.5").post(&s.url(PATH), "{}").await;
     assert_eq!(b.status, 200);
     let last = s.provider.standin.records().await.pop().unwrap();
-    assert_eq!((last.headers["x-api-key"].to_str().unwrap(), last.verdict), (key_b.as_str(), Verdict::Valid));
+    assert_eq!(
+        (last.headers["x-api-key"].to_str().unwrap(), last.verdict),
+        (key_b.as_str(), Verdict::Valid)
+    );
 }
 
 #[tokio::test]
@@ -204,13 +211,21 @@ async fn callers_by_mtls_identity_sign_with_their_own_credential() {
     let confused = clients
         .client_with(
             "confused",
-            &[signgate::devtools::pki::ClientSan::Dns("spiffe://signgate.test/merchant-b")],
+            &[signgate::devtools::pki::ClientSan::Dns(
+                "spiffe://signgate.test/merchant-b",
+            )],
         )
         .unwrap();
     let r = https_post(addr, &clients, Some(&confused), PATH, "{}").await.unwrap();
-    assert_eq!((r.status.as_u16(), r.code().as_str()), (403, "no_credential_for_caller"));
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (403, "no_credential_for_caller")
+    );
     let other = clients.client(&["spiffe://signgate.test/reporting"]).unwrap();
     let r = https_post(addr, &clients, Some(&other), PATH, "{}").await.unwrap();
-    assert_eq!((r.status.as_u16(), r.code().as_str()), (403, "no_credential_for_caller"));
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (403, "no_credential_for_caller")
+    );
     assert_eq!(s.provider.standin.records().await.len(), 2, "nothing more was sent");
 }

@@ -101,7 +101,9 @@ async fn a_different_egress_address_is_not_ready_and_names_both() {
     let detail = entry["detail"].as_str().unwrap();
     assert!(detail.contains("127.0.0.2") && detail.contains("127.0.0.3"), "{detail}");
     assert!(
-        s.metrics().await.contains("signgate_egress_source_ip_ok{expected=\"127.0.0.3\"} 0"),
+        s.metrics()
+            .await
+            .contains("signgate_egress_source_ip_ok{expected=\"127.0.0.3\"} 0"),
         "the gauge is there, at 0"
     );
     // Not ready, but traffic is not blocked: the provider is the judge.
@@ -110,7 +112,10 @@ async fn a_different_egress_address_is_not_ready_and_names_both() {
         .await;
     assert_eq!(sent.status, 200);
     let rec = s.provider.standin.records().await.pop().unwrap();
-    assert_eq!((rec.verdict, rec.peer.ip().to_string().as_str()), (Verdict::Valid, "127.0.0.2"));
+    assert_eq!(
+        (rec.verdict, rec.peer.ip().to_string().as_str()),
+        (Verdict::Valid, "127.0.0.2")
+    );
 }
 
 #[tokio::test]
@@ -123,7 +128,11 @@ async fn the_expected_egress_address_is_ready_also_as_json() {
     let ready = eventually(Duration::from_secs(10), || async { readyz(&s).await.status == 200 }).await;
     assert!(ready, "{:?}", readyz(&s).await.body);
     assert_eq!(
-        metric(&s.metrics().await, "signgate_egress_source_ip_ok", &[("expected", "127.0.0.2")]),
+        metric(
+            &s.metrics().await,
+            "signgate_egress_source_ip_ok",
+            &[("expected", "127.0.0.2")]
+        ),
         1.0
     );
 }
@@ -136,7 +145,11 @@ async fn an_echo_endpoint_that_fails_is_not_ready() {
     let s = gateway(fx, &url, "127.0.0.2").await;
     let failed = eventually(Duration::from_secs(10), || async {
         egress_entry(&readyz(&s).await).is_some_and(|e| {
-            e["seen"].is_null() && e["detail"].as_str().unwrap_or_default().contains("could not be checked")
+            e["seen"].is_null()
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("could not be checked")
         })
     })
     .await;

@@ -71,12 +71,21 @@ async fn explain_shows_exactly_what_would_be_signed_and_sent() {
     );
     assert!(field(&text, "credential:").starts_with("kwikpaisa (file "), "{text}");
     assert!(field(&text, "credential:").contains("version 1"), "{text}");
-    assert!(field(&text, "duplicate key:").starts_with(r#"/order_id = "ORD-9""#), "{text}");
+    assert!(
+        field(&text, "duplicate key:").starts_with(r#"/order_id = "ORD-9""#),
+        "{text}"
+    );
     assert!(text.contains(&format!("  x-signature: {expected}")), "{text}");
     assert!(text.contains(&format!("  x-timestamp: {TS}")), "{text}");
-    assert!(text.contains(&format!("  content-length: {}", canonical.len())), "{text}");
+    assert!(
+        text.contains(&format!("  content-length: {}", canonical.len())),
+        "{text}"
+    );
     // The API key in part, the secret never.
-    assert!(text.contains(&format!("  x-api-key: {}…", &fx.provider.api_key[..8])), "{text}");
+    assert!(
+        text.contains(&format!("  x-api-key: {}…", &fx.provider.api_key[..8])),
+        "{text}"
+    );
     assert!(!text.contains(&fx.provider.api_key), "{text}");
     assert!(!text.contains(&fx.provider.secret), "{text}");
     assert!(fx.provider.standin.records().await.is_empty(), "nothing was sent");
@@ -125,10 +134,7 @@ async fn explain_prints_the_gateways_answer_for_requests_it_would_refuse() {
         let out = explain(&fx, &toml, &args);
         let text = stdout(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
-        assert!(
-            field(&text, "answer:").starts_with(answer),
-            "{args:?}: {text}"
-        );
+        assert!(field(&text, "answer:").starts_with(answer), "{args:?}: {text}");
         assert!(text.contains("sent:              nothing"), "{text}");
         assert!(!text.contains(&fx.provider.secret) && !text.contains(&secret_b));
     }
@@ -136,7 +142,16 @@ async fn explain_prints_the_gateways_answer_for_requests_it_would_refuse() {
     let out = explain(
         &fx,
         &toml,
-        &["--client", "127.0.0.2", "--path", "/payouts/x", "--body", body, "--timestamp", TS],
+        &[
+            "--client",
+            "127.0.0.2",
+            "--path",
+            "/payouts/x",
+            "--body",
+            body,
+            "--timestamp",
+            TS,
+        ],
     );
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
@@ -159,11 +174,16 @@ async fn explain_prints_the_gateways_answer_for_requests_it_would_refuse() {
     );
     // A credential that cannot load is the gateway's 503, with the reason.
     std::fs::remove_file(&cred_b).unwrap();
-    let out = explain(&fx, &toml, &["--client", "127.0.0.2", "--path", "/payouts/x", "--body", body]);
+    let out = explain(
+        &fx,
+        &toml,
+        &["--client", "127.0.0.2", "--path", "/payouts/x", "--body", body],
+    );
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        field(&text, "answer:").starts_with("503 credential_unavailable: credential merchant_b is not available: create the file"),
+        field(&text, "answer:")
+            .starts_with("503 credential_unavailable: credential merchant_b is not available: create the file"),
         "{text}"
     );
     assert!(fx.provider.standin.records().await.is_empty(), "nothing was ever sent");

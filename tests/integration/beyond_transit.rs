@@ -44,7 +44,10 @@ async fn bao_try(bao: &Bao, args: &[&str]) -> std::process::Output {
         .env("BAO_ADDR", bao.addr())
         .env("BAO_TOKEN", &bao.root)
         .stdin(Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap()
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// Enable Transit (once) and import `secret` as the HMAC key `name`, as the
@@ -108,8 +111,11 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
     let w = World::new().await;
     let bao = Bao::start().await;
     import(&bao, "kp", w.provider.secret.as_bytes()).await;
-    bao.kv_put("kp/api", &[("api_key", &w.provider.api_key), ("secret_key", "never-read")])
-        .await;
+    bao.kv_put(
+        "kp/api",
+        &[("api_key", &w.provider.api_key), ("secret_key", "never-read")],
+    )
+    .await;
     let (token_file, token) = transit_token(&bao, "kp", "kp/api").await;
     let gw = w.gateway(transit_credential(&bao, "kp", "kp/api", &token_file)).await;
     assert_eq!(gw.credential_version("kwikpaisa"), Some(1), "the key's latest version");
@@ -120,7 +126,10 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
     assert_eq!(rec.verdict, Verdict::Valid);
     assert_eq!(rec.headers["x-api-key"], w.provider.api_key.as_str());
     let audit = audit_record(&w, "transit-1").await;
-    assert_eq!((audit["credential"].as_str(), audit["secret_version"].as_u64()), (Some("kwikpaisa"), Some(1)));
+    assert_eq!(
+        (audit["credential"].as_str(), audit["secret_version"].as_u64()),
+        (Some("kwikpaisa"), Some(1))
+    );
 
     // A new secret is imported as a new version of the key; the provider
     // takes it with a new API key. Once the refresh sees version 2, it signs.
@@ -134,7 +143,10 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
     let r = post_as(&gw, "transit-2").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let rec = w.last_record().await;
-    assert_eq!((rec.headers["x-api-key"].to_str().unwrap(), rec.verdict), (k2.as_str(), Verdict::Valid));
+    assert_eq!(
+        (rec.headers["x-api-key"].to_str().unwrap(), rec.verdict),
+        (k2.as_str(), Verdict::Valid)
+    );
     assert_eq!(audit_record(&w, "transit-2").await["secret_version"], 2);
     assert_eq!(
         metric(
@@ -183,7 +195,10 @@ async fn a_short_secret_signs_zero_padded_to_transits_minimum() {
     let r = post(&gw).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let rec = w.last_record().await;
-    assert_eq!((rec.headers["x-api-key"].to_str().unwrap(), rec.verdict), (api_key.as_str(), Verdict::Valid));
+    assert_eq!(
+        (rec.headers["x-api-key"].to_str().unwrap(), rec.verdict),
+        (api_key.as_str(), Verdict::Valid)
+    );
 }
 
 #[tokio::test]
@@ -198,7 +213,12 @@ async fn transit_failures_answer_503_with_the_reason_and_send_nothing() {
     // A key that is not there: the credential never loads.
     write_token(&bao.dir().join("root.token"), &bao.root);
     let missing = w
-        .gateway(transit_credential(&bao, "absent", "kp/api", &bao.dir().join("root.token")))
+        .gateway(transit_credential(
+            &bao,
+            "absent",
+            "kp/api",
+            &bao.dir().join("root.token"),
+        ))
         .await;
     let r = post(&missing).await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "credential_unavailable"));
@@ -211,14 +231,19 @@ async fn transit_failures_answer_503_with_the_reason_and_send_nothing() {
         "path \"transit/keys/kp\" { capabilities = [\"read\"] }\npath \"secret/data/kp/api\" { capabilities = [\"read\"] }\n",
     )
     .unwrap();
-    bao.cli(&["policy", "write", "read-only", policy.to_str().unwrap()]).await;
+    bao.cli(&["policy", "write", "read-only", policy.to_str().unwrap()])
+        .await;
     let ro_file = bao.dir().join("ro.token");
     write_token(&ro_file, &bao.child_token("read-only", "1h").await);
     let denied = w.gateway(transit_credential(&bao, "kp", "kp/api", &ro_file)).await;
     assert_eq!(denied.credential_version("kwikpaisa"), Some(1), "it loads");
     let r = post(&denied).await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "credential_unavailable"));
-    assert!(message(&r).contains("(403)") && message(&r).contains("transit/keys/kp"), "{}", message(&r));
+    assert!(
+        message(&r).contains("(403)") && message(&r).contains("transit/keys/kp"),
+        "{}",
+        message(&r)
+    );
 
     // Vault hanging (the process stopped): bounded by transit_timeout_ms.
     let gw = w
@@ -357,7 +382,10 @@ async fn explain_shows_the_message_transit_would_sign_and_with_transit_the_signa
     assert!(text.contains("add --transit"), "{text}");
     let text = explain(&["--transit"]);
     let expected = provider_signature(&w.provider.secret, BODY.as_bytes(), "1778659835");
-    assert!(text.contains(&format!("signature:         {expected} (computed by Vault Transit")), "{text}");
+    assert!(
+        text.contains(&format!("signature:         {expected} (computed by Vault Transit")),
+        "{text}"
+    );
     assert!(text.contains(&format!("  x-signature: {expected}")), "{text}");
     for secret in [&w.provider.secret, &token] {
         assert!(!text.contains(secret.as_str()));
