@@ -131,13 +131,29 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
         (Some("kwikpaisa"), Some(1))
     );
 
-    // A new secret is imported as a new version of the key; the provider
-    // takes it with a new API key. Once the refresh sees version 2, it signs.
+    // A rotation: the provider issues a new API key and a new secret. The
+    // API key's secret pins the key version first, so importing the new
+    // secret changes nothing yet...
+    bao.kv_put(
+        "kp/api",
+        &[("api_key", &w.provider.api_key), ("transit_key_version", "1")],
+    )
+    .await;
     let (k2, s2) = new_pair();
     w.provider.standin.accept(&k2, SecretBytes::from(s2.clone()));
     let b64 = base64::engine::general_purpose::STANDARD.encode(&s2);
     bao.cli(&["transit", "import-version", "transit/keys/kp", &b64]).await;
-    bao.kv_put("kp/api", &[("api_key", &k2)]).await;
+    let polls = refresh_count(&gw, "ok").await;
+    let polled = || async { refresh_count(&gw, "ok").await >= polls + 2.0 };
+    assert!(eventually(Duration::from_secs(6), polled).await, "{}", w.logs.text());
+    assert_eq!(gw.credential_version("kwikpaisa"), Some(1), "pinned to version 1");
+    let r = post_as(&gw, "transit-pinned").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.last_record().await.verdict, Verdict::Valid);
+    assert_eq!(audit_record(&w, "transit-pinned").await["secret_version"], 1);
+    // ...and one KV write moves the API key and the key version together.
+    bao.kv_put("kp/api", &[("api_key", &k2), ("transit_key_version", "2")])
+        .await;
     let v2 = || async { gw.credential_version("kwikpaisa") == Some(2) };
     assert!(eventually(Duration::from_secs(5), v2).await, "{}", w.logs.text());
     let r = post_as(&gw, "transit-2").await;
@@ -148,18 +164,28 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
         (k2.as_str(), Verdict::Valid)
     );
     assert_eq!(audit_record(&w, "transit-2").await["secret_version"], 2);
+    // A pin to a version not imported yet is refused (the gateway goes on
+    // with the version it has, not ready until the pin can be honoured).
+    bao.kv_put("kp/api", &[("api_key", &k2), ("transit_key_version", "3")])
+        .await;
+    let readyz = format!("http://{}/readyz", gw.admin_addr().unwrap());
+    let refused = || async {
+        let r = TestClient::new().get(&readyz).await;
+        r.status == 503 && String::from_utf8_lossy(&r.body).contains("has no version 3")
+    };
+    assert!(eventually(Duration::from_secs(5), refused).await, "{}", w.logs.text());
+    bao.kv_put("kp/api", &[("api_key", &k2), ("transit_key_version", "2")])
+        .await;
+    let ready = || async { TestClient::new().get(&readyz).await.status == 200 };
+    assert!(eventually(Duration::from_secs(5), ready).await, "{}", w.logs.text());
     assert_eq!(
         metric(
             &admin_metrics(&gw).await,
             "signgate_signatures_total",
             &[("route", "kwikpaisa"), ("credential", "kwikpaisa")]
         ),
-        2.0
+        3.0
     );
-    let ready = TestClient::new()
-        .get(&format!("http://{}/readyz", gw.admin_addr().unwrap()))
-        .await;
-    assert_eq!(ready.status, 200, "{:?}", ready.body);
     w.logs.assert_clean(&[&w.provider.secret, &s2, &token]);
 }
 

@@ -6,7 +6,11 @@
 //! login on 403), reads the key's metadata (`GET {mount}/keys/{key}`: it
 //! must exist and be of type `hmac`; its `latest_version` is the
 //! credential's version) and the API key (an environment variable, or a
-//! field of a KV v2 secret), and publishes every token it gets.
+//! field of a KV v2 secret), and publishes every token it gets. When the API
+//! key's KV secret also holds `transit_key_version`, that version of the key
+//! signs (not the latest): the API key and the key version then change
+//! together, in one KV write, so a rotation never pairs the new secret with
+//! the old API key.
 //!
 //! [`Transit`] is the request's side, held by the loaded credential: one
 //! `POST {mount}/hmac/{key}/sha2-256` per signature (`{"input": base64}`,
@@ -34,7 +38,11 @@ use crate::secrets::{KeyMaterial, LoadError, Material, Poll, SecretBytes, Source
 /// once per signed request.
 const TRANSIT_POOL_IDLE: usize = 64;
 
+/// The field of the API key's KV secret that pins the key version.
+pub const VERSION_FIELD: &str = "transit_key_version";
+
 /// The request-time side of a Transit credential (see the module doc).
+#[derive(Clone)]
 pub struct Transit {
     http: Arc<VaultHttp>,
     hmac_uri: Uri,
@@ -47,6 +55,9 @@ pub struct Transit {
     timeout: Duration,
     /// Wakes the refresh task after a refusal or an outage.
     wake: Arc<Notify>,
+    /// The key version that signs (`transit_key_version` of the API key's
+    /// KV secret); `None`: the latest.
+    pinned: Option<u64>,
 }
 
 impl std::fmt::Debug for Transit {
@@ -61,16 +72,24 @@ impl std::fmt::Debug for Transit {
 impl Transit {
     /// `{mount}/keys/{key}` at `vault_addr`: where the HMAC is computed.
     pub fn describe(&self) -> String {
-        format!("{} at {}", self.key, self.addr)
+        match self.pinned {
+            Some(v) => format!("{} at {}, pinned to version {v}", self.key, self.addr),
+            None => format!("{} at {}", self.key, self.addr),
+        }
     }
 
-    /// The MAC of `message` with the key's latest version, and that version.
-    /// `Err` is a reason safe for a client and a log line.
+    /// The MAC of `message` with the key's latest (or pinned) version, and
+    /// that version. `Err` is a reason safe for a client and a log line.
     pub async fn hmac(&self, message: &[u8]) -> Result<(u64, [u8; 32]), String> {
-        let mut body = String::with_capacity(message.len().div_ceil(3) * 4 + 16);
+        let mut body = String::with_capacity(message.len().div_ceil(3) * 4 + 48);
         body.push_str("{\"input\":\"");
         base64::engine::general_purpose::STANDARD.encode_string(message, &mut body);
-        body.push_str("\"}");
+        body.push('"');
+        if let Some(v) = self.pinned {
+            body.push_str(",\"key_version\":");
+            body.push_str(&v.to_string());
+        }
+        body.push('}');
         let a = self.call(&self.hmac_uri, body, "computing the HMAC").await?;
         parse::transit_hmac(&a.body).ok_or_else(|| {
             format!(
@@ -175,7 +194,8 @@ pub struct TransitSource {
     /// The KV secret holding the API key, and its `mount/path` for messages.
     api_key_kv: Option<(Uri, String)>,
     handle: Arc<Transit>,
-    /// What was handed over last: (key version, API key KV version).
+    /// What was handed over last: (the key version that signs, the API
+    /// key's KV version).
     last: Option<(u64, Option<u64>)>,
 }
 
@@ -212,6 +232,7 @@ impl TransitSource {
             addr: spec.addr.to_string(),
             timeout: spec.sign_timeout,
             wake: Arc::new(Notify::new()),
+            pinned: None,
         });
         Ok(TransitSource {
             keys_uri: client.uri(&key, &shown)?,
@@ -255,12 +276,13 @@ impl TransitSource {
         Ok(version)
     }
 
-    /// The API key and the version of the KV secret it came from.
-    async fn api_key(&mut self, deadline: Instant) -> Result<(SecretBytes, Option<u64>), LoadError> {
+    /// The API key, the key version it goes with (`transit_key_version`, if
+    /// its secret names one) and the version of the KV secret it came from.
+    async fn api_key(&mut self, deadline: Instant) -> Result<(SecretBytes, Option<u64>, Option<u64>), LoadError> {
         let (field, mount) = match &self.spec.api_key {
             ApiKeySource::Env(var) => {
                 return match crate::secrets::env::var(var).filter(|v| !v.is_empty()) {
-                    Some(v) if std::str::from_utf8(v.expose()).is_ok() => Ok((v, None)),
+                    Some(v) if std::str::from_utf8(v.expose()).is_ok() => Ok((v, None, None)),
                     Some(_) => Err(LoadError::Invalid {
                         reason: format!("environment variable {var} is not valid UTF-8"),
                     }),
@@ -289,11 +311,31 @@ impl TransitSource {
             }
             _ => return Err(self.client.status_error(&format!("reading {shown}"), &a, &[])),
         }
-        let kv = parse::kv(&a.body, field, None).ok_or_else(|| LoadError::Invalid {
+        let kv = parse::kv(&a.body, field, Some(VERSION_FIELD)).ok_or_else(|| LoadError::Invalid {
             reason: format!("{shown} is not a KV version 2 secret (is {mount} a KV v2 mount?)"),
         })?;
+        // A number, or a string of digits (`bao kv put` writes strings).
+        let pinned = match kv.secret {
+            Field::Absent => None,
+            Field::Value(v) => match std::str::from_utf8(v.expose())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(LoadError::Invalid {
+                        reason: format!("Vault secret {shown}: field {VERSION_FIELD} is not a key version (1, 2, …)"),
+                    })
+                }
+            },
+            Field::NotString => return Err(LoadError::Invalid {
+                reason: format!(
+                    "Vault secret {shown}: field {VERSION_FIELD} is not a key version (1, 2, …) written as a string"
+                ),
+            }),
+        };
         match kv.api_key {
-            Field::Value(v) if !v.is_empty() => Ok((v, kv.version)),
+            Field::Value(v) if !v.is_empty() => Ok((v, pinned, kv.version)),
             Field::Value(_) | Field::Absent => Err(LoadError::Invalid {
                 reason: format!("Vault secret {shown}: missing field {field}"),
             }),
@@ -307,16 +349,27 @@ impl TransitSource {
 impl Source for TransitSource {
     async fn poll(&mut self) -> Result<Poll, LoadError> {
         let deadline = Instant::now() + self.client.timeout;
-        let version = self.key_version(deadline).await?;
-        let (api_key, kv_version) = self.api_key(deadline).await?;
-        let stamp = (version, kv_version);
+        let latest = self.key_version(deadline).await?;
+        let (api_key, pinned, kv_version) = self.api_key(deadline).await?;
+        if let Some(p) = pinned.filter(|p| *p > latest) {
+            return Err(LoadError::Invalid {
+                reason: format!(
+                    "{VERSION_FIELD} = {p}, but {} has no version {p} yet (latest {latest}): import it first (bao transit import-version)",
+                    self.handle.key
+                ),
+            });
+        }
+        // With a pin, a newer version imported meanwhile changes nothing.
+        let stamp = (pinned.unwrap_or(latest), kv_version);
         if self.last == Some(stamp) {
             return Ok(Poll::Unchanged);
         }
+        let mut handle = Transit::clone(&self.handle);
+        handle.pinned = pinned;
         let material = Material {
             api_key,
-            key: KeyMaterial::Transit(self.handle.clone()),
-            version: Some(version),
+            key: KeyMaterial::Transit(Arc::new(handle)),
+            version: Some(pinned.unwrap_or(latest)),
         };
         crate::secrets::Credential::from_material(&self.client.name, &material)?;
         self.last = Some(stamp);
