@@ -50,7 +50,7 @@ pub async fn shutdown_signal() {
 /// `signgate check`: exit 0 when valid, 1 listing every error otherwise.
 /// Valid means what `run` accepts: the validation, then the preflight of
 /// every file and directory it would open (`preflight`).
-pub async fn check(path: &Path, credentials: bool) -> ExitCode {
+pub async fn check(path: &Path, credentials: bool, config_only: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -58,9 +58,11 @@ pub async fn check(path: &Path, credentials: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(errors) = crate::preflight::preflight(&config) {
-        eprint!("{}: {errors}", path.display());
-        return ExitCode::FAILURE;
+    if !config_only {
+        if let Err(errors) = crate::preflight::preflight(&config) {
+            eprint!("{}: {errors}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
     println!(
         "{}: ok ({} route{}, {} credential{}, {} webhook{})",

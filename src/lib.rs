@@ -31,6 +31,7 @@ mod delivery;
 pub mod devtools;
 mod egress_ip;
 pub mod fault;
+pub(crate) mod fleet;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -46,6 +46,11 @@ enum Command {
         /// Also try to load every credential (reports failures, never secret material).
         #[arg(long)]
         credentials: bool,
+        /// Check the configuration alone, not the files it names (certificates,
+        /// keys, token files, writable directories): for validating a deployment's
+        /// config away from the host it runs on. `run` always checks the files.
+        #[arg(long, conflicts_with = "credentials")]
+        config_only: bool,
     },
     /// Print the canonical payload, the signed string and the signature of a body read from stdin.
     Sign(signgate::cli::SignArgs),
@@ -145,7 +150,10 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(&config_path),
-        Command::Check { credentials } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials))),
+        Command::Check {
+            credentials,
+            config_only,
+        } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials, config_only))),
         Command::Sign(args) => tool(|_| signgate::cli::sign(&args, cli.config.as_deref())),
         Command::Explain(args) => tool(|rt| rt.block_on(signgate::cli::explain(&config_path, &args))),
         Command::Demo => tool(|rt| rt.block_on(signgate::devtools::demo::run())),

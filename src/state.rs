@@ -22,14 +22,19 @@ use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
 use crate::config::RouteCredential;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
-use crate::router::{Route, RouteSlots, Router};
+use crate::router::{Kept, Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
+
+/// Beyond the request's own timers, how long an in-flight duplicate-guard
+/// claim lives in Redis before it expires on its own.
+const CLAIM_SLACK: Duration = Duration::from_secs(10);
 
 /// Everything derived from one configuration; swapped whole, never edited.
 pub(crate) struct Snapshot {
@@ -76,6 +81,7 @@ impl Snapshot {
         credentials_cancel: CancellationToken,
         upstream: Upstream,
         previous: Option<&Snapshot>,
+        fleet: Option<&Arc<Fleet>>,
     ) -> Result<Snapshot, BuildError> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
@@ -101,14 +107,21 @@ impl Snapshot {
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let kept = previous
-                .and_then(|p| p.router.by_name(&r.name))
+            let old = previous.and_then(|p| p.router.by_name(&r.name));
+            let duplicates = old
                 .filter(|old| {
                     old.config.duplicate_key == r.duplicate_key
                         && old.config.duplicate_window == r.duplicate_window
                         && old.config.duplicate_capacity == r.duplicate_capacity
                 })
                 .and_then(|old| old.duplicates.clone());
+            let kept = Kept {
+                duplicates,
+                cooldown: old.map(|o| o.cooldown.clone()),
+            };
+            // An in-flight claim lives as long as its request can: the
+            // queue, the exchange and its one retry, and some slack.
+            let claim_ttl = r.queue_timeout + config.egress.request_timeout * 2 + CLAIM_SLACK;
             let slots = match &r.credential {
                 RouteCredential::One(c) => RouteSlots::One(slot("route", &r.name, c)?),
                 RouteCredential::ByCaller(rules) => RouteSlots::ByCaller(
@@ -123,6 +136,7 @@ impl Snapshot {
                 scheme("route", &r.name, &r.scheme)?,
                 slots,
                 kept,
+                fleet.map(|f| (f, claim_ttl)),
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());
@@ -148,7 +162,11 @@ impl Snapshot {
             access: Allowlist::new(&config.access.allow),
             upstream,
             credentials,
-            limits: Limits::new(&config.limits),
+            limits: match fleet {
+                // Used only while Redis cannot answer: this instance's share.
+                Some(f) => Limits::new(&crate::ratelimit::share_config(&config.limits, f.expected_instances())),
+                None => Limits::new(&config.limits),
+            },
         })
     }
 
@@ -317,12 +335,20 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// `[fleet]`: the state shared with the other instances (bound at start-up).
+    fleet: Option<Arc<Fleet>>,
     /// The last egress-IP self-check (`None`: none made yet).
     egress_check: ArcSwapOption<EgressCheck>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, audit: AuditLog, inbox: Option<Arc<Store>>) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        inbox: Option<Arc<Store>>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -332,9 +358,15 @@ impl Shared {
             accepting: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
-            reflections: Reflections::new(),
+            reflections: Reflections::new(fleet.clone()),
+            fleet,
             egress_check: ArcSwapOption::empty(),
         }
+    }
+
+    /// The fleet's shared state, with `[fleet]`.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The current snapshot; a request keeps the one it started with.

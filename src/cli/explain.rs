@@ -29,7 +29,7 @@ use crate::allowlist::Allowlist;
 use crate::config::{ApiKeySource, Config, RouteCredential, SecretSource};
 use crate::identity::Identity;
 use crate::proxy::GatewayError;
-use crate::router::{path_is_safe, Route, RouteSlots, Router};
+use crate::router::{path_is_safe, Kept, Route, RouteSlots, Router};
 use crate::secrets::{Credential, CredentialStore, Key};
 use crate::sign::{self, MessageInput, Timestamp};
 
@@ -423,7 +423,13 @@ fn router(config: &Config, store: &CredentialStore) -> Result<Router, Stop> {
                     .collect::<Result<_, Stop>>()?,
             ),
         };
-        routes.push(Arc::new(Route::new(r.clone(), Arc::new(scheme), slots, None)));
+        routes.push(Arc::new(Route::new(
+            r.clone(),
+            Arc::new(scheme),
+            slots,
+            Kept::default(),
+            None,
+        )));
     }
     Ok(Router::new(routes))
 }

@@ -225,6 +225,11 @@ impl GatewayToml {
         self.set("state", key, value)
     }
 
+    /// `[fleet] key = value` (`redis_url`, `expected_instances`, ...).
+    pub fn fleet(self, key: &str, value: impl ToToml) -> Self {
+        self.set("fleet", key, value)
+    }
+
     /// `[listener] tls_cert` and `tls_key`: a TLS listener.
     pub fn listener_tls(self, cert: &Path, key: &Path) -> Self {
         self.listener("tls_cert", cert).listener("tls_key", key)
@@ -601,6 +606,11 @@ impl Route {
 
     pub fn queue_timeout_ms(self, ms: u64) -> Self {
         self.set("queue_timeout_ms", ms)
+    }
+
+    /// `honor_retry_after`: a provider 429/503 with `Retry-After` cools the route down.
+    pub fn honor_retry_after(self, honor: bool) -> Self {
+        self.set("honor_retry_after", honor)
     }
 }
 

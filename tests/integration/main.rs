@@ -22,6 +22,9 @@
 //!   a client gone is audited, the authenticated guard release, duplicate
 //!   references per endpoint and by their JSON text, webhook keys that
 //!   cannot collide, refusals without `100 Continue`;
+//! - `fleet`: three real gateway processes sharing one real `redis-server`:
+//!   limits, the duplicate guard, webhook de-duplication, provider cooldown
+//!   and reflections fleet-wide; Redis killed and slowed;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
 //!   file and umask 022, with the real binary;
 //! - `beyond_transit`: `vault_transit` credentials against a real OpenBao
@@ -48,6 +51,7 @@ mod certs;
 mod cli;
 mod deploy;
 mod edges;
+mod fleet;
 mod money;
 mod observability;
 mod ops;

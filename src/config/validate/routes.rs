@@ -248,6 +248,7 @@ pub(super) fn routes(
                 duplicate_capacity,
                 max_inflight,
                 queue_timeout,
+                honor_retry_after: r.honor_retry_after.unwrap_or(true),
             });
         }
     }

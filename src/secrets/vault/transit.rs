@@ -328,11 +328,13 @@ impl TransitSource {
                     })
                 }
             },
-            Field::NotString => return Err(LoadError::Invalid {
-                reason: format!(
+            Field::NotString => {
+                return Err(LoadError::Invalid {
+                    reason: format!(
                     "Vault secret {shown}: field {VERSION_FIELD} is not a key version (1, 2, …) written as a string"
                 ),
-            }),
+                })
+            }
         };
         match kv.api_key {
             Field::Value(v) if !v.is_empty() => Ok((v, pinned, kv.version)),
