@@ -91,6 +91,13 @@ pub struct RawState {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawCredential {
     pub source: Option<String>,
     // env
@@ -133,6 +140,7 @@ pub struct RawRoute {
     pub duplicate_capacity: Option<u64>,
     pub max_inflight: Option<u64>,
     pub queue_timeout_ms: Option<u64>,
+    pub forward_traceparent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +185,7 @@ pub struct RawConfig {
     pub egress: RawEgress,
     pub audit: RawAudit,
     pub state: RawState,
+    pub tracing: Option<RawTracing>,
     pub credentials: BTreeMap<String, RawCredential>,
     pub routes: Vec<RawRoute>,
     pub webhooks: Vec<RawWebhook>,

@@ -77,6 +77,11 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
+/// `[tracing].sample_ratio`: the share of requests traced when no caller
+/// decided (errors are always exported).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// `[tracing].service_name`: the `service.name` of the exported spans.
+pub const DEFAULT_SERVICE_NAME: &str = "signgate";
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
 pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 
@@ -91,6 +96,8 @@ pub struct Config {
     pub egress: EgressConfig,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    /// `[tracing]`: spans exported over OTLP; `None` records nothing.
+    pub tracing: Option<TracingConfig>,
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub schemes: BTreeMap<String, Scheme>,
     pub routes: Vec<RouteConfig>,
@@ -224,6 +231,17 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// `[tracing]`: where and how many request traces go (docs/operations.md#traces).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces URL, used as is (e.g. `http://127.0.0.1:4318/v1/traces`).
+    pub otlp_endpoint: Uri,
+    /// 0.0 to 1.0: the share of requests without a caller's sampling
+    /// decision whose spans are exported (by trace id).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
 /// Where a credential lives. Never the secret itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialSpec {
@@ -309,6 +327,9 @@ pub struct RouteConfig {
     /// up to `queue_timeout`, then get 503 `upstream_busy`.
     pub max_inflight: usize,
     pub queue_timeout: Duration,
+    /// Send the gateway's own `traceparent` (its upstream span) to the
+    /// provider; otherwise the provider gets none.
+    pub forward_traceparent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

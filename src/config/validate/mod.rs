@@ -6,6 +6,7 @@
 mod credentials;
 mod routes;
 mod schemes;
+mod tracing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -357,6 +358,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
     let state = StateConfig {
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
     };
+    let tracing = raw.tracing.and_then(|t| tracing::tracing(&mut v, t));
 
     let mut schemes = BTreeMap::new();
     schemes.insert(sign::KWIKPAISA.to_string(), Scheme::kwikpaisa());
@@ -379,6 +381,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         &credentials,
         &schemes,
         listener.tls.as_ref(),
+        tracing.is_some(),
     );
     let webhooks = webhooks(&mut v, raw.webhooks, &credentials, &schemes, &routes);
 
@@ -392,6 +395,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             egress,
             audit,
             state,
+            tracing,
             credentials,
             schemes,
             routes,
