@@ -89,6 +89,9 @@ impl Reloader {
         if new.log != cur.log {
             restart.push("[log]");
         }
+        if new.tracing != cur.tracing {
+            restart.push("[tracing]");
+        }
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
@@ -214,6 +217,10 @@ impl Running {
         {
             tracing::error!("upstream exchanges still running at shutdown; their records are written as they end");
         }
+        // Every request has ended: export the last spans.
+        if let Some(tracer) = self.shared.tracer() {
+            tracer.clone().flush().await;
+        }
         self.background.cancel();
         // Close the audit queue; the writer flushes every queued record and exits.
         self.shared.close_audit();
@@ -268,9 +275,15 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
     let metrics = Metrics::new();
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
+    let tracer = match &config.tracing {
+        Some(t) => Some(Arc::new(
+            crate::trace::Tracer::start(t).context("starting the trace exporter ([tracing])")?,
+        )),
+        None => None,
+    };
     let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None)?;
     prime(&metrics, &config);
-    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone()));
+    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), tracer));
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {
@@ -323,6 +336,9 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         );
     }
     tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
+    if let Some(t) = &config.tracing {
+        tracing::info!(endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, "exporting request traces (OTLP/HTTP)");
+    }
     Ok(Running {
         addr,
         admin_addr,

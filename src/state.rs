@@ -25,6 +25,7 @@ use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Route, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -268,10 +269,18 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, audit: AuditLog, inbox: Option<Arc<Store>>) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        inbox: Option<Arc<Store>>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -282,6 +291,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(),
+            tracer,
         }
     }
 
@@ -328,6 +338,10 @@ impl Shared {
 
     pub fn reflections(&self) -> &Reflections {
         &self.reflections
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
     }
 
     pub fn set_accepting(&self) {
