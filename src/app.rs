@@ -277,7 +277,8 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
     let tracer = match &config.tracing {
         Some(t) => Some(Arc::new(
-            crate::trace::Tracer::start(t).context("starting the trace exporter ([tracing])")?,
+            crate::trace::Tracer::start(t, metrics.trace_spans.clone())
+                .context("starting the trace exporter ([tracing])")?,
         )),
         None => None,
     };

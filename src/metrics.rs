@@ -153,6 +153,7 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    pub trace_spans: IntCounterVec,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -373,6 +374,12 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            trace_spans: counter_vec(
+                &r,
+                "signgate_trace_spans_total",
+                "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
+                &["result"],
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -381,6 +388,9 @@ impl Metrics {
         }
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
+        }
+        for result in ["exported", "failed"] {
+            m.trace_spans.with_label_values(&[result]);
         }
         Arc::new(m)
     }

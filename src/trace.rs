@@ -29,6 +29,7 @@
 //! a query.
 
 mod client;
+mod export;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -91,7 +92,8 @@ impl Tracer {
     /// through [`client::ExportClient`]) and its batch processor, whose
     /// thread exports every 5 s or 512 spans (the SDK's defaults, which the
     /// standard `OTEL_BSP_*` variables change). Call inside the runtime.
-    pub fn start(config: &TracingConfig) -> Result<Tracer, TraceError> {
+    /// `spans` counts what the exporter sent (`signgate_trace_spans_total`).
+    pub fn start(config: &TracingConfig, spans: prometheus::IntCounterVec) -> Result<Tracer, TraceError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| TraceError::NoRuntime)?;
         let client =
             client::ExportClient::new(runtime, EXPORT_TIMEOUT).map_err(|e| TraceError::Exporter(e.to_string()))?;
@@ -103,6 +105,7 @@ impl Tracer {
             .with_http_client(client)
             .build()
             .map_err(|e| TraceError::Exporter(e.to_string()))?;
+        let exporter = export::Counted::new(exporter, spans, config.otlp_endpoint.to_string());
         let mut processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(BatchConfigBuilder::default().build())
             .build();

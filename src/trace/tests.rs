@@ -50,7 +50,8 @@ fn tracer(ratio: f64) -> Tracer {
         sample_ratio: ratio,
         service_name: "signgate".into(),
     };
-    Tracer::start(&config).expect("tracer")
+    let spans = prometheus::IntCounterVec::new(prometheus::Opts::new("spans", "spans"), &["result"]).unwrap();
+    Tracer::start(&config, spans).expect("tracer")
 }
 
 fn headers(traceparent: &str) -> HeaderMap {
