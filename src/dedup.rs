@@ -180,6 +180,50 @@ pub fn reference(body: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
+/// The endpoint part of a claim: an upstream path as the frameworks behind
+/// a provider compare it, so that one endpoint spelled differently is one
+/// claim. Percent-encoded unreserved characters are decoded (RFC 3986
+/// §6.2.2.2: `cr%65ate` is `create`), letters are lower-cased, `;`
+/// parameters are dropped from every segment (`create;v=1`) and so are
+/// trailing slashes. This is stricter than any one framework, never looser:
+/// at worst two paths that a provider keeps apart share a claim (a 409),
+/// never one payment two claims. The result has no space (the store's keys
+/// are `METHOD PATH REFERENCE`).
+pub fn endpoint(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let unreserved = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        match unreserved {
+            Some(b) => {
+                decoded.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                let c = path[i..].chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+                decoded.push(c);
+                i += c.len_utf8().max(1);
+            }
+        }
+    }
+    let lowered = decoded.to_lowercase();
+    let mut out = lowered
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("/");
+    while out.len() > 1 && out.ends_with('/') {
+        out.pop();
+    }
+    out.replace(' ', "%20")
+}
+
 /// A claimed reference. Resolved by [`Claim::finish`]; if dropped before
 /// that (client gone, panic, shutdown), it is released when nothing was sent
 /// and held as unknown once the request may have reached the provider.
@@ -301,6 +345,30 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(reference(br#"{"a~b":{"c/d":7}}"#, "/a~0b/c~1d").as_deref(), Some("7"));
         assert_eq!(reference(br#"{"a":[1]}"#, "/a/x"), None);
+    }
+
+    #[test]
+    fn one_endpoint_spelled_differently_is_one_endpoint() {
+        for spelled in [
+            "/api/v3/pg/order/create",
+            "/api/v3/pg/order/create/",
+            "/api/v3/pg/order/create///",
+            "/api/v3/pg/order/cr%65ate",
+            "/api/v3/pg/order/cr%65%61te/",
+            "/API/v3/pg/Order/CREATE",
+            "/api/v3/pg/order/create;v=1",
+            "/api/v3/pg/order;x=1/create;jsessionid=2/",
+        ] {
+            assert_eq!(endpoint(spelled), "/api/v3/pg/order/create", "{spelled}");
+        }
+        assert_eq!(endpoint("/api/v3/pg/order/status"), "/api/v3/pg/order/status");
+        assert_eq!(endpoint("/"), "/");
+        assert_eq!(endpoint(""), "");
+        // Reserved and other encoded bytes stay encoded (lower-cased).
+        assert_eq!(endpoint("/a%2Fb"), "/a%2fb");
+        assert_eq!(endpoint("/a%20b c"), "/a%20b%20c", "no space in a store key");
+        assert_eq!(endpoint("/a%zz/%4"), "/a%zz/%4");
+        assert_eq!(endpoint("/caf\u{e9}/%C3%A9"), "/caf\u{e9}/%c3%a9");
     }
 
     #[test]

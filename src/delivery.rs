@@ -190,6 +190,7 @@ impl Worker {
             secret_version: None,
             signature_fp: None,
             duplicate_key: Some(ev.key.clone()),
+            upstream_error: None,
         });
         self.save(ev).await;
     }

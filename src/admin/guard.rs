@@ -84,6 +84,7 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         secret_version: None,
         signature_fp: None,
         duplicate_key: Some(reference.clone()),
+        upstream_error: None,
     });
     reply(
         StatusCode::OK,

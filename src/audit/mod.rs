@@ -78,6 +78,10 @@ pub struct Entry {
     pub secret_version: Option<u64>,
     pub signature_fp: Option<String>,
     pub duplicate_key: Option<String>,
+    /// How the upstream exchange failed (its error code), when it did: the
+    /// only trace of a provider timeout for a request whose client had gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<&'static str>,
 }
 
 /// The head of the chain, persisted beside the log.

@@ -38,6 +38,7 @@ fn entry(i: usize) -> Entry {
         secret_version: Some(1),
         signature_fp: Some("abcdef012345".into()),
         duplicate_key: None,
+        upstream_error: None,
     }
 }
 

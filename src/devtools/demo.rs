@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng as _;
 
-use crate::config::Config;
+use crate::devtools::config::{GatewayToml, Route};
 use crate::devtools::pki::DevCa;
 use crate::devtools::standin::{Standin, StandinOptions, Verdict};
 use crate::secrets::SecretBytes;
@@ -119,36 +119,19 @@ async fn run_inner() -> anyhow::Result<bool> {
         &serde_json::json!({"api_key": api_key, "secret_key": secret}).to_string(),
     )?;
 
-    let config = Config::from_toml_str(&format!(
-        r#"
-[listener]
-addr = "127.0.0.1:0"
-[admin]
-addr = ""
-[audit]
-path = "{audit}"
-[access]
-allow = ["127.0.0.0/8", "::1/128"]
-[egress]
-ca_file = "{ca}"
-[credentials.kwikpaisa]
-source = "file"
-path = "{cred}"
-[[route]]
-name = "kwikpaisa"
-match_prefix = "/kwikpaisa/"
-strip_prefix = true
-upstream = "https://localhost:{port}"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-methods = ["POST"]
-"#,
-        ca = ca_path.display(),
-        cred = cred_path.display(),
-        port = standin.addr().port(),
-        audit = dir.join("audit.jsonl").display(),
-    ))
-    .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let config = GatewayToml::new()
+        .listener("addr", "127.0.0.1:0")
+        .admin("addr", "")
+        .audit_path(&dir.join("audit.jsonl"))
+        .allow(["127.0.0.0/8", "::1/128"])
+        .egress_ca(&ca_path)
+        .credential_file("kwikpaisa", &cred_path)
+        .route(Route::kwikpaisa(&format!(
+            "https://localhost:{}",
+            standin.addr().port()
+        )))
+        .to_config()
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let gateway = crate::start(config).await?;
     let base = format!("http://{}", gateway.addr());
     println!("signgate demo");

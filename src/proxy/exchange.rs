@@ -46,8 +46,9 @@ impl Exchanged {
     /// Note the outcome in the request's record.
     pub fn note(&self, rec: &mut Record) {
         rec.signature_fingerprint.clone_from(&self.fingerprint);
-        if let Ok(r) = &self.result {
-            rec.upstream_status = Some(r.status().as_u16());
+        match &self.result {
+            Ok(r) => rec.upstream_status = Some(r.status().as_u16()),
+            Err(e) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
         }
     }
 }

@@ -31,6 +31,8 @@ pub(super) struct Record {
     pub credential_version: Option<u64>,
     pub signature_fingerprint: Option<String>,
     pub duplicate_key: Option<String>,
+    /// The upstream exchange's failure, if it failed.
+    pub upstream_error: Option<&'static str>,
 }
 
 impl Record {
@@ -46,6 +48,7 @@ impl Record {
             credential_version: None,
             signature_fingerprint: None,
             duplicate_key: None,
+            upstream_error: None,
         }
     }
 }
@@ -160,6 +163,7 @@ pub(super) fn entry(
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
+        upstream_error: rec.upstream_error,
     }
 }
 

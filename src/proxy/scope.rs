@@ -181,6 +181,15 @@ impl Abandoned {
             if let Some(t) = self.trace.as_mut() {
                 t.extend(std::mem::take(&mut ex.spans));
             }
+            // The upstream failed (a timeout, a reset) whether or not its
+            // client waited for it: count it like any upstream error.
+            if let Err(e) = &ex.result {
+                self.shared
+                    .metrics()
+                    .upstream_errors
+                    .with_label_values(&[record::route_label(&self.rec), e.failure.kind()])
+                    .inc();
+            }
         }
         let error = GatewayError::ClientGone;
         let status = error.status();

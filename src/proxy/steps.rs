@@ -221,8 +221,9 @@ pub(super) fn canonicalize(route: &Route, raw: Bytes) -> Result<Bytes, GatewayEr
 }
 
 /// A retried payment must not become a second payment: claim the route's
-/// transaction reference, per endpoint (method and upstream path), so that
-/// a status call never locks a create.
+/// transaction reference, per endpoint (method and upstream path, compared
+/// as [`crate::dedup::endpoint`] does), so that a status call never locks a
+/// create and a create spelled differently is still the same create.
 pub(super) fn claim(
     scope: &mut Scope,
     route: &Route,
@@ -236,7 +237,8 @@ pub(super) fn claim(
         pointer: pointer.clone(),
     })?;
     scope.rec.duplicate_key = Some(reference.clone());
-    let key = format!("{} {} {reference}", parts.method, route.upstream_path(parts.uri.path()));
+    let endpoint = crate::dedup::endpoint(&route.upstream_path(parts.uri.path()));
+    let key = format!("{} {endpoint} {reference}", parts.method);
     store.begin(&key, Instant::now()).map_err(|d| match d {
         Duplicate::Full => GatewayError::DuplicateGuardFull,
         Duplicate::InFlight | Duplicate::Succeeded => GatewayError::DuplicateRequest { unknown: false },

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-use crate::support::{eventually, TestClient};
+use crate::support::{connect_from, eventually, quota, read_until_closed, Fixture, GatewayProcess, Route, TestClient};
 
 const DENIED: &str = "signgate_denied_total";
 const CLOSED: &str = "signgate_connections_closed_total";
@@ -147,16 +147,12 @@ async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
     let port = up.local_addr().unwrap().port();
     // body_timeout 3 s (total), body_idle_timeout 500 ms (gap): far apart, so
     // which one fired is unambiguous even on a busy machine.
-    let rig = Rig::with_edit(
-        RigOptions::default()
-            .listener("body_idle_timeout_ms = 500")
-            .listener("write_idle_timeout_ms = 800")
-            .extra(&format!(
-                "[[route]]\nname = \"bulk\"\nmatch_prefix = \"/bulk/\"\nstrip_prefix = true\n\
-                 upstream = \"https://localhost:{port}\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nmethods = [\"POST\"]"
-            )),
-        |t| t.replace("body_timeout_ms = 2000", "body_timeout_ms = 3000"),
-    )
+    let rig = Rig::with(|c| {
+        c.listener("body_idle_timeout_ms", 500)
+            .listener("write_idle_timeout_ms", 800)
+            .listener("body_timeout_ms", 3000)
+            .route(Route::to("bulk", &format!("https://localhost:{port}")))
+    })
     .await;
     const SIZE: usize = 64 << 20;
     let _upstream = big_upstream(up, rig.pki.server_tls.clone(), SIZE);
@@ -315,16 +311,11 @@ async fn a03_idle_connections_are_bounded_counted_and_cheap() {
         .unwrap_or(300);
     // Long enough for every half-sent head to be open at once (3.3 s at N = 300).
     let header_timeout = Duration::from_millis(3_000 + limit as u64);
-    let rig = Rig::with_edit(
-        RigOptions::default().listener(&format!("max_connections = {limit}")),
-        |t| {
-            t.replace(
-                "header_timeout_ms = 1000",
-                &format!("header_timeout_ms = {}", header_timeout.as_millis()),
-            )
-            .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 60000")
-        },
-    )
+    let rig = Rig::with(|c| {
+        c.listener("max_connections", limit)
+            .listener("header_timeout_ms", header_timeout.as_millis() as u64)
+            .listener("idle_timeout_ms", 60000)
+    })
     .await;
     let before = rig.baseline().await;
     let base = before.open_connections as usize;
@@ -493,13 +484,7 @@ async fn a05_huge_and_lying_bodies_are_bounded() {
     // After the 413 the gateway reads and discards up to this much more
     // (lingering close), so the client reads its answer, not a reset.
     const LINGER: usize = 2 << 20;
-    let rig = Rig::with_edit(RigOptions::default(), |t| {
-        t.replace(
-            "max_body_bytes = 65536",
-            &format!("max_body_bytes = {LIMIT}\nlinger_bytes = {LINGER}"),
-        )
-    })
-    .await;
+    let rig = Rig::with(|c| c.listener("max_body_bytes", LIMIT).listener("linger_bytes", LINGER)).await;
     let before = rig.baseline().await;
     let rss = RssSampler::start(rig.pid());
 
@@ -855,13 +840,7 @@ async fn a07_client_signing_headers_never_reach_the_provider() {
 /// loopback-only, so it is not exercised here).
 #[tokio::test]
 async fn a08_allowlist_decides_on_the_tcp_peer_only() {
-    let rig = Rig::with_edit(RigOptions::default(), |t| {
-        t.replace(
-            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
-            "allow = [\"127.0.0.1/32\", \"::1/128\"]",
-        )
-    })
-    .await;
+    let rig = Rig::with(|c| c.allow(["127.0.0.1/32", "::1/128"])).await;
     let before = rig.baseline().await;
     let denied = TestClient::from_addr("127.0.0.3");
     let spoofs: [&[(&str, &str)]; 4] = [
@@ -926,10 +905,11 @@ async fn a09_rate_limits_hold_for_burst_sustained_and_many_sources() {
     const MAX_KEYS: usize = 64;
     // Few idle upstream connections kept, so the burst's pool does not
     // count as a leak.
-    let rig = Rig::with(RigOptions::default().egress("pool_idle_per_host = 2").extra(&format!(
-        "[limits]\nper_client = {{ rate = {}, burst = {BURST} }}\nper_client_max_keys = {MAX_KEYS}",
-        RATE as u32
-    )))
+    let rig = Rig::with(|c| {
+        c.egress("pool_idle_per_host", 2)
+            .limits("per_client", quota(RATE as u64, BURST as u64))
+            .limits("per_client_max_keys", MAX_KEYS)
+    })
     .await;
     let before = rig.baseline().await;
     let c = TestClient::from_addr("127.0.0.2");
@@ -1359,48 +1339,27 @@ fn run_bounded(prog: &str, args: &[String], within: Duration) -> std::process::O
 /// A gateway with a TLS listener (certificate from a test CA), as a child
 /// process, with its own probe over TLS.
 struct TlsGateway {
-    pki: crate::support::Pki,
-    provider: crate::support::Provider,
-    _dir: tempfile::TempDir,
-    gw: crate::support::GatewayProcess,
+    gw: GatewayProcess,
+    fx: Fixture,
 }
 
 impl TlsGateway {
     async fn start() -> TlsGateway {
-        use crate::support::*;
-        let pki = pki();
-        let provider = provider(&pki).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cred = dir.path().join("kwikpaisa.json");
-        write_cred(&cred, &provider.api_key, &provider.secret);
-        let server = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
-        let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+        let fx = Fixture::new().await;
+        let server = fx.pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = (fx.path("gw.pem"), fx.path("gw-key.pem"));
         std::fs::write(&cert, &server.cert_pem).unwrap();
         std::fs::write(&key, &server.key_pem).unwrap();
-        let o = RigOptions::default().listener(&format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            cert.display(),
-            key.display()
-        ));
-        let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-        let toml = rig_toml(&upstream, &pki, &cred, dir.path(), &o)
-            .replace("idle_timeout_ms = 5000", "idle_timeout_ms = 2000");
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml).unwrap();
-        let gw = GatewayProcess::start(&config, &[]);
-        let t = TlsGateway {
-            pki,
-            provider,
-            _dir: dir,
-            gw,
-        };
+        let toml = Rig::config(&fx)
+            .listener_tls(&cert, &key)
+            .listener("idle_timeout_ms", 2000);
+        let gw = fx.process(&toml, &[]);
+        let t = TlsGateway { gw, fx };
         assert!(
             eventually(Duration::from_secs(10), || async {
-                crate::support::metric(
-                    &t.gw.metrics().await,
-                    "signgate_credential_loaded",
-                    &[("credential", "kwikpaisa")],
-                ) == 1.0
+                t.gw.metric("signgate_credential_loaded", &[("credential", "kwikpaisa")])
+                    .await
+                    == 1.0
             })
             .await
         );
@@ -1409,14 +1368,14 @@ impl TlsGateway {
 
     /// A signed request over TLS that the provider verifies; its latency.
     async fn probe(&self) -> Duration {
-        let before = self.provider.standin.records().await.len();
+        let before = self.fx.provider.standin.records().await.len();
         let t = Instant::now();
-        let r = crate::support::https_post(self.gw.addr, &self.pki.ca, None, PROBE_PATH, &order_body())
+        let r = crate::support::https_post(self.gw.addr, &self.fx.pki.ca, None, PROBE_PATH, &order_body())
             .await
             .unwrap();
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let recs = self.provider.standin.records().await;
+        let recs = self.fx.provider.standin.records().await;
         assert_eq!(recs.len(), before + 1);
         assert_eq!(
             recs.last().unwrap().verdict,
@@ -1431,7 +1390,7 @@ impl TlsGateway {
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.pki.ca.cert_der()).unwrap();
+        roots.add(self.fx.pki.ca.cert_der()).unwrap();
         let cfg = rustls::ClientConfig::builder_with_provider(signgate::tls::provider())
             .with_protocol_versions(versions)
             .unwrap()
@@ -1479,7 +1438,7 @@ async fn a11_tls_abuse_is_cut_and_counted() {
     let usual = lat[2];
     let before_fds = proc_fds(pid);
     let before = t.gw.metrics().await;
-    let before_provider = t.provider.standin.records().await.len();
+    let before_provider = t.fx.provider.standin.records().await.len();
     let within = Duration::from_secs(5);
 
     // Plaintext HTTP and garbage to the TLS port.
@@ -1601,7 +1560,7 @@ async fn a11_tls_abuse_is_cut_and_counted() {
         std::path::Path::new(&format!("/proc/{pid}/status")).exists(),
         "the gateway died"
     );
-    let provider_now = t.provider.standin.records().await.len();
+    let provider_now = t.fx.provider.standin.records().await.len();
     assert_eq!(
         provider_now - before_provider,
         2,

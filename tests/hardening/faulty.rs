@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::Route;
+
 /// What the server does with each connection (or each request on it).
 #[derive(Clone, Debug)]
 pub enum Behavior {
@@ -148,17 +150,14 @@ impl Faulty {
     }
 }
 
-/// The `[[route]]` table of a route `/faulty/` → this server through `localhost`.
-pub fn faulty_route(port: u16) -> String {
+/// A route `/faulty/` → this server through `localhost`.
+pub fn faulty_route(port: u16) -> Route {
     route_to("faulty", &format!("https://localhost:{port}"))
 }
 
-/// A `[[route]]` table named `name` (prefix `/name/`) to `upstream`.
-pub fn route_to(name: &str, upstream: &str) -> String {
-    format!(
-        "[[route]]\nname = \"{name}\"\nmatch_prefix = \"/{name}/\"\nstrip_prefix = true\nupstream = \"{upstream}\"\n\
-         credential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nmethods = [\"POST\", \"GET\"]\n"
-    )
+/// A route named `name` (prefix `/name/`) to `upstream`, POST and GET.
+pub fn route_to(name: &str, upstream: &str) -> Route {
+    Route::to(name, upstream).methods(["POST", "GET"])
 }
 
 async fn serve(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, behavior: Behavior, seen: Arc<Seen>) {

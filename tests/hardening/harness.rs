@@ -12,66 +12,22 @@
 //! A scenario takes a [`Snapshot`] before injecting its fault, then calls
 //! [`Rig::after_fault`] with what it expects.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
 use signgate::devtools::standin::Verdict;
-use tempfile::TempDir;
 
 use crate::support::*;
 
-/// Extra TOML spliced into the generated config, section by section.
-#[derive(Default, Clone)]
-pub struct RigOptions {
-    /// Lines added to `[listener]`.
-    pub listener: String,
-    /// Lines added to `[egress]`.
-    pub egress: String,
-    /// Lines added to the `kwikpaisa` route (the probe's route).
-    pub route: String,
-    /// Whole tables appended at the end (more routes, `[limits]`, ...).
-    pub extra: String,
-    /// Environment for the child process.
-    pub env: Vec<(String, String)>,
-}
-
-impl RigOptions {
-    pub fn listener(mut self, s: &str) -> Self {
-        self.listener.push_str(s);
-        self.listener.push('\n');
-        self
-    }
-    pub fn egress(mut self, s: &str) -> Self {
-        self.egress.push_str(s);
-        self.egress.push('\n');
-        self
-    }
-    pub fn route(mut self, s: &str) -> Self {
-        self.route.push_str(s);
-        self.route.push('\n');
-        self
-    }
-    pub fn extra(mut self, s: &str) -> Self {
-        self.extra.push_str(s);
-        self.extra.push('\n');
-        self
-    }
-    pub fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-}
-
-/// The gateway binary, the genuine provider and the paths they share.
+/// The gateway binary on a [`Fixture`] (the genuine provider, its
+/// credential, the temp dir), and what the after-fault checks need. Derefs
+/// to the fixture.
 pub struct Rig {
-    pub pki: Pki,
-    pub provider: Provider,
-    pub dir: TempDir,
-    pub cred: PathBuf,
-    pub config: PathBuf,
     pub gw: GatewayProcess,
+    pub fx: Fixture,
+    /// The configuration the gateway runs.
+    pub toml: GatewayToml,
     /// Kept for probes and scrapes, so their pooled connections are part of
     /// the baseline rather than noise.
     pub client: TestClient,
@@ -79,6 +35,13 @@ pub struct Rig {
     pub usual_latency: Duration,
     /// Probes sent so far (each one reaches the provider once).
     probes: AtomicU64,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 /// The probe's route prefix (`/kwikpaisa/` → the genuine provider).
@@ -92,58 +55,6 @@ pub fn order_body() -> String {
     format!(
         r#"{{"order_id":"ORD-{}-{n}","order_amount":"105.50","customer":{{"phone":"9816512345","name":"Ajay Kumar"}}}}"#,
         std::process::id()
-    )
-}
-
-/// The TOML the rig runs. The listener and admin addresses are overridden
-/// through the environment by [`GatewayProcess::start`].
-pub fn rig_toml(upstream: &str, pki: &Pki, cred: &std::path::Path, dir: &std::path::Path, o: &RigOptions) -> String {
-    format!(
-        r#"
-[listener]
-addr = "127.0.0.1:8080"
-max_body_bytes = 65536
-header_timeout_ms = 1000
-body_timeout_ms = 2000
-idle_timeout_ms = 5000
-drain_timeout_ms = 2000
-{listener}
-[admin]
-addr = "127.0.0.1:9090"
-[audit]
-path = "{audit}"
-[state]
-dir = "{state}"
-[access]
-allow = ["127.0.0.0/8", "::1/128"]
-[egress]
-ca_file = "{ca}"
-connect_timeout_ms = 1000
-request_timeout_ms = 2000
-{egress}
-[credentials.kwikpaisa]
-source = "file"
-path = "{cred}"
-poll_ms = 50
-[[route]]
-name = "kwikpaisa"
-match_prefix = "/kwikpaisa/"
-strip_prefix = true
-upstream = "{upstream}"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-methods = ["POST"]
-{route}
-{extra}
-"#,
-        listener = o.listener,
-        egress = o.egress,
-        route = o.route,
-        extra = o.extra,
-        audit = dir.join("audit.jsonl").display(),
-        state = dir.join("state").display(),
-        ca = pki.ca_path.display(),
-        cred = cred.display(),
     )
 }
 
@@ -241,35 +152,45 @@ impl Expect {
 }
 
 impl Rig {
+    /// The rig's configuration on `fx`: the fixture's, with a 64 KiB body
+    /// limit, short listener timers (header 1 s, body 2 s, idle 5 s, drain
+    /// 2 s) and a 2 s request timeout. The listener and admin addresses are
+    /// picked by the child ([`GatewayProcess::start`]).
+    pub fn config(fx: &Fixture) -> GatewayToml {
+        fx.config()
+            .listener("max_body_bytes", 65536)
+            .listener("header_timeout_ms", 1000)
+            .listener("body_timeout_ms", 2000)
+            .listener("idle_timeout_ms", 5000)
+            .listener("drain_timeout_ms", 2000)
+            .egress("request_timeout_ms", 2000)
+    }
+
+    /// The rig on its configuration as it is.
     pub async fn start() -> Rig {
-        Self::with(RigOptions::default()).await
+        Self::with(|c| c).await
     }
 
-    pub async fn with(o: RigOptions) -> Rig {
-        Self::with_edit(o, |t| t).await
+    /// The rig on its configuration as `edit` changes it.
+    pub async fn with(edit: impl FnOnce(GatewayToml) -> GatewayToml) -> Rig {
+        Self::with_env(edit, &[]).await
     }
 
-    /// Start with `o`, then let `edit` rewrite the TOML (for upstreams the
-    /// scenario runs itself, whose address is only known now).
-    pub async fn with_edit(o: RigOptions, edit: impl FnOnce(String) -> String) -> Rig {
-        let pki = pki();
-        let provider = provider(&pki).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cred = dir.path().join("kwikpaisa.json");
-        write_cred(&cred, &provider.api_key, &provider.secret);
-        let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-        let toml = edit(rig_toml(&upstream, &pki, &cred, dir.path(), &o));
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml).unwrap();
-        let env: Vec<(&str, &str)> = o.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let gw = GatewayProcess::start(&config, &env);
+    /// Like [`Rig::with`], with `env` added to the child's environment.
+    pub async fn with_env(edit: impl FnOnce(GatewayToml) -> GatewayToml, env: &[(&str, &str)]) -> Rig {
+        let fx = Fixture::new().await;
+        let toml = edit(Self::config(&fx));
+        Self::on(fx, toml, env).await
+    }
+
+    /// The rig on `toml` (made from [`Rig::config`] of `fx`, for scenarios
+    /// whose configuration needs the fixture, e.g. its upstream).
+    pub async fn on(fx: Fixture, toml: GatewayToml, env: &[(&str, &str)]) -> Rig {
+        let gw = fx.process(&toml, env);
         let mut rig = Rig {
-            pki,
-            provider,
-            dir,
-            cred,
-            config,
             gw,
+            fx,
+            toml,
             client: TestClient::new(),
             usual_latency: Duration::ZERO,
             probes: AtomicU64::new(0),
@@ -303,7 +224,7 @@ impl Rig {
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.gw.admin, path)
+        self.gw.admin_url(path)
     }
 
     /// A normal signed request through the gateway on the rig's pooled
@@ -471,29 +392,6 @@ fn proc_state(pid: u32) -> String {
         .find_map(|l| l.strip_prefix("State:"))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Read from `s` until the peer closes it or `within` passes. `Ok(bytes)`
-/// when closed (EOF or reset), `Err(bytes)` when still open at the deadline.
-pub async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Result<Vec<u8>, Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return Err(got),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// A TCP connection from a chosen loopback source address.
-pub async fn connect_from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    sock.connect(to).await.unwrap()
 }
 
 /// Status code of the first response in raw HTTP/1 bytes, if any.

@@ -15,33 +15,13 @@ use tokio::io::AsyncWriteExt;
 use crate::harness::*;
 use crate::support::*;
 
-/// The rig plus a route `NAME` on `/NAME/` to the same provider with the
-/// probe's credential and `lines` (a limit, say).
-async fn rig_with_route(o: RigOptions, name: &str, lines: &str) -> Rig {
-    let (name, lines) = (name.to_string(), lines.to_string());
-    Rig::with_edit(o, move |toml| {
-        let upstream = toml
-            .lines()
-            .find(|l| l.starts_with("upstream = "))
-            .expect("the rig has an upstream line")
-            .to_string();
-        format!(
-            "{toml}\n[[route]]\nname = \"{name}\"\nmatch_prefix = \"/{name}/\"\nstrip_prefix = true\n{upstream}\n\
-             credential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\nmethods = [\"POST\"]\n{lines}\n"
-        )
-    })
-    .await
-}
-
 /// Where Debian's `libfaketime` puts the preload library.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Set the child's fake wall-clock offset (libfaketime re-reads the file on
 /// every call with `FAKETIME_NO_CACHE=1`).
 fn set_offset(file: &std::path::Path, offset: &str) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, format!("{offset}\n")).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
+    replace_file(file, format!("{offset}\n"));
 }
 
 /// Open a connection that trickles a header forever; return when the
@@ -173,15 +153,19 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
     let fake = tempfile::tempdir().unwrap();
     let offset = fake.path().join("faketime.rc");
     set_offset(&offset, "+0");
-    let o = RigOptions::default()
-        .env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap())
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let env = [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
     // A slow rate and a large burst: a limiter refilled by the wall clock's
     // +2 h would hand out the whole burst (10) again, a monotonic one only
     // what the real seconds since the last refusal earned (1 a second).
-    let rig = rig_with_route(o, "limited", &format!("limit = {{ rate = {RATE}, burst = {BURST} }}")).await;
+    // Route `limited` goes to the same provider with the probe's credential.
+    let fx = Fixture::new().await;
+    let toml = Rig::config(&fx).route(Route::to("limited", &fx.upstream()).limit(RATE as u64, BURST as u64));
+    let rig = Rig::on(fx, toml, &env).await;
     let before = rig.baseline().await;
     let refused = AtomicUsize::new(0);
     let limit_from = Instant::now();
@@ -283,7 +267,7 @@ async fn d01_wall_clock_jumps_leave_timers_and_limits_on_monotonic_time() {
 
 /// Lines of the audit log with `"reason":"<code>"`.
 fn audit_lines(rig: &Rig, code: &str) -> usize {
-    std::fs::read_to_string(rig.dir.path().join("audit.jsonl"))
+    std::fs::read_to_string(rig.audit_path())
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(&format!("\"reason\":\"{code}\"")))
@@ -306,8 +290,7 @@ fn audit_lines(rig: &Rig, code: &str) -> usize {
 async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
     let mut rig = Rig::start().await;
     let before = rig.baseline().await;
-    let good = std::fs::read_to_string(&rig.config).unwrap();
-    std::fs::write(&rig.config, good.replace("[access]", "[access]\nallow_everyone = true")).unwrap();
+    rig.write_config(&rig.toml.clone().access("allow_everyone", true));
     rig.gw.signal("HUP");
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -349,7 +332,7 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
             tokio::spawn(async move { TestClient::new().post(&url, &order_body()).await.status.as_u16() })
         })
         .collect();
-    let standin = &rig.provider.standin;
+    let standin = &rig.fx.provider.standin;
     let n0 = standin.records().await.len();
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -395,14 +378,7 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
     for s in slow {
         assert_eq!(s.await.unwrap(), 200, "an in-flight request was cut by the drain");
     }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = rig.gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(8), "the gateway did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = rig.gw.wait_exit(Duration::from_secs(8)).await;
     stop.store(true, Ordering::SeqCst);
     for l in load {
         let unanswered = l.await.unwrap();
@@ -419,7 +395,7 @@ async fn d03_sighup_bad_file_keeps_config_and_sigterm_drains_under_load() {
     let expected = probes_and_baseline + 6 + answered.load(Ordering::SeqCst);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"))
         .args(["audit", "verify"])
-        .arg(rig.dir.path().join("audit.jsonl"))
+        .arg(rig.audit_path())
         .output()
         .unwrap();
     assert_eq!(
@@ -494,12 +470,7 @@ async fn d04_a_panic_in_one_request_is_a_500_for_that_request_only() {
     // RUST_BACKTRACE (often set where tests run) makes the panic hook load
     // the debug binary's symbols, ~150 MiB that stay cached: not a leak, but
     // it would hide one. The production unit does not set it.
-    let rig = Rig::with(
-        RigOptions::default()
-            .egress("pool_idle_per_host = 1")
-            .env("RUST_BACKTRACE", "0"),
-    )
-    .await;
+    let rig = Rig::with_env(|c| c.egress("pool_idle_per_host", 1), &[("RUST_BACKTRACE", "0")]).await;
     assert!(rig.gw.log_text().contains("fault injection is compiled in"));
     let before = rig.baseline().await;
 
@@ -624,10 +595,7 @@ fn prlimit_nofile(pid: u32, soft: u64) {
 #[tokio::test]
 async fn d02_fd_exhaustion_backs_off_counts_and_recovers() {
     // Idle connections are held longer than the exhaustion lasts.
-    let rig = Rig::with_edit(RigOptions::default(), |t| {
-        t.replace("header_timeout_ms = 1000", "header_timeout_ms = 8000")
-    })
-    .await;
+    let rig = Rig::with(|c| c.listener("header_timeout_ms", 8000)).await;
     let before = rig.baseline().await;
     let pid = rig.pid();
     prlimit_nofile(pid, nofile_leaving(pid, 4));

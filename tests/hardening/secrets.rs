@@ -1,6 +1,6 @@
 //! C. Secrets (Vault / OpenBao).
 //!
-//! A real OpenBao dev server (`tests/support/bao.rs`) serves the secret of an
+//! A real OpenBao dev server (`tests/support/vault.rs`) serves the secret of an
 //! extra credential and route added to the rig (see [`vault_rig`]); the probe
 //! keeps using its file credential, so every test also checks that the
 //! gateway serves others while the vault-backed route fails. Faults a real
@@ -26,7 +26,7 @@ use signgate::secrets::SecretBytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
-use crate::support::bao::Bao;
+use crate::support::vault::{token_credential, write_token, Bao};
 use crate::support::*;
 
 /// A path below the vault-backed route of credential `name` (see [`vault_rig`]).
@@ -34,54 +34,18 @@ fn vpath(name: &str) -> String {
     format!("/{name}/api/v3/pg/order/create")
 }
 
-/// The rig plus, for each `(name, lines)`, a `[credentials.NAME]` of source
-/// vault with `lines`, and a route `NAME` on `/NAME/` signing with it, to the
-/// same genuine provider as the probe's route.
-async fn vault_rig(o: RigOptions, creds: &[(&str, String)]) -> Rig {
-    let creds: Vec<(String, String)> = creds.iter().map(|(n, c)| (n.to_string(), c.clone())).collect();
-    Rig::with_edit(o, move |toml| {
-        let upstream = toml
-            .lines()
-            .find(|l| l.starts_with("upstream = "))
-            .expect("the rig has an upstream line")
-            .to_string();
-        let mut out = toml;
-        for (name, cred) in creds {
-            out.push_str(&format!(
-                "\n[credentials.{name}]\nsource = \"vault\"\n{cred}\n\n[[route]]\nname = \"{name}\"\n\
-                 match_prefix = \"/{name}/\"\nstrip_prefix = true\n{upstream}\ncredential = \"{name}\"\n\
-                 scheme = \"kwikpaisa\"\nmethods = [\"POST\"]\n"
-            ));
-        }
-        out
-    })
-    .await
-}
-
-/// Token-auth credential lines (refresh every second).
-fn token_cred(addr: &str, path: &str, token_file: &std::path::Path, extra: &str) -> String {
-    format!(
-        "vault_addr = \"{addr}\"\nvault_path = \"{path}\"\nvault_auth = \"token\"\n\
-         vault_token_file = \"{}\"\nrefresh_secs = 1\n{extra}",
-        token_file.display()
-    )
-}
-
-/// AppRole credential lines (refresh every second), ids written next to `bao`.
-fn approle_cred(bao: &Bao, addr: &str, path: &str, role: (&str, &str), extra: &str) -> String {
-    let (r, s) = (bao.dir().join("role-id"), bao.dir().join("secret-id"));
-    std::fs::write(&r, role.0).unwrap();
-    std::fs::write(&s, role.1).unwrap();
-    format!(
-        "vault_addr = \"{addr}\"\nvault_path = \"{path}\"\nvault_auth = \"approle\"\n\
-         vault_role_id_file = \"{}\"\nvault_secret_id_file = \"{}\"\nrefresh_secs = 1\n{extra}",
-        r.display(),
-        s.display()
-    )
-}
-
-fn write_token(path: &std::path::Path, token: &str) {
-    std::fs::write(path, token).unwrap();
+/// The rig plus, for each `(name, credential)`, `[credentials.NAME]` and a
+/// route `NAME` on `/NAME/` signing with it, to the same genuine provider as
+/// the probe's route; `edit` changes the rest.
+async fn vault_rig(edit: impl FnOnce(GatewayToml) -> GatewayToml, creds: Vec<(&str, Credential)>) -> Rig {
+    let fx = Fixture::new().await;
+    let mut toml = edit(Rig::config(&fx));
+    for (name, cred) in creds {
+        toml = toml
+            .credential(name, cred)
+            .route(Route::to(name, &fx.upstream()).credential(name));
+    }
+    Rig::on(fx, toml, &[]).await
 }
 
 /// A new provider key pair, accepted by the rig's provider from now on.
@@ -91,15 +55,11 @@ fn accepted_pair(rig: &Rig) -> (String, String) {
     (k, s)
 }
 
-async fn put_pair(bao: &Bao, path: &str, pair: &(String, String)) {
-    bao.kv_put(path, &[("api_key", &pair.0), ("secret_key", &pair.1)]).await;
-}
-
 /// A pair the provider accepts, written at `path` in Vault, once credential
 /// `vaultcred` has loaded it.
 async fn load_new_pair(rig: &Rig, bao: &Bao, path: &str) -> (String, String) {
     let pair = accepted_pair(rig);
-    put_pair(bao, path, &pair).await;
+    bao.put_pair(path, &pair).await;
     wait_for(Duration::from_secs(8), "the credential never loaded", || async {
         loaded(rig, "vaultcred").await == 1.0
     })
@@ -452,16 +412,16 @@ async fn c01_vault_down_at_start_is_not_ready_and_refuses_unsigned() {
     let names = ["vaultcred", "vaultcred2", "vaultcred3"];
     let tokens = [root.clone(), random_token("tok-", 20), random_token("tok-", 20)];
     let token_files: Vec<std::path::PathBuf> = (0..3).map(|i| tokdir.path().join(format!("token{i}"))).collect();
-    let creds: Vec<(&str, String)> = (0..3)
+    let creds: Vec<(&str, Credential)> = (0..3)
         .map(|i| {
             write_token(&token_files[i], &tokens[i]);
             (
                 names[i],
-                token_cred(&addr, "kp/c1", &token_files[i], "").replace("refresh_secs = 1", "refresh_secs = 4"),
+                token_credential(&addr, "kp/c1", &token_files[i]).refresh_secs(4),
             )
         })
         .collect();
-    let rig = vault_rig(RigOptions::default(), &creds).await;
+    let rig = vault_rig(|c| c, creds).await;
     let before = rig.baseline().await;
 
     let (status, body) = readyz(&rig).await;
@@ -535,7 +495,7 @@ async fn c01_vault_down_at_start_is_not_ready_and_refuses_unsigned() {
     for t in &tokens[1..] {
         bao.cli(&["token", "create", &format!("-id={t}"), "-ttl=1h"]).await;
     }
-    put_pair(&bao, "kp/c1", &pair).await;
+    bao.put_pair("kp/c1", &pair).await;
     for name in names {
         wait_for(Duration::from_secs(10), "a credential never loaded", || async {
             loaded(&rig, name).await == 1.0
@@ -582,8 +542,8 @@ async fn c02_vault_down_after_start_keeps_last_good_then_fails_closed() {
     let mut bao = Bao::start().await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &bao.root);
-    let cred = token_cred(&bao.addr(), "kp/c2", &token_file, "vault_max_stale_secs = 3");
-    let rig = vault_rig(RigOptions::default(), &[("vaultcred", cred)]).await;
+    let cred = token_credential(&bao.addr(), "kp/c2", &token_file).vault_max_stale_secs(3);
+    let rig = vault_rig(|c| c, vec![("vaultcred", cred)]).await;
     let pair = load_new_pair(&rig, &bao, "kp/c2").await;
     let before = rig.baseline().await;
     let errors_before = refresh_count(&rig, "vaultcred", "error").await;
@@ -647,7 +607,7 @@ async fn c02_vault_down_after_start_keeps_last_good_then_fails_closed() {
     assert!(failed_polls >= 3.0, "{failed_polls} failed polls");
 
     bao.restart().await;
-    put_pair(&bao, "kp/c2", &pair).await;
+    bao.put_pair("kp/c2", &pair).await;
     wait_for(Duration::from_secs(8), "the credential never came back", || async {
         loaded(&rig, "vaultcred").await == 1.0
     })
@@ -707,25 +667,20 @@ async fn c03_sealed_500_slow_and_revoked_are_bounded_and_clear() {
     let t1 = bao.child_token("kp", "1h").await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &t1);
-    let creds = [
+    let creds = vec![
         (
             "approle",
-            approle_cred(
-                &bao,
-                &proxy.url(),
-                "kp/c3",
-                (&role.0, &role.1),
-                "vault_timeout_ms = 1500",
-            ),
+            bao.approle_credential(&proxy.url(), "kp/c3", &role)
+                .vault_timeout_ms(1500),
         ),
         (
             "tokencred",
-            token_cred(&proxy.url(), "kp/c3", &token_file, "vault_timeout_ms = 1500"),
+            token_credential(&proxy.url(), "kp/c3", &token_file).vault_timeout_ms(1500),
         ),
     ];
-    let rig = vault_rig(RigOptions::default(), &creds).await;
+    let rig = vault_rig(|c| c, creds).await;
     let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/c3", &pair).await;
+    bao.put_pair("kp/c3", &pair).await;
     for name in ["approle", "tokencred"] {
         wait_for(Duration::from_secs(8), "a credential never loaded", || async {
             loaded(&rig, name).await == 1.0
@@ -814,7 +769,7 @@ async fn c03_sealed_500_slow_and_revoked_are_bounded_and_clear() {
     .await;
     // A new version is only visible to a token that can read: AppRole's fresh one.
     let pair2 = accepted_pair(&rig);
-    put_pair(&bao, "kp/c3", &pair2).await;
+    bao.put_pair("kp/c3", &pair2).await;
     let sent = AtomicUsize::new(0);
     wait_for(
         Duration::from_secs(5),
@@ -888,8 +843,8 @@ async fn c04_token_renewal_failure_and_max_ttl_relogin_before_expiry() {
     let proxy = FaultProxy::start(bao.port).await;
     bao.read_policy("kp", "kp/c4").await;
     let role = bao.approle("c4", "kp", "3s", "6s").await;
-    let cred = approle_cred(&bao, &proxy.url(), "kp/c4", (&role.0, &role.1), "");
-    let rig = vault_rig(RigOptions::default(), &[("vaultcred", cred)]).await;
+    let cred = bao.approle_credential(&proxy.url(), "kp/c4", &role);
+    let rig = vault_rig(|c| c, vec![("vaultcred", cred)]).await;
     load_new_pair(&rig, &bao, "kp/c4").await;
     let before = rig.baseline().await;
     let errors = refresh_count(&rig, "vaultcred", "error").await;
@@ -969,14 +924,10 @@ async fn c05_rotation_under_load_fails_nothing_and_switches_in_time() {
     let bao = Bao::start().await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &bao.root);
-    let cred = token_cred(&bao.addr(), "kp/c5", &token_file, "");
+    let cred = token_credential(&bao.addr(), "kp/c5", &token_file);
     // One idle upstream connection kept: the workers' extra ones close, so
     // the fds return to the baseline.
-    let rig = vault_rig(
-        RigOptions::default().egress("pool_idle_per_host = 1"),
-        &[("vaultcred", cred)],
-    )
-    .await;
+    let rig = vault_rig(|c| c.egress("pool_idle_per_host", 1), vec![("vaultcred", cred)]).await;
     load_new_pair(&rig, &bao, "kp/c5").await;
     let before = rig.baseline().await;
 
@@ -1005,7 +956,7 @@ async fn c05_rotation_under_load_fails_nothing_and_switches_in_time() {
     let pair2 = accepted_pair(&rig);
     // Timed from when the write returned: the `bao` CLI's start-up (slow on
     // a loaded machine) is not the gateway's time to switch.
-    put_pair(&bao, "kp/c5", &pair2).await;
+    bao.put_pair("kp/c5", &pair2).await;
     let put_at = Instant::now();
     let seen_new = || async {
         standin
@@ -1091,15 +1042,15 @@ async fn c06_missing_wrong_type_and_short_secrets_are_refused_with_a_reason() {
     )
     .await;
     let a = bao.addr();
-    let creds = [
-        ("missing", token_cred(&a, "kp/none", &token_file, "")),
-        ("wrongtype", token_cred(&a, "kp/wrongtype", &token_file, "")),
-        ("short", token_cred(&a, "kp/short", &token_file, "")),
-        ("goodcred", token_cred(&a, "kp/good", &token_file, "")),
+    let creds = vec![
+        ("missing", token_credential(&a, "kp/none", &token_file)),
+        ("wrongtype", token_credential(&a, "kp/wrongtype", &token_file)),
+        ("short", token_credential(&a, "kp/short", &token_file)),
+        ("goodcred", token_credential(&a, "kp/good", &token_file)),
     ];
-    let rig = vault_rig(RigOptions::default(), &creds).await;
+    let rig = vault_rig(|c| c, creds).await;
     let pair = accepted_pair(&rig);
-    put_pair(&bao, "kp/good", &pair).await;
+    bao.put_pair("kp/good", &pair).await;
     wait_for(Duration::from_secs(8), "the good credential never loaded", || async {
         loaded(&rig, "goodcred").await == 1.0
     })
@@ -1170,13 +1121,9 @@ async fn c07_recovery_after_outage_is_one_refresh_not_a_herd() {
     let proxy = FaultProxy::start(bao.port).await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &bao.root);
-    let cred = token_cred(&proxy.url(), "kp/c7", &token_file, "vault_max_stale_secs = 2");
+    let cred = token_credential(&proxy.url(), "kp/c7", &token_file).vault_max_stale_secs(2);
     // One idle upstream connection kept: the herd's extra ones close.
-    let rig = vault_rig(
-        RigOptions::default().egress("pool_idle_per_host = 1"),
-        &[("vaultcred", cred)],
-    )
-    .await;
+    let rig = vault_rig(|c| c.egress("pool_idle_per_host", 1), vec![("vaultcred", cred)]).await;
     load_new_pair(&rig, &bao, "kp/c7").await;
     let before = rig.baseline().await;
 

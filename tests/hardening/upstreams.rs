@@ -41,7 +41,7 @@ fn body_len(raw: &[u8]) -> usize {
 
 /// Audit records (parsed) whose `reason` is `reason`.
 fn audit_with_reason(rig: &Rig, reason: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(rig.dir.path().join("audit.jsonl"))
+    std::fs::read_to_string(rig.audit_path())
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -51,23 +51,14 @@ fn audit_with_reason(rig: &Rig, reason: &str) -> Vec<serde_json::Value> {
 
 /// The rig, its gateway also trusting `pki`'s CA: the faulty servers start
 /// before the rig (which makes its own PKI), with certificates from `pki`.
-async fn rig_trusting(pki: &Pki, o: RigOptions) -> Rig {
-    rig_trusting_edit(pki, o, |t| t).await
-}
-
-async fn rig_trusting_edit(pki: &Pki, o: RigOptions, edit: impl FnOnce(String) -> String) -> Rig {
+/// `edit` changes the rig's configuration.
+async fn rig_trusting(pki: &Pki, edit: impl FnOnce(GatewayToml) -> GatewayToml) -> Rig {
+    let fx = Fixture::new().await;
+    // `egress.ca_file` becomes a file with both CAs.
     let both = pki.dir.path().join("trusted.pem");
-    let ours = pki.ca.cert_pem();
-    Rig::with_edit(o, move |t| {
-        // `ca_file = "<rig CA>"` becomes a file with both CAs.
-        let line = t.lines().find(|l| l.starts_with("ca_file = ")).unwrap().to_string();
-        let rig_ca = line.trim_start_matches("ca_file = ").trim_matches('"').to_string();
-        let mut pem = std::fs::read_to_string(&rig_ca).unwrap();
-        pem.push_str(&ours);
-        std::fs::write(&both, pem).unwrap();
-        edit(t.replace(&line, &format!("ca_file = \"{}\"", both.display())))
-    })
-    .await
+    std::fs::write(&both, fx.pki.ca.cert_pem() + &pki.ca.cert_pem()).unwrap();
+    let toml = edit(Rig::config(&fx).egress_ca(&both));
+    Rig::on(fx, toml, &[]).await
 }
 
 async fn post(rig: &Rig, path: &str) -> Reply {
@@ -92,11 +83,14 @@ async fn b01_refused_connect_is_502_unreachable_with_one_retry() {
     let held = tokio::net::TcpSocket::new_v4().unwrap();
     held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let down = held.local_addr().unwrap().port();
-    let o = RigOptions::default()
-        .extra(&route_to("down", &format!("https://127.0.0.1:{down}")))
-        .extra(&route_to("closer", &format!("https://127.0.0.1:{}", closer.port())))
-        .env("SIGNGATE_LOG", "signgate=debug");
-    let rig = Rig::with(o).await;
+    let rig = Rig::with_env(
+        |c| {
+            c.route(route_to("down", &format!("https://127.0.0.1:{down}")))
+                .route(route_to("closer", &format!("https://127.0.0.1:{}", closer.port())))
+        },
+        &[("SIGNGATE_LOG", "signgate=debug")],
+    )
+    .await;
     let before = rig.baseline().await;
     const N: usize = 3;
     for _ in 0..N {
@@ -185,11 +179,10 @@ async fn b02_hanging_connect_or_handshake_is_504_at_connect_timeout() {
         }
     }
     assert!(full, "the backlog never filled: a connect to it would not hang");
-    let o = RigOptions::default()
-        .extra(&route_to("hang", &format!("https://localhost:{}", hang.port())))
-        .extra(&route_to("blackhole", &format!("https://127.0.0.1:{}", bh.port())));
-    let rig = rig_trusting_edit(&pki_rig, o, |t| {
-        t.replace("request_timeout_ms = 2000", "request_timeout_ms = 6000")
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.route(route_to("hang", &format!("https://localhost:{}", hang.port())))
+            .route(route_to("blackhole", &format!("https://127.0.0.1:{}", bh.port())))
+            .egress("request_timeout_ms", 6000)
     })
     .await;
     let before = rig.baseline().await;
@@ -255,7 +248,7 @@ async fn b02_hanging_connect_or_handshake_is_504_at_connect_timeout() {
 async fn b03_no_response_head_is_504_at_request_timeout_and_not_reused() {
     let pki_rig = pki();
     let f = Faulty::start(pki_rig.server_tls.clone(), Behavior::HangBeforeHead).await;
-    let rig = rig_trusting(&pki_rig, RigOptions::default().extra(&faulty_route(f.port()))).await;
+    let rig = rig_trusting(&pki_rig, |c| c.route(faulty_route(f.port()))).await;
     let before = rig.baseline().await;
     for i in 1..=2 {
         let t = Instant::now();
@@ -319,12 +312,13 @@ async fn b04_stalled_or_trickled_body_hits_response_idle_timeout() {
         },
     )
     .await;
-    let o = RigOptions::default()
-        .egress("response_idle_timeout_ms = 1000")
-        .extra(&route_to("stall", &format!("https://localhost:{}", stall.port())))
-        .extra(&route_to("slow", &format!("https://localhost:{}", slow.port())))
-        .extra(&route_to("steady", &format!("https://localhost:{}", steady.port())));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.egress("response_idle_timeout_ms", 1000)
+            .route(route_to("stall", &format!("https://localhost:{}", stall.port())))
+            .route(route_to("slow", &format!("https://localhost:{}", slow.port())))
+            .route(route_to("steady", &format!("https://localhost:{}", steady.port())))
+    })
+    .await;
     let before = rig.baseline().await;
     assert_eq!(
         before.metric(
@@ -434,10 +428,11 @@ async fn b05_reset_mid_body_or_close_without_response_is_never_retried() {
     let pki_rig = pki();
     let reset = Faulty::start(pki_rig.server_tls.clone(), Behavior::ResetMidBody).await;
     let close = Faulty::start(pki_rig.server_tls.clone(), Behavior::CloseWithoutResponse).await;
-    let o = RigOptions::default()
-        .extra(&route_to("reset", &format!("https://localhost:{}", reset.port())))
-        .extra(&route_to("close", &format!("https://localhost:{}", close.port())));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.route(route_to("reset", &format!("https://localhost:{}", reset.port())))
+            .route(route_to("close", &format!("https://localhost:{}", close.port())))
+    })
+    .await;
     let before = rig.baseline().await;
     let mut s = raw_post(&rig, "/reset/x").await;
     let raw = read_until_closed(&mut s, Duration::from_secs(5))
@@ -516,10 +511,11 @@ async fn b06_huge_or_endless_response_is_streamed_with_bounded_memory() {
     let pki_rig = pki();
     let huge = Faulty::start(pki_rig.server_tls.clone(), Behavior::Huge(1 << 30)).await;
     let endless = Faulty::start(pki_rig.server_tls.clone(), Behavior::Endless).await;
-    let o = RigOptions::default()
-        .extra(&route_to("huge", &format!("https://localhost:{}", huge.port())))
-        .extra(&route_to("endless", &format!("https://localhost:{}", endless.port())));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.route(route_to("huge", &format!("https://localhost:{}", huge.port())))
+            .route(route_to("endless", &format!("https://localhost:{}", endless.port())))
+    })
+    .await;
     let before = rig.baseline().await;
     const READ: usize = 96 << 20;
     const SLACK_KIB: u64 = 48 * 1024;
@@ -575,19 +571,14 @@ async fn b07_bad_upstream_tls_is_502_and_nothing_is_sent() {
         Behavior::Slow(Duration::ZERO),
     )
     .await;
-    let o = RigOptions::default()
-        .extra(&route_to(
-            "wrongname",
-            &format!("https://localhost:{}", wrong_name.port()),
-        ))
-        .extra(&route_to(
-            "unknownca",
-            &format!("https://localhost:{}", unknown_ca.port()),
-        ))
-        .extra(&route_to("expired", &format!("https://localhost:{}", expired.port())))
-        .extra(&route_to("tls10", &format!("https://localhost:{}", old.port)))
-        .extra(&route_to("fresh", &format!("https://localhost:{}", fresh.port())));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let routes = [
+        route_to("wrongname", &format!("https://localhost:{}", wrong_name.port())),
+        route_to("unknownca", &format!("https://localhost:{}", unknown_ca.port())),
+        route_to("expired", &format!("https://localhost:{}", expired.port())),
+        route_to("tls10", &format!("https://localhost:{}", old.port)),
+        route_to("fresh", &format!("https://localhost:{}", fresh.port())),
+    ];
+    let rig = rig_trusting(&pki_rig, |c| c.routes(routes)).await;
     let before = rig.baseline().await;
     let control = post(&rig, "/fresh/api/v3/pg/order/create").await;
     assert_eq!(control.status, 200, "the unexpired control certificate was refused");
@@ -648,7 +639,7 @@ async fn b08_redirects_are_passed_through_never_followed() {
     let target = Faulty::start(pki_rig.server_tls.clone(), Behavior::Slow(Duration::ZERO)).await;
     let location = format!("https://localhost:{}/api/v3/pg/order/create", target.port());
     let mut servers = Vec::new();
-    let mut o = RigOptions::default();
+    let mut routes = Vec::new();
     for status in [301u16, 302, 307, 308] {
         let f = Faulty::start(
             pki_rig.server_tls.clone(),
@@ -659,13 +650,13 @@ async fn b08_redirects_are_passed_through_never_followed() {
             },
         )
         .await;
-        o = o.extra(&route_to(
+        routes.push(route_to(
             &format!("r{status}"),
             &format!("https://localhost:{}", f.port()),
         ));
         servers.push((status, f));
     }
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| c.routes(routes)).await;
     let before = rig.baseline().await;
     for (status, f) in &servers {
         let r = post(&rig, &format!("/r{status}/api/v3/pg/order/create")).await;
@@ -686,7 +677,7 @@ async fn b08_redirects_are_passed_through_never_followed() {
 async fn b09_429_and_503_with_retry_after_pass_through_once() {
     let pki_rig = pki();
     let mut servers = Vec::new();
-    let mut o = RigOptions::default();
+    let mut routes = Vec::new();
     for (status, after) in [(429u16, "7"), (503, "120")] {
         let f = Faulty::start(
             pki_rig.server_tls.clone(),
@@ -697,13 +688,13 @@ async fn b09_429_and_503_with_retry_after_pass_through_once() {
             },
         )
         .await;
-        o = o.extra(&route_to(
+        routes.push(route_to(
             &format!("s{status}"),
             &format!("https://localhost:{}", f.port()),
         ));
         servers.push((status, after, f));
     }
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| c.routes(routes)).await;
     let before = rig.baseline().await;
     for (status, after, f) in &servers {
         let r = post(&rig, &format!("/s{status}/api/v3/pg/order/create")).await;
@@ -741,11 +732,12 @@ async fn b10_every_upstream_connection_comes_from_source_addr() {
     let pki_rig = pki();
     let ok = Faulty::start(pki_rig.server_tls.clone(), Behavior::Slow(Duration::from_millis(100))).await;
     let hang = Faulty::start(pki_rig.server_tls.clone(), Behavior::HangBeforeHead).await;
-    let o = RigOptions::default()
-        .egress("source_addr = \"127.0.0.2\"")
-        .extra(&route_to("ok", &format!("https://localhost:{}", ok.port())))
-        .extra(&route_to("hang", &format!("https://localhost:{}", hang.port())));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.egress("source_addr", "127.0.0.2")
+            .route(route_to("ok", &format!("https://localhost:{}", ok.port())))
+            .route(route_to("hang", &format!("https://localhost:{}", hang.port())))
+    })
+    .await;
     let before = rig.baseline().await;
     for _ in 0..3 {
         assert_eq!(post(&rig, "/ok/x").await.status, 200);
@@ -797,21 +789,25 @@ async fn b11_pool_exhaustion_is_bounded_queued_then_503() {
     let slow = Faulty::start(pki_rig.server_tls.clone(), Behavior::Slow(Duration::from_millis(1_500))).await;
     let turn = Faulty::start(pki_rig.server_tls.clone(), Behavior::Slow(Duration::from_millis(300))).await;
     let stall = Faulty::start(pki_rig.server_tls.clone(), Behavior::HangAfterHead).await;
-    let o = RigOptions::default()
-        .egress("response_idle_timeout_ms = 1500")
-        .extra(&format!(
-            "{}max_inflight = 2\nqueue_timeout_ms = 400\n",
-            route_to("slow", &format!("https://localhost:{}", slow.port()))
-        ))
-        .extra(&format!(
-            "{}max_inflight = 1\nqueue_timeout_ms = 3000\n",
-            route_to("turn", &format!("https://localhost:{}", turn.port()))
-        ))
-        .extra(&format!(
-            "{}max_inflight = 1\nqueue_timeout_ms = 300\n",
-            route_to("stall", &format!("https://localhost:{}", stall.port()))
-        ));
-    let rig = rig_trusting(&pki_rig, o).await;
+    let rig = rig_trusting(&pki_rig, |c| {
+        c.egress("response_idle_timeout_ms", 1500)
+            .route(
+                route_to("slow", &format!("https://localhost:{}", slow.port()))
+                    .max_inflight(2)
+                    .queue_timeout_ms(400),
+            )
+            .route(
+                route_to("turn", &format!("https://localhost:{}", turn.port()))
+                    .max_inflight(1)
+                    .queue_timeout_ms(3000),
+            )
+            .route(
+                route_to("stall", &format!("https://localhost:{}", stall.port()))
+                    .max_inflight(1)
+                    .queue_timeout_ms(300),
+            )
+    })
+    .await;
     let before = rig.baseline().await;
     let t = Instant::now();
     let calls: Vec<_> = (0..6)

@@ -2,96 +2,33 @@
 //! 0; SIGHUP (and `POST /reload`) swap the configuration without dropping
 //! requests, and a bad file keeps the old configuration serving.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
-use support::*;
 
-struct Env {
-    pki: Pki,
-    provider: Provider,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    cred: PathBuf,
+use crate::support::*;
+
+/// The fixture's configuration for a gateway process: a 5 s drain and a 5 s
+/// request timeout (longer than the slow requests below), and the route as
+/// `route` makes it.
+fn toml(fx: &Fixture, route: impl FnOnce(Route) -> Route) -> GatewayToml {
+    fx.config()
+        .listener("drain_timeout_ms", 5000)
+        .egress("request_timeout_ms", 5000)
+        .edit_route("kwikpaisa", route)
 }
 
-fn gateway_toml(env_upstream: &str, ca: &Path, cred: &Path, audit: &Path, route_extra: &str) -> String {
-    format!(
-        r#"
-[listener]
-addr = "127.0.0.1:8080"
-drain_timeout_ms = 5000
-[access]
-allow = ["127.0.0.0/8"]
-[audit]
-path = "{audit}"
-[egress]
-ca_file = "{ca}"
-request_timeout_ms = 5000
-[credentials.kwikpaisa]
-source = "file"
-path = "{cred}"
-[[route]]
-name = "kwikpaisa"
-match_prefix = "/kwikpaisa/"
-strip_prefix = true
-upstream = "{env_upstream}"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-{route_extra}
-"#,
-        ca = ca.display(),
-        cred = cred.display(),
-        audit = audit.display(),
-    )
-}
-
-async fn env(route_extra: &str) -> Env {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cred = dir.path().join("cred.json");
-    write_cred(&cred, &provider.api_key, &provider.secret);
-    let config = dir.path().join("gateway.toml");
-    let e = Env {
-        pki,
-        provider,
-        dir,
-        config,
-        cred,
-    };
-    e.write(route_extra);
-    e
-}
-
-impl Env {
-    fn toml(&self, route_extra: &str) -> String {
-        let upstream = format!("https://localhost:{}", self.provider.standin.addr().port());
-        gateway_toml(
-            &upstream,
-            &self.pki.ca_path,
-            &self.cred,
-            &self.dir.path().join("audit.jsonl"),
-            route_extra,
-        )
-    }
-
-    fn write(&self, route_extra: &str) {
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, self.toml(route_extra)).unwrap();
-        std::fs::rename(&tmp, &self.config).unwrap();
-    }
+/// A fixture with its configuration file written.
+async fn env(route: impl FnOnce(Route) -> Route) -> Fixture {
+    let fx = Fixture::new().await;
+    fx.write_config(&toml(&fx, route));
+    fx
 }
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
-    let e = env("").await;
-    let mut gw = GatewayProcess::start(&e.config, &[]);
+    let e = env(|r| r).await;
+    let mut gw = GatewayProcess::start(&e.config_path(), &[]);
     let url = gw.url("/kwikpaisa/slow/1500");
     let slow = tokio::spawn(async move { TestClient::new().post(&url, "{}").await });
     // Wait until the stand-in has the request, then ask the gateway to stop.
@@ -106,19 +43,12 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
     assert!(refused, "the listener must stop accepting");
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request completes");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "gateway did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}\n{}", gw.log_text());
     // The audit log was flushed and verifies.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signgate"))
         .args(["audit", "verify"])
-        .arg(e.dir.path().join("audit.jsonl"))
+        .arg(e.audit_path())
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 1 records");
@@ -126,8 +56,8 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
 
 #[tokio::test]
 async fn sighup_applies_a_new_route_limit_without_dropping_requests() {
-    let e = env("limit = { rate = 10000, burst = 10000 }").await;
-    let gw = GatewayProcess::start(&e.config, &[]);
+    let e = env(|r| r.limit(10000, 10000)).await;
+    let gw = GatewayProcess::start(&e.config_path(), &[]);
     let url = gw.url("/kwikpaisa/x");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -140,7 +70,7 @@ async fn sighup_applies_a_new_route_limit_without_dropping_requests() {
         statuses
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    e.write("limit = { rate = 1, burst = 1 }");
+    e.write_config(&toml(&e, |r| r.limit(1, 1)));
     gw.signal("HUP");
     let limited = eventually(Duration::from_secs(5), || async {
         TestClient::new().post(&gw.url("/kwikpaisa/x"), "{}").await.status == 429
@@ -168,15 +98,16 @@ async fn sighup_applies_a_new_route_limit_without_dropping_requests() {
 
 #[tokio::test]
 async fn sighup_with_an_invalid_file_keeps_the_old_config_serving() {
-    let e = env("").await;
-    let gw = GatewayProcess::start(&e.config, &[]);
+    let e = env(|r| r).await;
+    let gw = GatewayProcess::start(&e.config_path(), &[]);
     let c = TestClient::new();
     assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
-    std::fs::write(
-        &e.config,
-        "[listener]\naddr = \"127.0.0.1:8080\"\nmax_conections = 1\n[access]\nallow = []\n",
-    )
-    .unwrap();
+    e.write_config(
+        &GatewayToml::new()
+            .listener("addr", "127.0.0.1:8080")
+            .listener("max_conections", 1)
+            .allow(Vec::<&str>::new()),
+    );
     gw.signal("HUP");
     let counted = eventually(Duration::from_secs(5), || async {
         metric(
@@ -212,28 +143,28 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_serving() {
 
 #[tokio::test]
 async fn reload_over_admin_and_listener_changes_need_a_restart() {
-    let e = env("").await;
-    let gw = GatewayProcess::start(&e.config, &[]);
+    let e = env(|r| r).await;
+    let gw = GatewayProcess::start(&e.config_path(), &[]);
     let c = TestClient::new();
-    let reload = format!("http://{}/reload", gw.admin);
+    let reload = gw.admin_url("/reload");
     // A new route through POST /reload.
-    let mut toml = e.toml("");
-    toml.push_str(&format!(
-        "[[route]]\nname = \"second\"\nmatch_prefix = \"/second\"\nstrip_prefix = true\nupstream = \"https://localhost:{}\"\ncredential = \"kwikpaisa\"\nscheme = \"kwikpaisa\"\n",
-        e.provider.standin.addr().port()
-    ));
-    std::fs::write(&e.config, &toml).unwrap();
+    let toml = toml(&e, |r| r).route(
+        Route::new("second", "/second", &e.upstream())
+            .strip_prefix(true)
+            .credential("kwikpaisa")
+            .scheme("kwikpaisa"),
+    );
+    e.write_config(&toml);
     assert_eq!(c.post(&gw.url("/second/x"), "{}").await.status, 404);
     let r = c.send(Method::POST, &reload, &[], "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(c.post(&gw.url("/second/x"), "{}").await.status, 200);
     // Changing a start-up setting is refused whole.
-    std::fs::write(
-        &e.config,
-        toml.replace("drain_timeout_ms = 5000", "drain_timeout_ms = 6000")
-            .replace("name = \"second\"", "name = \"third\""),
-    )
-    .unwrap();
+    e.write_config(
+        &toml
+            .listener("drain_timeout_ms", 6000)
+            .edit_route("second", |r| r.set("name", "third")),
+    );
     let r = c.send(Method::POST, &reload, &[], "").await;
     assert_eq!(r.status, 422);
     assert!(

@@ -2,39 +2,23 @@
 //! with durable delivery to a loopback app, and the duplicate-transaction
 //! guard on outbound routes.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
 use std::time::Duration;
 
 use http::Method;
-use support::*;
+
+use crate::support::*;
 
 /// The docs' webhook example, key order as shown (vector W1's shape).
 const W1: &str = r#"{"event":"payment.success","data":{"order_id":"6116229263036","amount":"105.00","currency":"INR","status":"PAID"}}"#;
 
-fn webhook_toml(app_port: u16, state: &std::path::Path, extra: &str) -> String {
-    format!(
-        r#"
-[state]
-dir = "{state}"
-[[webhook]]
-name = "kwikpaisa-events"
-match_path = "/webhooks/kwikpaisa"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-tolerance_secs = 300
-forward_to = "http://127.0.0.1:{app_port}/payments/events"
-{extra}
-"#,
-        state = state.display()
-    )
+/// KwikPaisa's webhook, delivered to the app on `app_port`.
+fn webhook(app_port: u16) -> Webhook {
+    Webhook::kwikpaisa(&format!("http://127.0.0.1:{app_port}/payments/events"))
 }
 
-async fn setup(app_port: u16, extra: &str) -> Setup {
-    let state = tempfile::tempdir().unwrap().keep();
-    Setup::with("", "", &webhook_toml(app_port, &state, extra)).await
+/// The in-process gateway with [`webhook`] as `edit` makes it.
+async fn setup(app_port: u16, edit: impl FnOnce(Webhook) -> Webhook) -> Setup {
+    Setup::with(|c| c.webhook(edit(webhook(app_port)))).await
 }
 
 async fn post_webhook(s: &Setup, body: &str, ts: &str, sig: Option<&str>) -> Reply {
@@ -60,7 +44,7 @@ async fn wait_count(app: &App, n: usize, within: Duration) -> bool {
 #[tokio::test]
 async fn a_valid_webhook_is_acknowledged_then_delivered_once_with_verified_headers() {
     let app = App::start_on(0).await;
-    let s = setup(app.addr.port(), "").await;
+    let s = setup(app.addr.port(), |w| w).await;
     let ts = unix_now().to_string();
     let sig = provider_signature(&s.provider.secret, W1.as_bytes(), &ts);
     let r = post_webhook(&s, W1, &ts, Some(&sig)).await;
@@ -71,9 +55,11 @@ async fn a_valid_webhook_is_acknowledged_then_delivered_once_with_verified_heade
     assert_eq!(body, W1.as_bytes(), "delivered exactly as received");
     assert_eq!(headers["x-signgate-verified"], "1");
     assert_eq!(headers["x-signgate-timestamp"], ts.as_str());
+    // The webhook's name and the canonical JSON array of the values at
+    // dedup_keys, each as `[value]` (`[]` when absent).
     assert_eq!(
         headers["x-signgate-event-key"],
-        "kwikpaisa-events|payment.success|6116229263036|PAID"
+        r#"kwikpaisa-events|[["payment.success"],["6116229263036"],["PAID"]]"#
     );
     assert!(
         headers.get("x-signature").is_none(),
@@ -103,7 +89,7 @@ async fn a_valid_webhook_is_acknowledged_then_delivered_once_with_verified_heade
 #[tokio::test]
 async fn forged_stale_and_malformed_webhooks_are_refused_and_never_delivered() {
     let app = App::start_on(0).await;
-    let s = setup(app.addr.port(), "").await;
+    let s = setup(app.addr.port(), |w| w).await;
     let now = unix_now();
     let ts = now.to_string();
     let good = provider_signature(&s.provider.secret, W1.as_bytes(), &ts);
@@ -201,7 +187,7 @@ async fn forged_stale_and_malformed_webhooks_are_refused_and_never_delivered() {
 #[tokio::test]
 async fn the_same_event_three_times_is_delivered_once() {
     let app = App::start_on(0).await;
-    let s = setup(app.addr.port(), "").await;
+    let s = setup(app.addr.port(), |w| w).await;
     let statuses: Vec<String> = [signed(&s, W1).await, signed(&s, W1).await, signed(&s, W1).await]
         .iter()
         .map(|r| {
@@ -238,7 +224,7 @@ async fn canonical_signatures_only_with_verify_canonical() {
     // W2's shape: the provider signs its own canonical form but sends W1's bytes.
     let canonical = r#"{"data":{"amount":"105.00","currency":"INR","order_id":"6116229263036","status":"PAID"},"event":"payment.success"}"#;
     for (verify_canonical, expected) in [(false, 401), (true, 200)] {
-        let s = setup(app.addr.port(), &format!("verify_canonical = {verify_canonical}")).await;
+        let s = setup(app.addr.port(), |w| w.verify_canonical(verify_canonical)).await;
         let ts = unix_now().to_string();
         let sig = provider_signature(&s.provider.secret, canonical.as_bytes(), &ts);
         let r = post_webhook(&s, W1, &ts, Some(&sig)).await;
@@ -249,14 +235,14 @@ async fn canonical_signatures_only_with_verify_canonical() {
 #[tokio::test]
 async fn the_previous_secret_verifies_during_the_rotation_grace() {
     let app = App::start_on(0).await;
-    let s = setup(app.addr.port(), "rotation_grace_secs = 600").await;
+    let s = setup(app.addr.port(), |w| w.rotation_grace_secs(600)).await;
     let old_secret = s.provider.secret.clone();
     let new_secret = random_token("sk_test_", 32);
     write_cred(&s.cred_path, &s.provider.api_key, &new_secret);
-    let slot = s.gw.webhook_credential_slot(0).unwrap();
+    // The webhook verifies with credential kwikpaisa: its second version.
     assert!(
         eventually(Duration::from_secs(5), || async {
-            slot.get().unwrap().version() == Some(2)
+            s.gw.credential_version("kwikpaisa") == Some(2)
         })
         .await
     );
@@ -277,7 +263,7 @@ async fn the_previous_secret_verifies_during_the_rotation_grace() {
 #[tokio::test]
 async fn app_down_then_up_gets_the_event() {
     let port = closed_port();
-    let s = setup(port, "").await;
+    let s = setup(port, |w| w).await;
     assert_eq!(
         signed(&s, W1).await.status,
         200,
@@ -303,23 +289,16 @@ async fn app_down_then_up_gets_the_event() {
 /// parked after max attempts, listed and re-queued by the CLI.
 #[tokio::test]
 async fn events_survive_a_crash_and_failed_ones_are_retried_from_the_cli() {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cred = dir.path().join("cred.json");
-    write_cred(&cred, &provider.api_key, &provider.secret);
+    let fx = Fixture::new().await;
+    let provider = &fx.provider;
     let app_port = closed_port();
-    let mut toml = config(
-        &format!("https://localhost:{}", provider.standin.addr().port()),
-        &pki.ca_path,
-        &cred,
-        "",
-        "",
-        &webhook_toml(app_port, &dir.path().join("state"), "max_attempts = 2"),
-    );
-    toml = toml.replace("addr = \"127.0.0.1:0\"\n", "");
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, &toml).unwrap();
+    // The listener and admin addresses come from the environment alone.
+    let toml = fx
+        .config()
+        .unset("listener", "addr")
+        .unset("admin", "addr")
+        .webhook(webhook(app_port).max_attempts(2));
+    let config_path = fx.write_config(&toml);
     let post = |gw: &GatewayProcess, body: &str| {
         let ts = unix_now().to_string();
         let sig = provider_signature(&provider.secret, body.as_bytes(), &ts);
@@ -378,7 +357,8 @@ async fn events_survive_a_crash_and_failed_ones_are_retried_from_the_cli() {
 
 #[tokio::test]
 async fn concurrent_requests_with_one_order_id_reach_the_provider_once() {
-    let s = Setup::with("", "duplicate_key = \"/order_id\"\nduplicate_window_secs = 60", "").await;
+    let s =
+        Setup::with(|c| c.edit_route("kwikpaisa", |r| r.duplicate_key("/order_id").duplicate_window_secs(60))).await;
     let body = r#"{"order_id":"ORD-DUP-1","amount":"10.00"}"#;
     let url = s.url("/kwikpaisa/slow/600");
     let first = tokio::spawn({
@@ -423,15 +403,15 @@ async fn concurrent_requests_with_one_order_id_reach_the_provider_once() {
         .await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (400, "missing_duplicate_key"));
     // The audit record carries the reference.
-    let Setup { gw, pki, .. } = s;
+    let Setup { gw, fx } = s;
     gw.shutdown().await;
-    let audit = std::fs::read_to_string(pki.dir.path().join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(fx.audit_path()).unwrap();
     assert!(audit.contains(r#""duplicate_key":"\"ORD-DUP-1\"""#), "{audit}");
 }
 
 #[tokio::test]
 async fn a_failed_request_may_be_retried() {
-    let s = Setup::with("", "duplicate_key = \"/order_id\"", "").await;
+    let s = Setup::with(|c| c.edit_route("kwikpaisa", |r| r.duplicate_key("/order_id"))).await;
     let body = r#"{"order_id":"ORD-RETRY"}"#;
     assert_eq!(
         TestClient::new()
@@ -450,4 +430,68 @@ async fn a_failed_request_may_be_retried() {
     assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), body).await.status, 200);
     assert_eq!(TestClient::new().post(&s.url("/kwikpaisa/x"), body).await.status, 409);
     assert_eq!(s.provider.standin.records().await.len(), 3);
+}
+
+/// An outbound request's body, `X-TIMESTAMP` and `X-SIGNATURE` — as anyone
+/// who sees outbound headers has them — posted to the webhook path: the
+/// gateway signs requests and verifies webhooks with the same credential
+/// and rule, so old builds accepted it (200 `accepted`) and delivered a
+/// forged event to the app. It is refused `401 reflected_signature`, also
+/// with its hex digits upper-cased, counted and audited, while a genuine
+/// event (the provider's own signature) still goes through.
+#[tokio::test]
+async fn an_outbound_signature_replayed_as_a_webhook_is_refused() {
+    let app = App::start_on(0).await;
+    let s = setup(app.addr.port(), |w| w).await;
+    let sent = TestClient::new()
+        .send(
+            Method::POST,
+            &s.url("/kwikpaisa/api/v3/pg/order/status"),
+            &[("content-type", "application/json"), ("x-request-id", "reflect-out-1")],
+            W1.to_string(),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    let seen = s.provider.standin.records().await;
+    let out = seen.last().expect("the provider got the outbound request");
+    let ts = out.headers["x-timestamp"].to_str().unwrap().to_string();
+    let sig = out.headers["x-signature"].to_str().unwrap().to_string();
+    let body = String::from_utf8(out.body.to_vec()).unwrap();
+    // The signature is genuine: the provider's own rule accepts it for this body.
+    assert_eq!(sig, provider_signature(&s.provider.secret, body.as_bytes(), &ts));
+    for replayed in [sig.clone(), sig.to_uppercase()] {
+        let r = post_webhook(&s, &body, &ts, Some(&replayed)).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (401, "reflected_signature"),
+            "{:?}",
+            r.body
+        );
+    }
+    // A genuine event still goes through.
+    let genuine = W1.replace("PAID", "SETTLED");
+    assert_eq!(signed(&s, &genuine).await.status, 200);
+    assert!(wait_count(&app, 1, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = app.received.lock().await.clone();
+    assert_eq!(received.len(), 1, "only the genuine event was delivered");
+    assert_eq!(received[0].1, genuine.as_bytes());
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_webhooks_total",
+            &[("webhook", "kwikpaisa-events"), ("result", "reflected_signature")]
+        ),
+        2.0
+    );
+    assert!(metric(&m, "signgate_reflection_guard_signatures", &[]) >= 1.0, "{m}");
+    let Setup { gw, fx } = s;
+    gw.shutdown().await;
+    let audit = std::fs::read_to_string(fx.audit_path()).unwrap();
+    assert_eq!(
+        audit.matches(r#""reason":"reflected_signature""#).count(),
+        2,
+        "both refusals audited: {audit}"
+    );
 }

@@ -2,15 +2,12 @@
 //! stand-in over real TLS on loopback recomputing every HMAC from the bytes it
 //! received, and real sockets.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
 use std::time::{Duration, Instant};
 
 use http::Method;
 use signgate::devtools::standin::Verdict;
-use support::*;
+
+use crate::support::*;
 
 const ORDER: &str = r#"{
   "order_id": "ORD-1",
@@ -221,18 +218,10 @@ async fn http2_prior_knowledge_is_served() {
 
 #[tokio::test]
 async fn upstream_down_is_502_unreachable() {
-    let pki = pki();
-    let cred = pki.dir.path().join("c.json");
-    write_cred(&cred, "pk_test_x", "sk_test_0123456789abcdef");
-    let gw = gateway(&config(
-        &format!("https://127.0.0.1:{}", closed_port()),
-        &pki.ca_path,
-        &cred,
-        "",
-        "",
-        "",
-    ))
-    .await;
+    let fx = Fixture::new().await;
+    let gw = fx
+        .gateway(&fx.config_to(&format!("https://127.0.0.1:{}", closed_port())))
+        .await;
     let r = TestClient::new()
         .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
         .await;
@@ -256,47 +245,40 @@ async fn upstream_that_never_answers_is_504_within_the_timeout() {
 
 #[tokio::test]
 async fn untrusted_upstream_certificate_is_502_upstream_tls() {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let other_ca = pki.dir.path().join("other-ca.pem");
+    let fx = Fixture::new().await;
+    let other_ca = fx.path("other-ca.pem");
     std::fs::write(
         &other_ca,
         signgate::devtools::pki::DevCa::new("unrelated CA").unwrap().cert_pem(),
     )
     .unwrap();
-    let cred = pki.dir.path().join("c.json");
-    write_cred(&cred, &provider.api_key, &provider.secret);
-    let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-    let gw = gateway(&config(&upstream, &other_ca, &cred, "", "", "")).await;
+    let gw = fx.gateway(&fx.config().egress_ca(&other_ca)).await;
     let r = TestClient::new()
         .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
         .await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (502, "upstream_tls"));
     assert!(
-        provider.standin.records().await.is_empty(),
+        fx.provider.standin.records().await.is_empty(),
         "nothing sent over an unverified connection"
     );
 }
 
 #[tokio::test]
 async fn certificate_for_another_name_is_502_upstream_tls() {
-    let pki = pki();
     // The stand-in's certificate names localhost and 127.0.0.1, not 127.0.0.2.
-    let provider = provider_on(&pki, "127.0.0.2:0").await;
-    let cred = pki.dir.path().join("c.json");
-    write_cred(&cred, &provider.api_key, &provider.secret);
-    let upstream = format!("https://127.0.0.2:{}", provider.standin.addr().port());
-    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, "", "", "")).await;
+    let fx = Fixture::with_provider_on("127.0.0.2:0").await;
+    let upstream = format!("https://127.0.0.2:{}", fx.provider.standin.addr().port());
+    let gw = fx.gateway(&fx.config_to(&upstream)).await;
     let r = TestClient::new()
         .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
         .await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (502, "upstream_tls"));
-    assert!(provider.standin.records().await.is_empty());
+    assert!(fx.provider.standin.records().await.is_empty());
 }
 
 #[tokio::test]
 async fn egress_connections_come_from_source_addr() {
-    let s = Setup::with("source_addr = \"127.0.0.2\"", "", "").await;
+    let s = Setup::with(|c| c.egress("source_addr", "127.0.0.2")).await;
     let r = TestClient::new().post(&s.url("/kwikpaisa/x"), "{}").await;
     assert_eq!(r.status, 200);
     let rec = &s.provider.standin.records().await[0];
@@ -306,15 +288,8 @@ async fn egress_connections_come_from_source_addr() {
 
 #[tokio::test]
 async fn plain_http_upstream_needs_allow_plain_http() {
-    let toml = config(
-        "http://127.0.0.1:1",
-        std::path::Path::new("/x"),
-        std::path::Path::new("/y"),
-        "",
-        "",
-        "",
-    );
-    let err = signgate::Config::from_toml_str(&toml).unwrap_err().to_string();
+    let fx = Fixture::new().await;
+    let err = fx.config_to("http://127.0.0.1:1").to_config().unwrap_err().to_string();
     assert!(
         err.contains("route[0].upstream") && err.contains("allow_plain_http"),
         "{err}"
@@ -336,11 +311,12 @@ async fn upstream_429_and_503_are_passed_through_and_never_retried() {
 
 #[tokio::test]
 async fn credential_unavailable_until_the_file_appears() {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let cred = pki.dir.path().join("later.json");
-    let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, "", "", "")).await;
+    let fx = Fixture::new().await;
+    let cred = fx.path("later.json");
+    let gw = fx
+        .gateway(&fx.config().credential("kwikpaisa", Fixture::file_credential(&cred)))
+        .await;
+    let provider = &fx.provider;
     let c = TestClient::new();
     let url = format!("http://{}/kwikpaisa/x", gw.addr());
     let r = c.post(&url, "{}").await;
@@ -382,7 +358,8 @@ async fn the_secret_never_appears_in_responses() {
 #[tokio::test]
 async fn egress_client_certificate_for_mtls_to_the_provider() {
     use std::sync::Arc;
-    let pki = pki();
+    let fx = Fixture::new().await;
+    let pki = &fx.pki;
     // The provider demands a client certificate from our CA.
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.cert_der()).unwrap();
@@ -407,19 +384,19 @@ async fn egress_client_certificate_for_mtls_to_the_provider() {
     })
     .await
     .unwrap();
-    let cred = pki.dir.path().join("c.json");
+    let cred = fx.path("c.json");
     write_cred(&cred, &api_key, &secret);
     let client = pki.ca.client(&["signgate-egress"]).unwrap();
-    let (cert, key) = (pki.dir.path().join("egress.pem"), pki.dir.path().join("egress-key.pem"));
+    let (cert, key) = (fx.path("egress.pem"), fx.path("egress-key.pem"));
     std::fs::write(&cert, &client.cert_pem).unwrap();
     std::fs::write(&key, &client.key_pem).unwrap();
     let upstream = format!("https://localhost:{}", standin.addr().port());
-    let with_cert = format!(
-        "client_cert = \"{}\"\nclient_key = \"{}\"",
-        cert.display(),
-        key.display()
-    );
-    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, &with_cert, "", "")).await;
+    let toml = fx
+        .config_to(&upstream)
+        .credential("kwikpaisa", Fixture::file_credential(&cred));
+    let gw = fx
+        .gateway(&toml.clone().egress("client_cert", &cert).egress("client_key", &key))
+        .await;
     let r = TestClient::new()
         .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
         .await;
@@ -427,7 +404,7 @@ async fn egress_client_certificate_for_mtls_to_the_provider() {
     assert_eq!(standin.records().await[0].verdict, Verdict::Valid);
     gw.shutdown().await;
     // Without the certificate the provider refuses the connection.
-    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, "", "", "")).await;
+    let gw = fx.gateway(&toml).await;
     let r = TestClient::new()
         .post(&format!("http://{}/kwikpaisa/x", gw.addr()), "{}")
         .await;
@@ -438,7 +415,7 @@ async fn egress_client_certificate_for_mtls_to_the_provider() {
 /// Hardening B11: a slow provider cannot pile up unbounded upstream calls.
 #[tokio::test]
 async fn pool_exhaustion_is_bounded_per_route() {
-    let s = Setup::with("", "max_inflight = 1\nqueue_timeout_ms = 200", "").await;
+    let s = Setup::with(|c| c.edit_route("kwikpaisa", |r| r.max_inflight(1).queue_timeout_ms(200))).await;
     let url = s.url("/kwikpaisa/slow/800");
     let first = tokio::spawn(async move { TestClient::new().post(&url, "{}").await });
     assert!(s.provider.standin.next(Duration::from_secs(5)).await.is_some());

@@ -2,73 +2,35 @@
 //! starts with no secrets and no network, `check` lists every error, `sign`
 //! reproduces the provider's vectors, and `demo` verifies every signature.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-mod support;
-
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn shipped_config_starts_without_secrets_and_answers_json() {
-    let port = closed_port();
-    let admin_port = closed_port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config", "gateway.toml"])
-        .current_dir(ROOT)
-        .env("SIGNGATE__LISTENER__ADDR", format!("127.0.0.1:{port}"))
-        .env("SIGNGATE__ADMIN__ADDR", format!("127.0.0.1:{admin_port}"))
-        .env("SIGNGATE__AUDIT__PATH", dir.path().join("audit.jsonl"))
-        .env("SIGNGATE__STATE__DIR", dir.path().join("state"))
-        .env_remove("KWIKPAISA_API_KEY")
-        .env_remove("KWIKPAISA_SECRET_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = std::time::Instant::now();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not report listening");
-        if line.contains("signgate listening") {
-            break;
-        }
-    }
+    let (audit, state) = (dir.path().join("audit.jsonl"), dir.path().join("state"));
+    let started = Instant::now();
+    let mut gw = GatewayProcess::start_without(
+        &Path::new(ROOT).join("gateway.toml"),
+        &[
+            ("SIGNGATE__AUDIT__PATH", audit.to_str().unwrap()),
+            ("SIGNGATE__STATE__DIR", state.to_str().unwrap()),
+        ],
+        &["KWIKPAISA_API_KEY", "KWIKPAISA_SECRET_KEY"],
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let c = TestClient::new();
-    let r = c
-        .send(http::Method::GET, &format!("http://127.0.0.1:{port}/"), &[], "")
-        .await;
+    let r = c.get(&gw.url("/")).await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (404, "no_route"));
     let r = c
-        .post(
-            &format!("http://127.0.0.1:{port}/kwikpaisa/api/v3/pg/order/status"),
-            r#"{"order_id":"1"}"#,
-        )
+        .post(&gw.url("/kwikpaisa/api/v3/pg/order/status"), r#"{"order_id":"1"}"#)
         .await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "credential_unavailable"));
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
@@ -77,11 +39,8 @@ async fn shipped_config_starts_without_secrets_and_answers_json() {
         "{msg}"
     );
     // SIGTERM: drains and exits 0.
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
-        .await
-        .unwrap();
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -89,23 +48,16 @@ async fn shipped_config_starts_without_secrets_and_answers_json() {
 fn check_lists_every_error_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        r#"
-[listener]
-addr = "0.0.0.0:8080"
-max_conections = 5
-[access]
-allow = ["10.0.0.0/33"]
-[[route]]
-name = "r"
-match_prefix = "/r/"
-upstream = "http://example.invalid"
-credential = "missing"
-scheme = "kwikpaisa"
-"#,
-    )
-    .unwrap();
+    let bad = GatewayToml::new()
+        .listener("addr", "0.0.0.0:8080")
+        .listener("max_conections", 5)
+        .allow(["10.0.0.0/33"])
+        .route(
+            Route::new("r", "/r/", "http://example.invalid")
+                .credential("missing")
+                .scheme("kwikpaisa"),
+        );
+    std::fs::write(&path, bad.render()).unwrap();
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)

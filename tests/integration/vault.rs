@@ -2,11 +2,7 @@
 //! AppRole auth (AppRole over HTTPS with a private CA), token renewal and
 //! re-login, rotation under load with no failed request, `signgate check`.
 //! Each test captures the in-process gateway's logs and checks no secret is
-//! in them. Outages and failures: `tests/vault_outage.rs`.
-
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
+//! in them. Outages and failures: `vault_outage`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use signgate::devtools::standin::Verdict;
 use signgate::secrets::SecretBytes;
-use support::bao::{vault_gateway_config, Bao};
-use support::vault::*;
-use support::*;
+
+use crate::support::vault::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider() {
-    let mut w = world().await;
+    let w = World::new().await;
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/token").await;
     bao.read_policy("kp", "kp/token").await;
@@ -30,10 +26,7 @@ async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider()
     let created = Instant::now();
     let token_file = bao.dir().join("token");
     write_token(&token_file, &token);
-    let gw = w
-        .gateway(&token_credential(&bao.addr(), "kp/token", &token_file, ""))
-        .await;
-    let slot = slot(&gw);
+    let gw = w.gateway(token_credential(&bao.addr(), "kp/token", &token_file)).await;
 
     let r = post(&gw).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -41,7 +34,7 @@ async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider()
     assert_eq!(rec.verdict, Verdict::Valid);
     assert_eq!(rec.headers["x-api-key"], w.provider.api_key.as_str());
     assert_eq!(
-        slot.get().unwrap().version(),
+        gw.credential_version("kwikpaisa"),
         Some(1),
         "the KV version is the credential's"
     );
@@ -52,42 +45,34 @@ async fn token_auth_loads_renews_the_token_and_requests_verify_at_the_provider()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let renewals = w.logs.count("vault token renewed");
-    assert!(
-        renewals >= 1,
-        "{renewals} renewals; polls {:?}, problem {:?}",
-        slot.refresh_counts(),
-        slot.problem()
-    );
-    assert_eq!(slot.refresh_counts().1, 0, "{:?}", slot.problem());
-    let (k2, s2) = pair();
+    assert!(renewals >= 1, "{renewals} renewals; log:\n{}", w.logs.text());
+    assert_eq!(refresh_count(&gw, "error").await, 0.0, "{}", w.logs.text());
+    let (k2, s2) = new_pair();
     w.provider.standin.accept(&k2, SecretBytes::from(s2.clone()));
     bao.kv_put("kp/token", &[("api_key", &k2), ("secret_key", &s2)]).await;
-    let v2 = || async { slot.get().is_ok_and(|c| c.version() == Some(2)) };
-    assert!(eventually(Duration::from_secs(5), v2).await, "{:?}", slot.problem());
+    let v2 = || async { gw.credential_version("kwikpaisa") == Some(2) };
+    assert!(eventually(Duration::from_secs(5), v2).await, "{}", w.logs.text());
     assert_eq!(post(&gw).await.status, 200);
     w.logs.assert_clean(&[&w.provider.secret, &s2, &token]);
 }
 
 #[tokio::test]
 async fn approle_over_https_with_a_private_ca_loads_and_signs() {
-    let mut w = world().await;
+    let w = World::new().await;
     let bao = Bao::start_tls().await;
     w.put_provider_pair(&bao, "kp/approle").await;
     bao.read_policy("kp", "kp/approle").await;
     let (role_id, secret_id) = bao.approle("signgate", "kp", "1h", "2h").await;
-    let ca = format!("vault_ca_file = \"{}\"", bao.ca_file().display());
-    let gw = w
-        .gateway(&approle_credential(&bao, "kp/approle", &role_id, &secret_id, &ca))
-        .await;
+    let role = (role_id, secret_id);
+    let credential = bao.approle_credential(&bao.addr(), "kp/approle", &role);
+    let gw = w.gateway(credential.clone().vault_ca_file(&bao.ca_file())).await;
     let r = post(&gw).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(w.last_record().await.verdict, Verdict::Valid);
-    assert_eq!(slot(&gw).get().unwrap().version(), Some(1));
+    assert_eq!(gw.credential_version("kwikpaisa"), Some(1));
 
     // Without the private CA the certificate is not trusted: a clear reason, no secret.
-    let untrusted = w
-        .gateway(&approle_credential(&bao, "kp/approle", &role_id, &secret_id, ""))
-        .await;
+    let untrusted = w.gateway(credential).await;
     let r = post(&untrusted).await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "credential_unavailable"));
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
@@ -95,19 +80,17 @@ async fn approle_over_https_with_a_private_ca_loads_and_signs() {
         msg.contains("cannot reach Vault at https://127.0.0.1:") && msg.contains("certificate"),
         "{msg}"
     );
-    w.logs.assert_clean(&[&w.provider.secret, &secret_id]);
+    w.logs.assert_clean(&[&w.provider.secret, &role.1]);
 }
 
 #[tokio::test]
 async fn rotation_under_load_switches_within_the_refresh_and_fails_nothing() {
-    let mut w = world().await;
+    let w = World::new().await;
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/rotate").await;
     let token_file = bao.dir().join("token");
     write_token(&token_file, &bao.root);
-    let gw = w
-        .gateway(&token_credential(&bao.addr(), "kp/rotate", &token_file, ""))
-        .await;
+    let gw = w.gateway(token_credential(&bao.addr(), "kp/rotate", &token_file)).await;
     assert_eq!(post(&gw).await.status, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,7 +111,7 @@ async fn rotation_under_load_switches_within_the_refresh_and_fails_nothing() {
     let standin = &w.provider.standin;
     assert!(eventually(Duration::from_secs(5), || async { standin.records().await.len() > 20 }).await);
 
-    let (k2, s2) = pair();
+    let (k2, s2) = new_pair();
     standin.accept(&k2, SecretBytes::from(s2.clone()));
     let put_at = Instant::now();
     bao.kv_put("kp/rotate", &[("api_key", &k2), ("secret_key", &s2)]).await;
@@ -172,26 +155,23 @@ async fn rotation_under_load_switches_within_the_refresh_and_fails_nothing() {
     assert!(records[records.len() - 10..]
         .iter()
         .all(|r| r.headers["x-api-key"] == k2.as_str()));
-    assert_eq!(slot(&gw).get().unwrap().version(), Some(2));
+    assert_eq!(gw.credential_version("kwikpaisa"), Some(2));
     assert!(sent > 40, "only {sent} requests in the loop");
     w.logs.assert_clean(&[&w.provider.secret, &s2, &bao.root]);
 }
 
 #[tokio::test]
 async fn approle_renews_logs_in_again_before_expiry_and_after_revocation() {
-    let mut w = world().await;
+    let w = World::new().await;
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/renew").await;
     bao.read_policy("kp", "kp/renew").await;
     // Short lives: renewal at 2/3 of 4 s; the max TTL (8 s) caps the second
     // renewal, which must turn into a fresh login before the token dies.
-    let (role_id, secret_id) = bao.approle("short", "kp", "4s", "8s").await;
-    let gw = w
-        .gateway(&approle_credential(&bao, "kp/renew", &role_id, &secret_id, ""))
-        .await;
-    let slot = slot(&gw);
+    let role = bao.approle("short", "kp", "4s", "8s").await;
+    let gw = w.gateway(bao.approle_credential(&bao.addr(), "kp/renew", &role)).await;
     assert_eq!(post(&gw).await.status, 200);
-    let logs = &mut w.logs;
+    let logs = &w.logs;
     let mut cycled = false;
     let deadline = Instant::now() + Duration::from_secs(12);
     while Instant::now() < deadline && !cycled {
@@ -200,10 +180,10 @@ async fn approle_renews_logs_in_again_before_expiry_and_after_revocation() {
     }
     assert!(cycled, "no renewal and re-login within 12 s");
     assert_eq!(
-        slot.refresh_counts().1,
-        0,
-        "the token never lapsed: {:?}",
-        slot.problem()
+        refresh_count(&gw, "error").await,
+        0.0,
+        "the token never lapsed: {}",
+        logs.text()
     );
     assert_eq!(
         logs.count("rejected (403)"),
@@ -214,34 +194,35 @@ async fn approle_renews_logs_in_again_before_expiry_and_after_revocation() {
 
     // Revoked behind our back: the next read gets 403, logs in again, reads.
     bao.revoke_approle_tokens().await;
-    let (k2, s2) = pair();
+    let (k2, s2) = new_pair();
     w.provider.standin.accept(&k2, SecretBytes::from(s2.clone()));
     bao.kv_put("kp/renew", &[("api_key", &k2), ("secret_key", &s2)]).await;
-    let v2 = || async { slot.get().is_ok_and(|c| c.version() == Some(2)) };
-    assert!(eventually(Duration::from_secs(5), v2).await, "{:?}", slot.problem());
+    let v2 = || async { gw.credential_version("kwikpaisa") == Some(2) };
+    assert!(eventually(Duration::from_secs(5), v2).await, "{}", w.logs.text());
     assert!(
         w.logs
             .count("vault token rejected (403); logging in again with AppRole")
             >= 1
     );
-    assert_eq!(slot.refresh_counts().1, 0, "re-login happened within the refresh");
+    assert_eq!(
+        refresh_count(&gw, "error").await,
+        0.0,
+        "re-login happened within the refresh"
+    );
     assert_eq!(post(&gw).await.status, 200);
     assert_eq!(w.last_record().await.headers["x-api-key"], k2.as_str());
-    w.logs.assert_clean(&[&w.provider.secret, &s2, &secret_id]);
+    w.logs.assert_clean(&[&w.provider.secret, &s2, &role.1]);
 }
 
 #[tokio::test]
 async fn signgate_check_loads_a_vault_credential_and_prints_no_secret() {
-    let w = world().await;
+    let w = World::new().await;
     let bao = Bao::start().await;
     w.put_provider_pair(&bao, "kp/check").await;
-    let config = bao.dir().join("gateway.toml");
-    let credential = format!("vault_addr = \"{}\"\nvault_path = \"kp/check\"", bao.addr());
-    std::fs::write(
-        &config,
-        vault_gateway_config("https://localhost:9", &w.pki.ca_path, &credential),
-    )
-    .unwrap();
+    let config = w.write_config(
+        &w.config(Credential::vault(&bao.addr(), "kp/check"))
+            .edit_route("kwikpaisa", |r| r.upstream("https://localhost:9")),
+    );
     let run = |token: String, config: PathBuf| {
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_signgate"))

@@ -2,44 +2,19 @@
 //! loopback addresses), rate limits, inbound TLS and mTLS identities, and the
 //! listener's connection hardening.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
 use std::time::{Duration, Instant};
 
 use signgate::devtools::standin::Verdict;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-const ALLOW_1_AND_3: &str = "allow = [\"127.0.0.1/32\", \"127.0.0.3/32\"]";
-
-async fn connect_from(src: &str, to: std::net::SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    s.connect(to).await.unwrap()
-}
-
-/// Read until the peer closes (Ok(bytes)) or `within` passes (Err).
-async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>, ()> {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return Err(()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(all),
-            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-        }
-    }
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn allowlists_decide_on_the_tcp_peer_and_nothing_denied_reaches_upstream() {
-    let s = Setup::custom("", "allow = [\"127.0.0.1/32\"]", "", |t| {
-        t.replacen("allow = [\"127.0.0.0/8\", \"::1/128\"]", ALLOW_1_AND_3, 1)
+    let s = Setup::with(|c| {
+        c.allow(["127.0.0.1/32", "127.0.0.3/32"])
+            .edit_route("kwikpaisa", |r| r.allow(["127.0.0.1/32"]))
     })
     .await;
     let url = s.url("/kwikpaisa/api/v3/pg/order/status");
@@ -110,7 +85,7 @@ async fn allowlists_decide_on_the_tcp_peer_and_nothing_denied_reaches_upstream()
 
 #[tokio::test]
 async fn a_burst_above_burst_gets_429_with_retry_after() {
-    let s = Setup::with("", "limit = { rate = 1, burst = 5 }", "").await;
+    let s = Setup::with(|c| c.edit_route("kwikpaisa", |r| r.limit(1, 5))).await;
     let c = TestClient::new();
     let url = s.url("/kwikpaisa/x");
     let mut ok = 0;
@@ -147,14 +122,7 @@ async fn a_burst_above_burst_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn per_client_limits_are_independent_across_addresses() {
-    let s = Setup::custom("", "", "", |t| {
-        t.replacen(
-            "[access]",
-            "[limits]\nper_client = { rate = 1, burst = 2 }\n[access]",
-            1,
-        )
-    })
-    .await;
+    let s = Setup::with(|c| c.limits("per_client", quota(1, 2))).await;
     let url = s.url("/kwikpaisa/x");
     let a = TestClient::from_addr("127.0.0.1");
     let b = TestClient::from_addr("127.0.0.4");
@@ -171,32 +139,26 @@ async fn per_client_limits_are_independent_across_addresses() {
     assert_eq!(b.post(&url, "{}").await.status, 200);
 }
 
-async fn tls_setup(client_ca: bool, route_extra: &str) -> (Setup, signgate::devtools::pki::DevCa) {
+/// A TLS listener with a certificate from a clients' CA, and (`client_ca`)
+/// client certificates from that CA required; `route` changes the route.
+async fn tls_setup(client_ca: bool, route: impl FnOnce(Route) -> Route) -> (Setup, signgate::devtools::pki::DevCa) {
     let clients = signgate::devtools::pki::DevCa::new("signgate test clients CA").unwrap();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let fx = Fixture::new().await;
     let server = clients.server(&["localhost", "127.0.0.1"]).unwrap();
-    let (cert, key, ca) = (dir.join("gw.pem"), dir.join("gw-key.pem"), dir.join("clients-ca.pem"));
+    let (cert, key, ca) = (fx.path("gw.pem"), fx.path("gw-key.pem"), fx.path("clients-ca.pem"));
     std::fs::write(&cert, &server.cert_pem).unwrap();
     std::fs::write(&key, &server.key_pem).unwrap();
     std::fs::write(&ca, clients.cert_pem()).unwrap();
-    let mut listener = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let mut toml = fx.config().listener_tls(&cert, &key).edit_route("kwikpaisa", route);
     if client_ca {
-        listener.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
+        toml = toml.listener("client_ca", &ca);
     }
-    let s = Setup::custom("", route_extra, "", |t| {
-        t.replacen(
-            "max_body_bytes = 4096",
-            &format!("max_body_bytes = 4096\n{listener}"),
-            1,
-        )
-    })
-    .await;
-    (s, clients)
+    (Setup::on(fx, &toml).await, clients)
 }
 
 #[tokio::test]
 async fn https_client_succeeds() {
-    let (s, ca) = tls_setup(false, "").await;
+    let (s, ca) = tls_setup(false, |r| r).await;
     let r = https_post(s.gw.addr(), &ca, None, "/kwikpaisa/x", "{}").await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(s.provider.standin.records().await[0].verdict, Verdict::Valid);
@@ -212,7 +174,7 @@ async fn https_client_succeeds() {
 
 #[tokio::test]
 async fn mtls_refuses_missing_and_foreign_certificates_and_checks_identities() {
-    let (s, ca) = tls_setup(true, "allow_identities = [\"spiffe://signgate.test/payout-svc\"]").await;
+    let (s, ca) = tls_setup(true, |r| r.allow_identities(["spiffe://signgate.test/payout-svc"])).await;
     let addr = s.gw.addr();
     // No certificate: refused in the handshake (TLS 1.3 reports it on first use).
     assert!(https_post(addr, &ca, None, "/kwikpaisa/x", "{}").await.is_err());
@@ -242,14 +204,7 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_checks_identities() {
 
 #[tokio::test]
 async fn slow_headers_are_cut_off_and_others_are_unaffected() {
-    let s = Setup::custom("", "", "", |t| {
-        t.replacen(
-            "max_body_bytes = 4096",
-            "max_body_bytes = 4096\nheader_timeout_ms = 400",
-            1,
-        )
-    })
-    .await;
+    let s = Setup::with(|c| c.listener("header_timeout_ms", 400)).await;
     let mut slow = TcpStream::connect(s.gw.addr()).await.unwrap();
     slow.write_all(b"POST /kwikpaisa/x HTTP/1.1\r\nHost: gw\r\nX-Slow: a")
         .await
@@ -281,14 +236,7 @@ async fn slow_headers_are_cut_off_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
-    let s = Setup::custom("", "", "", |t| {
-        t.replacen(
-            "max_body_bytes = 4096",
-            "max_body_bytes = 4096\nidle_timeout_ms = 400",
-            1,
-        )
-    })
-    .await;
+    let s = Setup::with(|c| c.listener("idle_timeout_ms", 400)).await;
     let mut sock = TcpStream::connect(s.gw.addr()).await.unwrap();
     sock.write_all(b"POST /nope HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
         .await
@@ -312,10 +260,7 @@ async fn idle_keep_alive_connections_are_closed() {
 
 #[tokio::test]
 async fn max_connections_closes_the_excess_early() {
-    let s = Setup::custom("", "", "", |t| {
-        t.replacen("max_body_bytes = 4096", "max_body_bytes = 4096\nmax_connections = 2", 1)
-    })
-    .await;
+    let s = Setup::with(|c| c.listener("max_connections", 2)).await;
     let _a = TcpStream::connect(s.gw.addr()).await.unwrap();
     let _b = TcpStream::connect(s.gw.addr()).await.unwrap();
     let mut c = TcpStream::connect(s.gw.addr()).await.unwrap();

@@ -5,10 +5,6 @@
 //! client without a certificate (or with one from another CA) is refused in
 //! the TLS handshake.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -22,6 +18,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 
@@ -100,31 +98,20 @@ fn generated_private_keys_are_ignored_by_git() {
 /// A gateway serving HTTPS with the dev certificates and requiring client
 /// certificates; the route admits only the payout identity. Its credential
 /// file never exists, so a request that passes every check answers 503.
-fn mtls_config(dir: &Path) -> String {
-    format!(
-        r#"
-[listener]
-addr = "127.0.0.1:0"
-tls_cert = "{d}/gateway.pem"
-tls_key = "{d}/gateway-key.pem"
-client_ca = "{d}/ca.pem"
-[admin]
-addr = ""
-[access]
-allow = ["127.0.0.0/8"]
-[credentials.kwikpaisa]
-source = "file"
-path = "{d}/no-such-credential.json"
-[[route]]
-name = "kwikpaisa"
-match_prefix = "/kwikpaisa/"
-upstream = "https://localhost:1"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-allow_identities = ["spiffe://signgate.dev/payout-svc"]
-"#,
-        d = dir.display()
-    )
+fn mtls_config(dir: &Path) -> GatewayToml {
+    GatewayToml::new()
+        .listener("addr", "127.0.0.1:0")
+        .listener_tls(&dir.join("gateway.pem"), &dir.join("gateway-key.pem"))
+        .listener("client_ca", dir.join("ca.pem"))
+        .admin("addr", "")
+        .allow(["127.0.0.0/8"])
+        .credential("kwikpaisa", Credential::file(dir.join("no-such-credential.json")))
+        .route(
+            Route::new("kwikpaisa", "/kwikpaisa/", "https://localhost:1")
+                .credential("kwikpaisa")
+                .scheme("kwikpaisa")
+                .allow_identities(["spiffe://signgate.dev/payout-svc"]),
+        )
 }
 
 fn client_config(
@@ -203,7 +190,7 @@ async fn dev_certificates_serve_mtls_and_refuse_clients_without_one() {
     let d = dir.path().join("dev");
     let out = certs_dev(&d, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let gw = support::gateway(&mtls_config(&d)).await;
+    let gw = start_gateway(&mtls_config(&d)).await;
     let addr = gw.addr();
     let ca = d.join("ca.pem");
     let all = rustls::ALL_VERSIONS;

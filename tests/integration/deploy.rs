@@ -6,8 +6,6 @@
 //! credential paths, probe targets). No cluster, systemd or Docker is needed;
 //! `scripts/check-deploy.sh` adds `systemd-analyze` and a schema check.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,50 +8,26 @@
 //! RLIMIT_FSIZE set on the running gateway with `prlimit --pid` (writes past
 //! it fail with EFBIG; signgate catches SIGXFSZ). `SIGNGATE_TEST_DISK_FAULT=
 //! tmpfs|fsize` forces one.
-#![allow(clippy::unwrap_used, clippy::disallowed_types)] // tests; a std Mutex holds the child's log lines
-
-mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 
-/// A provider stand-in, a credential and a config file whose audit log is
-/// at `audit` (with `audit_extra` keys added to `[audit]`).
-struct Env {
-    _pki: Pki, // holds the CA file the config names
-    provider: Provider,
-    config: PathBuf,
+/// A fixture whose configuration (written to its config file) keeps the
+/// audit log at `audit`, with the rest of `[audit]` as `edit` makes it.
+async fn env(audit: &Path, edit: impl FnOnce(GatewayToml) -> GatewayToml) -> Fixture {
+    let fx = Fixture::new().await;
+    fx.write_config(&edit(fx.config().audit_path(audit)));
+    fx
 }
 
-async fn env(audit: &Path, audit_extra: &str) -> Env {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let cred = pki.dir.path().join("kwikpaisa.json");
-    write_cred(&cred, &provider.api_key, &provider.secret);
-    let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-    let toml = config(&upstream, &pki.ca_path, &cred, "", "", "");
-    let default = format!("path = \"{}\"", pki.dir.path().join("audit.jsonl").display());
-    assert!(toml.contains(&default));
-    let toml = toml.replace(&default, &format!("path = \"{}\"\n{audit_extra}", audit.display()));
-    let config = pki.dir.path().join("gateway.toml");
-    std::fs::write(&config, toml).unwrap();
-    Env {
-        _pki: pki,
-        provider,
-        config,
-    }
-}
-
-impl Env {
-    async fn provider_got(&self) -> usize {
-        self.provider.standin.records().await.len()
-    }
+async fn provider_got(fx: &Fixture) -> usize {
+    fx.provider.standin.records().await.len()
 }
 
 fn verify(args: &[&str], files: &[&Path]) -> Output {
@@ -70,58 +46,13 @@ fn stdout(o: &Output) -> String {
 /// SIGTERM, and wait for a clean exit (the writer flushes and writes the head).
 async fn stop(gw: &mut GatewayProcess) {
     gw.signal("TERM");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "the gateway did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}\n{}", gw.log_text());
 }
 
-/// `GatewayProcess::start`, but through `sh -c 'umask U; exec signgate ...'`.
-fn start_with_umask(config: &Path, umask: &str) -> GatewayProcess {
-    use std::io::BufRead;
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("umask {umask} && exec \"$0\" run --config \"$1\""), BIN])
-        .arg(config)
-        .env("SIGNGATE__LISTENER__ADDR", "127.0.0.1:0")
-        .env("SIGNGATE__ADMIN__ADDR", "127.0.0.1:0")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("gateway did not report listening:\n{}", log.lock().unwrap().join("\n")));
-        if line.contains("signgate listening") {
-            break line;
-        }
-    };
-    let field = |prefix: &str| -> std::net::SocketAddr {
-        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
-        let end = rest.find(|c: char| c == ')' || c.is_whitespace()).unwrap_or(rest.len());
-        rest[..end].parse().unwrap()
-    };
-    GatewayProcess {
-        child,
-        addr: field(" addr="),
-        admin: field(" admin=Some("),
-        log,
-    }
+/// The gateway on `fx`'s config file, under `umask 022`.
+fn start_with_umask_022(fx: &Fixture) -> GatewayProcess {
+    GatewayProcess::launch(&fx.config_path(), &Launch::new().umask("022"))
 }
 
 fn mode(p: &Path) -> u32 {
@@ -133,7 +64,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 async fn audit_metric(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(&gw.metrics().await, name, labels)
+    gw.metric(name, labels).await
 }
 
 async fn written(gw: &GatewayProcess) -> f64 {
@@ -234,8 +165,8 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
     let dir = tempfile::tempdir().unwrap();
     let fault = DiskFault::new(dir.path());
     let log = dir.path().join("audit/signgate.jsonl");
-    let e = env(&log, "").await;
-    let mut gw = GatewayProcess::start(&e.config, &[]);
+    let e = env(&log, |c| c).await;
+    let mut gw = GatewayProcess::start(&e.config_path(), &[]);
     let c = TestClient::new();
     let url = gw.url("/kwikpaisa/api/v3/pg/order/status");
     for _ in 0..3 {
@@ -271,7 +202,7 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
     assert_eq!(audit_metric(&gw, "signgate_audit_healthy", &[]).await, 0.0);
 
     // From now on every request is refused and nothing reaches the provider.
-    let got = e.provider_got().await;
+    let got = provider_got(&e).await;
     for _ in 0..10 {
         let r = c.post(&url, "{}").await;
         assert_eq!(r.status, 503);
@@ -281,7 +212,7 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = c.post(&url, "{}").await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (503, "audit_unavailable"));
-    assert_eq!(e.provider_got().await, got, "nothing is forwarded unaudited");
+    assert_eq!(provider_got(&e).await, got, "nothing is forwarded unaudited");
     assert_eq!(
         audit_metric(&gw, "signgate_audit_records_total", &[("result", "refused")]).await,
         11.0
@@ -300,7 +231,7 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
     for _ in 0..3 {
         assert_eq!(c.post(&url, "{}").await.status, 200);
     }
-    assert_eq!(e.provider_got().await, got + 3);
+    assert_eq!(provider_got(&e).await, got + 3);
     stop(&mut gw).await;
 
     // The gap is in the chain: named by verify, never a plain "ok".
@@ -337,9 +268,9 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
 async fn a_torn_last_line_is_moved_aside_and_the_chain_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("signgate.jsonl");
-    let e = env(&log, "").await;
+    let e = env(&log, |c| c).await;
     let c = TestClient::new();
-    let mut gw = GatewayProcess::start(&e.config, &[]);
+    let mut gw = GatewayProcess::start(&e.config_path(), &[]);
     for _ in 0..2 {
         assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
     }
@@ -355,7 +286,7 @@ async fn a_torn_last_line_is_moved_aside_and_the_chain_goes_on() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(stdout(&out).contains("no newline at the end"), "{}", stdout(&out));
 
-    let mut gw = start_with_umask(&e.config, "022");
+    let mut gw = start_with_umask_022(&e);
     assert!(
         gw.log_text().contains("torn last line was moved aside"),
         "{}",
@@ -400,9 +331,9 @@ async fn a_torn_last_line_is_moved_aside_and_the_chain_goes_on() {
 async fn without_the_head_file_verify_says_the_end_is_unchecked() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("signgate.jsonl");
-    let e = env(&log, "").await;
+    let e = env(&log, |c| c).await;
     let c = TestClient::new();
-    let mut gw = GatewayProcess::start(&e.config, &[]);
+    let mut gw = GatewayProcess::start(&e.config_path(), &[]);
     for _ in 0..2 {
         assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);
     }
@@ -452,8 +383,8 @@ async fn without_the_head_file_verify_says_the_end_is_unchecked() {
 async fn audit_files_are_owner_only_under_umask_022() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("logs/audit/signgate.jsonl");
-    let e = env(&log, "max_bytes = 4096").await;
-    let mut gw = start_with_umask(&e.config, "022");
+    let e = env(&log, |c| c.audit("max_bytes", 4096)).await;
+    let mut gw = start_with_umask_022(&e);
     let c = TestClient::new();
     for _ in 0..20 {
         assert_eq!(c.post(&gw.url("/kwikpaisa/x"), "{}").await.status, 200);

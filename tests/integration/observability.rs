@@ -2,14 +2,11 @@
 //! cardinality, readiness, clock skew, and the audit log written by the real
 //! gateway (checked with the real `signgate audit verify`).
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
 use std::time::Duration;
 
 use http::Method;
-use support::*;
+
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 
@@ -18,39 +15,27 @@ const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 async fn rich_setup() -> (Setup, Provider) {
     let other_pki = pki();
     let wrong_name = provider_on(&other_pki, "127.0.0.2:0").await;
-    let extra = format!(
-        r#"
-[credentials.missing]
-source = "file"
-path = "/nonexistent/signgate-test/missing.json"
-[[route]]
-name = "nocred"
-match_prefix = "/nocred"
-upstream = "https://localhost:1"
-credential = "missing"
-scheme = "kwikpaisa"
-[[route]]
-name = "down"
-match_prefix = "/down"
-upstream = "https://127.0.0.1:{closed}"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-[[route]]
-name = "badtls"
-match_prefix = "/badtls"
-upstream = "https://127.0.0.2:{wrong}"
-credential = "kwikpaisa"
-scheme = "kwikpaisa"
-"#,
-        closed = closed_port(),
-        wrong = wrong_name.standin.addr().port(),
-    );
-    let s = Setup::custom("", "limit = { rate = 1, burst = 2 }", &extra, |t| {
-        t.replacen(
-            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
-            "allow = [\"127.0.0.1/32\"]",
-            1,
-        )
+    let down = format!("https://127.0.0.1:{}", closed_port());
+    let badtls = format!("https://127.0.0.2:{}", wrong_name.standin.addr().port());
+    let s = Setup::with(|c| {
+        c.allow(["127.0.0.1/32"])
+            .edit_route("kwikpaisa", |r| r.limit(1, 2))
+            .credential("missing", Credential::file("/nonexistent/signgate-test/missing.json"))
+            .route(
+                Route::new("nocred", "/nocred", "https://localhost:1")
+                    .credential("missing")
+                    .scheme("kwikpaisa"),
+            )
+            .route(
+                Route::new("down", "/down", &down)
+                    .credential("kwikpaisa")
+                    .scheme("kwikpaisa"),
+            )
+            .route(
+                Route::new("badtls", "/badtls", &badtls)
+                    .credential("kwikpaisa")
+                    .scheme("kwikpaisa"),
+            )
     })
     .await;
     (s, wrong_name)
@@ -233,11 +218,12 @@ async fn label_cardinality_does_not_grow_with_request_data() {
 
 #[tokio::test]
 async fn readyz_flips_when_the_missing_credential_appears() {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let cred = pki.dir.path().join("appears-later.json");
-    let upstream = format!("https://localhost:{}", provider.standin.addr().port());
-    let gw = gateway(&config(&upstream, &pki.ca_path, &cred, "", "", "")).await;
+    let fx = Fixture::new().await;
+    let cred = fx.path("appears-later.json");
+    let gw = fx
+        .gateway(&fx.config().credential("kwikpaisa", Fixture::file_credential(&cred)))
+        .await;
+    let provider = &fx.provider;
     let admin = format!("http://{}", gw.admin_addr().unwrap());
     let c = TestClient::new();
     assert_eq!(
@@ -259,26 +245,24 @@ async fn readyz_flips_when_the_missing_credential_appears() {
     })
     .await;
     assert!(ready);
-    // Draining turns readiness off at once, while a request still finishes.
-    let url = format!("http://{}/kwikpaisa/slow/800", gw.addr());
-    let slow = tokio::spawn(async move { TestClient::new().post(&url, "{}").await.status });
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            provider
-                .standin
-                .records()
-                .await
-                .iter()
-                .any(|r| r.path_and_query.ends_with("/slow/800"))
-        })
-        .await,
-        "the slow request reached the provider"
-    );
+    assert!(gw.is_ready());
+    // Draining turns readiness off at once: /readyz says so while a slow
+    // request keeps the drain (and so the admin listener) going.
+    let slow = format!("http://{}/kwikpaisa/slow/1000", gw.addr());
+    let in_flight = tokio::spawn(async move { TestClient::new().post(&slow, "{}").await });
+    assert!(provider.standin.next(Duration::from_secs(5)).await.is_some());
     let stop = tokio::spawn(gw.shutdown());
-    let r = c.send(Method::GET, &format!("{admin}/readyz"), &[], "").await;
-    assert_eq!(r.status, 503, "not ready while draining: {:?}", r.body);
-    assert_eq!(r.json()["missing"][0]["what"], "draining");
-    assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
+    let draining = std::cell::RefCell::new(serde_json::Value::Null);
+    let not_ready = eventually(Duration::from_secs(2), || async {
+        let r = c.send(Method::GET, &format!("{admin}/readyz"), &[], "").await;
+        *draining.borrow_mut() = r.json();
+        r.status == 503
+    })
+    .await;
+    let draining = draining.into_inner();
+    assert!(not_ready, "/readyz still 200 while draining: {draining}");
+    assert_eq!(draining["missing"][0]["what"], "draining", "{draining}");
+    assert_eq!(in_flight.await.unwrap().status, 200, "the in-flight request completes");
     stop.await.unwrap();
 }
 
@@ -310,7 +294,7 @@ async fn audit_log_has_one_chained_record_per_request_and_no_secrets() {
         .iter()
         .map(|r| r.headers["x-signature"].to_str().unwrap().to_string())
         .collect();
-    let Setup { gw, pki, .. } = s;
+    let Setup { gw, fx } = s;
     gw.shutdown().await; // flushes the writer
     let text = std::fs::read_to_string(&audit).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -376,7 +360,7 @@ async fn audit_log_has_one_chained_record_per_request_and_no_secrets() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    drop(pki);
+    drop(fx);
 }
 
 #[tokio::test]
@@ -385,17 +369,9 @@ async fn the_audit_chain_continues_across_a_restart() {
     let c = TestClient::new();
     c.post(&s.url("/kwikpaisa/a"), "{}").await;
     let audit = s.audit_path();
-    let toml = config(
-        &format!("https://localhost:{}", s.provider.standin.addr().port()),
-        &s.pki.ca_path,
-        &s.cred_path,
-        "",
-        "",
-        "",
-    );
-    let Setup { gw, pki, provider, .. } = s;
+    let Setup { gw, fx } = s;
     gw.shutdown().await;
-    let gw2 = gateway(&toml).await;
+    let gw2 = fx.gateway(&fx.config()).await;
     c.post(&format!("http://{}/kwikpaisa/b", gw2.addr()), "{}").await;
     gw2.shutdown().await;
     let out = std::process::Command::new(BIN)
@@ -404,5 +380,5 @@ async fn the_audit_chain_continues_across_a_restart() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 2 records");
-    drop((pki, provider));
+    drop(fx);
 }

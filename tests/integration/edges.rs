@@ -4,20 +4,15 @@
 //! out of `/proc/PID/environ` and a non-dumpable process, owner-only state
 //! files, and the path tricks aimed at the frameworks behind a provider.
 
-#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
-
-mod support;
-
-use std::io::Read as _;
-use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use signgate::devtools::pki::{ClientSan, DevCa};
 use signgate::devtools::standin::Verdict;
-use support::*;
+
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signgate");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -70,23 +65,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The smallest valid configuration with its files under `dir`.
-fn base_config(dir: &Path) -> String {
-    format!(
-        r#"
-[listener]
-addr = "127.0.0.1:0"
-[admin]
-addr = "127.0.0.1:0"
-[access]
-allow = ["127.0.0.0/8"]
-[audit]
-path = "{d}/audit/audit.jsonl"
-[state]
-dir = "{d}/state"
-"#,
-        d = dir.display()
-    )
+/// The smallest valid configuration with its files under `dir`: loopback
+/// listener and admin, loopback clients, the audit log in `dir/audit/`, the
+/// state in `dir/state`; no route.
+fn base_config(dir: &Path) -> GatewayToml {
+    GatewayToml::new()
+        .listener("addr", "127.0.0.1:0")
+        .admin("addr", "127.0.0.1:0")
+        .allow(["127.0.0.0/8"])
+        .audit_path(&dir.join("audit/audit.jsonl"))
+        .state_dir(&dir.join("state"))
+}
+
+/// Write `toml` to `dir/gateway.toml`; the path.
+fn write_config(dir: &Path, toml: &GatewayToml) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    replace_file(&path, toml.render());
+    path
 }
 
 // ------------------------------------------------------------------ preflight
@@ -130,21 +125,10 @@ fn check_and_run_refuse_a_key_of_another_certificate() {
     let ca = DevCa::new("edges CA").unwrap();
     let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
     let other = ca.server(&["other"]).unwrap();
-    std::fs::write(dir.path().join("gw.pem"), &server.cert_pem).unwrap();
-    std::fs::write(dir.path().join("other-key.pem"), &other.key_pem).unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        base_config(dir.path()).replace(
-            "addr = \"127.0.0.1:0\"\n[admin]",
-            &format!(
-                "addr = \"127.0.0.1:0\"\ntls_cert = \"{}/gw.pem\"\ntls_key = \"{}/other-key.pem\"\n[admin]",
-                dir.path().display(),
-                dir.path().display()
-            ),
-        ),
-    )
-    .unwrap();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("other-key.pem"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &other.key_pem).unwrap();
+    let config = write_config(dir.path(), &base_config(dir.path()).listener_tls(&cert, &key));
     let (check, run) = check_and_run(&config);
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
     assert_eq!(run.status.code(), Some(64), "{}", stderr(&run));
@@ -162,10 +146,9 @@ fn check_and_run_refuse_a_key_of_another_certificate() {
 #[test]
 fn check_and_run_refuse_an_audit_directory_they_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
     // A regular file stands where the audit directory should be made.
     std::fs::write(dir.path().join("audit"), "").unwrap();
-    std::fs::write(&config, base_config(dir.path())).unwrap();
+    let config = write_config(dir.path(), &base_config(dir.path()));
     let (check, run) = check_and_run(&config);
     assert_eq!((check.status.code(), run.status.code()), (Some(1), Some(64)));
     for out in [&check, &run] {
@@ -192,105 +175,18 @@ fn check_and_run_refuse_an_audit_directory_they_cannot_write() {
 
 // ------------------------------------------------------------------ logs
 
-/// A `signgate run` child, killed when dropped.
-struct Gateway {
-    child: Child,
-    log: PathBuf,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    /// Start `cmd` (a `signgate run`, perhaps wrapped), its stderr going to
-    /// `log` (a file, not a terminal), and wait until it listens.
-    fn start(mut cmd: Command, log: &Path) -> Gateway {
-        let file = std::fs::File::create(log).unwrap();
-        let child = cmd.stdin(Stdio::null()).stderr(Stdio::from(file)).spawn().unwrap();
-        let mut gw = Gateway {
-            child,
-            log: log.to_path_buf(),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(line) = gw.text().lines().find(|l| l.contains("signgate listening")) {
-                (gw.addr, gw.admin) = listening_addrs(line);
-                return gw;
-            }
-            if let Some(status) = gw.child.try_wait().unwrap() {
-                panic!("gateway exited ({status}):\n{}", gw.text());
-            }
-            assert!(Instant::now() < deadline, "gateway did not listen:\n{}", gw.text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn text(&self) -> String {
-        let mut s = String::new();
-        std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Wait until the log contains `needle`.
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.text().contains(needle) {
-            assert!(Instant::now() < deadline, "no {needle:?} in:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// `addr` and `admin` of the "signgate listening" line, text or JSON.
-fn listening_addrs(line: &str) -> (SocketAddr, SocketAddr) {
-    let (addr, admin) = if line.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let f = &v["fields"];
-        (
-            f["addr"].as_str().unwrap().to_string(),
-            f["admin"].as_str().unwrap().to_string(),
-        )
-    } else {
-        let field = |prefix: &str| {
-            let at = line.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {line:?}"));
-            line[at + prefix.len()..].split_whitespace().next().unwrap().to_string()
-        };
-        (field(" addr="), field(" admin="))
-    };
-    let admin = admin.trim_start_matches("Some(").trim_end_matches(')').to_string();
-    (addr.parse().unwrap(), admin.parse().unwrap())
-}
-
-fn run_cmd(config: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["run", "--config"]).arg(config).env_remove("NO_COLOR");
-    c
-}
-
 #[tokio::test]
 async fn logs_written_to_a_file_carry_no_escape_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, base_config(dir.path())).unwrap();
-    let mut cmd = run_cmd(&config);
-    cmd.env("SIGNGATE_LOG", "debug").env_remove("RUST_LOG");
-    let gw = Gateway::start(cmd, &dir.path().join("stderr.log"));
+    let config = write_config(dir.path(), &base_config(dir.path()));
+    let gw = GatewayProcess::launch(
+        &config,
+        &Launch::new()
+            .unset("NO_COLOR")
+            .unset("RUST_LOG")
+            .env("SIGNGATE_LOG", "debug")
+            .stderr_to(&dir.path().join("stderr.log")),
+    );
     let r = TestClient::new()
         .send(
             http::Method::GET,
@@ -300,8 +196,8 @@ async fn logs_written_to_a_file_carry_no_escape_codes() {
         )
         .await;
     assert_eq!(r.status, 404);
-    gw.wait_for("edges-text-1");
-    let text = gw.text();
+    gw.wait_for_log("edges-text-1", Duration::from_secs(20)).await;
+    let text = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(!text.contains('\u{1b}'), "an ESC byte in a log file:\n{text:?}");
     assert!(text.contains("signgate listening"));
 }
@@ -309,15 +205,14 @@ async fn logs_written_to_a_file_carry_no_escape_codes() {
 #[tokio::test]
 async fn json_logs_parse_and_carry_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
+    let config = write_config(dir.path(), &base_config(dir.path()).log("format", "json"));
+    let gw = GatewayProcess::launch(
         &config,
-        format!("[log]\nformat = \"json\"\n{}", base_config(dir.path())),
-    )
-    .unwrap();
-    let mut cmd = run_cmd(&config);
-    cmd.env("SIGNGATE_LOG", "debug");
-    let gw = Gateway::start(cmd, &dir.path().join("stderr.log"));
+        &Launch::new()
+            .unset("NO_COLOR")
+            .env("SIGNGATE_LOG", "debug")
+            .stderr_to(&dir.path().join("stderr.log")),
+    );
     let r = TestClient::new()
         .send(
             http::Method::GET,
@@ -327,8 +222,8 @@ async fn json_logs_parse_and_carry_the_request_id() {
         )
         .await;
     assert_eq!((r.status.as_u16(), r.code().as_str()), (404, "no_route"));
-    gw.wait_for("edges-json-1");
-    let text = gw.text();
+    gw.wait_for_log("edges-json-1", Duration::from_secs(20)).await;
+    let text = gw.log_text();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
@@ -350,18 +245,17 @@ async fn json_logs_parse_and_carry_the_request_id() {
 #[test]
 fn the_log_section_is_validated_like_every_other() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, base_config(dir.path())).unwrap();
+    let path = write_config(dir.path(), &base_config(dir.path()));
     let none: Vec<(String, String)> = Vec::new();
     let c = signgate::Config::load_with_env(&path, none).unwrap();
     assert_eq!(c.log.format, signgate::config::LogFormat::Text);
     let c = signgate::Config::load_with_env(&path, [("SIGNGATE__LOG__FORMAT", "json")]).unwrap();
     assert_eq!(c.log.format, signgate::config::LogFormat::Json);
-    std::fs::write(
-        &path,
-        format!("[log]\nformat = \"yaml\"\ncolour = true\n{}", base_config(dir.path())),
-    )
-    .unwrap();
+    // An invalid value and an unknown key (the builder passes both through).
+    write_config(
+        dir.path(),
+        &base_config(dir.path()).log("format", "yaml").log("colour", true),
+    );
     let none: Vec<(String, String)> = Vec::new();
     let errs = signgate::Config::load_with_env(&path, none).unwrap_err().to_string();
     assert!(errs.contains("log.colour: unknown key"), "{errs}");
@@ -373,27 +267,17 @@ fn the_log_section_is_validated_like_every_other() {
 #[test]
 fn check_refuses_a_webhook_that_forgets_events_while_they_are_fresh() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
     let webhook = |window: u64| {
-        format!(
-            r#"{}
-[credentials.kp]
-source = "env"
-api_key_env = "EDGES_UNSET_KEY"
-secret_env = "EDGES_UNSET_SECRET"
-[[webhook]]
-name = "kp"
-match_path = "/webhooks/kp"
-credential = "kp"
-scheme = "kwikpaisa"
-forward_to = "http://127.0.0.1:9/events"
-tolerance_secs = 300
-dedup_window_secs = {window}
-"#,
-            base_config(dir.path())
-        )
+        base_config(dir.path())
+            .credential("kp", Credential::env("EDGES_UNSET_KEY", "EDGES_UNSET_SECRET"))
+            .webhook(
+                Webhook::new("kp", "/webhooks/kp", "kp", "http://127.0.0.1:9/events")
+                    .set("scheme", "kwikpaisa")
+                    .tolerance_secs(300)
+                    .dedup_window_secs(window),
+            )
     };
-    std::fs::write(&path, webhook(10)).unwrap();
+    let path = write_config(dir.path(), &webhook(10));
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
@@ -407,7 +291,7 @@ dedup_window_secs = {window}
             && err.contains("at least 601 seconds"),
         "{err}"
     );
-    std::fs::write(&path, webhook(601)).unwrap();
+    write_config(dir.path(), &webhook(601));
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
@@ -418,34 +302,27 @@ dedup_window_secs = {window}
 
 // ------------------------------------------------------------------ identities
 
-async fn mtls_setup(allow: &str) -> (Setup, DevCa) {
+/// The fixture's gateway serving mTLS with a clients CA of its own (which
+/// also issues the gateway's certificate), the route admitting `allow`.
+async fn mtls_setup(allow: &[&str]) -> (Setup, DevCa) {
     let clients = DevCa::new("edges clients CA").unwrap();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let fx = Fixture::new().await;
     let server = clients.server(&["localhost", "127.0.0.1"]).unwrap();
-    let (cert, key, ca) = (dir.join("gw.pem"), dir.join("gw-key.pem"), dir.join("clients-ca.pem"));
+    let (cert, key, ca) = (fx.path("gw.pem"), fx.path("gw-key.pem"), fx.path("clients-ca.pem"));
     std::fs::write(&cert, &server.cert_pem).unwrap();
     std::fs::write(&key, &server.key_pem).unwrap();
     std::fs::write(&ca, clients.cert_pem()).unwrap();
-    let listener = format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
-        cert.display(),
-        key.display(),
-        ca.display()
-    );
-    let s = Setup::custom("", &format!("allow_identities = {allow}"), "", |t| {
-        t.replacen(
-            "max_body_bytes = 4096",
-            &format!("max_body_bytes = 4096\n{listener}"),
-            1,
-        )
-    })
-    .await;
-    (s, clients)
+    let toml = fx
+        .config()
+        .listener_tls(&cert, &key)
+        .listener("client_ca", &ca)
+        .edit_route("kwikpaisa", |r| r.allow_identities(allow.to_vec()));
+    (Setup::on(fx, &toml).await, clients)
 }
 
 #[tokio::test]
 async fn a_dns_san_spelled_like_a_spiffe_id_is_not_the_uri_identity() {
-    let (s, ca) = mtls_setup(r#"["spiffe://prod/payouts", "dns:payouts.internal"]"#).await;
+    let (s, ca) = mtls_setup(&["spiffe://prod/payouts", "dns:payouts.internal"]).await;
     let addr = s.gw.addr();
     let confused = ca
         .client_with("confused", &[ClientSan::Dns("spiffe://prod/payouts")])
@@ -486,11 +363,12 @@ async fn a_dns_san_spelled_like_a_spiffe_id_is_not_the_uri_identity() {
 
 #[tokio::test]
 async fn credential_age_has_no_sample_until_the_credential_loads() {
-    let s = Setup::with(
-        "",
-        "",
-        "[credentials.never]\nsource = \"env\"\napi_key_env = \"EDGES_NEVER_SET_KEY\"\nsecret_env = \"EDGES_NEVER_SET_SECRET\"\n",
-    )
+    let s = Setup::with(|c| {
+        c.credential(
+            "never",
+            Credential::env("EDGES_NEVER_SET_KEY", "EDGES_NEVER_SET_SECRET"),
+        )
+    })
     .await;
     let m = s.metrics().await;
     let series = |cred: &str| format!("signgate_credential_age_seconds{{credential=\"{cred}\"}}");
@@ -520,60 +398,35 @@ fn proc_uid(pid: u32) -> u32 {
 
 #[tokio::test]
 async fn env_secrets_leave_the_process_environment_and_still_sign() {
-    let pki = pki();
-    let provider = provider(&pki).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
+    let fx = Fixture::new().await;
+    let dir = fx.dir.path();
+    let provider = &fx.provider;
+    // Only an env credential (named `name`): route `kp` and a webhook use it.
     let cred = |name: &str| {
-        format!(
-            r#"{base}
-[egress]
-ca_file = "{ca}"
-[credentials.{name}]
-source = "env"
-api_key_env = "EDGES_KP_KEY"
-secret_env = "EDGES_KP_SECRET"
-[[route]]
-name = "kp"
-match_prefix = "/kp/"
-strip_prefix = true
-upstream = "https://localhost:{port}"
-credential = "{name}"
-scheme = "kwikpaisa"
-[[webhook]]
-name = "hook"
-match_path = "/hooks/kp"
-credential = "{name}"
-scheme = "kwikpaisa"
-forward_to = "http://127.0.0.1:9/events"
-"#,
-            base = base_config(dir.path()),
-            ca = pki.ca_path.display(),
-            port = provider.standin.addr().port()
-        )
+        base_config(dir)
+            .egress_ca(&fx.pki.ca_path)
+            .credential(name, Credential::env("EDGES_KP_KEY", "EDGES_KP_SECRET"))
+            .route(Route::to("kp", &fx.upstream()).credential(name))
+            .webhook(Webhook::new("hook", "/hooks/kp", name, "http://127.0.0.1:9/events").set("scheme", "kwikpaisa"))
     };
-    std::fs::write(&config, cred("kp")).unwrap();
     // Root runs the gateway as nobody, so that "non-dumpable" can be seen:
     // /proc/PID files then belong to root instead of to the process's user.
     let as_nobody = is_root();
     if as_nobody {
-        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
-        std::fs::set_permissions(&pki.ca_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&fx.pki.ca_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(fx.pki.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     // umask 022, the usual default: the state files must still be owner-only.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN, "run", "--config"])
-        .arg(&config)
+    let mut launch = Launch::new()
+        .umask("022")
         .env("EDGES_KP_KEY", &provider.api_key)
-        .env("EDGES_KP_SECRET", &provider.secret)
-        .env("NO_COLOR", "1");
+        .env("EDGES_KP_SECRET", &provider.secret);
     if as_nobody {
-        use std::os::unix::process::CommandExt as _;
-        cmd.uid(65534).gid(65534);
+        launch = launch.user(65534);
     }
-    let gw = Gateway::start(cmd, &dir.path().join("stderr.log"));
-    let pid = gw.pid();
+    let gw = fx.process_with(&cred("kp"), &launch);
+    let pid = gw.child.id();
 
     // 1. Not in /proc/PID/environ (as root the test may read it; another user may not).
     let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ"));
@@ -587,14 +440,18 @@ forward_to = "http://127.0.0.1:9/events"
         }
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
     }
-    gw.wait_for("secret environment variables taken out of the environment");
+    gw.wait_for_log(
+        "secret environment variables taken out of the environment",
+        Duration::from_secs(20),
+    )
+    .await;
 
     // 2. ...and the route signs with it: the stand-in checks the HMAC itself.
     let c = TestClient::new();
     let r = c
         .post(&gw.url("/kp/api/v3/pg/order/status"), r#"{"order_id":"1"}"#)
         .await;
-    assert_eq!(r.status, 200, "{:?}\n{}", r.body, gw.text());
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, gw.log_text());
     let recs = provider.standin.records().await;
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].verdict, Verdict::Valid);
@@ -607,23 +464,19 @@ forward_to = "http://127.0.0.1:9/events"
     assert_eq!(owner, 0, "a dumpable process would own its /proc files (uid {uid})");
 
     // 4. Owner-only state under umask 022.
-    let state = dir.path().join("state");
+    let state = dir.join("state");
     assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
     let inbox = state.join("signgate.redb");
     assert_eq!(std::fs::metadata(&inbox).unwrap().permissions().mode() & 0o777, 0o600);
 
     // 5. A reload that reloads credentials still has the values.
-    std::fs::write(&config, cred("kp_renamed")).unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    gw.wait_for("(credentials reloaded)");
+    fx.write_config(&cred("kp_renamed"));
+    gw.signal("HUP");
+    gw.wait_for_log("(credentials reloaded)", Duration::from_secs(20)).await;
     let r = c
         .post(&gw.url("/kp/api/v3/pg/order/status"), r#"{"order_id":"2"}"#)
         .await;
-    assert_eq!(r.status, 200, "{:?}\n{}", r.body, gw.text());
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, gw.log_text());
     let recs = provider.standin.records().await;
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[1].verdict, Verdict::Valid);
@@ -631,7 +484,7 @@ forward_to = "http://127.0.0.1:9/events"
         assert!(!String::from_utf8_lossy(&env).contains(provider.secret.as_str()));
     }
     // Never in the log either.
-    let log = gw.text();
+    let log = gw.log_text();
     assert!(!log.contains(provider.secret.as_str()) && !log.contains(provider.api_key.as_str()));
 }
 

@@ -1,0 +1,42 @@
+//! The integration tests: one binary, one module per concern, all against
+//! real sockets, real TLS, the provider stand-in and (for Vault) a real
+//! OpenBao. The harness is `tests/support/`, shared with the hardening suite.
+//!
+//! - `signing_path`: a request end to end, refusals, upstream failures;
+//! - `access`: allowlists, rate limits, inbound TLS and mTLS, connection limits;
+//! - `observability`: metric deltas, label cardinality, readiness, the audit log;
+//! - `ops`: the real binary: drain on SIGTERM, reload on SIGHUP and `POST /reload`;
+//! - `webhooks`: the verifying receiver, durable delivery, the duplicate guard;
+//! - `vault`, `vault_outage`: the Vault source working, and failing;
+//! - `cli`: `check`, `sign`, `demo` and the shipped `gateway.toml`;
+//! - `certs`: `signgate certs dev` and mTLS on its files;
+//! - `deploy`: the artefacts under `deploy/`, checked as data;
+//! - `edges`: the real binary's preflight, logs, typed mTLS identities, the
+//!   credential-age metric, secrets at rest and path tricks;
+//! - `money`: money safety on the real binary: unknown outcomes stay claimed,
+//!   a client gone is audited, the authenticated guard release, duplicate
+//!   references per endpoint and by their JSON text, webhook keys that
+//!   cannot collide, refusals without `100 Continue`;
+//! - `audit`: the audit log against a full disk, a torn line, a missing head
+//!   file and umask 022, with the real binary.
+//!
+//! Run one concern with `cargo test --test integration -- vault::`.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failed setup
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod access;
+mod audit;
+mod certs;
+mod cli;
+mod deploy;
+mod edges;
+mod money;
+mod observability;
+mod ops;
+mod signing_path;
+mod vault;
+mod vault_outage;
+mod webhooks;
