@@ -17,6 +17,9 @@
 //!   a client gone is audited, the authenticated guard release, duplicate
 //!   references per endpoint and by their JSON text, webhook keys that
 //!   cannot collide, refusals without `100 Continue`;
+//! - `traces`: `[tracing]` against a real OTLP/HTTP receiver decoding the
+//!   protobuf: spans and their parents, the caller's trace continued, what
+//!   the provider sees, errors exported at ratio 0;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
 //!   file and umask 022, with the real binary.
 //!
@@ -37,6 +40,7 @@ mod money;
 mod observability;
 mod ops;
 mod signing_path;
+mod traces;
 mod vault;
 mod vault_outage;
 mod webhooks;
