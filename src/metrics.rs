@@ -406,6 +406,9 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            for upstream in ["sent", "not_sent"] {
+                self.client_gone.with_label_values(&[route.as_str(), upstream]);
+            }
         }
         for w in webhooks {
             for result in [
