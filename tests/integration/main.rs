@@ -11,6 +11,8 @@
 //! - `cli`: `check`, `sign`, `demo` and the shipped `gateway.toml`;
 //! - `certs`: `signgate certs dev` and mTLS on its files;
 //! - `deploy`: the artefacts under `deploy/`, checked as data;
+//! - `dashboard`: the Grafana dashboard is valid and reads only metrics a
+//!   running gateway exports;
 //! - `edges`: the real binary's preflight, logs, typed mTLS identities, the
 //!   credential-age metric, secrets at rest and path tricks;
 //! - `money`: money safety on the real binary: unknown outcomes stay claimed,
@@ -34,6 +36,7 @@ mod access;
 mod audit;
 mod certs;
 mod cli;
+mod dashboard;
 mod deploy;
 mod edges;
 mod money;
