@@ -11,7 +11,9 @@
 //!   either), and the gateway's own upstream span with `forward_traceparent`;
 //! - with `sample_ratio = 0`, errors (a provider 502, a connect failure
 //!   retried once) are exported and a success and a 404 are not; this one
-//!   runs the real binary, which flushes its spans when SIGTERM stops it.
+//!   runs the real binary, which flushes its spans when SIGTERM stops it;
+//! - `[tracing]` is bound at start-up (a reload that changes it is refused)
+//!   while a route's `forward_traceparent` reloads.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -393,4 +395,32 @@ async fn with_ratio_zero_errors_are_exported_and_successes_are_not() {
     assert_eq!(attempts, [("1", "connect"), ("2", "connect")]);
     assert_eq!(named(&children, "sign").len(), 2);
     assert_eq!(children.len(), 5, "credential, 2 signings, 2 calls: {children:#?}");
+}
+
+#[tokio::test]
+async fn tracing_is_bound_at_start_up_and_forward_traceparent_reloads() {
+    let collector = Collector::start().await;
+    let fx = Fixture::new().await;
+    let toml = fx.config().tracing("otlp_endpoint", collector.endpoint());
+    let gw = fx.process(&toml, &[]);
+    let c = TestClient::new();
+    let reload = gw.admin_url("/reload");
+    assert_eq!(c.post(&gw.url("/kwikpaisa/a"), "{}").await.status, 200);
+
+    fx.write_config(&toml.clone().edit_route("kwikpaisa", |r| r.forward_traceparent(true)));
+    let r = c.send(Method::POST, &reload, &[], "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(c.post(&gw.url("/kwikpaisa/b"), "{}").await.status, 200);
+    let seen = fx.provider.standin.records().await;
+    assert!(seen[0].headers.get("traceparent").is_none());
+    assert!(
+        seen[1].headers.get("traceparent").is_some(),
+        "forward_traceparent reloaded"
+    );
+
+    fx.write_config(&toml.tracing("sample_ratio", 0.5));
+    let r = c.send(Method::POST, &reload, &[], "").await;
+    assert_eq!(r.status, 422);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("[tracing] changed"), "{message}");
 }
