@@ -4,8 +4,9 @@
 #   systemd-analyze      (Debian package systemd; works without systemd as PID 1)
 #   kubernetes-validate  (PyPI, in a venv; ships the Kubernetes JSON schemas, no network at check time)
 # Then:
-#   1. builds the signgate binary and runs `signgate check` on every shipped
-#      config: deploy/systemd/gateway.toml (with the unit's SIGNGATE__ overrides,
+#   1. builds the signgate binary and runs `signgate check --config-only` on
+#      every shipped config (the files they name live on the target hosts, not
+#      here): deploy/systemd/gateway.toml (with the unit's SIGNGATE__ overrides,
 #      %d expanded), deploy/container/gateway.toml and each ConfigMap's gateway.toml;
 #   2. `systemd-analyze verify` on deploy/systemd/signgate.service (any warning
 #      fails) and `systemd-analyze security --offline` under a threshold;
@@ -76,8 +77,8 @@ while IFS= read -r line; do
 done < <(sed -n 's/^Environment=\(SIGNGATE__.*\)$/\1/p' deploy/systemd/signgate.service)
 # A clean environment: a SIGNGATE__* variable of the caller must not change the verdict.
 clean=(env -i "PATH=$PATH" "HOME=${HOME:-/tmp}")
-"${clean[@]}" "${unit_env[@]}" "$BIN" check --config deploy/systemd/gateway.toml
-"${clean[@]}" "$BIN" check --config deploy/container/gateway.toml
+"${clean[@]}" "${unit_env[@]}" "$BIN" check --config-only --config deploy/systemd/gateway.toml
+"${clean[@]}" "$BIN" check --config-only --config deploy/container/gateway.toml
 # Each ConfigMap's gateway.toml, extracted with the venv's PyYAML.
 "$VENV/bin/python" - "$WORK" deploy/kubernetes/*.yaml <<'PY'
 import pathlib, sys, yaml
@@ -93,7 +94,7 @@ if n == 0:
     sys.exit("no ConfigMap with a gateway.toml under deploy/kubernetes")
 PY
 for f in "$WORK"/*.toml; do
-    "${clean[@]}" "$BIN" check --config "$f"
+    "${clean[@]}" "$BIN" check --config-only --config "$f"
 done
 
 # --- 2. systemd ----------------------------------------------------------------------

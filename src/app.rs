@@ -14,18 +14,19 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::certs::{self, Certificates, EgressTls};
 use crate::config::Config;
 use crate::delivery;
 use crate::listener;
+use crate::logging::FilterHandle;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
-use crate::state::{ReloadError, ReloadHandle, ReloadResult, ReloadSummary, Shared, Snapshot};
-use crate::tls;
+use crate::state::{ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 
@@ -34,43 +35,83 @@ const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often idle per-client rate-limit state is swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Applies configurations: one at a time, whole or not at all.
+/// Applies configurations (one at a time, whole or not at all) and keeps
+/// the certificates current.
 struct Reloader {
     shared: Arc<Shared>,
     /// Where a reload reads the configuration from.
     config_path: Option<PathBuf>,
     /// Parent of the credential refreshers a reload starts.
     background: CancellationToken,
-    /// One reload at a time (cold path; never held by requests).
-    lock: Mutex<()>,
+    /// One reload at a time (cold path; never held by requests), and the
+    /// certificates in use, which reloads and the file poll refresh.
+    certs: Mutex<Certificates>,
+    /// systemd: RELOADING=1 / READY=1 around a reload.
+    notify: Notifier,
 }
 
 impl Reloader {
-    /// Re-read the configuration file and apply it (SIGHUP, `POST /reload`).
-    async fn reload(&self) -> ReloadResult {
-        let Some(path) = &self.config_path else {
-            return Err(ReloadError::NoConfigFile);
+    /// Re-read the configuration file and apply it, and re-read every
+    /// certificate file (SIGHUP, `POST /reload`).
+    async fn reload(&self) -> ReloadReport {
+        self.notify.reloading();
+        let mut certs = self.certs.lock().await;
+        let config = match &self.config_path {
+            None => Err(ReloadError::NoConfigFile),
+            Some(path) => {
+                // The same checks as `signgate check` and start-up, files included.
+                let result = match Config::load(path).and_then(|c| crate::preflight::preflight(&c).map(|()| c)) {
+                    Ok(c) => self.apply(c, &mut certs).await,
+                    Err(errors) => Err(ReloadError::Invalid(format!("{}: {errors}", path.display()))),
+                };
+                let label = if result.is_ok() { "ok" } else { "error" };
+                self.shared.metrics().config_reloads.with_label_values(&[label]).inc();
+                match &result {
+                    Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
+                    Err(e) => tracing::error!("reload rejected, the running configuration keeps serving: {e}"),
+                }
+                result
+            }
         };
-        // The same checks as `signgate check` and start-up, files included.
-        let result = match Config::load(path).and_then(|c| crate::preflight::preflight(&c).map(|()| c)) {
-            Ok(c) => self.apply(c).await,
-            Err(errors) => Err(ReloadError::Invalid(format!("{}: {errors}", path.display()))),
-        };
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.shared.metrics().config_reloads.with_label_values(&[label]).inc();
-        match &result {
-            Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
-            Err(e) => tracing::error!("reload rejected, the running configuration keeps serving: {e}"),
+        let refreshed = certs.reload();
+        self.use_egress_tls(refreshed.egress);
+        drop(certs);
+        let rejected = refreshed.reports.iter().filter(|r| r.result != "ok").count();
+        self.notify.ready(&match (&config, rejected) {
+            (Ok(summary), 0) => format!("serving; reloaded: {summary}"),
+            (Ok(summary), n) => format!("serving; reloaded: {summary}; {n} certificate(s) rejected"),
+            (Err(e), _) => format!("serving; reload rejected: {e}"),
+        });
+        ReloadReport {
+            config,
+            certificates: refreshed.reports,
         }
-        result
+    }
+
+    /// Certificate files that changed on disk (every [`certs::POLL_EVERY`]).
+    /// Skipped while a reload runs: the reload reads them all anyway.
+    fn poll_certificates(&self) {
+        let Ok(mut certs) = self.certs.try_lock() else {
+            return;
+        };
+        let refreshed = certs.poll();
+        self.use_egress_tls(refreshed.egress);
+    }
+
+    /// A reloaded egress client certificate or CA: every request from now
+    /// on goes out through a pool made with it. (Called with the certificate
+    /// lock held, so the snapshot is the one those certificates belong to.)
+    fn use_egress_tls(&self, config: Option<Arc<rustls::ClientConfig>>) {
+        if let Some(config) = config {
+            self.shared.snapshot().upstream.set_tls(config);
+        }
     }
 
     /// Build a complete new snapshot and swap it in, or keep the old one.
     /// Requests in flight finish on the snapshot they started with. Settings
     /// bound at start-up (listener, admin, audit, state) cannot change here:
     /// such a reload is rejected whole, never half-applied.
-    async fn apply(&self, new: Config) -> ReloadResult {
-        let _one_at_a_time = self.lock.lock().await;
+    async fn apply(&self, new: Config, certs: &mut Certificates) -> ReloadResult {
         let old = self.shared.snapshot();
         let cur = &old.config;
         let mut restart = Vec::new();
@@ -98,10 +139,13 @@ impl Reloader {
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
-        let upstream = if new.egress == cur.egress {
-            old.upstream.clone()
+        let (upstream, egress_tls) = if new.egress == cur.egress {
+            (old.upstream.clone(), None)
         } else {
-            Upstream::new(&new.egress).map_err(|e| ReloadError::Egress(e.to_string()))?
+            let egress_error = |e: crate::tls::TlsError| ReloadError::Egress(e.to_string());
+            let tls = EgressTls::load(&new.egress).map_err(egress_error)?;
+            let client = tls.client_config().map_err(egress_error)?;
+            (Upstream::with_tls(&new.egress, client), Some(tls))
         };
         let (credentials, credentials_cancel, reloaded) = if new.credentials == cur.credentials {
             (old.credentials.clone(), old.credentials_cancel.clone(), false)
@@ -112,6 +156,9 @@ impl Reloader {
         let next = Snapshot::build(&new, credentials, credentials_cancel, upstream, Some(&old))?;
         prime(self.shared.metrics(), &new);
         self.shared.replace_snapshot(next);
+        if let Some(tls) = egress_tls {
+            certs.replace_egress(tls);
+        }
         if reloaded {
             old.credentials_cancel.cancel();
         }
@@ -125,7 +172,7 @@ impl Reloader {
     /// Serve reload requests from the admin listener until `stop`.
     async fn serve(
         self: Arc<Self>,
-        mut requests: mpsc::Receiver<oneshot::Sender<ReloadResult>>,
+        mut requests: mpsc::Receiver<oneshot::Sender<ReloadReport>>,
         stop: CancellationToken,
     ) {
         loop {
@@ -137,6 +184,18 @@ impl Reloader {
                     }
                     None => return,
                 },
+            }
+        }
+    }
+
+    /// Poll the certificate files until `stop`.
+    async fn watch_certificates(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(certs::POLL_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => self.poll_certificates(),
             }
         }
     }
@@ -166,6 +225,8 @@ pub struct Running {
     background: CancellationToken,
     listener: JoinHandle<bool>,
     audit_writer: JoinHandle<()>,
+    /// `listener.shutdown_delay_ms`.
+    shutdown_delay: Duration,
 }
 
 impl Running {
@@ -222,6 +283,17 @@ impl Running {
     }
 }
 
+/// How a process runs the gateway; the default is what an in-process
+/// gateway ([`start`]) gets.
+#[derive(Default)]
+pub struct Options {
+    /// Reloads re-read this file.
+    pub config_path: Option<PathBuf>,
+    /// The process's log filter, which the admin API's `/log-level` reads
+    /// and changes (without it, that endpoint answers 501).
+    pub log_filter: Option<FilterHandle>,
+}
+
 /// Bind the listener, load credentials, build the snapshot and start serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     start_with(config, None).await
@@ -229,15 +301,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// Like [`start`]; with `config_path`, reloads re-read that file.
 pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    start_opts(
+        config,
+        Options {
+            config_path,
+            ..Options::default()
+        },
+        Notifier::none(),
+    )
+    .await
+}
+
+async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
     let background = CancellationToken::new();
-    let upstream = Upstream::new(&config.egress).context("building the upstream TLS client")?;
-    let acceptor = match &config.listener.tls {
-        Some(t) => Some(TlsAcceptor::from(
-            tls::server_config(t).context("building the listener TLS config")?,
-        )),
-        None => None,
-    };
+    let metrics = Metrics::new();
+    let certificates = Certificates::load(config.listener.tls.as_ref(), &config.egress, metrics.clone())
+        .context("loading the certificates")?;
+    let upstream = Upstream::with_tls(
+        &config.egress,
+        certificates
+            .egress()
+            .client_config()
+            .context("building the upstream TLS client")?,
+    );
+    let listener_tls = certificates.listener();
     let traffic = TcpListener::bind(config.listener.addr)
         .await
         .with_context(|| format!("binding listener.addr {}", config.listener.addr))?;
@@ -260,7 +348,6 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
             format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
         })?))
     };
-    let metrics = Metrics::new();
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
     let tracer = match &config.tracing {
@@ -292,22 +379,25 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
     spawn_sweeper(shared.clone(), background.clone());
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
-        config_path,
+        config_path: options.config_path,
         background: background.clone(),
-        lock: Mutex::new(()),
+        certs: Mutex::new(certificates),
+        notify,
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
     let admin = match admin_listener {
         Some(l) => Some((
             l,
-            Admin::new(shared.clone(), reload_handle, &config.admin).context("loading the admin token")?,
+            Admin::new(shared.clone(), reload_handle, options.log_filter, &config.admin)
+                .context("loading the admin token")?,
         )),
         None => None,
     };
     tokio::spawn(reloader.clone().serve(reload_requests, background.clone()));
+    tokio::spawn(reloader.clone().watch_certificates(background.clone()));
     let listener = tokio::spawn(listener::serve(
         traffic,
-        acceptor,
+        listener_tls,
         Proxy::new(shared.clone()),
         metrics.connections.clone(),
         listener::Settings::from(&config.listener),
@@ -337,6 +427,7 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> anyhow:
         background,
         listener,
         audit_writer,
+        shutdown_delay: config.listener.shutdown_delay,
     })
 }
 
@@ -352,14 +443,18 @@ fn spawn_sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
     });
 }
 
-/// Serve until `shutdown` resolves, reloading `config_path` on SIGHUP; then
-/// drain and return.
+/// Serve until `shutdown` resolves, reloading on SIGHUP; then turn
+/// readiness off, keep serving for `listener.shutdown_delay_ms`, drain and
+/// return. Tells systemd (`NOTIFY_SOCKET`) when it is ready, reloading and
+/// stopping.
 pub async fn run(
     config: Config,
-    config_path: Option<PathBuf>,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let running = start_with(config, config_path).await?;
+    let notify = Notifier::from_env();
+    let running = start_opts(config, options, notify.clone()).await?;
+    notify.ready(&format!("serving on {}", running.addr));
     let mut shutdown = std::pin::pin!(shutdown);
     #[cfg(unix)]
     {
@@ -369,7 +464,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the configuration");
+                    tracing::info!("SIGHUP: reloading the configuration and the certificates");
                     let _ = running.reloader.reload().await;
                 }
             }
@@ -377,8 +472,42 @@ pub async fn run(
     }
     #[cfg(not(unix))]
     shutdown.await;
+    notify.stopping("shutting down: readiness off, then draining");
+    running.shared.set_draining();
+    let delay = running.shutdown_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: readiness is off; still accepting for listener.shutdown_delay_ms, then draining (a second SIGTERM or SIGINT drains at once)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = second_signal() => tracing::info!("second signal: draining now"),
+        }
+    }
     tracing::info!("shutting down: no longer accepting, draining in-flight requests");
     let drained = running.shutdown().await;
     tracing::info!(drained, "stopped");
     Ok(())
+}
+
+/// Resolves on the next SIGTERM or SIGINT (never, if neither can be caught).
+async fn second_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }

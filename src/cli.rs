@@ -16,7 +16,7 @@ use crate::sign::{self, MessageInput, Scheme};
 
 mod admin;
 mod certs;
-pub use admin::{guard_release, webhooks, WebhooksAction};
+pub use admin::{guard_release, log_level, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";
@@ -47,7 +47,7 @@ pub async fn shutdown_signal() {
 /// `signgate check`: exit 0 when valid, 1 listing every error otherwise.
 /// Valid means what `run` accepts: the validation, then the preflight of
 /// every file and directory it would open (`preflight`).
-pub async fn check(path: &Path, credentials: bool) -> ExitCode {
+pub async fn check(path: &Path, credentials: bool, config_only: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -55,9 +55,11 @@ pub async fn check(path: &Path, credentials: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(errors) = crate::preflight::preflight(&config) {
-        eprint!("{}: {errors}", path.display());
-        return ExitCode::FAILURE;
+    if !config_only {
+        if let Err(errors) = crate::preflight::preflight(&config) {
+            eprint!("{}: {errors}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
     println!(
         "{}: ok ({} route{}, {} credential{}, {} webhook{})",

@@ -11,7 +11,9 @@
 //! (a client that stopped reading) drops the connection, so a slow reader
 //! cannot pin a response and its upstream connection forever. The TLS
 //! handshake must complete within `header_timeout` (a stalled ClientHello is
-//! a slowloris on the handshake).
+//! a slowloris on the handshake). Each handshake uses the server config in
+//! force when the connection was accepted (`tls::LiveServerConfig`), so a
+//! certificate reload reaches new connections and leaves open ones alone.
 
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,6 +39,7 @@ use hyper::body::Incoming;
 
 use crate::config::ListenerConfig;
 use crate::metrics::{ConnClose, ConnMetrics};
+use crate::tls::LiveServerConfig;
 
 /// What the listener serves: one request in, one response out (refusals
 /// are responses too). The traffic listener serves the request pipeline.
@@ -136,7 +139,7 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 /// whether every connection finished in time.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<LiveServerConfig>,
     handler: H,
     metrics: ConnMetrics,
     settings: Settings,
@@ -233,7 +236,16 @@ pub(crate) async fn serve<H: Handler>(
             };
             match tls {
                 None => serve_conn(ctx, stream, conn, handler).await,
-                Some(acceptor) => match handshake(acceptor, stream, conn, settings.header_timeout).await {
+                // The server config as it is now: a certificate reload
+                // reaches the connections accepted after it.
+                Some(live) => match handshake(
+                    TlsAcceptor::from(live.load_full()),
+                    stream,
+                    conn,
+                    settings.header_timeout,
+                )
+                .await
+                {
                     Ok((tls_stream, conn)) => serve_conn(ctx, tls_stream, conn, handler).await,
                     Err(why) => metrics.closed(why),
                 },

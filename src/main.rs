@@ -5,13 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// `--version`: says so when test-only fault injection is compiled in.
+/// The git revision follows the version (build.rs).
 const VERSION: &str = if signgate::fault::ENABLED {
-    concat!(env!("CARGO_PKG_VERSION"), " (fault injection compiled in: test build)")
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("SIGNGATE_BUILD_REVISION"),
+        "; fault injection compiled in: test build)"
+    )
 } else {
-    env!("CARGO_PKG_VERSION")
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("SIGNGATE_BUILD_REVISION"), ")")
 };
 
 /// Exit code for a configuration that does not validate (EX_USAGE-style).
@@ -27,7 +33,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Configuration file [default: gateway.toml].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "SIGNGATE_CONFIG")]
     config: Option<PathBuf>,
 }
 
@@ -40,6 +46,11 @@ enum Command {
         /// Also try to load every credential (reports failures, never secret material).
         #[arg(long)]
         credentials: bool,
+        /// Check the configuration alone, not the files it names (certificates,
+        /// keys, token files, writable directories): for validating a deployment's
+        /// config away from the host it runs on. `run` always checks the files.
+        #[arg(long, conflicts_with = "credentials")]
+        config_only: bool,
     },
     /// Print the canonical payload, the signed string and the signature of a body read from stdin.
     Sign(signgate::cli::SignArgs),
@@ -57,11 +68,23 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// Print the running gateway's log filter, or replace it (through its admin API).
+    LogLevel {
+        /// A new filter, e.g. `info,signgate=debug` (`SIGNGATE_LOG` syntax); without it, print the current one.
+        filter: Option<String>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a shell completion script on stdout (e.g. `signgate completions bash > /etc/bash_completion.d/signgate`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout (e.g. `signgate man | gzip > /usr/share/man/man1/signgate.1.gz`).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -125,7 +148,10 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(signgate::cli::DEFAULT_CONFIG));
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(&config_path),
-        Command::Check { credentials } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials))),
+        Command::Check {
+            credentials,
+            config_only,
+        } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials, config_only))),
         Command::Sign(args) => tool(|_| signgate::cli::sign(&args, cli.config.as_deref())),
         Command::Demo => tool(|rt| rt.block_on(signgate::devtools::demo::run())),
         Command::Certs(args) => tool(|_| signgate::cli::certs(&args)),
@@ -165,6 +191,37 @@ fn main() -> ExitCode {
                 },
             )
         }),
+        Command::LogLevel { filter } => {
+            tool(|rt| rt.block_on(signgate::cli::log_level(&config_path, filter.as_deref())))
+        }
+        // Neither needs a configuration, logging or a runtime.
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
+    }
+}
+
+/// `signgate completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "signgate", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// `signgate man`: the manual page of the command and its subcommands.
+fn man() -> ExitCode {
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(cmd).title("SIGNGATE").render(&mut out) {
+        eprintln!("signgate man: {e}");
+        return ExitCode::FAILURE;
+    }
+    use std::io::Write as _;
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signgate man: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -200,7 +257,7 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(signgate::hygiene::Handoff::None) => signgate::hygiene::reexec_without_secrets(&config),
         _ => Ok(false),
     };
-    let _logging = signgate::logging::init(config.log.format);
+    let logging = signgate::logging::init(config.log.format);
     if let Err(e) = undumpable {
         tracing::warn!("cannot mark the process non-dumpable (core dumps and ptrace stay possible): {e}");
     }
@@ -218,11 +275,11 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(signgate::run(
-        config,
-        Some(config_path.to_path_buf()),
-        signgate::cli::shutdown_signal(),
-    )) {
+    let options = signgate::Options {
+        config_path: Some(config_path.to_path_buf()),
+        log_filter: Some(logging.filter().clone()),
+    };
+    match runtime.block_on(signgate::run(config, options, signgate::cli::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("signgate: {e:#}");

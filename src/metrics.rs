@@ -153,8 +153,15 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    pub certificate_reloads: IntCounterVec,
+    pub certificate_expiry: IntGaugeVec,
     pub trace_spans: IntCounterVec,
 }
+
+/// `signgate_build_info`'s `revision`: the git revision the binary was built
+/// from (build.rs: `SIGNGATE_GIT_REVISION`, else `git rev-parse --short
+/// HEAD`, else `unknown`).
+pub const REVISION: &str = env!("SIGNGATE_BUILD_REVISION");
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     // Names are static and unique: registering can only fail on a duplicate,
@@ -269,8 +276,11 @@ impl Metrics {
             build_info: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("signgate_build_info", "Build information; the value is 1."),
-                    &["version"],
+                    Opts::new(
+                        "signgate_build_info",
+                        "Build information (version, git revision); the value is 1.",
+                    ),
+                    &["version", "revision"],
                 )
                 .expect("valid metric"),
             ),
@@ -374,6 +384,23 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            certificate_reloads: counter_vec(
+                &r,
+                "signgate_certificate_reloads_total",
+                "Certificate files re-read after a change or a reload, by certificate (listener, client_ca, egress_client, egress_ca) and result (ok: in use for new connections; error: rejected, the previous one stays).",
+                &["certificate", "result"],
+            ),
+            certificate_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_certificate_expiry_timestamp_seconds",
+                        "notAfter of the certificate in use (for a CA file, of its first certificate to expire), as Unix seconds, by certificate.",
+                    ),
+                    &["certificate"],
+                )
+                .expect("valid metric"),
+            ),
             trace_spans: counter_vec(
                 &r,
                 "signgate_trace_spans_total",
@@ -382,7 +409,15 @@ impl Metrics {
             ),
             registry: r,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // CPU, memory, file descriptors, threads and start time from /proc
+        // (Linux), on the gateway's own registry like everything else.
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+            .set(1);
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }

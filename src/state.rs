@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::allowlist::Allowlist;
 use crate::audit::AuditLog;
+use crate::certs::CertReload;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
@@ -229,24 +230,43 @@ pub(crate) enum ReloadError {
     ShuttingDown,
 }
 
-/// The answer to one reload request.
+/// What applying a configuration file did.
 pub(crate) type ReloadResult = Result<ReloadSummary, ReloadError>;
+
+/// The answer to one reload request: the configuration, and every
+/// certificate whose files had new contents (read again by every reload).
+#[derive(Debug, Clone)]
+pub(crate) struct ReloadReport {
+    pub config: ReloadResult,
+    pub certificates: Vec<CertReload>,
+}
+
+impl ReloadReport {
+    fn shutting_down() -> ReloadReport {
+        ReloadReport {
+            config: Err(ReloadError::ShuttingDown),
+            certificates: Vec::new(),
+        }
+    }
+}
 
 /// Asks the composition root to reload (admin `POST /reload`); the stage
 /// that asks never builds a snapshot itself.
 #[derive(Clone)]
-pub(crate) struct ReloadHandle(mpsc::Sender<oneshot::Sender<ReloadResult>>);
+pub(crate) struct ReloadHandle(mpsc::Sender<oneshot::Sender<ReloadReport>>);
 
 impl ReloadHandle {
-    pub fn new() -> (ReloadHandle, mpsc::Receiver<oneshot::Sender<ReloadResult>>) {
+    pub fn new() -> (ReloadHandle, mpsc::Receiver<oneshot::Sender<ReloadReport>>) {
         let (tx, rx) = mpsc::channel(4);
         (ReloadHandle(tx), rx)
     }
 
-    pub async fn reload(&self) -> ReloadResult {
+    pub async fn reload(&self) -> ReloadReport {
         let (tx, rx) = oneshot::channel();
-        self.0.send(tx).await.map_err(|_| ReloadError::ShuttingDown)?;
-        rx.await.map_err(|_| ReloadError::ShuttingDown)?
+        if self.0.send(tx).await.is_err() {
+            return ReloadReport::shutting_down();
+        }
+        rx.await.unwrap_or_else(|_| ReloadReport::shutting_down())
     }
 }
 

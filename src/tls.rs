@@ -11,7 +11,9 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{EgressConfig, ServerTlsConfig};
@@ -89,11 +91,42 @@ fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), TlsError> {
 
 /// Client config for upstreams: verified TLS 1.2+, webpki roots plus the CA file.
 pub fn client_config(egress: &EgressConfig) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = upstream_roots(egress.ca_file.as_deref())?;
+    let client = match &egress.client_cert {
+        Some((cert, key)) => Some(certified_key(cert, key, "egress.client_cert")?),
+        None => None,
+    };
+    client_config_from(roots, client)
+}
+
+/// The upstream trust roots: the webpki roots plus `ca_file`.
+pub fn upstream_roots(ca_file: Option<&Path>) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &egress.ca_file {
+    if let Some(ca) = ca_file {
         roots_from(ca, &mut roots)?;
     }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate chain and its private key, checked to belong together
+/// (`what` names the pair in the error).
+pub fn certified_key(cert: &Path, key: &Path, what: &'static str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certs(cert)?;
+    let key = load_key(key)?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| TlsError::Config {
+            what,
+            detail: e.to_string(),
+        })
+}
+
+/// The upstream client config from parsed pieces (a reload swaps them one by one).
+pub fn client_config_from(
+    roots: Arc<RootCertStore>,
+    client: Option<Arc<CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config {
@@ -101,13 +134,8 @@ pub fn client_config(egress: &EgressConfig) -> Result<Arc<ClientConfig>, TlsErro
             detail: e.to_string(),
         })?
         .with_root_certificates(roots);
-    let mut cfg = match &egress.client_cert {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| TlsError::Config {
-                what: "egress.client_cert",
-                detail: e.to_string(),
-            })?,
+    let mut cfg = match client {
+        Some(ck) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck))),
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
@@ -138,36 +166,63 @@ pub fn vault_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, 
 /// Server config for the listener; with `client_ca`, clients without a
 /// certificate chained to it are refused in the handshake.
 pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = match &tls.client_ca {
+        Some(ca) => Some(client_verifier(ca)?),
+        None => None,
+    };
+    server_config_from(
+        certified_key(&tls.cert, &tls.key, "listener.tls_cert/tls_key")?,
+        verifier,
+    )
+}
+
+/// The mTLS verifier of the listener: client certificates chained to `ca`.
+pub fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots_from(ca, &mut roots)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Config {
+            what: "listener.client_ca",
+            detail: e.to_string(),
+        })
+}
+
+/// The listener's server config from parsed pieces (a reload swaps them one by one).
+pub fn server_config_from(
+    cert: Arc<CertifiedKey>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config {
             what: "listener TLS",
             detail: e.to_string(),
         })?;
-    let builder = match &tls.client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots_from(ca, &mut roots)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| TlsError::Config {
-                    what: "listener.client_ca",
-                    detail: e.to_string(),
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
-        .map_err(|e| TlsError::Config {
-            what: "listener.tls_cert/tls_key",
-            detail: e.to_string(),
-        })?;
+    let mut cfg = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(cert)));
     // The server picks the suite: the first of the provider's list (AES-256-GCM
     // first, all AEAD with ECDHE) that the client offers, not the client's
     // favourite. testssl.sh 3.0 rates a missing server order HIGH.
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The listener's server config as it is now: each new connection takes the
+/// current one, so a certificate reload reaches new connections only.
+pub type LiveServerConfig = Arc<arc_swap::ArcSwap<ServerConfig>>;
+
+/// The latest `notAfter` a PEM file's certificates share: the earliest
+/// expiry among them (a CA bundle is as good as its first certificate to
+/// expire), as Unix seconds. `None` when no certificate parses.
+pub fn earliest_expiry(certs: &[CertificateDer<'_>]) -> Option<i64> {
+    certs
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .min()
 }

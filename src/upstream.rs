@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
@@ -261,13 +262,16 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// The shared, pooled upstream client.
+/// One connection pool and the TLS configuration its connections use.
+type Pool = Client<Connector, Full<Bytes>>;
+
+/// The shared, pooled upstream client. Clones share the pool; a certificate
+/// reload ([`Upstream::set_tls`]) puts a new pool in place for every request
+/// that starts afterwards, while requests in flight finish on the old one.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
-    request_timeout: Duration,
-    response_idle_timeout: Duration,
-    source_addr: Option<IpAddr>,
+    pool: Arc<ArcSwap<Pool>>,
+    egress: Arc<EgressConfig>,
 }
 
 /// Outcome of one attempt, typed for the retry rule.
@@ -281,45 +285,59 @@ pub struct AttemptError {
 
 impl Upstream {
     pub fn new(egress: &EgressConfig) -> Result<Upstream, tls::TlsError> {
-        let tls_config = tls::client_config(egress)?;
-        let connector = Connector::new(egress, tls_config);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(egress.pool_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // We decide about retries ourselves (at most one, connect failures only).
-            .retry_canceled_requests(false)
-            .build(connector);
-        Ok(Upstream {
-            client,
-            request_timeout: egress.request_timeout,
-            response_idle_timeout: egress.response_idle_timeout,
-            source_addr: egress.source_addr,
-        })
+        Ok(Self::with_tls(egress, tls::client_config(egress)?))
+    }
+
+    /// The client for `egress` with an already built TLS configuration.
+    pub fn with_tls(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Upstream {
+        Upstream {
+            pool: Arc::new(ArcSwap::from_pointee(pool(egress, tls_config))),
+            egress: Arc::new(egress.clone()),
+        }
+    }
+
+    /// Use `tls_config` (a reloaded client certificate or CA) for every
+    /// request from now on: a new pool, so no request after this goes out on
+    /// a connection made with the old certificate. Requests in flight keep
+    /// their connections; the old pool closes once they are done.
+    pub fn set_tls(&self, tls_config: Arc<rustls::ClientConfig>) {
+        self.pool.store(Arc::new(pool(&self.egress, tls_config)));
     }
 
     pub fn source_addr(&self) -> Option<IpAddr> {
-        self.source_addr
+        self.egress.source_addr
     }
 
     /// Longest pause allowed between two pieces of a response body.
     pub fn response_idle_timeout(&self) -> Duration {
-        self.response_idle_timeout
+        self.egress.response_idle_timeout
     }
 
     /// Send one request and wait for the response head, under `request_timeout`.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        let timeout = self.egress.request_timeout;
+        let pool = self.pool.load_full();
+        match tokio::time::timeout(timeout, pool.request(req)).await {
             Err(_) => Err(AttemptError {
                 failure: UpstreamFailure::Timeout,
                 nothing_sent: false,
-                detail: format!("no response within {} ms", self.request_timeout.as_millis()),
+                detail: format!("no response within {} ms", timeout.as_millis()),
             }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
         }
     }
+}
+
+fn pool(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Pool {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(egress.pool_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // We decide about retries ourselves (at most one, connect failures only).
+        .retry_canceled_requests(false)
+        .build(Connector::new(egress, tls_config))
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {

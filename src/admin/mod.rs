@@ -8,11 +8,13 @@
 //! data and needs `Authorization: Bearer <token>` ([`auth`]): `POST /reload`
 //! (same as SIGHUP), `GET /webhooks[?failed=true]` and
 //! `POST /webhooks/retry?id=N|all_failed=true` (the inbox), `POST
-//! /guard/release` (the duplicate guard).
+//! /guard/release` (the duplicate guard), `GET`/`PUT /log-level` (the log
+//! filter, [`loglevel`]).
 
 mod auth;
 mod guard;
 mod inbox;
+mod loglevel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminConfig;
 use crate::listener::{self, ConnInfo, Handler};
-use crate::state::{ReloadHandle, Shared};
+use crate::logging::FilterHandle;
+use crate::state::{ReloadHandle, ReloadReport, Shared};
 pub(crate) use auth::TokenError;
 
 /// At most this many admin connections at once: a flood of idle admin
@@ -49,15 +52,23 @@ pub(crate) struct Admin {
     shared: Arc<Shared>,
     reload: ReloadHandle,
     token: Arc<auth::Token>,
+    /// The process's log filter (`None` in-process: `/log-level` answers 501).
+    log_filter: Option<FilterHandle>,
 }
 
 impl Admin {
     /// Fails when `admin.token_file` is set but holds no usable token.
-    pub fn new(shared: Arc<Shared>, reload: ReloadHandle, config: &AdminConfig) -> Result<Self, TokenError> {
+    pub fn new(
+        shared: Arc<Shared>,
+        reload: ReloadHandle,
+        log_filter: Option<FilterHandle>,
+        config: &AdminConfig,
+    ) -> Result<Self, TokenError> {
         Ok(Admin {
             shared,
             reload,
             token: Arc::new(auth::Token::load(config.token_file.clone())?),
+            log_filter,
         })
     }
 }
@@ -117,7 +128,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 /// The endpoints open to anyone who reaches the admin address.
 const OPEN: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 /// Every path served, for 405 vs 404.
-const PATHS: [&str; 7] = [
+const PATHS: [&str; 8] = [
     "/metrics",
     "/healthz",
     "/readyz",
@@ -125,6 +136,7 @@ const PATHS: [&str; 7] = [
     "/webhooks",
     "/webhooks/retry",
     "/guard/release",
+    "/log-level",
 ];
 
 async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -160,29 +172,57 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
             inbox::list(gw, failed_only).await
         }
         (Method::POST, "/webhooks/retry") => inbox::retry(gw, req.uri().query().unwrap_or("")).await,
-        (Method::POST, "/reload") => match admin.reload.reload().await {
-            Ok(summary) => reply(
-                StatusCode::OK,
-                JSON,
-                serde_json::json!({"status": "reloaded", "summary": summary.to_string()}).to_string(),
-            ),
-            Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, "reload_rejected", &why.to_string()),
-        },
+        (Method::POST, "/reload") => reloaded(admin.reload.reload().await),
         (Method::POST, "/guard/release") => match json_body(req).await {
             Ok(cmd) => guard::release(gw, &cmd, peer).await,
             Err(r) => r,
         },
+        (Method::GET, "/log-level") => loglevel::get(admin.log_filter.as_ref()),
+        (Method::PUT, "/log-level") => loglevel::put(admin.log_filter.as_ref(), req, peer).await,
         (_, p) if PATHS.contains(&p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "GET /metrics /healthz /readyz /webhooks; POST /reload /webhooks/retry /guard/release",
+            "GET /metrics /healthz /readyz /webhooks /log-level; POST /reload /webhooks/retry /guard/release; PUT /log-level",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             "no_route",
-            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release",
+            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /log-level",
         ),
     }
+}
+
+/// The answer to `POST /reload`: 200 when the configuration was applied and
+/// no certificate was rejected; 422 `reload_rejected` when the configuration
+/// was not applied; 422 `certificate_rejected` when it was, but a new
+/// certificate file was not (the previous certificate stays in use). The
+/// body lists every certificate whose files had new contents.
+fn reloaded(report: ReloadReport) -> Response<Full<Bytes>> {
+    let certificates = serde_json::to_value(&report.certificates).unwrap_or_default();
+    let rejected: Vec<&str> = report
+        .certificates
+        .iter()
+        .filter(|c| c.result != "ok")
+        .map(|c| c.certificate)
+        .collect();
+    let (status, body) = match (&report.config, rejected.is_empty()) {
+        (Ok(summary), true) => (
+            StatusCode::OK,
+            serde_json::json!({"status": "reloaded", "summary": summary.to_string(), "certificates": certificates}),
+        ),
+        (Ok(summary), false) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": {"code": "certificate_rejected", "message": format!(
+                "configuration reloaded ({summary}); certificate(s) rejected, the previous ones stay in use: {}",
+                rejected.join(", ")
+            )}, "certificates": certificates}),
+        ),
+        (Err(why), _) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": {"code": "reload_rejected", "message": why.to_string()}, "certificates": certificates}),
+        ),
+    };
+    reply(status, JSON, body.to_string())
 }
 
 fn metrics(gw: &Shared) -> Response<Full<Bytes>> {

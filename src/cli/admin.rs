@@ -1,6 +1,6 @@
 //! The commands that talk to a running gateway's admin API: `signgate
 //! webhooks list|retry` (which falls back to the inbox on disk when no
-//! gateway answers) and `signgate guard release`. They read the admin
+//! gateway answers), `signgate guard release` and `signgate log-level`. They read the admin
 //! address and `admin.token_file` from the configuration and send the token
 //! as `Authorization: Bearer`.
 
@@ -78,6 +78,28 @@ pub async fn guard_release(path: &Path, route: &str, reference: &str) -> ExitCod
         None => Err("no gateway answers on the admin address; the guard lives in the running gateway".into()),
     };
     finish("guard release", result)
+}
+
+/// `signgate log-level [FILTER]`: print the running gateway's log filter,
+/// or replace it (`PUT /log-level`).
+pub async fn log_level(path: &Path, filter: Option<&str>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (method, body) = match filter {
+        Some(f) => (Method::PUT, Bytes::from(f.to_string())),
+        None => (Method::GET, Bytes::new()),
+    };
+    let result = match call(&config, method, "/log-level", body).await {
+        Some(Ok(v)) => Ok(match v["previous"].as_str() {
+            Some(previous) => format!("{} (was {previous})\n", v["filter"].as_str().unwrap_or_default()),
+            None => format!("{}\n", v["filter"].as_str().unwrap_or_default()),
+        }),
+        Some(Err(e)) => Err(e),
+        None => Err("no gateway answers on the admin address".into()),
+    };
+    finish("log-level", result)
 }
 
 fn finish(what: &str, result: Result<String, String>) -> ExitCode {

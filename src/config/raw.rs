@@ -28,6 +28,7 @@ pub struct RawListener {
     pub write_idle_timeout_ms: Option<u64>,
     pub max_uri_bytes: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
     pub linger_ms: Option<u64>,
     pub linger_bytes: Option<u64>,
     pub max_headers: Option<u64>,

@@ -636,3 +636,29 @@ fn forward_traceparent_needs_tracing() {
     let traced = format!("{route}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
     assert!(Config::from_toml_str(&traced).unwrap().routes[0].forward_traceparent);
 }
+
+#[test]
+fn shutdown_delay_defaults_to_zero_and_is_bounded() {
+    let c = Config::from_toml_str(GOOD).unwrap();
+    assert_eq!(c.listener.shutdown_delay, std::time::Duration::ZERO);
+    let with = |ms: u64| {
+        GOOD.replacen(
+            "addr = \"127.0.0.1:8080\"",
+            &format!("addr = \"127.0.0.1:8080\"\nshutdown_delay_ms = {ms}"),
+            1,
+        )
+    };
+    let c = Config::from_toml_str(&with(5000)).unwrap();
+    assert_eq!(c.listener.shutdown_delay, std::time::Duration::from_millis(5000));
+    assert!(Config::from_toml_str(&with(0)).is_ok(), "0: drain at once");
+    let errs = errors_of(&with(300_001));
+    assert!(
+        errs.iter()
+            .any(|e| e.key() == "listener.shutdown_delay_ms" && e.to_string().contains("0 to 300000")),
+        "{errs:?}"
+    );
+    assert!(
+        keys_of("[listener]\nshutdown_delay = 5\n[access]\nallow = [\"127.0.0.1\"]\n")
+            .contains(&"listener.shutdown_delay".to_string())
+    );
+}

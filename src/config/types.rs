@@ -20,6 +20,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(60_000);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
+/// On SIGTERM, how long the listener keeps accepting with readiness already
+/// off (load balancers and meshes take the endpoint out meanwhile).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Largest `shutdown_delay_ms`: a shutdown must stay bounded.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_millis(300_000);
 /// Longest pause allowed while a client sends its body (slow-upload cut-off).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_millis(15_000);
 /// Longest gap between two pieces of a request body (nginx-style gap timer).
@@ -141,6 +146,9 @@ pub struct ListenerConfig {
     pub max_uri_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long the listener keeps accepting and serving after
+    /// readiness turned 503, before the drain starts (0: drain at once).
+    pub shutdown_delay: Duration,
     /// Lingering after an early answer: time and bytes (0 ms: no linger).
     pub linger: Duration,
     pub linger_bytes: u64,

@@ -17,8 +17,6 @@ use crate::support::*;
 /// being added on another branch. Remove a name when its branch lands (the
 /// test fails while a listed name is exported, so the list only shrinks):
 const PENDING: &[&str] = &[
-    // The certificate reload work (`ops`): notAfter of each certificate in use.
-    "signgate_certificate_expiry_timestamp_seconds",
     // Fleet mode (`fleet`). Registered only with `[fleet]`, which needs a
     // Redis: when it lands, scrape a fleet gateway here before removing them.
     "signgate_fleet_redis_up",

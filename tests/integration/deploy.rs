@@ -19,6 +19,12 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The uid/gid of distroless' `nonroot` user, used everywhere.
 const NONROOT: i64 = 65532;
 const ADMIN_PORT: i64 = 9090;
+/// What a stop needs on top of the shutdown delay and the drain (detached
+/// upstream exchanges ending, the audit log's last flush).
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// The shortest `shutdown_delay_ms` behind a Service: endpoint removal takes
+/// a few seconds to reach kube-proxy and the mesh proxies.
+const MIN_SERVICE_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -208,12 +214,6 @@ fn pods_run_as_nonroot_with_a_read_only_root_and_no_privileges() {
             // the app starts: a gateway that never exits would hold the pod forever.
             assert_eq!(sg["restartPolicy"].as_str(), Some("Always"), "{what}: native sidecar");
         }
-        let grace = parse_k8s_duration_secs(&spec["terminationGracePeriodSeconds"]).unwrap_or(30);
-        assert!(
-            Duration::from_secs(grace) > signgate::config::DEFAULT_DRAIN_TIMEOUT,
-            "{what}: terminationGracePeriodSeconds {grace} must exceed the {:?} drain",
-            signgate::config::DEFAULT_DRAIN_TIMEOUT
-        );
     }
     assert!(pods >= 2, "expected the sidecar and the egress workloads");
 }
@@ -511,6 +511,15 @@ fn configmaps_hold_valid_gateway_configs_that_fit_their_pods() {
             );
         }
 
+        // SIGTERM: readiness off, the shutdown delay, then the drain; all of
+        // it, with a margin, before the kubelet's SIGKILL.
+        let grace = parse_k8s_duration_secs(&spec["terminationGracePeriodSeconds"]).unwrap_or(30);
+        let stop = config.listener.shutdown_delay + config.listener.drain_timeout + STOP_MARGIN;
+        assert!(
+            Duration::from_secs(grace) >= stop,
+            "{what}: terminationGracePeriodSeconds {grace} must cover shutdown_delay_ms + drain_timeout_ms + {STOP_MARGIN:?} ({stop:?})"
+        );
+
         // The admin listener answers the kubelet and Prometheus on the pod IP.
         let admin: SocketAddr = config.admin.addr.expect("admin listener enabled");
         assert!(
@@ -548,6 +557,14 @@ fn configmaps_hold_valid_gateway_configs_that_fit_their_pods() {
                 .iter()
                 .find(|s| s.kind() == "Service" && selects(s, &s.yaml["spec"]["selector"]))
                 .unwrap_or_else(|| panic!("{what}: no Service selects it"));
+            // Behind a Service, kube-proxy and the meshes' proxies (Envoy,
+            // linkerd) take a terminating pod out a few seconds after it
+            // got SIGTERM: it keeps accepting until then.
+            assert!(
+                config.listener.shutdown_delay >= MIN_SERVICE_SHUTDOWN_DELAY,
+                "{what}: listener.shutdown_delay_ms {:?} behind a Service; at least {MIN_SERVICE_SHUTDOWN_DELAY:?}",
+                config.listener.shutdown_delay
+            );
             assert!(
                 list(&svc.yaml["spec"]["ports"])
                     .iter()
@@ -639,6 +656,9 @@ fn systemd_unit_carries_the_hardening_deploy_readme_explains() {
         ("StateDirectory", "signgate"),
         ("LogsDirectory", "signgate"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        // READY=1 once listening, RELOADING=1/READY=1 around a reload, STOPPING=1.
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
         ("Restart", "on-failure"),
         (
             "ExecStart",
@@ -649,9 +669,11 @@ fn systemd_unit_carries_the_hardening_deploy_readme_explains() {
     }
     assert_eq!(unit["SystemCallFilter"][0], "@system-service");
     assert!(systemd_secs(one("RestartSec")) > Duration::ZERO);
+    let example = validate_file("deploy/systemd/gateway.toml");
+    let stop = example.listener.shutdown_delay + example.listener.drain_timeout + STOP_MARGIN;
     assert!(
-        systemd_secs(one("TimeoutStopSec")) > signgate::config::DEFAULT_DRAIN_TIMEOUT,
-        "TimeoutStopSec must exceed the gateway's drain"
+        systemd_secs(one("TimeoutStopSec")) >= stop,
+        "TimeoutStopSec must cover shutdown_delay_ms + drain_timeout_ms + {STOP_MARGIN:?} ({stop:?})"
     );
     // Every credential the example config reads from %d is loaded by the unit.
     let loaded: Vec<&str> = unit["LoadCredential"]

@@ -6,6 +6,11 @@
 //! - `access`: allowlists, rate limits, inbound TLS and mTLS, connection limits;
 //! - `observability`: metric deltas, label cardinality, readiness, the audit log;
 //! - `ops`: the real binary: drain on SIGTERM, reload on SIGHUP and `POST /reload`;
+//! - `ops_certs`: certificate hot reload (rename, symlink swap, `POST
+//!   /reload`, rejected files, the egress client certificate);
+//! - `ops_rollout`: `shutdown_delay_ms` across SIGTERM, systemd notifications;
+//! - `ops_runtime`: `/log-level`, process and build metrics, completions,
+//!   `man`, `SIGNGATE_CONFIG`;
 //! - `webhooks`: the verifying receiver, durable delivery, the duplicate guard;
 //! - `vault`, `vault_outage`: the Vault source working, and failing;
 //! - `cli`: `check`, `sign`, `demo` and the shipped `gateway.toml`;
@@ -42,6 +47,9 @@ mod edges;
 mod money;
 mod observability;
 mod ops;
+mod ops_certs;
+mod ops_rollout;
+mod ops_runtime;
 mod signing_path;
 mod traces;
 mod vault;

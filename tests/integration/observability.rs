@@ -68,7 +68,10 @@ async fn every_decision_moves_exactly_its_counters() {
         metric(
             &before,
             "signgate_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("SIGNGATE_BUILD_REVISION"))
+            ]
         ),
         1.0
     );

@@ -494,6 +494,21 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
         ),
         max_uri_bytes: v.positive("listener.max_uri_bytes", r.max_uri_bytes, DEFAULT_MAX_URI_BYTES),
         drain_timeout: v.millis("listener.drain_timeout_ms", r.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT),
+        shutdown_delay: match r.shutdown_delay_ms.map(Duration::from_millis) {
+            None => DEFAULT_SHUTDOWN_DELAY,
+            Some(d) if d <= MAX_SHUTDOWN_DELAY => d,
+            Some(d) => {
+                v.push(ConfigError::invalid(
+                    "listener.shutdown_delay_ms",
+                    d.as_millis(),
+                    format!(
+                        "0 to {} milliseconds (0: stop accepting at once on SIGTERM)",
+                        MAX_SHUTDOWN_DELAY.as_millis()
+                    ),
+                ));
+                DEFAULT_SHUTDOWN_DELAY
+            }
+        },
         // 0 turns lingering off (the connection closes right after the answer).
         linger: r.linger_ms.map_or(DEFAULT_LINGER, Duration::from_millis),
         linger_bytes: r.linger_bytes.unwrap_or(DEFAULT_LINGER_BYTES),
