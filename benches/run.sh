@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: signgate (signing) against nginx as a plain reverse proxy,
-# nginx+njs doing the same KwikPaisa signing, and the upstream directly.
+# nginx+njs doing the same KwikPaisa signing, the upstream directly, and
+# signgate + Redis ([fleet]: one limit script per request) against signgate.
 #
 #   ./benches/run.sh                 # ~4 minutes; prints one table
 #   ./benches/run.sh --soak          # also a 5-minute RSS soak of signgate
@@ -41,7 +42,7 @@ Options:
   --no-build        use the existing release binary
   --bin=PATH        benchmark this signgate binary (implies --no-build)
   --only=LIST       only the throughput runs of these contenders (direct, nginx,
-                    njs, signgate, signgate-null), for development
+                    njs, signgate, signgate-null, signgate-redis), for development
   --perf=FILE       also profile signgate (perf record, cpu-clock) during one
                     more run; the report goes to FILE
 EOF
@@ -78,6 +79,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 [ -f "$NJS_MODULE" ] || missing+=(libnginx-mod-http-js)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
@@ -299,7 +301,7 @@ nginx_conf njs "$WORKERS" "${proxy_common//__DIR__/$TMP/nginx-njs}
 # signgate: the kwikpaisa route, a file credential, the audit log on (as in
 # production), no rate limits, admin listener off.
 SG_PORT=$(free_port)
-sg_conf() {   # sg_conf FILE AUDIT_PATH
+sg_conf() {   # sg_conf FILE AUDIT_PATH [FLEET_REDIS_PORT]
     cat > "$1" <<EOF
 [listener]
 addr = "127.0.0.1:$SG_PORT"
@@ -326,11 +328,28 @@ credential = "kwikpaisa"
 scheme = "kwikpaisa"
 methods = ["POST"]
 EOF
+    if [ -n "${3:-}" ]; then
+        # signgate + Redis: [fleet], and a route limit far above the load so
+        # every request runs the limit script (one round trip) and passes.
+        cat >> "$1" <<EOF
+limit = { rate = 4000000, burst = 4000000 }
+[fleet]
+redis_url = "redis://127.0.0.1:$3/0"
+instance = "bench"
+EOF
+    fi
 }
 printf 'api_key = "%s"\nsecret_key = "%s"\n' "$API_KEY" "$SECRET" > "$TMP/kwikpaisa.toml"
 chmod 600 "$TMP/kwikpaisa.toml"
 sg_conf "$TMP/signgate.toml" "$TMP/audit/signgate.jsonl"
 sg_conf "$TMP/signgate-null.toml" "-"
+# The fleet's Redis, persistence off, on the gateway's CPU: its work is
+# charged to the gateway (in production it runs on another host).
+REDIS_PORT=$(free_port)
+"${ON_GW[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" >/dev/null 2>&1 &
+PIDS+=($!)
+REDIS_PID=$!
+sg_conf "$TMP/signgate-redis.toml" "$TMP/audit/signgate-redis.jsonl" "$REDIS_PORT"
 SG_PID=""
 start_signgate() {   # start_signgate CONFIG
     SIGNGATE_WORKER_THREADS=$WORKERS SIGNGATE_LOG=warn "${ON_GW[@]}" "$SIGNGATE" run --config "$1" >/dev/null 2>"$TMP/signgate.err" &
@@ -392,7 +411,7 @@ sys.exit(0 if ok else 1)
 EOF
 
 # --- timed runs ------------------------------------------------------------------
-CONTENDERS=(direct nginx njs signgate)
+CONTENDERS=(direct nginx njs signgate signgate-redis)
 [ "$AUDIT_NULL" = 1 ] && CONTENDERS+=(signgate-null)
 [ -n "$ONLY" ] && IFS=, read -r -a CONTENDERS <<< "$ONLY"
 url_of() {
@@ -401,7 +420,7 @@ url_of() {
         direct-plain) echo "http://127.0.0.1:$UP_PLAIN_PORT$UPATH" ;;
         nginx) echo "http://127.0.0.1:$NGINX_PORT/kwikpaisa$UPATH" ;;
         njs) echo "http://127.0.0.1:$NJS_PORT/kwikpaisa$UPATH" ;;
-        signgate|signgate-null) echo "http://127.0.0.1:$SG_PORT/kwikpaisa$UPATH" ;;
+        signgate|signgate-null|signgate-redis) echo "http://127.0.0.1:$SG_PORT/kwikpaisa$UPATH" ;;
     esac
 }
 pids_of() {   # the processes whose CPU time is charged to a contender
@@ -409,6 +428,7 @@ pids_of() {   # the processes whose CPU time is charged to a contender
         direct) echo "$(cat "$TMP/nginx-upstream/master.pid") $(pgrep -P "$(cat "$TMP/nginx-upstream/master.pid")" | tr '\n' ' ')" ;;
         nginx) echo "$(cat "$TMP/nginx-plain/master.pid") $(pgrep -P "$(cat "$TMP/nginx-plain/master.pid")" | tr '\n' ' ')" ;;
         njs) echo "$(cat "$TMP/nginx-njs/master.pid") $(pgrep -P "$(cat "$TMP/nginx-njs/master.pid")" | tr '\n' ' ')" ;;
+        signgate-redis) echo "$SG_PID $REDIS_PID" ;;
         signgate*) echo "$SG_PID" ;;
     esac
 }
@@ -419,12 +439,11 @@ CLK_TCK=$(getconf CLK_TCK)
 RESULTS=$TMP/results.tsv
 : > "$RESULTS"
 
-switch_signgate() {   # the audit-to-/dev/null variant needs a restart
+switch_signgate() {   # the audit-to-/dev/null and Redis variants need a restart
     local want=$1
-    if [ "$want" = signgate-null ] && [ "${SG_MODE:-signgate}" != signgate-null ]; then
-        stop_signgate; start_signgate "$TMP/signgate-null.toml"; SG_MODE=signgate-null
-    elif [ "$want" = signgate ] && [ "${SG_MODE:-signgate}" != signgate ]; then
-        stop_signgate; start_signgate "$TMP/signgate.toml"; SG_MODE=signgate
+    case "$want" in signgate|signgate-null|signgate-redis) ;; *) return ;; esac
+    if [ "${SG_MODE:-signgate}" != "$want" ]; then
+        stop_signgate; start_signgate "$TMP/$want.toml"; SG_MODE=$want
     fi
 }
 
@@ -491,13 +510,15 @@ if [ -z "$ONLY" ]; then
 HALF=$(python3 -c 'import statistics, sys
 print(int(statistics.median(int(f[2]) / (int(f[3]) / 1e6) for f in map(str.split, open(sys.argv[1])) if f[0] == "signgate") / 2))' "$RESULTS")
 log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each after 2 s of warm-up"
-for c in direct-plain nginx njs signgate; do
+for c in direct-plain nginx njs signgate signgate-redis; do
+    switch_signgate "$c"
     on_load oha --no-tui --output-format quiet --worker-threads 1 -z 2s -c "$CONNS" -q "$HALF" \
         -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" >/dev/null 2>&1 || true
     on_load oha --no-tui --output-format json --worker-threads 1 -z "${DURATION}s" -c "$CONNS" -q "$HALF" --latency-correction --insecure \
         -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" > "$TMP/rate-$c.json" 2>"$TMP/rate-$c.err" \
         || die "oha failed for $c: $(tail -3 "$TMP/rate-$c.err")"
 done
+switch_signgate signgate
 
 # --- signgate memory: 1,000 keep-alive connections; idle again afterwards --------
 sample_rss() {   # sample_rss PID OUTFILE: max VmRSS (KiB) while running
@@ -538,7 +559,8 @@ import json, os, statistics, sys
 tmp, clk, workers, conns, dur, rounds, pin, idle, after, hwm, half, soak, only = sys.argv[1:14]
 clk = int(clk)
 names = {"direct": "upstream direct", "nginx": "nginx proxy", "njs": "nginx+njs sign",
-         "signgate": "signgate sign", "signgate-null": "signgate, audit>null"}
+         "signgate": "signgate sign", "signgate-null": "signgate, audit>null",
+         "signgate-redis": "signgate + Redis"}
 runs = {}
 for line in open(f"{tmp}/results.tsv"):
     f = line.split()
@@ -587,12 +609,12 @@ def oha(path):
     codes = j.get("statusCodeDistribution", {})
     return dict(rps=s["requestsPerSec"], p50=lp["p50"] * 1000, p99=lp["p99"] * 1000, p999=lp["p99.9"] * 1000,
                 ok=codes.get("200", 0), total=sum(codes.values()))
-rate = {c: oha(f"{tmp}/rate-{c}.json") for c in ("direct-plain", "nginx", "njs", "signgate")}
+rate = {c: oha(f"{tmp}/rate-{c}.json") for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis")}
 names["direct-plain"] = "upstream, plain HTTP"
 print()
 print(f"fixed rate {half} req/s (half of signgate's max), oha -c{conns} --latency-correction:")
 print(f"{'contender':<21}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'+p99 vs upstream':>18}")
-for c in ("direct-plain", "nginx", "njs", "signgate"):
+for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis"):
     r = rate[c]
     note = "  (saturated: the rate is above its capacity)" if r["rps"] < 0.97 * int(half) else ""
     print(f"{names[c]:<21}{r['rps']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{r['p999']:>9.2f}"
@@ -631,6 +653,11 @@ check(sg["rps"] >= 1.0 * rows["nginx"]["rps"], f"signgate >= 1.0x nginx proxy: {
 check(sg["rps"] >= 1.7 * rows["njs"]["rps"], f"signgate >= 1.7x nginx+njs: {sg['rps'] / rows['njs']['rps']:.2f}x")
 added = rate["signgate"]["p99"] - rate["direct-plain"]["p99"]
 check(added <= 1.0, f"added p99 at half max <= 1 ms: {added:+.2f} ms")
+if "signgate-redis" in rows:
+    sr = rows["signgate-redis"]
+    check(sr["rps"] >= 0.8 * sg["rps"], f"signgate + Redis >= 0.8x signgate: {sr['rps'] / sg['rps']:.2f}x")
+    fleet_p50 = rate["signgate-redis"]["p50"] - rate["signgate"]["p50"]
+    check(fleet_p50 <= 0.3, f"Redis adds <= 0.3 ms at p50 (fixed rate): {fleet_p50:+.3f} ms")
 check(mb(idle) <= 20, f"idle RSS <= 20 MB: {mb(idle):.1f} MB")
 check(mb(ka) <= 80, f"RSS with 1,000 keep-alive connections <= 80 MB: {mb(ka):.1f} MB")
 if soak_line is not None:

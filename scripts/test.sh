@@ -49,4 +49,20 @@ if [[ ! -e "$LIBFAKETIME" ]] || ! command -v prlimit >/dev/null 2>&1 || ! comman
     exit 1
 fi
 
+# A real redis-server (and redis-cli) for the fleet tests (tests/integration/fleet.rs):
+# Debian's package; the tests start it themselves on a free port, persistence off.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing redis-server (apt-get)" >&2
+    sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "scripts/test.sh: need root or sudo to apt-get install redis-server" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+    # Debian starts the packaged service; the tests run their own.
+    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
+fi
+command -v redis-server >/dev/null 2>&1 || { echo "scripts/test.sh: redis-server still missing after apt-get install redis-server" >&2; exit 1; }
+
 cargo test --locked --all-targets "$@"

@@ -20,6 +20,7 @@ use crate::admin::Admin;
 use crate::certs::{self, Certificates, EgressTls};
 use crate::config::Config;
 use crate::delivery;
+use crate::fleet::Fleet;
 use crate::listener;
 use crate::logging::FilterHandle;
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ use crate::webhook::store::Store;
 
 /// How long shutdown waits for the audit writer to flush.
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for fleet settlements Redis has not taken yet.
+const FLEET_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often idle per-client rate-limit state is swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -133,6 +136,9 @@ impl Reloader {
         if new.tracing != cur.tracing {
             restart.push("[tracing]");
         }
+        if new.fleet != cur.fleet {
+            restart.push("[fleet]");
+        }
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
@@ -153,7 +159,14 @@ impl Reloader {
             let token = self.background.child_token();
             (CredentialStore::start(&new.credentials, &token).await, token, true)
         };
-        let next = Snapshot::build(&new, credentials, credentials_cancel, upstream, Some(&old))?;
+        let next = Snapshot::build(
+            &new,
+            credentials,
+            credentials_cancel,
+            upstream,
+            Some(&old),
+            self.shared.fleet(),
+        )?;
         prime(self.shared.metrics(), &new);
         self.shared.replace_snapshot(next);
         if let Some(tls) = egress_tls {
@@ -266,6 +279,17 @@ impl Running {
         {
             tracing::error!("upstream exchanges still running at shutdown; their records are written as they end");
         }
+        // Settlements of fleet claims whose requests ended (bounded: each
+        // gives up by its claim's expiry).
+        if let Some(fleet) = self.shared.fleet() {
+            fleet.tasks().close();
+            if tokio::time::timeout(FLEET_SETTLE_TIMEOUT, fleet.tasks().wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("fleet: settlements still pending at shutdown; the claims' expiry releases them");
+            }
+        }
         // Every request has ended: export the last spans.
         if let Some(tracer) = self.shared.tracer() {
             tracer.clone().flush().await;
@@ -357,9 +381,24 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         )),
         None => None,
     };
-    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None)?;
+    let fleet = match &config.fleet {
+        Some(f) => Some(
+            Fleet::start(f, metrics.register_fleet(), background.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("starting [fleet]: {e}"))?,
+        ),
+        None => None,
+    };
+    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, fleet.as_ref())?;
     prime(&metrics, &config);
-    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), tracer));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        metrics.clone(),
+        audit,
+        inbox.clone(),
+        fleet,
+        tracer,
+    ));
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {

@@ -5,11 +5,14 @@
 //! `duplicate_window_secs`, another with the same reference gets 409
 //! `duplicate_request` and is never sent; a reference whose request failed
 //! may be retried. State is per route, bounded by window and capacity, behind
-//! [`DuplicateStore`] so a shared store (Redis) can replace the in-memory one
-//! for fleets.
+//! [`DuplicateStore`]; with `[fleet]` the claims live in Redis instead
+//! ([`Guard::Fleet`]), under the same rules, so no two instances send the
+//! same reference.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::fleet::{Claimed, Fleet, FleetError, Source};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -224,21 +227,209 @@ pub fn endpoint(path: &str) -> String {
     out.replace(' ', "%20")
 }
 
+/// A route's duplicate guard: this instance's memory, or the fleet's Redis.
+#[derive(Clone)]
+pub enum Guard {
+    Local(Arc<dyn DuplicateStore>),
+    Fleet(FleetGuard),
+}
+
+/// The duplicate guard of one route in the fleet's Redis. A claim is the key
+/// `{PREFIX:dup:ROUTE}:HASH(REFERENCE):METHOD PATH` holding `f:TOKEN` while
+/// in flight (expiring after `ttl`, which covers the whole request: the
+/// backstop should a settlement never arrive), then `s` (succeeded) or `u`
+/// (unknown) for the window, or deleted after a definite failure.
+#[derive(Clone)]
+pub struct FleetGuard {
+    fleet: Arc<Fleet>,
+    route: String,
+    window: Duration,
+    ttl: Duration,
+}
+
+/// Why a claim was not granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Duplicate(Duplicate),
+    /// The fleet's Redis cannot answer: fail closed, nothing is sent.
+    Unavailable,
+}
+
+impl FleetGuard {
+    pub fn new(fleet: Arc<Fleet>, route: &str, window: Duration, ttl: Duration) -> Self {
+        FleetGuard {
+            fleet,
+            route: route.to_string(),
+            window,
+            ttl,
+        }
+    }
+}
+
+const IN_FLIGHT: &str = "f:";
+const SUCCEEDED: &str = "s";
+const UNKNOWN: &str = "u";
+
+/// How often a settlement Redis could not take is tried again, and for how
+/// long past the claim's own expiry.
+const SETTLE_RETRY: Duration = Duration::from_millis(250);
+const SETTLE_GRACE: Duration = Duration::from_secs(60);
+
+impl Guard {
+    /// Claim `reference` on `endpoint` (`METHOD PATH`).
+    pub async fn begin(&self, endpoint: &str, reference: &str) -> Result<Claim, Refused> {
+        match self {
+            Guard::Local(store) => {
+                let key = format!("{endpoint} {reference}");
+                store.begin(&key, Instant::now()).map_err(Refused::Duplicate)?;
+                Ok(Claim::local(store.clone(), key))
+            }
+            Guard::Fleet(g) => {
+                let key = g.fleet.key_claim(&g.route, reference, endpoint);
+                let value = format!("{IN_FLIGHT}{}", g.fleet.token());
+                // Cancelled while the claim is on its way: release it.
+                let mut pending = Pending {
+                    guard: g.clone(),
+                    key,
+                    value,
+                    armed: true,
+                };
+                match g.fleet.claim("claim", &pending.key, &pending.value, g.ttl).await {
+                    Ok(Claimed::Ours) => {
+                        pending.armed = false;
+                        Ok(Claim {
+                            inner: Inner::Fleet {
+                                guard: g.clone(),
+                                key: std::mem::take(&mut pending.key),
+                                value: std::mem::take(&mut pending.value),
+                                claimed_at: Instant::now(),
+                            },
+                            sent: false,
+                            done: false,
+                        })
+                    }
+                    Ok(Claimed::Held(v)) => {
+                        pending.armed = false;
+                        Err(Refused::Duplicate(match v.as_str() {
+                            SUCCEEDED => Duplicate::Succeeded,
+                            UNKNOWN => Duplicate::Unknown,
+                            _ => Duplicate::InFlight,
+                        }))
+                    }
+                    // Whether the claim landed is unknown: `pending` releases it.
+                    Err(_) => {
+                        g.fleet.fallback("guard_refused");
+                        Err(Refused::Unavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forget every claim on `reference` (an operator's release); how many.
+    pub async fn release_reference(&self, reference: &str) -> Result<usize, FleetError> {
+        match self {
+            Guard::Local(store) => Ok(store.release_reference(reference)),
+            Guard::Fleet(g) => {
+                let prefix = g.fleet.key_claim_prefix(&g.route, reference);
+                g.fleet.delete_prefixed(&prefix).await
+            }
+        }
+    }
+
+    /// References held here (the fleet's are in Redis: not counted).
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Guard::Local(store) => Some(store.len()),
+            Guard::Fleet(_) => None,
+        }
+    }
+
+    pub fn source(&self) -> Option<Source> {
+        match self {
+            Guard::Local(_) => None,
+            Guard::Fleet(_) => Some(Source::Redis),
+        }
+    }
+}
+
+/// A fleet claim whose answer has not arrived: released if dropped armed.
+struct Pending {
+    guard: FleetGuard,
+    key: String,
+    value: String,
+    armed: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            let (g, key, value) = (
+                self.guard.clone(),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.value),
+            );
+            let deadline = Instant::now() + g.ttl;
+            self.guard
+                .fleet
+                .spawn(settle_until(g, key, value, Outcome::Failed, deadline));
+        }
+    }
+}
+
+/// Settle a fleet claim, trying again while Redis cannot take it, until
+/// `deadline` (past it the claim has expired on its own, or a success or
+/// unknown outcome no longer matters more than the guard being open again).
+async fn settle_until(g: FleetGuard, key: String, value: String, outcome: Outcome, deadline: Instant) {
+    loop {
+        if settle_once(&g, &key, &value, outcome).await.is_ok() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(route = %g.route, ?outcome, "duplicate guard: a claim could not be settled in Redis; its expiry releases it");
+            return;
+        }
+        tokio::time::sleep(SETTLE_RETRY).await;
+    }
+}
+
+async fn settle_once(g: &FleetGuard, key: &str, value: &str, outcome: Outcome) -> Result<(), FleetError> {
+    let kept = match outcome {
+        Outcome::Succeeded => Some(SUCCEEDED),
+        Outcome::Unknown => Some(UNKNOWN),
+        Outcome::Failed => None,
+    };
+    g.fleet.settle("settle", key, value, kept, g.window).await
+}
+
+enum Inner {
+    Local {
+        store: Arc<dyn DuplicateStore>,
+        key: String,
+    },
+    Fleet {
+        guard: FleetGuard,
+        key: String,
+        value: String,
+        claimed_at: Instant,
+    },
+}
+
 /// A claimed reference. Resolved by [`Claim::finish`]; if dropped before
 /// that (client gone, panic, shutdown), it is released when nothing was sent
-/// and held as unknown once the request may have reached the provider.
+/// and held as unknown once the request may have reached the provider. A
+/// fleet claim is settled by a task spawned from `Drop` (tried again while
+/// Redis cannot answer); its expiry is the backstop.
 pub struct Claim {
-    store: Arc<dyn DuplicateStore>,
-    key: String,
+    inner: Inner,
     sent: bool,
     done: bool,
 }
 
 impl Claim {
-    pub fn new(store: Arc<dyn DuplicateStore>, key: String) -> Self {
+    pub fn local(store: Arc<dyn DuplicateStore>, key: String) -> Self {
         Claim {
-            store,
-            key,
+            inner: Inner::Local { store, key },
             sent: false,
             done: false,
         }
@@ -249,17 +440,46 @@ impl Claim {
         self.sent = true;
     }
 
-    pub fn finish(mut self, outcome: Outcome) {
-        self.store.finish(&self.key, outcome, Instant::now());
+    /// Settle by the outcome. A fleet claim is settled in Redis before this
+    /// returns, or (Redis not answering) by a task that keeps trying.
+    pub async fn finish(mut self, outcome: Outcome) {
         self.done = true;
+        match &self.inner {
+            Inner::Local { store, key } => store.finish(key, outcome, Instant::now()),
+            Inner::Fleet {
+                guard,
+                key,
+                value,
+                claimed_at,
+            } => {
+                if settle_once(guard, key, value, outcome).await.is_err() {
+                    let deadline = *claimed_at + guard.ttl + SETTLE_GRACE;
+                    let task = settle_until(guard.clone(), key.clone(), value.clone(), outcome, deadline);
+                    guard.fleet.spawn(task);
+                }
+            }
+        }
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if !self.done {
-            let outcome = if self.sent { Outcome::Unknown } else { Outcome::Failed };
-            self.store.finish(&self.key, outcome, Instant::now());
+        if self.done {
+            return;
+        }
+        let outcome = if self.sent { Outcome::Unknown } else { Outcome::Failed };
+        match &self.inner {
+            Inner::Local { store, key } => store.finish(key, outcome, Instant::now()),
+            Inner::Fleet {
+                guard,
+                key,
+                value,
+                claimed_at,
+            } => {
+                let deadline = *claimed_at + guard.ttl + SETTLE_GRACE;
+                let task = settle_until(guard.clone(), key.clone(), value.clone(), outcome, deadline);
+                guard.fleet.spawn(task);
+            }
         }
     }
 }
@@ -329,9 +549,9 @@ mod tests {
     fn a_dropped_claim_is_released_before_sending_and_unknown_after() {
         let s: Arc<dyn DuplicateStore> = Arc::new(MemoryStore::new(Duration::from_secs(60), 10));
         s.begin("k", Instant::now()).unwrap();
-        drop(Claim::new(s.clone(), "k".into()));
+        drop(Claim::local(s.clone(), "k".into()));
         assert_eq!(s.begin("k", Instant::now()), Ok(()), "nothing was sent: released");
-        let mut c = Claim::new(s.clone(), "k".into());
+        let mut c = Claim::local(s.clone(), "k".into());
         c.sending();
         drop(c);
         assert_eq!(s.begin("k", Instant::now()), Err(Duplicate::Unknown));
@@ -345,6 +565,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(reference(br#"{"a~b":{"c/d":7}}"#, "/a~0b/c~1d").as_deref(), Some("7"));
         assert_eq!(reference(br#"{"a":[1]}"#, "/a/x"), None);
+    }
+
+    #[test]
+    fn references_keep_their_json_type() {
+        assert_eq!(reference(br#"{"order_id":"1"}"#, "/order_id").as_deref(), Some("\"1\""));
+        assert_eq!(reference(br#"{"order_id":1}"#, "/order_id").as_deref(), Some("1"));
+        assert_eq!(
+            reference(br#"{"a":{"b":[5,{"c":"x"}]}}"#, "/a/b/1/c").as_deref(),
+            Some("\"x\"")
+        );
+        assert_eq!(reference(br#"{"order_id":null}"#, "/order_id"), None);
+        assert_eq!(reference(br#"{}"#, "/order_id"), None);
     }
 
     #[test]
@@ -369,17 +601,5 @@ mod tests {
         assert_eq!(endpoint("/a%20b c"), "/a%20b%20c", "no space in a store key");
         assert_eq!(endpoint("/a%zz/%4"), "/a%zz/%4");
         assert_eq!(endpoint("/caf\u{e9}/%C3%A9"), "/caf\u{e9}/%c3%a9");
-    }
-
-    #[test]
-    fn references_keep_their_json_type() {
-        assert_eq!(reference(br#"{"order_id":"1"}"#, "/order_id").as_deref(), Some("\"1\""));
-        assert_eq!(reference(br#"{"order_id":1}"#, "/order_id").as_deref(), Some("1"));
-        assert_eq!(
-            reference(br#"{"a":{"b":[5,{"c":"x"}]}}"#, "/a/b/1/c").as_deref(),
-            Some("\"x\"")
-        );
-        assert_eq!(reference(br#"{"order_id":null}"#, "/order_id"), None);
-        assert_eq!(reference(br#"{}"#, "/order_id"), None);
     }
 }

@@ -190,6 +190,7 @@ impl Worker {
             secret_version: None,
             signature_fp: None,
             duplicate_key: Some(ev.key.clone()),
+            fleet: ev.dedup_local.then_some("local"),
             upstream_error: None,
         });
         self.save(ev).await;
@@ -214,6 +215,11 @@ impl Worker {
         h.insert("x-signgate-event-id", HeaderValue::from(ev.id));
         h.insert("x-signgate-event-key", val(&ev.key));
         h.insert("x-signgate-timestamp", val(&ev.timestamp));
+        if ev.dedup_local {
+            // Accepted while the fleet's Redis could not answer: another
+            // instance may deliver the same event (at least once).
+            h.insert("x-signgate-dedup", HeaderValue::from_static("local"));
+        }
         match self.client.send(req).await {
             Ok(resp) => Ok(resp.status().as_u16()),
             Err(e) => Err(format!("{} ({})", e.failure.kind(), e.detail)),

@@ -30,6 +30,7 @@ pub(crate) mod dedup;
 mod delivery;
 pub mod devtools;
 pub mod fault;
+pub(crate) mod fleet;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

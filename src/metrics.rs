@@ -143,6 +143,8 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_healthy: IntGauge,
     pub upstream_passthrough_backoff: IntCounterVec,
+    /// Requests refused 429 `provider_cooldown`, by route.
+    pub provider_cooldown: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
@@ -189,7 +191,91 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheu
     )
 }
 
+/// The `[fleet]` series, registered only when `[fleet]` is configured (a
+/// gateway without it exposes none of them, so no alert fires on it).
+#[derive(Clone)]
+pub struct FleetMetrics {
+    /// 1 while Redis answers, 0 while the gateway runs on its fallbacks.
+    pub redis_up: IntGauge,
+    pub redis_errors: IntCounterVec,
+    pub redis_duration: HistogramVec,
+    /// Decisions taken without Redis, by what (limits_local, limits_denied,
+    /// guard_refused, webhook_local, reflection_local).
+    pub fallback: IntCounterVec,
+}
+
+/// The Redis operations (the `op` label).
+pub const FLEET_OPS: [&str; 8] = [
+    "limit",
+    "claim",
+    "settle",
+    "release",
+    "cooldown",
+    "webhook_seen",
+    "reflection",
+    "ping",
+];
+/// The fallbacks (the `what` label).
+pub const FLEET_FALLBACKS: [&str; 5] = [
+    "limits_local",
+    "limits_denied",
+    "guard_refused",
+    "webhook_local",
+    "reflection_local",
+];
+
+/// Redis round trips on loopback take tens of microseconds.
+const REDIS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 impl Metrics {
+    /// Register the `[fleet]` series (once, at start-up).
+    pub fn register_fleet(&self) -> FleetMetrics {
+        let r = &self.registry;
+        let m = FleetMetrics {
+            redis_up: reg(
+                r,
+                IntGauge::new(
+                    "signgate_fleet_redis_up",
+                    "1 while the fleet's Redis answers; 0 while this instance runs on its fallbacks.",
+                )
+                .expect("valid metric"),
+            ),
+            redis_errors: counter_vec(
+                r,
+                "signgate_fleet_redis_errors_total",
+                "Redis calls that failed or took longer than fleet.timeout_ms, by operation.",
+                &["op"],
+            ),
+            redis_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "signgate_fleet_redis_duration_seconds",
+                        "Round trips to the fleet's Redis that answered, by operation.",
+                    )
+                    .buckets(REDIS_BUCKETS.to_vec()),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
+            fallback: counter_vec(
+                r,
+                "signgate_fleet_fallback_total",
+                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, webhook_local, reflection_local).",
+                &["what"],
+            ),
+        };
+        for op in FLEET_OPS {
+            m.redis_errors.with_label_values(&[op]);
+        }
+        for what in FLEET_FALLBACKS {
+            m.fallback.with_label_values(&[what]);
+        }
+        m
+    }
+
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
         let m = Metrics {
@@ -319,6 +405,12 @@ impl Metrics {
                 "signgate_upstream_backoff_total",
                 "Upstream 429/503 answers passed through (never retried), by route and status.",
                 &["route", "status"],
+            ),
+            provider_cooldown: counter_vec(
+                &r,
+                "signgate_provider_cooldown_total",
+                "Cooldowns started by a provider 429/503 with Retry-After (started), and requests refused during one (refused), by route.",
+                &["route", "result"],
             ),
             webhook_deliveries: counter_vec(
                 &r,

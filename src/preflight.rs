@@ -41,6 +41,7 @@ pub fn preflight(config: &Config) -> Result<(), ConfigErrors> {
     egress_tls(config, &mut errors);
     audit(config, &mut errors);
     state(config, &mut errors);
+    fleet(config, &mut errors);
     for (name, spec) in &config.credentials {
         if let SecretSource::Vault(v) = &spec.source {
             if let Some(ca) = &v.ca_file {
@@ -57,6 +58,23 @@ pub fn preflight(config: &Config) -> Result<(), ConfigErrors> {
         Ok(())
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// `[fleet]`: the password file must be readable and hold a password (its
+/// content is never shown), the CA file must hold certificates.
+fn fleet(config: &Config, errors: &mut Vec<ConfigError>) {
+    let Some(f) = &config.fleet else {
+        return;
+    };
+    if let Some(crate::config::RedisPassword::File(path)) = &f.password {
+        if let Err(e) = crate::fleet::read_password_file(path) {
+            let detail = e.rsplit_once(": ").map_or(e.as_str(), |(_, d)| d).to_string();
+            errors.push(ConfigError::file("fleet.redis_password_file", path, detail));
+        }
+    }
+    if let Some(ca) = &f.ca_file {
+        ca_roots("fleet.redis_ca_file", ca, errors);
     }
 }
 

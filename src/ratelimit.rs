@@ -12,6 +12,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota as GQuota};
 
@@ -21,6 +25,26 @@ use crate::config::{LimitsConfig, Quota};
 const INLINE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The shared bucket for clients beyond `per_client_max_keys`.
 const OVERFLOW_KEY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// This instance's share of a fleet-wide quota (`[fleet].expected_instances`):
+/// rate and burst divided, rounded up, at least 1.
+pub fn share(q: Quota, instances: u32) -> Quota {
+    let n = instances.max(1);
+    let div = |v: NonZeroU32| NonZeroU32::new(v.get().div_ceil(n)).unwrap_or(NonZeroU32::MIN);
+    Quota {
+        rate: div(q.rate),
+        burst: div(q.burst),
+    }
+}
+
+/// `[limits]` with every quota replaced by this instance's share.
+pub fn share_config(c: &LimitsConfig, instances: u32) -> LimitsConfig {
+    LimitsConfig {
+        global: c.global.map(|q| share(q, instances)),
+        per_client: c.per_client.map(|q| share(q, instances)),
+        per_client_max_keys: c.per_client_max_keys,
+    }
+}
 
 fn gcra(q: Quota) -> GQuota {
     GQuota::per_second(q.rate).allow_burst(q.burst)
@@ -54,6 +78,55 @@ pub struct Limited {
 fn retry_after(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
+}
+
+/// A route's provider cooldown on this instance: until when requests are
+/// refused `429 provider_cooldown` (a provider 429/503 with `Retry-After`).
+/// Milliseconds on a process-wide monotonic clock; 0 = none.
+#[derive(Debug, Default)]
+pub struct Cooldown(AtomicU64);
+
+fn mono_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    // +1: a reading is never 0, which means "no cooldown".
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Cooldown {
+    /// Cool down for `length` from now (never shortening one that runs).
+    pub fn start(&self, length: Duration) {
+        let until = mono_ms() + length.as_millis() as u64;
+        self.0.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// The time left, if the route is cooling down.
+    pub fn left(&self) -> Option<Duration> {
+        let until = self.0.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = mono_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+}
+
+/// How long a provider's `Retry-After` asks to wait: delta-seconds or an
+/// HTTP date (RFC 9110 §10.2.3), bounded by `max`. `None` for a value that
+/// is neither, or a wait of zero.
+pub fn retry_after_header(value: &http::HeaderValue, now: SystemTime, max: Duration) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let wait = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Very long digit strings are "forever": bounded below.
+        Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        httpdate::parse_http_date(text).ok()?.duration_since(now).ok()?
+    };
+    (!wait.is_zero()).then(|| wait.min(max))
+}
+
+/// Seconds for `Retry-After`, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    retry_after(wait)
 }
 
 /// A route's own limiter.
@@ -200,6 +273,42 @@ mod tests {
             let _ = l.check(ip, None);
         }
         assert!(l.tracked_clients() <= 1001, "{}", l.tracked_clients());
+    }
+
+    #[test]
+    fn shares_round_up_and_stay_positive() {
+        assert_eq!(share(q(20, 20), 3), q(7, 7));
+        assert_eq!(share(q(1, 1), 3), q(1, 1));
+        assert_eq!(share(q(100, 10), 1), q(100, 10));
+    }
+
+    #[test]
+    fn cooldown_runs_out_and_never_shortens() {
+        let c = Cooldown::default();
+        assert_eq!(c.left(), None);
+        c.start(Duration::from_secs(60));
+        c.start(Duration::from_millis(1));
+        assert!(c.left().unwrap() > Duration::from_secs(59));
+        let short = Cooldown::default();
+        short.start(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(short.left(), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let max = Duration::from_secs(3600);
+        let h = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(retry_after_header(&h("2"), now, max), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_header(&h("0"), now, max), None);
+        assert_eq!(retry_after_header(&h("99999999999999999999999"), now, max), Some(max));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(retry_after_header(&h(&date), now, max), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(retry_after_header(&h(&past), now, max), None);
+        assert_eq!(retry_after_header(&h("soon"), now, max), None);
+        assert_eq!(retry_after_header(&h("-1"), now, max), None);
     }
 
     #[test]

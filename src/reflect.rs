@@ -14,6 +14,15 @@
 //! windows and the size is bounded by the signing rate (about 40 bytes per
 //! signature), with a hard cap past which a generation rotates early (the
 //! oldest signatures are then forgotten first; counted).
+//!
+//! With `[fleet]`, every remembered signature is also written to Redis
+//! (`{PREFIX:refl:CREDENTIAL}:MAC-PREFIX`, expiring after the window), and a
+//! webhook's signature is looked up there when the local memory does not
+//! know it: a signature instance A sent is refused when replayed to
+//! instance B. While Redis cannot answer, the check falls back to the local
+//! memory (counted `reflection_local`): refusing every webhook then would
+//! stop the provider's events, and the signatures this instance sent are
+//! still refused (docs/fleet.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashSet;
+
+use crate::fleet::{Fleet, Source};
 
 /// At most this many signatures per generation (two generations kept).
 pub const CAPACITY: usize = 2_000_000;
@@ -45,6 +56,7 @@ pub(crate) struct Reflections {
     previous: ArcSwap<Generation>,
     /// Generations rotated early because one was full.
     pub early_rotations: AtomicU64,
+    fleet: Option<Arc<Fleet>>,
 }
 
 fn key(mac: &[u8; 32]) -> u128 {
@@ -54,11 +66,49 @@ fn key(mac: &[u8; 32]) -> u128 {
 }
 
 impl Reflections {
-    pub fn new() -> Self {
+    pub fn new(fleet: Option<Arc<Fleet>>) -> Self {
         Reflections {
             current: ArcSwap::from_pointee(Generation::new()),
             previous: ArcSwap::from_pointee(Generation::new()),
             early_rotations: AtomicU64::new(0),
+            fleet,
+        }
+    }
+
+    /// Remember a signature this gateway sent with `credential`, for at
+    /// least `window`; with `[fleet]` in Redis too (written by a task of
+    /// its own, so the request does not wait for it).
+    pub fn remember_sent(&self, credential: &str, mac: &[u8; 32], window: Duration) {
+        self.remember(mac, window);
+        if let Some(fleet) = &self.fleet {
+            let key = fleet.key_reflection(credential, key(mac));
+            let f = fleet.clone();
+            fleet.spawn(async move {
+                // A failure is counted by the call; the local memory still holds it.
+                let _ = f.remember("reflection", &key, window).await;
+            });
+        }
+    }
+
+    /// Whether a webhook's `mac` (verifying with `credential`) is a signature
+    /// this gateway — or with `[fleet]`, any instance — sent lately, and
+    /// where the answer came from (`None` without `[fleet]`).
+    pub async fn seen_by_fleet(&self, credential: &str, mac: &[u8; 32]) -> (bool, Option<Source>) {
+        if self.seen(mac) {
+            return (true, self.fleet.as_ref().map(|_| Source::Local));
+        }
+        let Some(fleet) = &self.fleet else {
+            return (false, None);
+        };
+        match fleet
+            .exists("reflection", &fleet.key_reflection(credential, key(mac)))
+            .await
+        {
+            Ok(seen) => (seen, Some(Source::Redis)),
+            Err(_) => {
+                fleet.fallback("reflection_local");
+                (false, Some(Source::Local))
+            }
         }
     }
 
@@ -97,7 +147,7 @@ mod tests {
 
     #[test]
     fn remembered_for_at_least_one_window() {
-        let r = Reflections::new();
+        let r = Reflections::new(None);
         let a = [7u8; 32];
         let b = [9u8; 32];
         assert!(!r.seen(&a));

@@ -11,8 +11,9 @@ use http::{Method, Uri};
 
 use crate::allowlist::Allowlist;
 use crate::config::RouteConfig;
-use crate::dedup::{DuplicateStore, MemoryStore};
-use crate::ratelimit::RouteLimit;
+use crate::dedup::{FleetGuard, Guard, MemoryStore};
+use crate::fleet::Fleet;
+use crate::ratelimit::{Cooldown, RouteLimit};
 use crate::secrets::CredentialSlot;
 use crate::sign::Scheme;
 
@@ -24,36 +25,56 @@ pub struct Route {
     pub allow: Option<Allowlist>,
     /// `Allow` header value for 405 answers.
     pub allow_methods: String,
+    /// This instance's limiter: the route's `limit`, or with `[fleet]` this
+    /// instance's share of it (used while Redis cannot answer).
     pub limit: Option<RouteLimit>,
     /// The duplicate guard, for routes with `duplicate_key`.
-    pub duplicates: Option<Arc<dyn DuplicateStore>>,
+    pub duplicates: Option<Guard>,
+    /// The provider's cooldown as this instance knows it (kept across reloads).
+    pub cooldown: Arc<Cooldown>,
     /// Bounds the route's concurrent upstream calls (`max_inflight`).
     pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Route {
-    /// `duplicates` carries the guard's state over from the previous
-    /// configuration (a reload must not forget in-flight payouts).
+    /// `kept` carries state over from the previous configuration (a reload
+    /// must not forget in-flight payouts nor a provider's cooldown). With
+    /// `fleet`, the guard's claims live in Redis (`claim_ttl`: how long an
+    /// in-flight claim may live) and the local limiter is this instance's share.
     pub fn new(
         config: RouteConfig,
         scheme: Arc<Scheme>,
         credential: Arc<CredentialSlot>,
-        duplicates: Option<Arc<dyn DuplicateStore>>,
+        kept: Kept,
+        fleet: Option<(&Arc<Fleet>, std::time::Duration)>,
     ) -> Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-        let duplicates = match (&config.duplicate_key, duplicates) {
-            (None, _) => None,
-            (Some(_), Some(kept)) => Some(kept),
-            (Some(_), None) => Some(
-                Arc::new(MemoryStore::new(config.duplicate_window, config.duplicate_capacity))
-                    as Arc<dyn DuplicateStore>,
-            ),
+        let duplicates = match (&config.duplicate_key, kept.duplicates, fleet) {
+            (None, _, _) => None,
+            (Some(_), _, Some((fleet, ttl))) => Some(Guard::Fleet(FleetGuard::new(
+                fleet.clone(),
+                &config.name,
+                config.duplicate_window,
+                ttl,
+            ))),
+            (Some(_), Some(kept @ Guard::Local(_)), None) => Some(kept),
+            (Some(_), _, None) => Some(Guard::Local(Arc::new(MemoryStore::new(
+                config.duplicate_window,
+                config.duplicate_capacity,
+            )))),
+        };
+        let limit = match fleet {
+            Some((f, _)) => config
+                .limit
+                .map(|q| RouteLimit::new(crate::ratelimit::share(q, f.expected_instances()))),
+            None => config.limit.map(RouteLimit::new),
         };
         Route {
             inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
             duplicates,
-            limit: config.limit.map(RouteLimit::new),
+            cooldown: kept.cooldown.unwrap_or_default(),
+            limit,
             config,
             scheme,
             credential,
@@ -107,6 +128,13 @@ impl Route {
             .path_and_query(pq)
             .build()
     }
+}
+
+/// What a route keeps from its predecessor of the same name on reload.
+#[derive(Default)]
+pub struct Kept {
+    pub duplicates: Option<Guard>,
+    pub cooldown: Option<Arc<Cooldown>>,
 }
 
 pub struct Router {

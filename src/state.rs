@@ -21,15 +21,20 @@ use crate::allowlist::Allowlist;
 use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
-use crate::router::{Route, Router};
+use crate::router::{Kept, Route, Router};
 use crate::secrets::{CredentialStore, Unavailable};
 use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
+
+/// Beyond the request's own timers, how long an in-flight duplicate-guard
+/// claim lives in Redis before it expires on its own.
+const CLAIM_SLACK: Duration = Duration::from_secs(10);
 
 /// Everything derived from one configuration; swapped whole, never edited.
 pub(crate) struct Snapshot {
@@ -76,6 +81,7 @@ impl Snapshot {
         credentials_cancel: CancellationToken,
         upstream: Upstream,
         previous: Option<&Snapshot>,
+        fleet: Option<&Arc<Fleet>>,
     ) -> Result<Snapshot, BuildError> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
@@ -101,19 +107,27 @@ impl Snapshot {
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let kept = previous
-                .and_then(|p| p.router.by_name(&r.name))
+            let old = previous.and_then(|p| p.router.by_name(&r.name));
+            let duplicates = old
                 .filter(|old| {
                     old.config.duplicate_key == r.duplicate_key
                         && old.config.duplicate_window == r.duplicate_window
                         && old.config.duplicate_capacity == r.duplicate_capacity
                 })
                 .and_then(|old| old.duplicates.clone());
+            let kept = Kept {
+                duplicates,
+                cooldown: old.map(|o| o.cooldown.clone()),
+            };
+            // An in-flight claim lives as long as its request can: the
+            // queue, the exchange and its one retry, and some slack.
+            let claim_ttl = r.queue_timeout + config.egress.request_timeout * 2 + CLAIM_SLACK;
             routes.push(Arc::new(Route::new(
                 r.clone(),
                 scheme("route", &r.name, &r.scheme)?,
                 slot("route", &r.name, &r.credential)?,
                 kept,
+                fleet.map(|f| (f, claim_ttl)),
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());
@@ -139,7 +153,11 @@ impl Snapshot {
             access: Allowlist::new(&config.access.allow),
             upstream,
             credentials,
-            limits: Limits::new(&config.limits),
+            limits: match fleet {
+                // Used only while Redis cannot answer: this instance's share.
+                Some(f) => Limits::new(&crate::ratelimit::share_config(&config.limits, f.expected_instances())),
+                None => Limits::new(&config.limits),
+            },
         })
     }
 
@@ -291,6 +309,8 @@ pub(crate) struct Shared {
     reflections: Reflections,
     /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
     tracer: Option<Arc<Tracer>>,
+    /// `[fleet]`: the state shared with the other instances (bound at start-up).
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Shared {
@@ -299,6 +319,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
+        fleet: Option<Arc<Fleet>>,
         tracer: Option<Arc<Tracer>>,
     ) -> Shared {
         Shared {
@@ -310,9 +331,15 @@ impl Shared {
             accepting: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
-            reflections: Reflections::new(),
+            reflections: Reflections::new(fleet.clone()),
+            fleet,
             tracer,
         }
+    }
+
+    /// The fleet's shared state, with `[fleet]`.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The current snapshot; a request keeps the one it started with.

@@ -64,7 +64,17 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
             "the audit log cannot record the release; nothing was released",
         );
     };
-    let released = store.release_reference(&reference);
+    let released = match store.release_reference(&reference).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(route = name, error = %e, "duplicate guard: release failed; nothing was released");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "duplicate_guard_unavailable",
+                "the duplicate guard's shared store cannot answer; nothing was released",
+            );
+        }
+    };
     tracing::warn!(route = name, reference, released, %peer, "duplicate guard: reference released by an operator");
     slot.write(Entry {
         time: crate::audit::now_rfc3339(),
@@ -84,6 +94,7 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         secret_version: None,
         signature_fp: None,
         duplicate_key: Some(reference.clone()),
+        fleet: store.source().map(crate::fleet::Source::label),
         upstream_error: None,
     });
     reply(

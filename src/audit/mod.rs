@@ -18,6 +18,11 @@
 //!   [`AuditLog::reserve`] refuses at once. The writer retries every second;
 //!   when a write works again it first writes a `gap` record naming the lost
 //!   sequence numbers, then becomes healthy;
+//! - the space for the records of the requests already admitted is
+//!   allocated ahead (`audit.reserve_bytes` past the end of the file, kept
+//!   after every write, `reserve.rs`): when it cannot be kept the log turns
+//!   unhealthy at once, and the records already promised are still written
+//!   into what is reserved, so a full disk loses none of them;
 //! - a torn last line found at start (a crash mid-write) is moved aside to
 //!   `<path>.torn-<unix time>` and the chain continues with a `recovered`
 //!   record;
@@ -25,20 +30,25 @@
 //! - SIGXFSZ (a write past `RLIMIT_FSIZE`) is caught, so such a write fails
 //!   with EFBIG and is handled like a full disk instead of killing the process.
 
+mod fault;
 mod files;
+mod head;
+mod health;
+mod notes;
+mod out;
+mod reserve;
 mod verify;
 mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{AuditConfig, AuditSink};
@@ -78,6 +88,12 @@ pub struct Entry {
     pub secret_version: Option<u64>,
     pub signature_fp: Option<String>,
     pub duplicate_key: Option<String>,
+    /// With `[fleet]` only: `redis` when the request's shared decisions
+    /// (limits, duplicate guard, webhook de-duplication, reflection) came
+    /// from Redis, `local` when any fell back to this instance. Absent
+    /// otherwise, so records without a fleet are byte-for-byte as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<&'static str>,
     /// How the upstream exchange failed (its error code), when it did: the
     /// only trace of a provider timeout for a request whose client had gone.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,42 +171,39 @@ fn normalize_key(key: &str) -> String {
     key
 }
 
-/// What goes through the queue: a record, or the writer's clock.
+/// What goes through the queue: a record with its slot (given back once the
+/// record is written or lost), or the writer's clock.
 // A tick is rare and the queue holds records by value anyway; boxing them
 // would add an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Record(Entry),
+    Record(Entry, OwnedSemaphorePermit),
     Tick,
 }
 
-/// A reserved place in the queue: the request may proceed.
-pub struct Slot(mpsc::OwnedPermit<Msg>);
+/// A reserved place for one record: the request may proceed. Dropped
+/// unwritten, the place is given back.
+pub struct Slot {
+    permit: OwnedSemaphorePermit,
+    tx: mpsc::UnboundedSender<Msg>,
+}
 
 impl Slot {
     pub fn write(self, e: Entry) {
-        self.0.send(Msg::Record(e));
+        let _ = self.tx.send(Msg::Record(e, self.permit));
     }
-}
-
-/// Whether the writer can write, shared between the writer and every
-/// `AuditLog` clone.
-struct Health {
-    healthy: AtomicBool,
-    /// What failed, while unhealthy.
-    problem: ArcSwapOption<String>,
-    /// Records lost since the last written one (and their first seq).
-    lost: AtomicU64,
-    lost_from: AtomicU64,
 }
 
 /// The request side of the audit log.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// `audit.queue` places: records admitted and not yet written (queued
+    /// or in the writer's hands). The reservation is sized for them.
+    slots: Arc<Semaphore>,
     wait: Duration,
     redact: Arc<[String]>,
-    health: Arc<Health>,
+    health: Arc<health::Health>,
 }
 
 impl AuditLog {
@@ -201,39 +214,26 @@ impl AuditLog {
         if !self.healthy() {
             return None;
         }
-        match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             // The log may have failed while this request waited.
-            Ok(Ok(p)) if self.healthy() => Some(Slot(p)),
+            Ok(Ok(permit)) if self.healthy() => Some(Slot {
+                permit,
+                tx: self.tx.clone(),
+            }),
             _ => None,
         }
     }
 
-    /// Whether records are being written: false from the first failed write
-    /// until a write works again and the gap is recorded. Cheap (an atomic).
+    /// Whether requests are admitted: false from the first failed write
+    /// until a write works again and the gap is recorded, and while the
+    /// reservation cannot be kept. Cheap (an atomic).
     pub fn healthy(&self) -> bool {
-        self.health.healthy.load(Ordering::Acquire)
+        self.health.healthy()
     }
 
     /// What is wrong, while unhealthy: for readiness and the admin API.
     pub fn problem(&self) -> Option<String> {
-        if self.healthy() {
-            return None;
-        }
-        let what = self
-            .health
-            .problem
-            .load_full()
-            .map_or_else(|| "the audit log is not writable".to_string(), |p| p.to_string());
-        let lost = self.health.lost.load(Ordering::Acquire);
-        let from = self.health.lost_from.load(Ordering::Acquire);
-        Some(if lost == 0 {
-            format!("{what}; requests are refused until it is writable again (retried every second)")
-        } else {
-            format!(
-                "{what}; {lost} audit record(s) lost (seq {from}-{}); requests are refused until it is writable again (retried every second)",
-                from + lost - 1
-            )
-        })
+        self.health.problem()
     }
 
     pub fn redact_keys(&self) -> &[String] {
@@ -247,27 +247,27 @@ impl AuditLog {
 /// Must be called within a tokio runtime (it starts the writer's clock and
 /// catches SIGXFSZ).
 pub fn start(c: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<(AuditLog, JoinHandle<()>)> {
-    start_with(c, metrics, writer::Fault::none())
+    start_with(c, metrics, fault::Fault::none())
 }
 
 fn start_with(
     c: &AuditConfig,
     metrics: Arc<Metrics>,
-    fault: writer::Fault,
+    fault: fault::Fault,
 ) -> std::io::Result<(AuditLog, JoinHandle<()>)> {
     catch_sigxfsz();
     let (out, resumed) = match &c.sink {
-        AuditSink::Stdout => (writer::Out::stdout()?, files::Resume::genesis()),
+        AuditSink::Stdout => (out::Out::stdout()?, files::Resume::genesis()),
         // `/dev/null`, a FIFO: written as a stream (no chain to resume).
         AuditSink::File(path) if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) => {
-            (writer::Out::stream(path)?, files::Resume::genesis())
+            (out::Out::stream(path)?, files::Resume::genesis())
         }
         AuditSink::File(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 files::create_private_dir(dir)?;
             }
             let resumed = files::resume(path)?;
-            let out = writer::Out::file(path, c.max_bytes, c.max_files)?;
+            let out = out::Out::file(path, c.max_bytes, c.max_files, c.reserve_bytes)?;
             (out, resumed)
         }
     };
@@ -279,32 +279,35 @@ fn start_with(
             "audit log: a torn last line was moved aside; the chain continues with a recovered record"
         );
     }
-    let health = Arc::new(Health {
-        healthy: AtomicBool::new(true),
-        problem: ArcSwapOption::empty(),
-        lost: AtomicU64::new(0),
-        lost_from: AtomicU64::new(0),
-    });
+    let health = Arc::new(health::Health::new());
     metrics.audit_healthy.set(1);
-    let (tx, rx) = mpsc::channel(c.queue);
+    // Unbounded, but every record holds one of the `queue` slots until it is
+    // written, and at most one tick waits.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tick_queued = Arc::new(AtomicBool::new(false));
     // The writer's clock: a tick a second (head file, retries). A weak
     // sender, so it never keeps the queue open at shutdown.
     let weak = tx.downgrade();
+    let queued = tick_queued.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             let Some(tx) = weak.upgrade() else { return };
-            // A full queue means the writer is busy anyway.
-            let _ = tx.try_send(Msg::Tick);
+            // A tick still queued means the writer is busy anyway.
+            if !queued.swap(true, Ordering::AcqRel) && tx.send(Msg::Tick).is_err() {
+                return;
+            }
         }
     });
+    // (The first reservation is made here, before any request is admitted.)
     let mut w = writer::Writer::new(out, c.hash_chain, resumed, health.clone(), metrics, fault);
-    let handle = tokio::task::spawn_blocking(move || w.run(rx));
+    let handle = tokio::task::spawn_blocking(move || w.run(rx, &tick_queued));
     Ok((
         AuditLog {
             tx,
+            slots: Arc::new(Semaphore::new(c.queue.min(Semaphore::MAX_PERMITS))),
             wait: c.wait,
             redact: c.redact_query_keys.clone().into(),
             health,
@@ -345,5 +348,7 @@ fn head_path(path: &std::path::Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+#[cfg(test)]
+mod reserve_tests;
 #[cfg(test)]
 mod tests;

@@ -3,11 +3,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::writer::{Fault, FAULT_NONE, FAULT_SHORT, FAULT_SYNC, FAULT_WRITE};
+use super::fault::{Fault, FAULT_NONE, FAULT_SHORT, FAULT_SYNC, FAULT_WRITE};
 use super::*;
 use crate::config::{AuditConfig, AuditSink};
 
-fn cfg(path: &Path, max_bytes: u64) -> AuditConfig {
+pub(super) fn cfg(path: &Path, max_bytes: u64) -> AuditConfig {
     AuditConfig {
         sink: AuditSink::File(path.to_path_buf()),
         hash_chain: true,
@@ -15,11 +15,12 @@ fn cfg(path: &Path, max_bytes: u64) -> AuditConfig {
         max_files: 5,
         queue: 64,
         wait: Duration::from_millis(200),
+        reserve_bytes: 64 * 1024,
         redact_query_keys: vec!["token".into()],
     }
 }
 
-fn entry(i: usize) -> Entry {
+pub(super) fn entry(i: usize) -> Entry {
     Entry {
         time: now_rfc3339(),
         request_id: format!("req-{i}"),
@@ -38,6 +39,7 @@ fn entry(i: usize) -> Entry {
         secret_version: Some(1),
         signature_fp: Some("abcdef012345".into()),
         duplicate_key: None,
+        fleet: None,
         upstream_error: None,
     }
 }
@@ -51,7 +53,7 @@ async fn write_n(c: &AuditConfig, n: usize) {
     handle.await.unwrap();
 }
 
-fn lines(path: &Path) -> Vec<String> {
+pub(super) fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -64,7 +66,7 @@ fn check(files: &[PathBuf]) -> Verdict {
 }
 
 /// The report of a chain that must hold.
-fn report(files: &[PathBuf]) -> Report {
+pub(super) fn report(files: &[PathBuf]) -> Report {
     match check(files) {
         Verdict::Ok(r) => r,
         broken => panic!("{broken:?}"),
@@ -72,7 +74,7 @@ fn report(files: &[PathBuf]) -> Report {
 }
 
 /// A complete chain: its record count.
-fn clean(files: &[PathBuf]) -> u64 {
+pub(super) fn clean(files: &[PathBuf]) -> u64 {
     let r = report(files);
     assert!(r.is_clean(), "{r:?}");
     r.records
@@ -214,7 +216,7 @@ fn query_values_of_sensitive_keys_are_redacted() {
     );
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -222,19 +224,19 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+pub(super) fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     lines(path)
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
         .collect()
 }
 
-fn counter(m: &crate::metrics::Metrics, result: &str) -> u64 {
+pub(super) fn counter(m: &crate::metrics::Metrics, result: &str) -> u64 {
     m.audit_records.with_label_values(&[result]).get()
 }
 
 /// A writer with a fault switch, and three records written.
-async fn faulty(
+pub(super) async fn faulty(
     c: &AuditConfig,
 ) -> (
     AuditLog,

@@ -83,12 +83,33 @@ pub struct RawAudit {
     pub max_files: Option<u64>,
     pub queue: Option<u64>,
     pub wait_ms: Option<u64>,
+    pub reserve_bytes: Option<u64>,
     pub redact_query_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawState {
     pub dir: Option<String>,
+}
+
+/// `[fleet]`. `redis_url` may carry a password: this type has no `Debug`
+/// of its own fields beyond what `Deserialize` needs, and is never logged.
+#[derive(Default, Deserialize)]
+pub struct RawFleet {
+    pub redis_url: Option<String>,
+    pub redis_password_file: Option<String>,
+    pub redis_ca_file: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub instance: Option<String>,
+    pub expected_instances: Option<u64>,
+    pub limits_on_error: Option<String>,
+}
+
+impl std::fmt::Debug for RawFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawFleet").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +163,7 @@ pub struct RawRoute {
     pub max_inflight: Option<u64>,
     pub queue_timeout_ms: Option<u64>,
     pub forward_traceparent: Option<bool>,
+    pub honor_retry_after: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +209,7 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub state: RawState,
     pub tracing: Option<RawTracing>,
+    pub fleet: Option<RawFleet>,
     pub credentials: BTreeMap<String, RawCredential>,
     pub routes: Vec<RawRoute>,
     pub webhooks: Vec<RawWebhook>,

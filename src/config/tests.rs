@@ -638,6 +638,90 @@ fn forward_traceparent_needs_tracing() {
 }
 
 #[test]
+fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
+    assert!(
+        Config::from_toml_str(GOOD).unwrap().fleet.is_none(),
+        "no [fleet]: per instance"
+    );
+    let c = Config::from_toml_str(&format!(
+        "{GOOD}\n[fleet]\nredis_url = \"redis://:s3cr%40t-pw@127.0.0.1:6390/2\"\nexpected_instances = 3\n"
+    ))
+    .unwrap();
+    let f = c.fleet.as_ref().unwrap();
+    assert_eq!(f.url, "redis://127.0.0.1:6390/2");
+    assert!(!f.tls);
+    assert_eq!(f.password, Some(RedisPassword::Inline(Redacted::new("s3cr@t-pw"))));
+    assert_eq!(f.key_prefix, DEFAULT_FLEET_KEY_PREFIX);
+    assert_eq!(f.timeout, DEFAULT_FLEET_TIMEOUT);
+    assert_eq!(f.expected_instances, 3);
+    assert_eq!(f.limits_on_error, LimitsOnError::Local);
+    assert_eq!(f.instance, None, "the host name, read at start-up");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cr"), "the password is never in Debug: {shown}");
+    assert!(
+        c.routes.iter().all(|r| r.honor_retry_after),
+        "honor_retry_after defaults to true"
+    );
+
+    let tls = Config::from_toml_str(&format!(
+        "{GOOD}\n[fleet]\nredis_url = \"rediss://redis.internal:6380\"\nredis_password_file = \"/run/secrets/redis\"\nredis_ca_file = \"ca.pem\"\nkey_prefix = \"pay:eu\"\ntimeout_ms = 20\ninstance = \"egress-1\"\nlimits_on_error = \"deny\"\n"
+    ))
+    .unwrap();
+    let f = tls.fleet.unwrap();
+    assert!(f.tls);
+    assert_eq!(f.password, Some(RedisPassword::File("/run/secrets/redis".into())));
+    assert_eq!(f.limits_on_error, LimitsOnError::Deny);
+    assert_eq!(f.timeout, std::time::Duration::from_millis(20));
+    assert_eq!(f.instance.as_deref(), Some("egress-1"));
+}
+
+#[test]
+fn fleet_errors_name_their_key_and_never_the_password() {
+    let bad = |body: &str| errors_of(&format!("{GOOD}\n[fleet]\n{body}\n"));
+    let keys = |body: &str| bad(body).iter().map(|e| e.key().to_string()).collect::<Vec<_>>();
+    assert_eq!(keys("key_prefix = \"x\""), ["fleet.redis_url"]);
+    assert_eq!(keys("redis_url = \"http://127.0.0.1:6379\""), ["fleet.redis_url"]);
+    assert_eq!(keys("redis_url = \"redis://h:1/x\""), ["fleet.redis_url"]);
+    assert_eq!(
+        keys("redis_url = \"redis://h:1\"\ntimeout_ms = 0"),
+        ["fleet.timeout_ms"]
+    );
+    assert_eq!(
+        keys("redis_url = \"redis://h:1\"\nkey_prefix = \"{a}\""),
+        ["fleet.key_prefix"]
+    );
+    assert_eq!(
+        keys("redis_url = \"redis://h:1\"\nexpected_instances = 0"),
+        ["fleet.expected_instances"]
+    );
+    assert_eq!(
+        keys("redis_url = \"redis://h:1\"\nlimits_on_error = \"open\""),
+        ["fleet.limits_on_error"]
+    );
+    assert_eq!(
+        keys("redis_url = \"redis://h:1\"\nredis_ca_file = \"ca.pem\""),
+        ["fleet.redis_ca_file"]
+    );
+    assert_eq!(keys("redis_url = \"redis://h:1\"\nsentinel = true"), ["fleet.sentinel"]);
+    let both = bad("redis_url = \"redis://:pw-in-url-123@h:1\"\nredis_password_file = \"/p\"");
+    assert_eq!(both[0].key(), "fleet.redis_password_file");
+    for body in [
+        "redis_url = \"redis://:pw-in-url-123@h:1/x\"",
+        "redis_url = \"http://u:pw-in-url-123@h:1\"",
+        "redis_url = \"redis://:pw-in-url-123@[::1\"",
+        "redis_url = \"redis://:pw-in-url-123@h:1\"\nredis_password_file = \"/p\"",
+    ] {
+        let text = ConfigErrors(bad(body)).to_string();
+        assert!(!text.contains("pw-in-url-123"), "{text}");
+    }
+    let route = errors_of(&GOOD.replace(
+        "scheme = \"kwikpaisa\"\n[scheme.acme]",
+        "scheme = \"kwikpaisa\"\nhonor_retry_after = [1]\n[scheme.acme]",
+    ));
+    assert_eq!(route[0].key(), "route[0].honor_retry_after");
+}
+
+#[test]
 fn shutdown_delay_defaults_to_zero_and_is_bounded() {
     let c = Config::from_toml_str(GOOD).unwrap();
     assert_eq!(c.listener.shutdown_delay, std::time::Duration::ZERO);

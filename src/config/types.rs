@@ -64,6 +64,9 @@ pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_AUDIT_MAX_FILES: usize = 10;
 pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
 pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_millis(1000);
+/// `audit.reserve_bytes` defaults to this many bytes per queue slot: a
+/// generous record (a typical one is 400-600 bytes).
+pub const DEFAULT_AUDIT_RESERVE_PER_RECORD: u64 = 1024;
 pub const DEFAULT_FILE_POLL: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
 /// `vault_timeout_ms`: budget of one Vault refresh (login, renewal and read).
@@ -87,6 +90,13 @@ pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
 pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 /// `[tracing].service_name`: the `service.name` of the exported spans.
 pub const DEFAULT_SERVICE_NAME: &str = "signgate";
+/// `[fleet].key_prefix`.
+pub const DEFAULT_FLEET_KEY_PREFIX: &str = "signgate";
+/// `[fleet].timeout_ms`: one Redis round trip's budget.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(50);
+pub const MAX_FLEET_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// The longest provider cooldown a `Retry-After` can impose.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
 pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
 
@@ -103,6 +113,9 @@ pub struct Config {
     pub state: StateConfig,
     /// `[tracing]`: spans exported over OTLP; `None` records nothing.
     pub tracing: Option<TracingConfig>,
+    /// `[fleet]`: state shared through Redis by several gateways; `None`
+    /// keeps everything per instance.
+    pub fleet: Option<FleetConfig>,
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub schemes: BTreeMap<String, Scheme>,
     pub routes: Vec<RouteConfig>,
@@ -225,11 +238,16 @@ pub struct AuditConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`path.1` newest … `path.N` oldest).
     pub max_files: usize,
-    /// Records that may wait for the writer.
+    /// Records admitted and not yet written (each request holds a place
+    /// from its admission until its record is written).
     pub queue: usize,
     /// How long a request waits for room in a full queue before it is refused
     /// (503 `audit_unavailable`): no request is forwarded unaudited.
     pub wait: Duration,
+    /// Disk space kept allocated past the end of the log file, so that the
+    /// records of the requests already admitted (at most `queue`) can be
+    /// written when the file system fills up; 0: none.
+    pub reserve_bytes: u64,
     /// Query parameters whose values are replaced by `REDACTED` in the record.
     pub redact_query_keys: Vec<String>,
 }
@@ -338,6 +356,9 @@ pub struct RouteConfig {
     /// Send the gateway's own `traceparent` (its upstream span) to the
     /// provider; otherwise the provider gets none.
     pub forward_traceparent: bool,
+    /// A provider 429/503 with `Retry-After` puts the route in cooldown
+    /// (fleet-wide with `[fleet]`).
+    pub honor_retry_after: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,4 +381,61 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// After a secret rotation, how long the previous version still verifies.
     pub rotation_grace: Duration,
+}
+
+/// A secret string in the configuration (the Redis password): compared, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl Redacted {
+    pub fn new(s: impl Into<String>) -> Self {
+        Redacted(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[fleet].limits_on_error`: what the rate limits do while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitsOnError {
+    /// Each instance enforces `rate / expected_instances` itself.
+    #[default]
+    Local,
+    /// Refuse (503 `rate_limit_unavailable`).
+    Deny,
+}
+
+/// Where the Redis password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisPassword {
+    /// Given in `redis_url` (kept out of `url`).
+    Inline(Redacted),
+    /// `redis_password_file`: read at start-up, trailing newline dropped.
+    File(PathBuf),
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `redis://` or `rediss://` URL without its password (safe to show).
+    pub url: String,
+    pub tls: bool,
+    pub password: Option<RedisPassword>,
+    /// `redis_ca_file`: the CA that signed the Redis server's certificate
+    /// (`rediss://`); without it the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    /// `None`: the host name, read at start-up.
+    pub instance: Option<String>,
+    pub expected_instances: u32,
+    pub limits_on_error: LimitsOnError,
 }

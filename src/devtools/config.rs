@@ -236,6 +236,11 @@ impl GatewayToml {
         self.set("tracing", key, value)
     }
 
+    /// `[fleet] key = value` (`redis_url`, `expected_instances`, ...).
+    pub fn fleet(self, key: &str, value: impl ToToml) -> Self {
+        self.set("fleet", key, value)
+    }
+
     /// `[listener] tls_cert` and `tls_key`: a TLS listener.
     pub fn listener_tls(self, cert: &Path, key: &Path) -> Self {
         self.listener("tls_cert", cert).listener("tls_key", key)
@@ -549,6 +554,11 @@ impl Route {
     /// Send the gateway's own `traceparent` to the upstream (needs `[tracing]`).
     pub fn forward_traceparent(self, on: bool) -> Self {
         self.set("forward_traceparent", on)
+    }
+
+    /// `honor_retry_after`: a provider 429/503 with `Retry-After` cools the route down.
+    pub fn honor_retry_after(self, honor: bool) -> Self {
+        self.set("honor_retry_after", honor)
     }
 }
 

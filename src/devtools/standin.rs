@@ -10,7 +10,8 @@
 //!
 //! Test hooks by path, compiled only with the `test-hooks` feature (the
 //! crate's own tests): `/hang` never answers, `/slow/MS` answers after MS ms,
-//! `/status/NNN` answers that status (with `Retry-After: 7` for 429/503).
+//! `/status/NNN` answers that status (with `Retry-After: 7` for 429/503,
+//! or the value of `?retry_after=`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -276,8 +277,8 @@ async fn respond(
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let retry_after = hooks::retry_after(parts.uri.query().unwrap_or("")).unwrap_or(HeaderValue::from_static("7"));
+        resp.headers_mut().insert(http::header::RETRY_AFTER, retry_after);
     }
     Ok(resp)
 }
@@ -301,6 +302,20 @@ mod hooks {
             status,
             format!(r#"{{"status":false,"code":{code},"message":"stand-in status {code}"}}"#),
         ))
+    }
+
+    /// `?retry_after=VALUE` on a `/status/NNN` hook: the `Retry-After` to
+    /// answer (seconds or an HTTP date) instead of 7.
+    #[cfg(feature = "test-hooks")]
+    pub(super) fn retry_after(query: &str) -> Option<http::HeaderValue> {
+        let raw = query.split('&').find_map(|p| p.strip_prefix("retry_after="))?;
+        let decoded = raw.replace("%20", " ").replace("%2C", ",").replace("%3A", ":");
+        http::HeaderValue::from_str(&decoded).ok()
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) fn retry_after(_query: &str) -> Option<http::HeaderValue> {
+        None
     }
 
     #[cfg(not(feature = "test-hooks"))]

@@ -52,6 +52,16 @@ pub enum GatewayError {
     MissingReference { pointer: String },
     /// The duplicate guard is full of in-flight references (fail closed).
     DuplicateGuardFull,
+    /// `[fleet]`: the duplicate guard's Redis cannot answer (fail closed).
+    DuplicateGuardUnavailable,
+    /// The provider answered 429/503 with `Retry-After` on this route: it is
+    /// cooling down (fleet-wide with `[fleet]`); nothing was sent.
+    ProviderCooldown { retry_after: u64 },
+    /// `[fleet]` with `limits_on_error = "deny"`: the shared limits cannot
+    /// be checked while Redis cannot answer.
+    RateLimitUnavailable,
+    /// `[fleet]`: another instance is storing this very webhook event.
+    WebhookInProgress,
     /// A webhook without a valid signature (or without the headers).
     BadSignature,
     /// A webhook whose timestamp is outside `tolerance_secs`.
@@ -85,6 +95,7 @@ impl From<Refusal> for GatewayError {
             Refusal::InvalidJson { offset, reason } => GatewayError::InvalidJson { offset, reason },
             Refusal::CredentialUnavailable(why) => GatewayError::CredentialUnavailable(why),
             Refusal::Store => GatewayError::Internal,
+            Refusal::InProgress => GatewayError::WebhookInProgress,
         }
     }
 }
@@ -108,6 +119,10 @@ impl GatewayError {
             GatewayError::DuplicateRequest { .. } => StatusCode::CONFLICT,
             GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::DuplicateGuardUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ProviderCooldown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::WebhookInProgress => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::ReflectedSignature => StatusCode::UNAUTHORIZED,
@@ -145,6 +160,10 @@ impl GatewayError {
             GatewayError::DuplicateRequest { .. } => "duplicate_request",
             GatewayError::MissingReference { .. } => "missing_duplicate_key",
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
+            GatewayError::DuplicateGuardUnavailable => "duplicate_guard_unavailable",
+            GatewayError::ProviderCooldown { .. } => "provider_cooldown",
+            GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
+            GatewayError::WebhookInProgress => "webhook_in_progress",
             GatewayError::BadSignature => "bad_signature",
             GatewayError::StaleTimestamp => "stale_timestamp",
             GatewayError::ReflectedSignature => "reflected_signature",
@@ -200,6 +219,16 @@ impl GatewayError {
             GatewayError::DuplicateGuardFull => {
                 "too many transactions in flight to guard against duplicates; retry shortly".into()
             }
+            GatewayError::DuplicateGuardUnavailable => {
+                "the duplicate guard's shared store cannot answer; refused, nothing was sent".into()
+            }
+            GatewayError::ProviderCooldown { retry_after } => {
+                format!("the provider asked to back off on this route; nothing was sent; retry after {retry_after} s")
+            }
+            GatewayError::RateLimitUnavailable => {
+                "the shared rate limits cannot be checked now; refused, nothing was sent".into()
+            }
+            GatewayError::WebhookInProgress => "another gateway instance is storing this event; retry shortly".into(),
             GatewayError::BadSignature => "signature missing or invalid".into(),
             GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
             GatewayError::ReflectedSignature => {
@@ -242,8 +271,11 @@ impl GatewayError {
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            GatewayError::RateLimited { retry_after, .. } => {
+            GatewayError::RateLimited { retry_after, .. } | GatewayError::ProviderCooldown { retry_after } => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            GatewayError::RateLimitUnavailable | GatewayError::WebhookInProgress => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allowed) {
@@ -315,6 +347,18 @@ mod tests {
                 "missing_duplicate_key",
             ),
             (GatewayError::DuplicateGuardFull, 503, "duplicate_guard_full"),
+            (
+                GatewayError::DuplicateGuardUnavailable,
+                503,
+                "duplicate_guard_unavailable",
+            ),
+            (
+                GatewayError::ProviderCooldown { retry_after: 2 },
+                429,
+                "provider_cooldown",
+            ),
+            (GatewayError::RateLimitUnavailable, 503, "rate_limit_unavailable"),
+            (GatewayError::WebhookInProgress, 503, "webhook_in_progress"),
             (GatewayError::BadSignature, 401, "bad_signature"),
             (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
             (GatewayError::ReflectedSignature, 401, "reflected_signature"),

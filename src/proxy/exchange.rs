@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::DATE;
+use http::header::{DATE, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,8 +22,10 @@ use super::record::{clock_skew, Record};
 use super::scope::Scope;
 use super::steps::Outgoing;
 use super::GatewayError;
+use crate::config::MAX_COOLDOWN;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
+use crate::ratelimit::retry_after_header;
 use crate::router::Route;
 use crate::secrets::Credential;
 use crate::sign::{MessageInput, Signature};
@@ -124,7 +126,9 @@ async fn exchange(
         spans.end_sign(signing, &route, attempt);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
-            shared.reflections().remember(sig.mac(), window);
+            shared
+                .reflections()
+                .remember_sent(&route.config.credential, sig.mac(), window);
         }
         metrics
             .signatures
@@ -156,11 +160,12 @@ async fn exchange(
         .upstream_duration
         .with_label_values(&[route.name()])
         .observe(started.elapsed().as_secs_f64());
-    if let Some(claim) = claim {
-        claim.finish(settle(&result));
-    }
     if let Ok(resp) = &result {
         observe_response(metrics, &route, resp);
+        cool_down(&shared, &route, resp).await;
+    }
+    if let Some(claim) = claim {
+        claim.finish(settle(&result)).await;
     }
     Exchanged {
         result,
@@ -236,6 +241,41 @@ fn settle(result: &Result<Response<Incoming>, AttemptError>) -> Outcome {
         Ok(_) => Outcome::Failed,
         Err(e) if e.nothing_sent => Outcome::Failed,
         Err(_) => Outcome::Unknown,
+    }
+}
+
+/// A provider 429/503 with `Retry-After` (seconds or an HTTP date, at most
+/// `MAX_COOLDOWN`) puts the route in cooldown: here at once, and with
+/// `[fleet]` on every instance (Redis, bounded by `timeout_ms`; not
+/// answering, this instance still holds it).
+async fn cool_down(shared: &Shared, route: &Route, resp: &Response<Incoming>) {
+    let status = resp.status();
+    if !route.config.honor_retry_after
+        || !(status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+    {
+        return;
+    }
+    let Some(wait) = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| retry_after_header(v, SystemTime::now(), MAX_COOLDOWN))
+    else {
+        return;
+    };
+    route.cooldown.start(wait);
+    shared
+        .metrics()
+        .provider_cooldown
+        .with_label_values(&[route.name(), "started"])
+        .inc();
+    tracing::info!(
+        route = route.name(),
+        status = status.as_u16(),
+        wait_ms = wait.as_millis() as u64,
+        "provider asked to back off: route cooling down"
+    );
+    if let Some(fleet) = shared.fleet() {
+        let _ = fleet.start_cooldown(&fleet.key_cooldown(route.name()), wait).await;
     }
 }
 

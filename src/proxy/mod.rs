@@ -80,12 +80,15 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     steps::admit(scope, &parts)?;
     let route = steps::route(scope, &parts)?;
     steps::authorize(scope, &route)?;
-    steps::limit(scope, Some(&route))?;
+    steps::limit(scope, Some(&route)).await?;
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
-    let claim = steps::claim(scope, &route, &parts, &body)?;
+    let claim = steps::claim(scope, &route, &parts, &body).await?;
     let cred = steps::credential(scope, &route)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
+    // A cooldown that began while this request waited: the claim is
+    // released as it drops (nothing was sent).
+    steps::cooled(scope, &route)?;
     let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

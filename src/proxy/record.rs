@@ -31,11 +31,20 @@ pub(super) struct Record {
     pub credential_version: Option<u64>,
     pub signature_fingerprint: Option<String>,
     pub duplicate_key: Option<String>,
+    /// With `[fleet]`: where the shared decisions came from.
+    pub fleet: Option<crate::fleet::Source>,
     /// The upstream exchange's failure, if it failed.
     pub upstream_error: Option<&'static str>,
 }
 
 impl Record {
+    /// Note a decision's source: once any fell back, the record says `local`.
+    pub fn note_fleet(&mut self, source: crate::fleet::Source) {
+        if self.fleet != Some(crate::fleet::Source::Local) {
+            self.fleet = Some(source);
+        }
+    }
+
     pub fn new(method: Method, uri: http::Uri) -> Record {
         Record {
             started: Instant::now(),
@@ -48,6 +57,7 @@ impl Record {
             credential_version: None,
             signature_fingerprint: None,
             duplicate_key: None,
+            fleet: None,
             upstream_error: None,
         }
     }
@@ -163,6 +173,7 @@ pub(super) fn entry(
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
+        fleet: rec.fleet.map(crate::fleet::Source::label),
         upstream_error: rec.upstream_error,
     }
 }

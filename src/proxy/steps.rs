@@ -3,7 +3,6 @@
 //! [`GatewayError`] and notes what the audit record needs in the scope.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -16,8 +15,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::scope::Scope;
 use super::GatewayError;
 use crate::allowlist::Allowlist;
-use crate::dedup::{Claim, Duplicate};
+use crate::config::LimitsOnError;
+use crate::dedup::{Claim, Duplicate, Refused};
+use crate::fleet::{FleetLimit, LimitAnswer, Source};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
 use crate::sign::BodyMode;
@@ -95,8 +97,87 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
     Ok(())
 }
 
-/// Rate limits before the body is read: a refused client costs no buffering.
-pub(super) fn limit(scope: &Scope, route: Option<&Route>) -> Result<(), GatewayError> {
+/// The provider's cooldown, then the rate limits, before the body is read:
+/// a refused client costs no buffering, and no duplicate-guard claim exists
+/// yet. Without `[fleet]` all of it is local (no `.await` is reached); with
+/// it, the route's cooldown and every limit are checked in one Redis round
+/// trip, falling back per `[fleet].limits_on_error`.
+pub(super) async fn limit(scope: &mut Scope, route: Option<&Route>) -> Result<(), GatewayError> {
+    let honored = route.filter(|r| r.config.honor_retry_after);
+    if let Some(r) = honored {
+        cooled(scope, r)?;
+    }
+    let Some(fleet) = scope.shared.fleet().cloned() else {
+        return local_limit(scope, route);
+    };
+    let limits = &scope.snap.config.limits;
+    let mut checks = Vec::with_capacity(3);
+    let mut scopes = Vec::with_capacity(3);
+    let mut add = |key: String, q: crate::config::Quota, s: RateScope| {
+        checks.push(FleetLimit {
+            key,
+            rate: q.rate.get(),
+            burst: q.burst.get(),
+        });
+        scopes.push(s);
+    };
+    // Most specific first, as the local limiter does.
+    if let Some(q) = limits.per_client {
+        add(fleet.key_client(scope.conn.ip()), q, RateScope::PerClient);
+    }
+    if let Some((r, q)) = route.and_then(|r| r.config.limit.map(|q| (r, q))) {
+        add(fleet.key_route(r.name()), q, RateScope::Route);
+    }
+    if let Some(q) = limits.global {
+        add(fleet.key_global(), q, RateScope::Global);
+    }
+    let cooldown_key = honored.map(|r| fleet.key_cooldown(r.name()));
+    if checks.is_empty() && cooldown_key.is_none() {
+        return Ok(());
+    }
+    match fleet.check_limits(cooldown_key.as_deref(), &checks).await {
+        Ok(LimitAnswer::Allowed) => {
+            scope.rec.note_fleet(Source::Redis);
+            Ok(())
+        }
+        Ok(LimitAnswer::Cooldown(left)) => {
+            scope.rec.note_fleet(Source::Redis);
+            let r = honored.ok_or(GatewayError::Internal)?;
+            // Known here too: it holds while Redis cannot answer.
+            r.cooldown.start(left);
+            cooled(scope, r)
+        }
+        Ok(LimitAnswer::Limited { index, wait }) => {
+            scope.rec.note_fleet(Source::Redis);
+            Err(GatewayError::RateLimited {
+                scope: scopes.get(index).copied().unwrap_or(RateScope::Global).label(),
+                retry_after: retry_after_secs(wait),
+            })
+        }
+        // Only the cooldown was asked: the local one was checked above.
+        Err(_) if checks.is_empty() => {
+            scope.rec.note_fleet(Source::Local);
+            Ok(())
+        }
+        Err(_) => {
+            scope.rec.note_fleet(Source::Local);
+            match fleet.limits_on_error() {
+                LimitsOnError::Local => {
+                    fleet.fallback("limits_local");
+                    local_limit(scope, route)
+                }
+                LimitsOnError::Deny => {
+                    fleet.fallback("limits_denied");
+                    Err(GatewayError::RateLimitUnavailable)
+                }
+            }
+        }
+    }
+}
+
+/// This instance's limiters: the whole quotas, or with `[fleet]` (Redis not
+/// answering) this instance's share of them.
+fn local_limit(scope: &Scope, route: Option<&Route>) -> Result<(), GatewayError> {
     scope
         .snap
         .limits
@@ -105,6 +186,27 @@ pub(super) fn limit(scope: &Scope, route: Option<&Route>) -> Result<(), GatewayE
             scope: l.scope.label(),
             retry_after: l.retry_after,
         })
+}
+
+/// Refuse while the route's provider cooldown runs (as this instance knows it).
+pub(super) fn cooled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
+    if !route.config.honor_retry_after {
+        return Ok(());
+    }
+    match route.cooldown.left() {
+        None => Ok(()),
+        Some(left) => {
+            scope
+                .shared
+                .metrics()
+                .provider_cooldown
+                .with_label_values(&[route.name(), "refused"])
+                .inc();
+            Err(GatewayError::ProviderCooldown {
+                retry_after: retry_after_secs(left),
+            })
+        }
+    }
 }
 
 /// Read the body under `max_body_bytes`, `body_timeout` (the whole body) and
@@ -221,30 +323,42 @@ pub(super) fn canonicalize(route: &Route, raw: Bytes) -> Result<Bytes, GatewayEr
 }
 
 /// A retried payment must not become a second payment: claim the route's
-/// transaction reference, per endpoint (method and upstream path, compared
-/// as [`crate::dedup::endpoint`] does), so that a status call never locks a
-/// create and a create spelled differently is still the same create.
-pub(super) fn claim(
+/// transaction reference, per endpoint (method and upstream path), so that
+/// a status call never locks a create and a create spelled differently is
+/// still the same create (endpoints compared as [`crate::dedup::endpoint`]
+/// does). With `[fleet]` the claim is taken in Redis, and refused (fail
+/// closed) while Redis cannot answer.
+pub(super) async fn claim(
     scope: &mut Scope,
     route: &Route,
     parts: &Parts,
     body: &[u8],
 ) -> Result<Option<Claim>, GatewayError> {
-    let (Some(store), Some(pointer)) = (&route.duplicates, &route.config.duplicate_key) else {
+    let (Some(guard), Some(pointer)) = (&route.duplicates, &route.config.duplicate_key) else {
         return Ok(None);
     };
     let reference = crate::dedup::reference(body, pointer).ok_or_else(|| GatewayError::MissingReference {
         pointer: pointer.clone(),
     })?;
     scope.rec.duplicate_key = Some(reference.clone());
-    let endpoint = crate::dedup::endpoint(&route.upstream_path(parts.uri.path()));
-    let key = format!("{} {endpoint} {reference}", parts.method);
-    store.begin(&key, Instant::now()).map_err(|d| match d {
-        Duplicate::Full => GatewayError::DuplicateGuardFull,
-        Duplicate::InFlight | Duplicate::Succeeded => GatewayError::DuplicateRequest { unknown: false },
-        Duplicate::Unknown => GatewayError::DuplicateRequest { unknown: true },
-    })?;
-    Ok(Some(Claim::new(store.clone(), key)))
+    let endpoint = format!(
+        "{} {}",
+        parts.method,
+        crate::dedup::endpoint(&route.upstream_path(parts.uri.path()))
+    );
+    let claimed = guard.begin(&endpoint, &reference).await;
+    if let Some(source) = guard.source() {
+        let unavailable = matches!(claimed, Err(Refused::Unavailable));
+        scope.rec.note_fleet(if unavailable { Source::Local } else { source });
+    }
+    claimed.map(Some).map_err(|r| match r {
+        Refused::Duplicate(Duplicate::Full) => GatewayError::DuplicateGuardFull,
+        Refused::Duplicate(Duplicate::InFlight | Duplicate::Succeeded) => {
+            GatewayError::DuplicateRequest { unknown: false }
+        }
+        Refused::Duplicate(Duplicate::Unknown) => GatewayError::DuplicateRequest { unknown: true },
+        Refused::Unavailable => GatewayError::DuplicateGuardUnavailable,
+    })
 }
 
 /// The secret to sign with; a request keeps the version it started with.

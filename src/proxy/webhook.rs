@@ -66,23 +66,33 @@ impl From<Refused> for GatewayError {
 }
 
 /// A signature this gateway produced (an outbound request replayed as an
-/// event) is refused whatever else it would verify as.
-fn not_reflected(scope: &Scope, hook: &Hook, parts: &Parts) -> Result<(), webhook::Refusal> {
+/// event) is refused whatever else it would verify as. With `[fleet]`, one
+/// any instance produced.
+async fn not_reflected(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Result<(), webhook::Refusal> {
     let Some((signature, _)) = webhook::signed_headers(&hook.scheme, &parts.headers) else {
         return Ok(());
     };
-    match hook.scheme.decode(signature.as_bytes()) {
-        Some(mac) if scope.shared.reflections().seen(&mac) => {
-            tracing::warn!(
-                request_id = scope.rid.as_str(),
-                webhook = hook.name(),
-                client = %scope.conn.peer,
-                "webhook refused: it carries a signature this gateway produced for an outbound request"
-            );
-            Err(webhook::Refusal::ReflectedSignature)
-        }
-        _ => Ok(()),
+    let Some(mac) = hook.scheme.decode(signature.as_bytes()) else {
+        return Ok(());
+    };
+    let (seen, source) = scope
+        .shared
+        .reflections()
+        .seen_by_fleet(&hook.config.credential, &mac)
+        .await;
+    if let Some(source) = source {
+        scope.rec.note_fleet(source);
     }
+    if !seen {
+        return Ok(());
+    }
+    tracing::warn!(
+        request_id = scope.rid.as_str(),
+        webhook = hook.name(),
+        client = %scope.conn.peer,
+        "webhook refused: it carries a signature this gateway produced for an outbound request"
+    );
+    Err(webhook::Refusal::ReflectedSignature)
 }
 
 async fn admit_and_receive(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Result<Outcome, Refused> {
@@ -97,13 +107,17 @@ async fn admit_and_receive(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Res
         }
         .into());
     }
-    steps::limit(scope, None)?;
+    steps::limit(scope, None).await?;
     let raw = steps::read_body(scope, parts).await?;
-    not_reflected(scope, hook, parts).map_err(Refused::Receiver)?;
+    not_reflected(scope, hook, parts).await.map_err(Refused::Receiver)?;
     let inbox = scope.shared.inbox().ok_or(GatewayError::Internal)?.clone();
-    let outcome = webhook::receive(hook, &inbox, &parts.headers, raw.clone())
+    let fleet = scope.shared.fleet().cloned();
+    let (outcome, source) = webhook::receive(hook, &inbox, &parts.headers, raw.clone(), fleet.as_ref())
         .await
         .map_err(Refused::Receiver)?;
+    if let Some(source) = source {
+        scope.rec.note_fleet(source);
+    }
     scope.rec.duplicate_key = Some(webhook::event_key(hook, &raw));
     Ok(outcome)
 }

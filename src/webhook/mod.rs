@@ -23,6 +23,7 @@ use sha2::Digest as _;
 use crate::allowlist::Allowlist;
 use crate::canonical;
 use crate::config::WebhookConfig;
+use crate::fleet::{Claimed, Fleet, Source};
 use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::{MessageInput, Scheme, TimestampUnit};
 use store::{Accepted, Store};
@@ -74,6 +75,9 @@ pub enum Refusal {
     CredentialUnavailable(crate::secrets::Unavailable),
     /// The inbox could not store the event (logged; the provider retries).
     Store,
+    /// With `[fleet]`: another instance is storing this very event and has
+    /// not finished yet (503; the provider's retry finds it stored).
+    InProgress,
 }
 
 impl Refusal {
@@ -85,6 +89,7 @@ impl Refusal {
             Refusal::ReflectedSignature => "reflected_signature",
             Refusal::InvalidJson { .. } => "invalid_json",
             Refusal::CredentialUnavailable(_) | Refusal::Store => "error",
+            Refusal::InProgress => "in_progress",
         }
     }
 }
@@ -172,8 +177,16 @@ impl Verifier<'_> {
     }
 }
 
-/// Verify, check freshness, de-duplicate and persist one webhook body.
-pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: Bytes) -> Result<Outcome, Refusal> {
+/// Verify, check freshness, de-duplicate and persist one webhook body. With
+/// `fleet`, the event key is claimed in Redis first (see [`fleet_dedup`]);
+/// the answer says where the de-duplication decision came from.
+pub async fn receive(
+    hook: &Hook,
+    store: &Arc<Store>,
+    headers: &HeaderMap,
+    raw: Bytes,
+    fleet: Option<&Arc<Fleet>>,
+) -> Result<(Outcome, Option<Source>), Refusal> {
     let Some((signature, timestamp)) = signed_headers(&hook.scheme, headers) else {
         return Err(Refusal::BadSignature);
     };
@@ -204,19 +217,125 @@ pub async fn receive(hook: &Hook, store: &Arc<Store>, headers: &HeaderMap, raw: 
         hook.name().to_string(),
         hook.config.dedup_window.as_secs(),
     );
-    let (ts, body) = (timestamp.to_string(), body.to_string());
-    // The commit fsyncs: keep it off the async workers.
-    let accepted = tokio::task::spawn_blocking(move || store.accept(&name, &key, &ts, &body, window, verified_at))
-        .await
-        .map_err(|_| Refusal::Store)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "webhook event could not be stored");
-            Refusal::Store
-        })?;
+    let event = Event {
+        webhook: name,
+        key,
+        timestamp: timestamp.to_string(),
+        body: body.to_string(),
+        window_secs: window,
+        verified_at,
+    };
+    match fleet {
+        None => Ok((store_event(store, event, false).await?, None)),
+        Some(f) => {
+            // Claim, store and commit run as a task of their own: a provider
+            // that hangs up half-way cannot leave the claim and the inbox
+            // disagreeing.
+            let task = fleet_dedup(f.clone(), store, event, hook.config.dedup_window);
+            f.tasks().spawn(task).await.map_err(|_| Refusal::Store)?
+        }
+    }
+}
+
+/// One verified event on its way to the inbox.
+struct Event {
+    webhook: String,
+    key: String,
+    timestamp: String,
+    body: String,
+    window_secs: u64,
+    verified_at: u64,
+}
+
+/// Commit the event to the inbox (fsync), off the async workers.
+async fn store_event(store: Arc<Store>, ev: Event, dedup_local: bool) -> Result<Outcome, Refusal> {
+    let accepted = tokio::task::spawn_blocking(move || {
+        store.accept(
+            &ev.webhook,
+            &ev.key,
+            &ev.timestamp,
+            &ev.body,
+            ev.window_secs,
+            ev.verified_at,
+            dedup_local,
+        )
+    })
+    .await
+    .map_err(|_| Refusal::Store)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "webhook event could not be stored");
+        Refusal::Store
+    })?;
     Ok(match accepted {
         Accepted::New(id) => Outcome::Accepted(id),
         Accepted::Duplicate => Outcome::Duplicate,
     })
+}
+
+/// How long a claim on an event key lives while its instance stores it.
+const SEEN_PENDING_TTL: Duration = Duration::from_secs(30);
+/// How long an instance waits for another one that is storing the same event.
+const SEEN_WAIT: Duration = Duration::from_secs(2);
+const SEEN_POLL: Duration = Duration::from_millis(20);
+/// The value of a stored event's key.
+const SEEN_STORED: &str = "c";
+
+/// The fleet's de-duplication: the event key `{PREFIX:wh:WEBHOOK}:HASH` is
+/// claimed (`p:INSTANCE:TOKEN`, 30 s), the event is committed to this
+/// instance's inbox, then the key is marked stored (`c`) for the window.
+/// An instance that finds the key stored answers `duplicate`; one that finds
+/// it claimed waits up to 2 s for it to be stored (then `duplicate`), else
+/// refuses 503 so the provider retries. A failed commit releases the claim.
+/// Redis not answering: the inbox alone de-duplicates (`Source::Local`).
+async fn fleet_dedup(
+    fleet: Arc<Fleet>,
+    store: Arc<Store>,
+    ev: Event,
+    window: Duration,
+) -> Result<(Outcome, Option<Source>), Refusal> {
+    let key = fleet.key_seen(&ev.webhook, &ev.key);
+    let ours = format!("p:{}", fleet.token());
+    let waited = std::time::Instant::now();
+    loop {
+        match fleet.claim("webhook_seen", &key, &ours, SEEN_PENDING_TTL).await {
+            Ok(Claimed::Ours) => break,
+            Ok(Claimed::Held(v)) if v == SEEN_STORED => return Ok((Outcome::Duplicate, Some(Source::Redis))),
+            Ok(Claimed::Held(_)) if waited.elapsed() < SEEN_WAIT => tokio::time::sleep(SEEN_POLL).await,
+            Ok(Claimed::Held(_)) => return Err(Refusal::InProgress),
+            Err(_) => {
+                fleet.fallback("webhook_local");
+                return Ok((store_event(store, ev, true).await?, Some(Source::Local)));
+            }
+        }
+    }
+    match store_event(store, ev, false).await {
+        Ok(outcome) => {
+            if fleet
+                .settle("webhook_seen", &key, &ours, Some(SEEN_STORED), window)
+                .await
+                .is_err()
+            {
+                // Stored here; mark it for the others as soon as Redis takes it.
+                let f = fleet.clone();
+                fleet.spawn(async move {
+                    let deadline = std::time::Instant::now() + SEEN_PENDING_TTL;
+                    while f
+                        .settle("webhook_seen", &key, &ours, Some(SEEN_STORED), window)
+                        .await
+                        .is_err()
+                        && std::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                });
+            }
+            Ok((outcome, Some(Source::Redis)))
+        }
+        Err(refusal) => {
+            let _ = fleet.settle("webhook_seen", &key, &ours, None, window).await;
+            Err(refusal)
+        }
+    }
 }
 
 /// The event's de-duplication key: `webhook|` then the canonical JSON

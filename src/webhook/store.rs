@@ -84,6 +84,10 @@ pub struct StoredEvent {
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub delivered_at: Option<u64>,
+    /// With `[fleet]`: accepted while Redis could not answer, so only this
+    /// instance de-duplicated it (delivered with `X-Signgate-Dedup: local`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedup_local: bool,
 }
 
 pub enum Accepted {
@@ -128,7 +132,10 @@ impl Store {
     /// Record a verified event unless its key was seen within `window_secs`
     /// of `verified_at` (unix seconds of the freshness check, so the window
     /// is measured on the same clock readings as the tolerance, however long
-    /// the commit waited). Durable when this returns `New`.
+    /// the commit waited). Durable when this returns `New`. `dedup_local`:
+    /// the fleet's de-duplication could not be asked (the event is marked so
+    /// its delivery says `X-Signgate-Dedup: local`).
+    #[allow(clippy::too_many_arguments)] // one event's fields, as received
     pub fn accept(
         &self,
         webhook: &str,
@@ -137,6 +144,7 @@ impl Store {
         body: &str,
         window_secs: u64,
         verified_at: u64,
+        dedup_local: bool,
     ) -> Result<Accepted, StoreError> {
         let now = now_secs();
         let txn = self.db.begin_write().map_err(err)?;
@@ -160,6 +168,7 @@ impl Store {
                     next_attempt_ms: now_ms(),
                     last_error: None,
                     delivered_at: None,
+                    dedup_local,
                 };
                 let bytes = serde_json::to_vec(&ev).map_err(err)?;
                 events.insert(id, bytes.as_slice()).map_err(err)?;
@@ -293,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
         let t = 1_000_000;
-        let accept = |at: u64| store.accept("hook", "hook|k", "0", "{}", 601, at).unwrap();
+        let accept = |at: u64| store.accept("hook", "hook|k", "0", "{}", 601, at, false).unwrap();
         assert!(matches!(accept(t), Accepted::New(_)));
         // The latest replay a 300 s tolerance lets through comes 600 s later.
         assert!(matches!(accept(t + 600), Accepted::Duplicate));

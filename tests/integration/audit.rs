@@ -1,6 +1,8 @@
 //! The audit log against real faults, with the real binary: a full disk
-//! (every request refused, the provider sees nothing, a gap record once the
-//! disk has room again, no restart), a torn last line after a crash, a
+//! (with the reservation: new requests refused at once, every request that
+//! reached the provider audited, no gap; without one: the record in flight
+//! lost and named by a gap record; either way healthy again without a
+//! restart once the disk has room), a torn last line after a crash, a
 //! missing head file, and owner-only files under umask 022.
 //!
 //! The full disk is a 256 KiB tmpfs mounted for the test (we run as root;
@@ -9,10 +11,14 @@
 //! it fail with EFBIG; signgate catches SIGXFSZ). `SIGNGATE_TEST_DISK_FAULT=
 //! tmpfs|fsize` forces one.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::Method;
 
 use crate::support::*;
 
@@ -110,7 +116,10 @@ impl DiskFault {
         DiskFault::Fsize
     }
 
-    fn fill(&self, gw: &GatewayProcess, log: &Path) {
+    /// Take the free space away. With RLIMIT_FSIZE, `room` bytes are left
+    /// past the log's end (on the tmpfs, what is left is the log's
+    /// reservation).
+    fn fill(&self, gw: &GatewayProcess, log: &Path, room: u64) {
         match self {
             DiskFault::Tmpfs { filler, .. } => {
                 use std::io::Write;
@@ -122,7 +131,7 @@ impl DiskFault {
                 let _ = f.sync_all();
             }
             DiskFault::Fsize => {
-                let size = std::fs::metadata(log).unwrap().len();
+                let size = std::fs::metadata(log).unwrap().len() + room;
                 prlimit(gw, &format!("--fsize={size}:")); // the soft limit: raising a hard one back needs CAP_SYS_RESOURCE
             }
         }
@@ -160,12 +169,184 @@ impl Drop for DiskFault {
     }
 }
 
+/// The reservation of the full-disk test: `queue` (64) x 1 KiB, the rule of
+/// the default.
+const RESERVE: u64 = 64 * 1024;
+
+/// POST with our own request id: (id, status, error code).
+async fn send(c: &TestClient, url: &str, id: &str) -> (String, u16, String) {
+    let r = c.send(Method::POST, url, &[("x-request-id", id)], "{}").await;
+    let code = if r.status == 200 { String::new() } else { r.code() };
+    (id.to_string(), r.status.as_u16(), code)
+}
+
+/// The request ids the provider received.
+async fn provider_ids(fx: &Fixture) -> BTreeSet<String> {
+    fx.provider
+        .standin
+        .records()
+        .await
+        .iter()
+        .map(|r| r.headers["x-request-id"].to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The request ids of the records in the log.
+fn audited_ids(log: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_room() {
+async fn a_full_disk_refuses_new_requests_and_every_forwarded_request_keeps_its_record() {
     let dir = tempfile::tempdir().unwrap();
     let fault = DiskFault::new(dir.path());
     let log = dir.path().join("audit/signgate.jsonl");
-    let e = env(&log, |c| c).await;
+    let e = env(&log, |c| {
+        c.audit("queue", 64)
+            .audit("reserve_bytes", RESERVE)
+            .egress("request_timeout_ms", 5000)
+    })
+    .await;
+    let mut gw = GatewayProcess::start(&e.config_path(), &[]);
+    let c = Arc::new(TestClient::new());
+    let fast = gw.url("/kwikpaisa/api/v3/pg/order/status");
+    let slow = gw.url("/kwikpaisa/slow/1500");
+    for i in 0..3 {
+        assert_eq!(send(&c, &fast, &format!("disk-before-{i}")).await.1, 200);
+    }
+    assert!(eventually(Duration::from_secs(5), || async { written(&gw).await == 3.0 }).await);
+
+    // Eight requests on their way: the provider holds them for 1.5 s.
+    let in_flight: Vec<_> = (0..8)
+        .map(|i| {
+            let (c, url) = (c.clone(), slow.clone());
+            tokio::spawn(async move { send(&c, &url, &format!("disk-in-flight-{i}")).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || async { provider_got(&e).await == 11 }).await);
+    // The disk fills up while they are in flight, and more keep arriving.
+    fault.fill(&gw, &log, RESERVE / 2);
+    let mut arriving = Vec::new();
+    for wave in 0..3 {
+        for i in 0..10 {
+            let (c, url) = (c.clone(), fast.clone());
+            arriving.push(tokio::spawn(async move {
+                send(&c, &url, &format!("disk-arriving-{wave}-{i}")).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut replies = Vec::new();
+    for t in in_flight {
+        let r = t.await.unwrap();
+        assert_eq!(r.1, 200, "a request already on its way is answered: {r:?}");
+        replies.push(r);
+    }
+    for t in arriving {
+        replies.push(t.await.unwrap());
+    }
+    // The first record written after the fill could not be followed by a
+    // top-up: the log is unhealthy, new requests are refused at once and
+    // readiness is off.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            audit_metric(&gw, "signgate_audit_healthy", &[]).await == 0.0
+        })
+        .await,
+        "{}",
+        gw.log_text()
+    );
+    for i in 0..5 {
+        let r = send(&c, &fast, &format!("disk-refused-{i}")).await;
+        assert_eq!((r.1, r.2.as_str()), (503, "audit_unavailable"));
+        replies.push(r);
+    }
+    let ready = c.get(&gw.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503);
+    let why = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(why.contains("reserved ahead of the audit log"), "{why}");
+
+    // Every answer is a 200 (forwarded) or a 503 audit_unavailable (not).
+    for r in &replies {
+        assert!(r.1 == 200 || (r.1, r.2.as_str()) == (503, "audit_unavailable"), "{r:?}");
+    }
+    let answered: BTreeSet<String> = replies.iter().filter(|r| r.1 == 200).map(|r| r.0.clone()).collect();
+    let refused = replies.iter().filter(|r| r.1 == 503).count();
+    let at_provider = provider_ids(&e).await;
+    let mut expected = answered.clone();
+    expected.extend((0..3).map(|i| format!("disk-before-{i}")));
+    assert_eq!(
+        at_provider, expected,
+        "exactly the requests answered 200 reached the provider"
+    );
+    // ... and every one of them has its record: none lost, no gap.
+    let n = at_provider.len() as f64;
+    assert!(
+        eventually(Duration::from_secs(5), || async { written(&gw).await == n }).await,
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(failed(&gw).await, 0.0);
+    assert_eq!(
+        audited_ids(&log),
+        at_provider,
+        "every request that reached the provider is audited"
+    );
+    eprintln!(
+        "after the fill: {} answered 200 (8 in flight, {} arriving), {refused} refused 503; \
+         provider got {} in all, the log holds {} records",
+        answered.len(),
+        answered.len() - 8,
+        at_provider.len(),
+        audited_ids(&log).len()
+    );
+
+    // Room again: healthy within about a second, without a restart.
+    fault.free(&gw);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            audit_metric(&gw, "signgate_audit_healthy", &[]).await == 1.0
+        })
+        .await,
+        "{}",
+        gw.log_text()
+    );
+    for i in 0..3 {
+        assert_eq!(send(&c, &fast, &format!("disk-after-{i}")).await.1, 200);
+    }
+    stop(&mut gw).await;
+
+    // A complete chain: no gap record, a plain ok.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("\"record\":\"gap\""), "{text}");
+    let lines = text.lines().count();
+    assert_eq!(lines, at_provider.len() + 3);
+    let out = verify(&[], &[&log]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), format!("ok {lines} records\n")),
+        "{out:?}"
+    );
+}
+
+/// Without a reservation (`reserve_bytes = 0`, and so on a file system
+/// without `fallocate`), the full disk is noticed by the first write that
+/// fails: that record, of a request already forwarded, is lost and named by
+/// a gap record.
+#[tokio::test]
+async fn without_a_reservation_a_full_disk_loses_the_record_in_flight_and_a_gap_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = DiskFault::new(dir.path());
+    let log = dir.path().join("audit/signgate.jsonl");
+    let e = env(&log, |c| c.audit("reserve_bytes", 0)).await;
     let mut gw = GatewayProcess::start(&e.config_path(), &[]);
     let c = TestClient::new();
     let url = gw.url("/kwikpaisa/api/v3/pg/order/status");
@@ -175,7 +356,7 @@ async fn a_full_disk_refuses_every_request_and_the_gap_is_recorded_once_it_has_r
     assert!(eventually(Duration::from_secs(5), || async { written(&gw).await == 3.0 }).await);
     assert_eq!(audit_metric(&gw, "signgate_audit_healthy", &[]).await, 1.0);
 
-    fault.fill(&gw, &log);
+    fault.fill(&gw, &log, 0);
     // Until a write fails nothing knows the disk is full: records may still
     // fit in the file's last page, and the request whose record is the first
     // to fail was already forwarded. One request at a time, so exactly one

@@ -27,6 +27,9 @@
 //! - `traces`: `[tracing]` against a real OTLP/HTTP receiver decoding the
 //!   protobuf: spans and their parents, the caller's trace continued, what
 //!   the provider sees, errors exported at ratio 0;
+//! - `fleet`: three real gateway processes sharing one real `redis-server`:
+//!   limits, the duplicate guard, webhook de-duplication, provider cooldown
+//!   and reflections fleet-wide; Redis killed and slowed;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
 //!   file and umask 022, with the real binary.
 //!
@@ -44,6 +47,7 @@ mod cli;
 mod dashboard;
 mod deploy;
 mod edges;
+mod fleet;
 mod money;
 mod observability;
 mod ops;

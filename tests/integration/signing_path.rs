@@ -298,7 +298,8 @@ async fn plain_http_upstream_needs_allow_plain_http() {
 
 #[tokio::test]
 async fn upstream_429_and_503_are_passed_through_and_never_retried() {
-    let s = Setup::new().await;
+    // Without the cooldown, each back-off answer passes through as it is.
+    let s = Setup::with(|c| c.edit_route("kwikpaisa", |r| r.honor_retry_after(false))).await;
     for code in [429u16, 503] {
         let r = TestClient::new()
             .post(&s.url(&format!("/kwikpaisa/status/{code}")), "{}")
@@ -307,6 +308,39 @@ async fn upstream_429_and_503_are_passed_through_and_never_retried() {
         assert_eq!(r.headers["retry-after"], "7");
     }
     assert_eq!(s.provider.standin.records().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_provider_retry_after_cools_the_route_down_and_nothing_is_sent_meanwhile() {
+    let s = Setup::new().await;
+    let r = TestClient::new().post(&s.url("/kwikpaisa/status/503"), "{}").await;
+    assert_eq!(
+        r.status.as_u16(),
+        503,
+        "the provider's answer passes through, never retried"
+    );
+    assert_eq!(r.headers["retry-after"], "7");
+    for path in ["/kwikpaisa/status/429", "/kwikpaisa/api/v3/pg/order/status"] {
+        let r = TestClient::new().post(&s.url(path), "{}").await;
+        assert_eq!((r.status.as_u16(), r.code().as_str()), (429, "provider_cooldown"));
+        let left: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=7).contains(&left), "Retry-After {left}");
+    }
+    assert_eq!(
+        s.provider.standin.records().await.len(),
+        1,
+        "nothing sent during the cooldown"
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "signgate_provider_cooldown_total",
+            &[("route", "kwikpaisa"), ("result", "refused")]
+        ),
+        2.0
+    );
+    assert!(!m.contains("signgate_fleet_"), "no fleet series without [fleet]");
 }
 
 #[tokio::test]

@@ -11,11 +11,13 @@
 //!   address, an HTTPS one, and the merchant's app that receives webhooks.
 //! - [`vault`]: a real OpenBao dev server and the Vault credentials.
 //! - [`logs`]: a per-test capture of the in-process gateway's log.
+//! - [`redis`]: a real `redis-server` and a byte-delaying fault proxy (fleet).
 #![allow(dead_code, clippy::unwrap_used, clippy::disallowed_types)] // test harness: a failed setup step should panic; a std Mutex collects child logs; not every binary uses every helper
 
 pub mod client;
 pub mod fixture;
 pub mod logs;
+pub mod redis;
 pub mod vault;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! Sections live in submodules: credentials, schemes, routes and webhooks.
 
 mod credentials;
+mod fleet;
 mod routes;
 mod schemes;
 mod tracing;
@@ -328,6 +329,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         ),
     };
     let egress = egress(&mut v, raw.egress);
+    let audit_queue = v.positive("audit.queue", raw.audit.queue, DEFAULT_AUDIT_QUEUE);
     let audit = AuditConfig {
         sink: match raw.audit.path.as_deref() {
             Some("-") => AuditSink::Stdout,
@@ -351,14 +353,20 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             None => DEFAULT_AUDIT_MAX_BYTES,
         },
         max_files: v.positive("audit.max_files", raw.audit.max_files, DEFAULT_AUDIT_MAX_FILES),
-        queue: v.positive("audit.queue", raw.audit.queue, DEFAULT_AUDIT_QUEUE),
+        queue: audit_queue,
         wait: v.millis("audit.wait_ms", raw.audit.wait_ms, DEFAULT_AUDIT_WAIT),
+        reserve_bytes: raw
+            .audit
+            .reserve_bytes
+            .unwrap_or_else(|| (audit_queue as u64).saturating_mul(DEFAULT_AUDIT_RESERVE_PER_RECORD)),
         redact_query_keys: raw.audit.redact_query_keys.unwrap_or_default(),
     };
     let state = StateConfig {
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
     };
     let tracing = raw.tracing.and_then(|t| tracing::tracing(&mut v, t));
+
+    let fleet = raw.fleet.map(|f| fleet::fleet(&mut v, f));
 
     let mut schemes = BTreeMap::new();
     schemes.insert(sign::KWIKPAISA.to_string(), Scheme::kwikpaisa());
@@ -396,6 +404,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             audit,
             state,
             tracing,
+            fleet,
             credentials,
             schemes,
             routes,

@@ -247,6 +247,7 @@ pub(super) fn routes(
                 max_inflight,
                 queue_timeout,
                 forward_traceparent,
+                honor_retry_after: r.honor_retry_after.unwrap_or(true),
             });
         }
     }

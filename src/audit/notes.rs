@@ -1,0 +1,91 @@
+//! The lines of the log: a chained record, and the two notes about the log
+//! itself (`gap`: records were lost; `recovered`: a torn last line was moved
+//! aside at start). Notes take a `seq` and a `prev` like any record.
+
+use serde::Serialize;
+
+use super::files::Torn;
+use super::{now_rfc3339, Entry};
+
+/// One chained line of the log.
+#[derive(Serialize)]
+pub(super) struct Line<'a> {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub entry: &'a Entry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct GapLine<'a> {
+    seq: u64,
+    record: &'static str,
+    time: String,
+    lost_from: u64,
+    lost_to: u64,
+    lost: u64,
+    since: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RecoveredLine<'a> {
+    seq: u64,
+    record: &'static str,
+    time: String,
+    torn_file: &'a str,
+    torn_bytes: u64,
+    torn_sha256: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<&'a str>,
+}
+
+/// Records lost since the last written one: when the first was lost, and
+/// why.
+pub(super) struct Lost {
+    pub since: String,
+    pub reason: String,
+}
+
+impl Lost {
+    pub fn now(reason: String) -> Lost {
+        Lost {
+            since: now_rfc3339(),
+            reason,
+        }
+    }
+
+    /// The `gap` record naming `from..=to`, as line `seq` after `prev`.
+    pub fn line(&self, from: u64, to: u64, seq: u64, prev: Option<&str>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&GapLine {
+            seq,
+            record: "gap",
+            time: now_rfc3339(),
+            lost_from: from,
+            lost_to: to,
+            lost: to - from + 1,
+            since: &self.since,
+            reason: &self.reason,
+            prev,
+        })
+    }
+}
+
+/// The `recovered` record of a torn line moved aside, as line `seq` after
+/// `prev`.
+pub(super) fn recovered_line(t: &Torn, seq: u64, prev: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&RecoveredLine {
+        seq,
+        record: "recovered",
+        time: now_rfc3339(),
+        torn_file: &t.file_name,
+        torn_bytes: t.bytes,
+        torn_sha256: &t.sha256,
+        reason: t.reason,
+        prev,
+    })
+}
