@@ -39,6 +39,7 @@ use super::{GatewayError, RequestId};
 use crate::audit::{Entry, Slot};
 use crate::config::ListenerConfig;
 use crate::headers;
+use crate::listener::InFlight;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::upstream::UpstreamFailure;
@@ -99,12 +100,15 @@ impl ResponseBody {
     }
 
     /// Hand over the unread request body, released after the answer (module doc).
-    pub(super) fn linger(&mut self, unread: Incoming, listener: &ListenerConfig) {
+    /// `in_flight` (the listener's mark of the request) is held to the end
+    /// of the linger: the body's bytes are not a next request's head.
+    pub(super) fn linger(&mut self, unread: Incoming, in_flight: Option<InFlight>, listener: &ListenerConfig) {
         if let ResponseBody::Local(b) = self {
             b.linger = Some(Linger {
                 body: unread,
                 time: listener.linger,
                 bytes: listener.linger_bytes,
+                _in_flight: in_flight,
             });
         }
     }
@@ -146,6 +150,7 @@ struct Linger {
     body: Incoming,
     time: Duration,
     bytes: u64,
+    _in_flight: Option<InFlight>,
 }
 
 impl Drop for LocalBody {

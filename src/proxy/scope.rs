@@ -22,7 +22,7 @@ use super::response::ResponseBody;
 use super::{GatewayError, RequestId};
 use crate::audit::Slot;
 use crate::headers::X_REQUEST_ID;
-use crate::listener::ConnInfo;
+use crate::listener::{ConnInfo, InFlight};
 use crate::state::{Shared, Snapshot};
 
 pub(super) struct Scope {
@@ -38,6 +38,9 @@ pub(super) struct Scope {
     /// The request body while it is unread: kept until the answer is sent,
     /// so an early refusal reaches the client before the body is dropped.
     pub unread: Option<Incoming>,
+    /// The listener's mark of this request in progress, kept while an
+    /// unread body lingers after the answer.
+    pub in_flight: Option<InFlight>,
     /// The upstream exchange in flight; it outlives the request if the
     /// client goes away.
     pub exchange: Option<tokio::task::JoinHandle<Exchanged>>,
@@ -56,6 +59,7 @@ impl Scope {
             conn,
             slot: None,
             unread: None,
+            in_flight: None,
             exchange: None,
             finished: false,
         }
@@ -63,8 +67,9 @@ impl Scope {
 
     /// Keep the body in the scope (see `unread`); the steps see the head.
     pub fn take_body(&mut self, req: Request<Incoming>) -> http::request::Parts {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         self.unread = Some(body);
+        self.in_flight = parts.extensions.remove::<InFlight>();
         parts
     }
 
@@ -93,9 +98,11 @@ impl Scope {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // A body never read stays with the answer until it is sent (linger).
+        // A body never read stays with the answer until it is sent (linger),
+        // the request still in progress for the listener's timers meanwhile.
         if let Some(unread) = self.unread.take() {
-            resp.body_mut().linger(unread, &self.snap.config.listener);
+            resp.body_mut()
+                .linger(unread, self.in_flight.take(), &self.snap.config.listener);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
         match (self.slot.take(), self.shared.audit()) {
