@@ -168,15 +168,22 @@ impl Drop for LocalBody {
     }
 }
 
-/// Read and discard what the client still sends, within the linger bounds.
+/// Read and discard what the client still sends, within the linger bounds:
+/// to the body's end, or until more than `bytes` came or `time` passed. A
+/// body of exactly `bytes` is read to its end too (on HTTP/2 the end is often
+/// an empty DATA frame after the last byte; stopping before it would reset a
+/// stream the client is about to close).
 async fn drain(mut l: Linger) {
     let deadline = Instant::now() + l.time;
     let mut seen = 0u64;
-    while seen < l.bytes {
+    loop {
         match tokio::time::timeout_at(deadline, l.body.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     seen = seen.saturating_add(data.len() as u64);
+                }
+                if seen > l.bytes {
+                    return;
                 }
             }
             _ => return,
