@@ -41,6 +41,8 @@ pub(super) struct Scope {
     /// The listener's mark of this request in progress, kept while an
     /// unread body lingers after the answer.
     pub in_flight: Option<InFlight>,
+    /// The client sent `Expect: 100-continue`: it holds its body back.
+    pub expects_continue: bool,
     /// The upstream exchange in flight; it outlives the request if the
     /// client goes away.
     pub exchange: Option<tokio::task::JoinHandle<Exchanged>>,
@@ -60,6 +62,7 @@ impl Scope {
             slot: None,
             unread: None,
             in_flight: None,
+            expects_continue: false,
             exchange: None,
             finished: false,
         }
@@ -70,6 +73,10 @@ impl Scope {
         let (mut parts, body) = req.into_parts();
         self.unread = Some(body);
         self.in_flight = parts.extensions.remove::<InFlight>();
+        self.expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         parts
     }
 
@@ -98,11 +105,13 @@ impl Scope {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // A body never read stays with the answer until it is sent (linger),
-        // the request still in progress for the listener's timers meanwhile.
+        // A body never read is read and discarded after the answer (before
+        // it on HTTP/2, see `response`), the request still in progress for
+        // the listener's timers meanwhile.
         if let Some(unread) = self.unread.take() {
+            let first = !self.http1() && !self.expects_continue;
             resp.body_mut()
-                .linger(unread, self.in_flight.take(), &self.snap.config.listener);
+                .linger(unread, self.in_flight.take(), &self.snap.config.listener, first);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
         match (self.slot.take(), self.shared.audit()) {
