@@ -82,7 +82,11 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
         peer_allowed(scope, allow)?;
     }
     if let Some(allowed) = &route.config.allow_identities {
-        let ok = scope.conn.identities.as_deref().is_some_and(|have| allowed.matches(have));
+        let ok = scope
+            .conn
+            .identities
+            .as_deref()
+            .is_some_and(|have| allowed.matches(have));
         if !ok {
             return Err(GatewayError::IdentityNotAllowed);
         }
