@@ -22,7 +22,7 @@ use super::response::ResponseBody;
 use super::{GatewayError, RequestId};
 use crate::audit::Slot;
 use crate::headers::X_REQUEST_ID;
-use crate::listener::ConnInfo;
+use crate::listener::{ConnInfo, InFlight};
 use crate::state::{Shared, Snapshot};
 use crate::trace::RequestTrace;
 
@@ -39,6 +39,11 @@ pub(super) struct Scope {
     /// The request body while it is unread: kept until the answer is sent,
     /// so an early refusal reaches the client before the body is dropped.
     pub unread: Option<Incoming>,
+    /// The listener's mark of this request in progress, kept while an
+    /// unread body lingers after the answer.
+    pub in_flight: Option<InFlight>,
+    /// The client sent `Expect: 100-continue`: it holds its body back.
+    pub expects_continue: bool,
     /// The upstream exchange in flight; it outlives the request if the
     /// client goes away.
     pub exchange: Option<tokio::task::JoinHandle<Exchanged>>,
@@ -60,6 +65,8 @@ impl Scope {
             conn,
             slot: None,
             unread: None,
+            in_flight: None,
+            expects_continue: false,
             exchange: None,
             finished: false,
         }
@@ -67,8 +74,13 @@ impl Scope {
 
     /// Keep the body in the scope (see `unread`); the steps see the head.
     pub fn take_body(&mut self, req: Request<Incoming>) -> http::request::Parts {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         self.unread = Some(body);
+        self.in_flight = parts.extensions.remove::<InFlight>();
+        self.expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         parts
     }
 
@@ -97,9 +109,13 @@ impl Scope {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // A body never read stays with the answer until it is sent (linger).
+        // A body never read is read and discarded after the answer (before
+        // it on HTTP/2, see `response`), the request still in progress for
+        // the listener's timers meanwhile.
         if let Some(unread) = self.unread.take() {
-            resp.body_mut().linger(unread, &self.snap.config.listener);
+            let first = !self.http1() && !self.expects_continue;
+            resp.body_mut()
+                .linger(unread, self.in_flight.take(), &self.snap.config.listener, first);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
         record::trace(

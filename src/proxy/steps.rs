@@ -216,7 +216,8 @@ pub(super) fn cooled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
 /// (so an `Expect: 100-continue` client never gets its 100); a streamed body
 /// is cut off as soon as the running total passes the limit. Trailers are
 /// read and dropped: they are never forwarded nor signed. A body that is
-/// refused stays in the scope for the answer's linger.
+/// refused stays in the scope for the answer's linger, unless it was refused
+/// for being too slow (`body_timeout`): then it is dropped with the answer.
 pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes, GatewayError> {
     // Never sign bytes other than those sent: compressed bodies are refused.
     if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
@@ -237,7 +238,14 @@ pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes,
         total,
         idle,
     )
-    .await?;
+    .await
+    .inspect_err(|e| {
+        // A client too slow for the body timers gets no linger: reading on
+        // would give it the time the timers just took away.
+        if matches!(e, GatewayError::BodyTimeout) {
+            scope.unread = None;
+        }
+    })?;
     scope.unread = None;
     scope.rec.bytes_in = raw.len() as u64;
     Ok(raw)
