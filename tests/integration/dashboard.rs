@@ -2,7 +2,8 @@
 //! panels with a datasource and targets, the datasource variable), and every
 //! metric name its PromQL uses is one a running gateway exports: the names
 //! are taken from the expressions by a small PromQL tokenizer and compared
-//! with the `/metrics` scrape of a real gateway (with a route, a webhook,
+//! with the `/metrics` scrape of a real gateway (`[fleet]` on a real Redis,
+//! a route, a webhook,
 //! one signed request and one refusal, so every series the dashboard reads
 //! exists). `rate`/`increase` read counters only (by the scrape's `# TYPE`).
 
@@ -12,16 +13,6 @@ use http::Method;
 use serde_json::Value;
 
 use crate::support::*;
-
-/// Metrics the dashboard reads that this branch does not export yet, each
-/// being added on another branch. Remove a name when its branch lands (the
-/// test fails while a listed name is exported, so the list only shrinks):
-const PENDING: &[&str] = &[
-    // Fleet mode (`fleet`). Registered only with `[fleet]`, which needs a
-    // Redis: when it lands, scrape a fleet gateway here before removing them.
-    "signgate_fleet_redis_up",
-    "signgate_fleet_redis_errors_total",
-];
 
 fn dashboard() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/signgate.json");
@@ -278,7 +269,13 @@ fn the_dashboard_is_a_valid_grafana_dashboard() {
 
 #[tokio::test]
 async fn every_metric_the_dashboard_reads_is_one_the_gateway_exports() {
-    let s = Setup::with(|c| c.webhook(Webhook::kwikpaisa("http://127.0.0.1:9/events"))).await;
+    // With [fleet] on a real Redis, so the fleet panels' series exist too.
+    let redis = crate::support::redis::RedisServer::start();
+    let s = Setup::with(|c| {
+        c.webhook(Webhook::kwikpaisa("http://127.0.0.1:9/events"))
+            .fleet("redis_url", redis.url())
+    })
+    .await;
     let c = TestClient::new();
     assert_eq!(c.post(&s.url("/kwikpaisa/api/v3/order"), "{}").await.status, 200);
     assert_eq!(c.send(Method::POST, &s.url("/nowhere"), &[], "{}").await.status, 404);
@@ -292,9 +289,6 @@ async fn every_metric_the_dashboard_reads_is_one_the_gateway_exports() {
         assert!(!names.is_empty(), "{place}: no metric in {expr}");
         for (name, in_rate) in names {
             used.insert(name.clone());
-            if PENDING.contains(&name.as_str()) {
-                continue;
-            }
             if !exported.contains(&name) {
                 missing.entry(name).or_insert(place.clone());
                 continue;
@@ -309,16 +303,6 @@ async fn every_metric_the_dashboard_reads_is_one_the_gateway_exports() {
     }
     assert!(missing.is_empty(), "metrics the gateway does not export: {missing:#?}");
     assert!(not_counters.is_empty(), "rate/increase over gauges: {not_counters:#?}");
-    for name in PENDING {
-        assert!(
-            used.contains(*name),
-            "{name} is pending but the dashboard does not use it"
-        );
-        assert!(
-            !exported.contains(*name),
-            "{name} is exported now: remove it from PENDING in tests/integration/dashboard.rs"
-        );
-    }
     // The panels the dashboard promises, by the metrics they read.
     for name in [
         "signgate_requests_total",
