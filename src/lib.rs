@@ -53,6 +53,7 @@ pub mod secrets;
 pub mod sign;
 mod state;
 pub mod tls;
+pub(crate) mod trace;
 pub mod upstream;
 pub(crate) mod webhook;
 

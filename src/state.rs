@@ -27,6 +27,7 @@ use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -306,6 +307,8 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
+    tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
 }
@@ -317,6 +320,7 @@ impl Shared {
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
         fleet: Option<Arc<Fleet>>,
+        tracer: Option<Arc<Tracer>>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -329,6 +333,7 @@ impl Shared {
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(fleet.clone()),
             fleet,
+            tracer,
         }
     }
 
@@ -380,6 +385,10 @@ impl Shared {
 
     pub fn reflections(&self) -> &Reflections {
         &self.reflections
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
     }
 
     pub fn set_accepting(&self) {

@@ -30,6 +30,7 @@ use crate::router::Route;
 use crate::secrets::Credential;
 use crate::sign::{MessageInput, Signature};
 use crate::state::Shared;
+use crate::trace::{self, Attr, Child, Kind, Parent};
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
 
 /// What the exchange task hands back.
@@ -39,6 +40,8 @@ pub(super) struct Exchanged {
     pub fingerprint: Option<String>,
     /// The route's `max_inflight` slot, held on while the body streams.
     pub permit: OwnedSemaphorePermit,
+    /// The spans of each signing and upstream attempt (`[tracing]` only).
+    pub spans: Vec<Child>,
 }
 
 impl Exchanged {
@@ -71,12 +74,16 @@ pub(super) async fn send(
         out,
         claim,
         scope.rid.as_str().to_string(),
+        scope.trace.as_ref().map(trace::RequestTrace::parent),
     );
     let handle = scope.shared.exchanges().spawn(task);
     let joined = scope.exchange.insert(handle).await;
     scope.exchange = None;
-    let exchanged = joined.map_err(|_| GatewayError::Internal)?;
+    let mut exchanged = joined.map_err(|_| GatewayError::Internal)?;
     exchanged.note(&mut scope.rec);
+    if let Some(t) = scope.trace.as_mut() {
+        t.extend(std::mem::take(&mut exchanged.spans));
+    }
     match exchanged.result {
         Ok(resp) => Ok((resp, exchanged.permit)),
         Err(e) => Err(GatewayError::Upstream(e.failure)),
@@ -84,7 +91,8 @@ pub(super) async fn send(
 }
 
 /// `reflect`: how long the signatures must be remembered (the credential
-/// also verifies webhooks).
+/// also verifies webhooks). `trace`: the request's trace, whose child spans
+/// this task records (parented explicitly: it runs apart from the request).
 #[allow(clippy::too_many_arguments)] // one task's inputs, moved in once
 async fn exchange(
     upstream: Upstream,
@@ -95,13 +103,27 @@ async fn exchange(
     out: Outgoing,
     mut claim: Option<Claim>,
     rid: String,
+    trace: Option<Parent>,
 ) -> Exchanged {
     let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
     let mut fingerprint;
+    let mut spans = Spans {
+        trace,
+        done: Vec::new(),
+    };
     let result = loop {
-        let (req, sig) = signed_request(&route, &cred, &out);
+        let attempt = 1 + i64::from(retried);
+        // The upstream span's id is chosen first: a forwarded traceparent names it.
+        let call_id = trace.map(|_| trace::new_span_id());
+        let traceparent = match (trace, call_id) {
+            (Some(t), Some(id)) if route.config.forward_traceparent => Some(t.traceparent(id)),
+            _ => None,
+        };
+        let signing = spans.start("sign", Kind::Internal);
+        let (req, sig) = signed_request(&route, &cred, &out, traceparent);
+        spans.end_sign(signing, &route, attempt);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
             shared
@@ -115,7 +137,10 @@ async fn exchange(
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
-        match upstream.send(req).await {
+        let call = call_id.map(|id| Child::start_with_id("upstream", Kind::Client, id));
+        let sent = upstream.send(req).await;
+        spans.end_call(call, &route, attempt, &sent);
+        match sent {
             Ok(r) => break Ok(r),
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
                 tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
@@ -146,6 +171,62 @@ async fn exchange(
         result,
         fingerprint,
         permit: out.permit,
+        spans: spans.done,
+    }
+}
+
+/// The exchange's spans: none without a trace.
+struct Spans {
+    trace: Option<Parent>,
+    done: Vec<Child>,
+}
+
+impl Spans {
+    fn start(&self, name: &'static str, kind: Kind) -> Option<Child> {
+        self.trace.map(|_| Child::start(name, kind))
+    }
+
+    fn end_sign(&mut self, span: Option<Child>, route: &Route, attempt: i64) {
+        if let Some(mut s) = span {
+            s.set(Attr::new("signgate.scheme", route.config.scheme.clone()));
+            s.set(Attr::new("signgate.attempt", attempt));
+            self.done.push(s.end());
+        }
+    }
+
+    fn end_call(
+        &mut self,
+        span: Option<Child>,
+        route: &Route,
+        attempt: i64,
+        sent: &Result<Response<Incoming>, AttemptError>,
+    ) {
+        let Some(mut s) = span else { return };
+        let target = &route.config.upstream;
+        s.set(Attr::new("server.address", target.authority.host().to_string()));
+        let port = target
+            .authority
+            .port_u16()
+            .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        s.set(Attr::new("server.port", i64::from(port)));
+        s.set(Attr::new("signgate.attempt", attempt));
+        match sent {
+            Ok(r) => {
+                s.set(Attr::new("http.response.status_code", i64::from(r.status().as_u16())));
+                if r.status().is_server_error() {
+                    s.fail(r.status().as_str().to_string());
+                }
+            }
+            Err(e) => {
+                s.set(Attr::new("error.type", e.failure.kind()));
+                s.fail(e.failure.kind());
+            }
+        }
+        self.done.push(s.end());
     }
 }
 
@@ -213,9 +294,15 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
     }
 }
 
-/// Sign last, after every other change to the request. Returns the request
-/// and its signature.
-fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<Full<Bytes>>, Signature) {
+/// Sign last, after every other change to the request. The gateway's own
+/// `traceparent` (`forward_traceparent`) is added with the scheme's
+/// headers; no scheme signs it. Returns the request and its signature.
+fn signed_request(
+    route: &Route,
+    cred: &Credential,
+    out: &Outgoing,
+    traceparent: Option<HeaderValue>,
+) -> (Request<Full<Bytes>>, Signature) {
     let scheme = &route.scheme;
     let ts = scheme.timestamp(SystemTime::now());
     let sig = scheme.sign(
@@ -230,6 +317,9 @@ fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<
         },
     );
     let mut headers = out.headers.clone();
+    if let Some(tp) = traceparent {
+        headers.insert(trace::TRACEPARENT, tp);
+    }
     headers.insert(scheme.api_key_header.clone(), cred.api_key().clone());
     headers.insert(
         scheme.timestamp_header.clone(),

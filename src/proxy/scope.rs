@@ -24,6 +24,7 @@ use crate::audit::Slot;
 use crate::headers::X_REQUEST_ID;
 use crate::listener::{ConnInfo, InFlight};
 use crate::state::{Shared, Snapshot};
+use crate::trace::RequestTrace;
 
 pub(super) struct Scope {
     pub shared: Arc<Shared>,
@@ -46,6 +47,8 @@ pub(super) struct Scope {
     /// The upstream exchange in flight; it outlives the request if the
     /// client goes away.
     pub exchange: Option<tokio::task::JoinHandle<Exchanged>>,
+    /// The request's span and its children (`[tracing]` only).
+    pub trace: Option<RequestTrace>,
     finished: bool,
 }
 
@@ -57,6 +60,7 @@ impl Scope {
             rid: RequestId::parse_or_new(req.headers().get(&X_REQUEST_ID)),
             version: req.version(),
             rec: Record::new(req.method().clone(), req.uri().clone()),
+            trace: shared.tracer().map(|t| t.begin(req.headers())),
             shared,
             conn,
             slot: None,
@@ -114,6 +118,14 @@ impl Scope {
                 .linger(unread, self.in_flight.take(), &self.snap.config.listener, first);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
+        record::trace(
+            &self.shared,
+            self.trace.take(),
+            &self.rec,
+            &self.rid,
+            resp.status(),
+            error.as_ref(),
+        );
         match (self.slot.take(), self.shared.audit()) {
             (Some(slot), Some(log)) => {
                 let entry = record::audit_entry(&self.rec, &self.rid, &self.conn, &resp, error.as_ref(), &log);
@@ -139,6 +151,7 @@ impl Scope {
             rid: self.rid.clone(),
             rec: std::mem::replace(&mut self.rec, Record::new(http::Method::GET, http::Uri::default())),
             slot: self.slot.take(),
+            trace: self.trace.take(),
         };
         match (self.exchange.take(), tokio::runtime::Handle::try_current()) {
             (Some(exchange), Ok(_)) => {
@@ -172,14 +185,18 @@ struct Abandoned {
     rid: RequestId,
     rec: Record,
     slot: Option<Slot>,
+    trace: Option<RequestTrace>,
 }
 
 impl Abandoned {
     /// Count and audit it; with the finished exchange, with the provider's
     /// status (its response body is dropped unread).
     fn record(mut self, exchanged: Option<Exchanged>) {
-        if let Some(ex) = exchanged {
+        if let Some(mut ex) = exchanged {
             ex.note(&mut self.rec);
+            if let Some(t) = self.trace.as_mut() {
+                t.extend(std::mem::take(&mut ex.spans));
+            }
             // The upstream failed (a timeout, a reset) whether or not its
             // client waited for it: count it like any upstream error.
             if let Err(e) = &ex.result {
@@ -193,6 +210,14 @@ impl Abandoned {
         let error = GatewayError::ClientGone;
         let status = error.status();
         record::count(&self.shared, &self.rec, status, Some(&error));
+        record::trace(
+            &self.shared,
+            self.trace.take(),
+            &self.rec,
+            &self.rid,
+            status,
+            Some(&error),
+        );
         self.shared
             .metrics()
             .client_gone

@@ -23,6 +23,7 @@ use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
 use crate::secrets::Credential;
 use crate::sign::BodyMode;
+use crate::trace::{Attr, Child, Kind};
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -370,7 +371,24 @@ pub(super) async fn claim(
 
 /// The secret to sign with; a request keeps the version it started with.
 pub(super) fn credential(scope: &mut Scope, route: &Route) -> Result<Arc<Credential>, GatewayError> {
-    let cred = route.credential.get().map_err(GatewayError::CredentialUnavailable)?;
+    let span = scope.trace.as_ref().map(|_| Child::start("credential", Kind::Internal));
+    let got = route.credential.get().map_err(GatewayError::CredentialUnavailable);
+    if let (Some(trace), Some(mut span)) = (scope.trace.as_mut(), span) {
+        span.set(Attr::new("signgate.credential", route.config.credential.clone()));
+        match &got {
+            Ok(cred) => {
+                if let Some(v) = cred.version() {
+                    span.set(Attr::new(
+                        "signgate.credential.version",
+                        i64::try_from(v).unwrap_or(i64::MAX),
+                    ));
+                }
+            }
+            Err(e) => span.fail(e.code()),
+        }
+        trace.add(span.end());
+    }
+    let cred = got?;
     scope.rec.credential_version = cred.version();
     Ok(cred)
 }
