@@ -135,6 +135,9 @@ impl Reloader {
         if new.log != cur.log {
             restart.push("[log]");
         }
+        if new.tracing != cur.tracing {
+            restart.push("[tracing]");
+        }
         if new.fleet != cur.fleet {
             restart.push("[fleet]");
         }
@@ -297,6 +300,10 @@ impl Running {
                 tracing::warn!("fleet: settlements still pending at shutdown; the claims' expiry releases them");
             }
         }
+        // Every request has ended: export the last spans.
+        if let Some(tracer) = self.shared.tracer() {
+            tracer.clone().flush().await;
+        }
         self.background.cancel();
         // Close the audit queue; the writer flushes every queued record and exits.
         self.shared.close_audit();
@@ -377,6 +384,13 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
+    let tracer = match &config.tracing {
+        Some(t) => Some(Arc::new(
+            crate::trace::Tracer::start(t, metrics.trace_spans.clone())
+                .context("starting the trace exporter ([tracing])")?,
+        )),
+        None => None,
+    };
     let fleet = match &config.fleet {
         Some(f) => Some(
             Fleet::start(f, metrics.register_fleet(), background.clone())
@@ -387,7 +401,14 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     };
     let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, fleet.as_ref())?;
     prime(&metrics, &config);
-    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), fleet));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        metrics.clone(),
+        audit,
+        inbox.clone(),
+        fleet,
+        tracer,
+    ));
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {
@@ -451,6 +472,9 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         );
     }
     tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
+    if let Some(t) = &config.tracing {
+        tracing::info!(endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, "exporting request traces (OTLP/HTTP)");
+    }
     Ok(Running {
         addr,
         admin_addr,

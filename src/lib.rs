@@ -54,6 +54,7 @@ pub mod secrets;
 pub mod sign;
 mod state;
 pub mod tls;
+pub(crate) mod trace;
 pub mod upstream;
 pub(crate) mod webhook;
 

@@ -160,6 +160,7 @@ pub struct Metrics {
     pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    pub trace_spans: IntCounterVec,
 }
 
 /// `signgate_build_info`'s `revision`: the git revision the binary was built
@@ -506,6 +507,12 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            trace_spans: counter_vec(
+                &r,
+                "signgate_trace_spans_total",
+                "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
+                &["result"],
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -523,6 +530,9 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
+        for result in ["exported", "failed"] {
+            m.trace_spans.with_label_values(&[result]);
+        }
         Arc::new(m)
     }
 
@@ -537,6 +547,9 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            for upstream in ["sent", "not_sent"] {
+                self.client_gone.with_label_values(&[route.as_str(), upstream]);
+            }
         }
         for w in webhooks {
             for result in [

@@ -28,6 +28,7 @@ use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -335,6 +336,8 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
+    tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
     /// The last egress-IP self-check (`None`: none made yet).
@@ -348,6 +351,7 @@ impl Shared {
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
         fleet: Option<Arc<Fleet>>,
+        tracer: Option<Arc<Tracer>>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -361,6 +365,7 @@ impl Shared {
             reflections: Reflections::new(fleet.clone()),
             fleet,
             egress_check: ArcSwapOption::empty(),
+            tracer,
         }
     }
 
@@ -421,6 +426,10 @@ impl Shared {
 
     pub fn egress_check(&self) -> Option<Arc<EgressCheck>> {
         self.egress_check.load_full()
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
     }
 
     pub fn set_accepting(&self) {

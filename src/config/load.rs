@@ -85,6 +85,7 @@ fn from_builder(
             "egress" => section(&key, value, &mut errors).map(|v| raw.egress = v),
             "audit" => section(&key, value, &mut errors).map(|v| raw.audit = v),
             "state" => section(&key, value, &mut errors).map(|v| raw.state = v),
+            "tracing" => section(&key, value, &mut errors).map(|v| raw.tracing = Some(v)),
             "fleet" => section(&key, value, &mut errors).map(|v| raw.fleet = Some(v)),
             "credentials" => named_tables(&key, value, &mut errors).map(|v| raw.credentials = v),
             "scheme" => named_tables(&key, value, &mut errors).map(|v| raw.schemes = v),

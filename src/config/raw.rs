@@ -116,6 +116,13 @@ impl std::fmt::Debug for RawFleet {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawCredential {
     pub source: Option<String>,
     // env
@@ -163,6 +170,7 @@ pub struct RawRoute {
     pub duplicate_capacity: Option<u64>,
     pub max_inflight: Option<u64>,
     pub queue_timeout_ms: Option<u64>,
+    pub forward_traceparent: Option<bool>,
     pub honor_retry_after: Option<bool>,
 }
 
@@ -216,6 +224,7 @@ pub struct RawConfig {
     pub egress: RawEgress,
     pub audit: RawAudit,
     pub state: RawState,
+    pub tracing: Option<RawTracing>,
     pub fleet: Option<RawFleet>,
     pub credentials: BTreeMap<String, RawCredential>,
     pub routes: Vec<RawRoute>,

@@ -572,6 +572,72 @@ fn log_format_is_text_or_json() {
 }
 
 #[test]
+fn tracing_is_off_unless_configured_and_its_errors_name_their_keys() {
+    assert!(Config::from_toml_str(GOOD).unwrap().tracing.is_none());
+    assert!(!Config::from_toml_str(GOOD).unwrap().routes[0].forward_traceparent);
+
+    let on = format!("{GOOD}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
+    let t = Config::from_toml_str(&on).unwrap().tracing.unwrap();
+    assert_eq!(
+        t.otlp_endpoint.to_string(),
+        "http://127.0.0.1:4318/v1/traces",
+        "used as is"
+    );
+    assert!((t.sample_ratio - DEFAULT_SAMPLE_RATIO).abs() < f64::EPSILON);
+    assert_eq!(t.service_name, "signgate");
+    // Integers are ratios too.
+    for (text, want) in [("0", 0.0), ("1", 1.0), ("0.25", 0.25)] {
+        let c = Config::from_toml_str(&format!("{on}sample_ratio = {text}\n")).unwrap();
+        assert!((c.tracing.unwrap().sample_ratio - want).abs() < f64::EPSILON, "{text}");
+    }
+
+    for (extra, key) in [
+        ("[tracing]\nsample_ratio = 0.5\n", "tracing.otlp_endpoint"),
+        (
+            "[tracing]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"grpc://collector:4317\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"https://user:pw@collector/v1/traces\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nsample_ratio = 1.5\n",
+            "tracing.sample_ratio",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nsample_ratio = -0.1\n",
+            "tracing.sample_ratio",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nservice_name = \"\"\n",
+            "tracing.service_name",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nheaders = \"x\"\n",
+            "tracing.headers",
+        ),
+    ] {
+        assert_eq!(keys_of(&format!("{GOOD}\n{extra}")), vec![key.to_string()], "{extra}");
+    }
+}
+
+#[test]
+fn forward_traceparent_needs_tracing() {
+    let route = GOOD.replace(
+        "scheme = \"kwikpaisa\"\n",
+        "scheme = \"kwikpaisa\"\nforward_traceparent = true\n",
+    );
+    assert_eq!(keys_of(&route), vec!["route[0].forward_traceparent".to_string()]);
+    let traced = format!("{route}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
+    assert!(Config::from_toml_str(&traced).unwrap().routes[0].forward_traceparent);
+}
+
+#[test]
 fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     assert!(
         Config::from_toml_str(GOOD).unwrap().fleet.is_none(),

@@ -92,6 +92,11 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
+/// `[tracing].sample_ratio`: the share of requests traced when no caller
+/// decided (errors are always exported).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// `[tracing].service_name`: the `service.name` of the exported spans.
+pub const DEFAULT_SERVICE_NAME: &str = "signgate";
 /// `[fleet].key_prefix`.
 pub const DEFAULT_FLEET_KEY_PREFIX: &str = "signgate";
 /// `[fleet].timeout_ms`: one Redis round trip's budget.
@@ -113,6 +118,8 @@ pub struct Config {
     pub egress: EgressConfig,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    /// `[tracing]`: spans exported over OTLP; `None` records nothing.
+    pub tracing: Option<TracingConfig>,
     /// `[fleet]`: state shared through Redis by several gateways; `None`
     /// keeps everything per instance.
     pub fleet: Option<FleetConfig>,
@@ -272,6 +279,17 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// `[tracing]`: where and how many request traces go (docs/operations.md#traces).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces URL, used as is (e.g. `http://127.0.0.1:4318/v1/traces`).
+    pub otlp_endpoint: Uri,
+    /// 0.0 to 1.0: the share of requests without a caller's sampling
+    /// decision whose spans are exported (by trace id).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
 /// Where a credential lives. Never the secret itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialSpec {
@@ -393,6 +411,9 @@ pub struct RouteConfig {
     /// up to `queue_timeout`, then get 503 `upstream_busy`.
     pub max_inflight: usize,
     pub queue_timeout: Duration,
+    /// Send the gateway's own `traceparent` (its upstream span) to the
+    /// provider; otherwise the provider gets none.
+    pub forward_traceparent: bool,
     /// A provider 429/503 with `Retry-After` puts the route in cooldown
     /// (fleet-wide with `[fleet]`).
     pub honor_retry_after: bool,

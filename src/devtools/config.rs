@@ -89,6 +89,12 @@ macro_rules! integer_to_toml {
 
 integer_to_toml!(i32, i64, u16, u32, u64, usize);
 
+impl ToToml for f64 {
+    fn to_toml(self) -> Value {
+        Value::Float(self)
+    }
+}
+
 impl ToToml for &Path {
     fn to_toml(self) -> Value {
         Value::String(self.to_string_lossy().into_owned())
@@ -223,6 +229,11 @@ impl GatewayToml {
     /// `[state] key = value`.
     pub fn state(self, key: &str, value: impl ToToml) -> Self {
         self.set("state", key, value)
+    }
+
+    /// `[tracing] key = value` (`otlp_endpoint`, `sample_ratio`, `service_name`).
+    pub fn tracing(self, key: &str, value: impl ToToml) -> Self {
+        self.set("tracing", key, value)
     }
 
     /// `[fleet] key = value` (`redis_url`, `expected_instances`, ...).
@@ -606,6 +617,11 @@ impl Route {
 
     pub fn queue_timeout_ms(self, ms: u64) -> Self {
         self.set("queue_timeout_ms", ms)
+    }
+
+    /// Send the gateway's own `traceparent` to the upstream (needs `[tracing]`).
+    pub fn forward_traceparent(self, on: bool) -> Self {
+        self.set("forward_traceparent", on)
     }
 
     /// `honor_retry_after`: a provider 429/503 with `Retry-After` cools the route down.

@@ -34,6 +34,7 @@ use crate::router::Route;
 use crate::secrets::{Credential, Key, Unavailable};
 use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
+use crate::trace::{self, Attr, Child, Kind, Parent};
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
 
 /// Why the exchange got no response.
@@ -54,6 +55,8 @@ pub(super) struct Exchanged {
     pub version: Option<u64>,
     /// The route's `max_inflight` slot, held on while the body streams.
     pub permit: OwnedSemaphorePermit,
+    /// The spans of each signing and upstream attempt (`[tracing]` only).
+    pub spans: Vec<Child>,
 }
 
 impl Exchanged {
@@ -90,12 +93,16 @@ pub(super) async fn send(
         out,
         claim,
         scope.rid.as_str().to_string(),
+        scope.trace.as_ref().map(trace::RequestTrace::parent),
     );
     let handle = scope.shared.exchanges().spawn(task);
     let joined = scope.exchange.insert(handle).await;
     scope.exchange = None;
-    let exchanged = joined.map_err(|_| GatewayError::Internal)?;
+    let mut exchanged = joined.map_err(|_| GatewayError::Internal)?;
     exchanged.note(&mut scope.rec);
+    if let Some(t) = scope.trace.as_mut() {
+        t.extend(std::mem::take(&mut exchanged.spans));
+    }
     match exchanged.result {
         Ok(resp) => Ok((resp, exchanged.permit)),
         Err(Failure::Upstream(e)) => Err(GatewayError::Upstream(e.failure)),
@@ -104,7 +111,8 @@ pub(super) async fn send(
 }
 
 /// `reflect`: how long the signatures must be remembered (the credential
-/// also verifies webhooks).
+/// also verifies webhooks). `trace`: the request's trace, whose child spans
+/// this task records (parented explicitly: it runs apart from the request).
 #[allow(clippy::too_many_arguments)] // one task's inputs, moved in once
 async fn exchange(
     upstream: Upstream,
@@ -115,34 +123,49 @@ async fn exchange(
     out: Outgoing,
     mut claim: Option<Claim>,
     rid: String,
+    trace: Option<Parent>,
 ) -> Exchanged {
     let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
     let mut fingerprint = None;
     let mut version = None;
+    let mut spans = Spans {
+        trace,
+        done: Vec::new(),
+    };
     let result = loop {
+        let attempt = 1 + i64::from(retried);
+        // The upstream span's id is chosen first: a forwarded traceparent names it.
+        let call_id = trace.map(|_| trace::new_span_id());
+        let traceparent = match (trace, call_id) {
+            (Some(t), Some(id)) if route.config.forward_traceparent => Some(t.traceparent(id)),
+            _ => None,
+        };
+        let signing = spans.start("sign", Kind::Internal);
         let scheme = &route.scheme;
         let ts = scheme.timestamp(SystemTime::now());
         let input = message_input(&cred, &ts, &out);
-        let sig = match cred.key() {
-            Key::Local(mac) => scheme.sign(mac, &input),
-            Key::Transit(transit) => match transit.hmac(&scheme.message_bytes(&input)).await {
-                Ok((v, mac)) => {
-                    version = Some(v);
-                    scheme.signature(mac)
-                }
-                Err(reason) => {
-                    tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
-                    break Err(Failure::Unsigned(Unavailable {
-                        credential: cred.name().to_string(),
-                        expired: false,
-                        reason,
-                    }));
-                }
-            },
+        let signed = match cred.key() {
+            Key::Local(mac) => Ok(scheme.sign(mac, &input)),
+            Key::Transit(transit) => transit.hmac(&scheme.message_bytes(&input)).await.map(|(v, mac)| {
+                version = Some(v);
+                scheme.signature(mac)
+            }),
         };
-        let req = signed_request(&route, &cred, &out, &ts, &sig);
+        spans.end_sign(signing, &route, attempt);
+        let sig = match signed {
+            Ok(sig) => sig,
+            Err(reason) => {
+                tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
+                break Err(Failure::Unsigned(Unavailable {
+                    credential: cred.name().to_string(),
+                    expired: false,
+                    reason,
+                }));
+            }
+        };
+        let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
             shared.reflections().remember_sent(cred.name(), sig.mac(), window);
@@ -151,7 +174,10 @@ async fn exchange(
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
-        match upstream.send(req).await {
+        let call = call_id.map(|id| Child::start_with_id("upstream", Kind::Client, id));
+        let sent = upstream.send(req).await;
+        spans.end_call(call, &route, attempt, &sent);
+        match sent {
             Ok(r) => break Ok(r),
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
                 tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
@@ -183,6 +209,62 @@ async fn exchange(
         fingerprint,
         version,
         permit: out.permit,
+        spans: spans.done,
+    }
+}
+
+/// The exchange's spans: none without a trace.
+struct Spans {
+    trace: Option<Parent>,
+    done: Vec<Child>,
+}
+
+impl Spans {
+    fn start(&self, name: &'static str, kind: Kind) -> Option<Child> {
+        self.trace.map(|_| Child::start(name, kind))
+    }
+
+    fn end_sign(&mut self, span: Option<Child>, route: &Route, attempt: i64) {
+        if let Some(mut s) = span {
+            s.set(Attr::new("signgate.scheme", route.config.scheme.clone()));
+            s.set(Attr::new("signgate.attempt", attempt));
+            self.done.push(s.end());
+        }
+    }
+
+    fn end_call(
+        &mut self,
+        span: Option<Child>,
+        route: &Route,
+        attempt: i64,
+        sent: &Result<Response<Incoming>, AttemptError>,
+    ) {
+        let Some(mut s) = span else { return };
+        let target = &route.config.upstream;
+        s.set(Attr::new("server.address", target.authority.host().to_string()));
+        let port = target
+            .authority
+            .port_u16()
+            .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        s.set(Attr::new("server.port", i64::from(port)));
+        s.set(Attr::new("signgate.attempt", attempt));
+        match sent {
+            Ok(r) => {
+                s.set(Attr::new("http.response.status_code", i64::from(r.status().as_u16())));
+                if r.status().is_server_error() {
+                    s.fail(r.status().as_str().to_string());
+                }
+            }
+            Err(e) => {
+                s.set(Attr::new("error.type", e.failure.kind()));
+                s.fail(e.failure.kind());
+            }
+        }
+        self.done.push(s.end());
     }
 }
 
@@ -264,16 +346,22 @@ fn message_input<'a>(cred: &'a Credential, ts: &'a Timestamp, out: &'a Outgoing)
 }
 
 /// The request with the scheme's headers: signed last, after every other
-/// change to the request.
+/// change to the request. The gateway's own `traceparent`
+/// (`forward_traceparent`) is added with the scheme's headers; no scheme
+/// signs it.
 fn signed_request(
     route: &Route,
     cred: &Credential,
     out: &Outgoing,
     ts: &Timestamp,
     sig: &Signature,
+    traceparent: Option<HeaderValue>,
 ) -> Request<Full<Bytes>> {
     let scheme = &route.scheme;
     let mut headers = out.headers.clone();
+    if let Some(tp) = traceparent {
+        headers.insert(trace::TRACEPARENT, tp);
+    }
     headers.insert(scheme.api_key_header.clone(), cred.api_key().clone());
     headers.insert(
         scheme.timestamp_header.clone(),

@@ -68,7 +68,11 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>
             tracing::error!(request_id = scope.rid.as_str(), "panic while handling a request");
             Err(GatewayError::Internal)
         });
-    scope.finish(result)
+    let mut resp = scope.finish(result);
+    // HTTP/2: an early answer waits for the rest of the request body,
+    // within the linger bounds (`response`).
+    resp.body_mut().discard_first().await;
+    resp
 }
 
 /// The steps in order (see the module doc); each returns early with its refusal.

@@ -15,6 +15,7 @@ use crate::listener::ConnInfo;
 use crate::router::Route;
 use crate::secrets::CredentialSlot;
 use crate::state::Shared;
+use crate::trace::{Outcome, RequestTrace};
 use crate::webhook::Hook;
 
 /// What happened to one request: filled in by the steps, then turned into
@@ -91,6 +92,33 @@ pub(super) fn count(shared: &Shared, rec: &Record, status: StatusCode, error: Op
             m.upstream_errors.with_label_values(&[route, kind.kind()]).inc();
         }
     }
+}
+
+/// End the request's trace (`[tracing]`): its spans are exported or dropped
+/// together, by the head decision or because the request is an error.
+pub(super) fn trace(
+    shared: &Shared,
+    trace: Option<RequestTrace>,
+    rec: &Record,
+    rid: &RequestId,
+    status: StatusCode,
+    error: Option<&GatewayError>,
+) {
+    let (Some(trace), Some(tracer)) = (trace, shared.tracer()) else {
+        return;
+    };
+    tracer.end(
+        trace,
+        &Outcome {
+            method: crate::metrics::method_label(&rec.method),
+            route: route_label(rec),
+            status: status.as_u16(),
+            request_id: rid.as_str(),
+            code: error.map(GatewayError::code),
+            upstream_status: rec.upstream_status,
+            sent: rec.signature_fingerprint.is_some(),
+        },
+    );
 }
 
 /// The audit record of an answered request.

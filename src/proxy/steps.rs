@@ -23,6 +23,7 @@ use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
 use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::BodyMode;
+use crate::trace::{Attr, Child, Kind};
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -228,7 +229,8 @@ pub(super) fn cooled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
 /// (so an `Expect: 100-continue` client never gets its 100); a streamed body
 /// is cut off as soon as the running total passes the limit. Trailers are
 /// read and dropped: they are never forwarded nor signed. A body that is
-/// refused stays in the scope for the answer's linger.
+/// refused stays in the scope for the answer's linger, unless it was refused
+/// for being too slow (`body_timeout`): then it is dropped with the answer.
 pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes, GatewayError> {
     // Never sign bytes other than those sent: compressed bodies are refused.
     if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
@@ -249,7 +251,14 @@ pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes,
         total,
         idle,
     )
-    .await?;
+    .await
+    .inspect_err(|e| {
+        // A client too slow for the body timers gets no linger: reading on
+        // would give it the time the timers just took away.
+        if matches!(e, GatewayError::BodyTimeout) {
+            scope.unread = None;
+        }
+    })?;
     scope.unread = None;
     scope.rec.bytes_in = raw.len() as u64;
     Ok(raw)
@@ -375,7 +384,24 @@ pub(super) async fn claim(
 
 /// The secret to sign with; a request keeps the version it started with.
 pub(super) fn credential(scope: &mut Scope, slot: &CredentialSlot) -> Result<Arc<Credential>, GatewayError> {
-    let cred = slot.get().map_err(GatewayError::CredentialUnavailable)?;
+    let span = scope.trace.as_ref().map(|_| Child::start("credential", Kind::Internal));
+    let got = slot.get().map_err(GatewayError::CredentialUnavailable);
+    if let (Some(trace), Some(mut span)) = (scope.trace.as_mut(), span) {
+        span.set(Attr::new("signgate.credential", slot.name().to_string()));
+        match &got {
+            Ok(cred) => {
+                if let Some(v) = cred.version() {
+                    span.set(Attr::new(
+                        "signgate.credential.version",
+                        i64::try_from(v).unwrap_or(i64::MAX),
+                    ));
+                }
+            }
+            Err(e) => span.fail(e.code()),
+        }
+        trace.add(span.end());
+    }
+    let cred = got?;
     scope.rec.credential_version = cred.version();
     Ok(cred)
 }

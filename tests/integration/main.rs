@@ -16,12 +16,17 @@
 //! - `cli`: `check`, `sign`, `demo` and the shipped `gateway.toml`;
 //! - `certs`: `signgate certs dev` and mTLS on its files;
 //! - `deploy`: the artefacts under `deploy/`, checked as data;
+//! - `dashboard`: the Grafana dashboard is valid and reads only metrics a
+//!   running gateway exports;
 //! - `edges`: the real binary's preflight, logs, typed mTLS identities, the
 //!   credential-age metric, secrets at rest and path tricks;
 //! - `money`: money safety on the real binary: unknown outcomes stay claimed,
 //!   a client gone is audited, the authenticated guard release, duplicate
 //!   references per endpoint and by their JSON text, webhook keys that
 //!   cannot collide, refusals without `100 Continue`;
+//! - `traces`: `[tracing]` against a real OTLP/HTTP receiver decoding the
+//!   protobuf: spans and their parents, the caller's trace continued, what
+//!   the provider sees, errors exported at ratio 0;
 //! - `fleet`: three real gateway processes sharing one real `redis-server`:
 //!   limits, the duplicate guard, webhook de-duplication, provider cooldown
 //!   and reflections fleet-wide; Redis killed and slowed;
@@ -49,6 +54,7 @@ mod beyond_explain;
 mod beyond_transit;
 mod certs;
 mod cli;
+mod dashboard;
 mod deploy;
 mod edges;
 mod fleet;
@@ -59,6 +65,7 @@ mod ops_certs;
 mod ops_rollout;
 mod ops_runtime;
 mod signing_path;
+mod traces;
 mod vault;
 mod vault_outage;
 mod webhooks;

@@ -7,6 +7,7 @@ mod credentials;
 mod fleet;
 mod routes;
 mod schemes;
+mod tracing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -363,6 +364,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
     let state = StateConfig {
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
     };
+    let tracing = raw.tracing.and_then(|t| tracing::tracing(&mut v, t));
 
     let fleet = raw.fleet.map(|f| fleet::fleet(&mut v, f));
 
@@ -387,6 +389,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         &credentials,
         &schemes,
         listener.tls.as_ref(),
+        tracing.is_some(),
     );
     let webhooks = webhooks(&mut v, raw.webhooks, &credentials, &schemes, &routes);
 
@@ -400,6 +403,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             egress,
             audit,
             state,
+            tracing,
             fleet,
             credentials,
             schemes,

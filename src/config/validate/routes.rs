@@ -52,6 +52,7 @@ pub(super) fn routes(
     credentials: &BTreeMap<String, CredentialSpec>,
     schemes: &BTreeMap<String, Scheme>,
     tls: Option<&ServerTlsConfig>,
+    tracing: bool,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::with_capacity(raw.len());
     let mut names = BTreeSet::new();
@@ -231,6 +232,14 @@ pub(super) fn routes(
             DEFAULT_DUPLICATE_CAPACITY,
         );
         let limit = v.quota(&key("limit"), r.limit);
+        let forward_traceparent = r.forward_traceparent.unwrap_or(false);
+        if forward_traceparent && !tracing {
+            v.push(ConfigError::invalid(
+                key("forward_traceparent"),
+                true,
+                "false unless [tracing] is configured (without it there is no gateway span to forward)",
+            ));
+        }
         if let (Some(upstream), Some(credential)) = (upstream, credential) {
             out.push(RouteConfig {
                 name,
@@ -248,6 +257,7 @@ pub(super) fn routes(
                 duplicate_capacity,
                 max_inflight,
                 queue_timeout,
+                forward_traceparent,
                 honor_retry_after: r.honor_retry_after.unwrap_or(true),
             });
         }
