@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,8 @@ struct Reloader {
     certs: Mutex<Certificates>,
     /// systemd: RELOADING=1 / READY=1 around a reload.
     notify: Notifier,
+    /// Wakes the egress-IP self-check after a change of `[egress]`.
+    egress_check: Arc<Notify>,
 }
 
 impl Reloader {
@@ -175,6 +177,9 @@ impl Reloader {
         if reloaded {
             old.credentials_cancel.cancel();
         }
+        if new.egress != cur.egress {
+            self.egress_check.notify_one();
+        }
         Ok(ReloadSummary {
             routes: new.routes.len(),
             credentials: new.credentials.len(),
@@ -220,7 +225,12 @@ fn prime(metrics: &Metrics, config: &Config) {
         &config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.credential.clone()))
+            .flat_map(|r| {
+                r.credential
+                    .names()
+                    .into_iter()
+                    .map(|c| (r.name.clone(), c.to_string()))
+            })
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );
@@ -406,6 +416,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
             allow_plain_http: true,
             request_timeout: delivery::ATTEMPT_TIMEOUT,
             client_cert: None,
+            source_check: None,
             ..config.egress.clone()
         };
         let worker = delivery::Worker {
@@ -416,12 +427,19 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         tokio::spawn(worker.run(background.clone()));
     }
     spawn_sweeper(shared.clone(), background.clone());
+    let egress_check = Arc::new(Notify::new());
+    tokio::spawn(crate::egress_ip::run(
+        shared.clone(),
+        egress_check.clone(),
+        background.clone(),
+    ));
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         config_path: options.config_path,
         background: background.clone(),
         certs: Mutex::new(certificates),
         notify,
+        egress_check,
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
     let admin = match admin_listener {

@@ -155,6 +155,9 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// 1 while the egress address the provider sees is `expect_source_ip`,
+    /// 0 after a mismatch or a failed check; absent without the check.
+    pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
     pub trace_spans: IntCounterVec,
@@ -473,6 +476,17 @@ impl Metrics {
                 IntCounter::new(
                     "signgate_reflection_guard_early_rotations_total",
                     "Times the remembered signatures hit their cap and the oldest generation was forgotten early.",
+                )
+                .expect("valid metric"),
+            ),
+            egress_source_ip_ok: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_egress_source_ip_ok",
+                        "1 while egress.source_check_url reports the address egress.expect_source_ip names, 0 after a mismatch or a failed check; label: the expected address.",
+                    ),
+                    &["expected"],
                 )
                 .expect("valid metric"),
             ),

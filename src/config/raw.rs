@@ -73,6 +73,9 @@ pub struct RawEgress {
     pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
+    pub expect_source_ip: Option<String>,
+    pub source_check_url: Option<String>,
+    pub source_check_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,10 @@ pub struct RawCredential {
     pub vault_max_stale_secs: Option<u64>,
     pub vault_timeout_ms: Option<u64>,
     pub refresh_secs: Option<u64>,
+    // vault_transit (with the vault connection and auth keys above)
+    pub transit_mount: Option<String>,
+    pub transit_key: Option<String>,
+    pub transit_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +159,7 @@ pub struct RawRoute {
     pub strip_prefix: Option<bool>,
     pub upstream: Option<String>,
     pub credential: Option<String>,
+    pub credential_map: Option<Vec<RawCredentialRule>>,
     pub scheme: Option<String>,
     pub methods: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
@@ -164,6 +172,14 @@ pub struct RawRoute {
     pub queue_timeout_ms: Option<u64>,
     pub forward_traceparent: Option<bool>,
     pub honor_retry_after: Option<bool>,
+}
+
+/// One entry of a route's `credential_map`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCredentialRule {
+    pub client: Option<String>,
+    pub identity: Option<String>,
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,6 +2,10 @@
 //! request), send, and retry at most once — only when the connection failed
 //! before any byte was written, signed afresh with a new timestamp.
 //!
+//! A credential held in memory signs synchronously (no allocation, no
+//! await); a Vault Transit credential signs with one HMAC call to Vault, and
+//! a failed call sends nothing (`503 credential_unavailable`).
+//!
 //! The exchange runs as its own task, detached from the client's request:
 //! once a byte may have reached the provider, a client that goes away does
 //! not abort it. It finishes (up to `egress.request_timeout_ms`), settles
@@ -27,17 +31,28 @@ use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
 use crate::ratelimit::retry_after_header;
 use crate::router::Route;
-use crate::secrets::Credential;
-use crate::sign::{MessageInput, Signature};
+use crate::secrets::{Credential, Key, Unavailable};
+use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
 use crate::trace::{self, Attr, Child, Kind, Parent};
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
 
+/// Why the exchange got no response.
+pub(super) enum Failure {
+    /// The upstream call failed.
+    Upstream(AttemptError),
+    /// The credential could not sign (Vault Transit failed): nothing was sent.
+    Unsigned(Unavailable),
+}
+
 /// What the exchange task hands back.
 pub(super) struct Exchanged {
-    pub result: Result<Response<Incoming>, AttemptError>,
+    pub result: Result<Response<Incoming>, Failure>,
     /// The last signature sent (its fingerprint, for the audit record).
     pub fingerprint: Option<String>,
+    /// The key version that made the last signature, when the signer said
+    /// (Transit's `vault:vN:`).
+    pub version: Option<u64>,
     /// The route's `max_inflight` slot, held on while the body streams.
     pub permit: OwnedSemaphorePermit,
     /// The spans of each signing and upstream attempt (`[tracing]` only).
@@ -48,9 +63,13 @@ impl Exchanged {
     /// Note the outcome in the request's record.
     pub fn note(&self, rec: &mut Record) {
         rec.signature_fingerprint.clone_from(&self.fingerprint);
+        if self.version.is_some() {
+            rec.credential_version = self.version;
+        }
         match &self.result {
             Ok(r) => rec.upstream_status = Some(r.status().as_u16()),
-            Err(e) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
+            Err(Failure::Upstream(e)) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
+            Err(Failure::Unsigned(_)) => {}
         }
     }
 }
@@ -64,7 +83,7 @@ pub(super) async fn send(
     out: Outgoing,
     claim: Option<Claim>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
-    let reflect = scope.snap.reflect_windows.get(&route.config.credential).copied();
+    let reflect = scope.snap.reflect_windows.get(cred.name()).copied();
     let task = exchange(
         scope.snap.upstream.clone(),
         scope.shared.clone(),
@@ -86,7 +105,8 @@ pub(super) async fn send(
     }
     match exchanged.result {
         Ok(resp) => Ok((resp, exchanged.permit)),
-        Err(e) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Upstream(e)) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Unsigned(why)) => Err(GatewayError::CredentialUnavailable(why)),
     }
 }
 
@@ -108,7 +128,8 @@ async fn exchange(
     let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
-    let mut fingerprint;
+    let mut fingerprint = None;
+    let mut version = None;
     let mut spans = Spans {
         trace,
         done: Vec::new(),
@@ -122,18 +143,34 @@ async fn exchange(
             _ => None,
         };
         let signing = spans.start("sign", Kind::Internal);
-        let (req, sig) = signed_request(&route, &cred, &out, traceparent);
+        let scheme = &route.scheme;
+        let ts = scheme.timestamp(SystemTime::now());
+        let input = message_input(&cred, &ts, &out);
+        let signed = match cred.key() {
+            Key::Local(mac) => Ok(scheme.sign(mac, &input)),
+            Key::Transit(transit) => transit.hmac(&scheme.message_bytes(&input)).await.map(|(v, mac)| {
+                version = Some(v);
+                scheme.signature(mac)
+            }),
+        };
         spans.end_sign(signing, &route, attempt);
+        let sig = match signed {
+            Ok(sig) => sig,
+            Err(reason) => {
+                tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
+                break Err(Failure::Unsigned(Unavailable {
+                    credential: cred.name().to_string(),
+                    expired: false,
+                    reason,
+                }));
+            }
+        };
+        let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
-            shared
-                .reflections()
-                .remember_sent(&route.config.credential, sig.mac(), window);
+            shared.reflections().remember_sent(cred.name(), sig.mac(), window);
         }
-        metrics
-            .signatures
-            .with_label_values(&[route.name(), route.config.credential.as_str()])
-            .inc();
+        metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
@@ -152,7 +189,7 @@ async fn exchange(
             }
             Err(e) => {
                 tracing::warn!(request_id = rid, route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
-                break Err(e);
+                break Err(Failure::Upstream(e));
             }
         }
     };
@@ -170,6 +207,7 @@ async fn exchange(
     Exchanged {
         result,
         fingerprint,
+        version,
         permit: out.permit,
         spans: spans.done,
     }
@@ -232,15 +270,16 @@ impl Spans {
 
 /// How the exchange settles a duplicate-guard claim: only a definite
 /// failure releases it; a request that may have taken effect holds it.
-fn settle(result: &Result<Response<Incoming>, AttemptError>) -> Outcome {
+fn settle(result: &Result<Response<Incoming>, Failure>) -> Outcome {
     match result {
         Ok(r) if r.status().is_success() => Outcome::Succeeded,
         // A timeout reported by the provider (or a proxy in front of it)
         // says nothing about whether the payment went through.
         Ok(r) if matches!(r.status().as_u16(), 408 | 504 | 522 | 524) => Outcome::Unknown,
         Ok(_) => Outcome::Failed,
-        Err(e) if e.nothing_sent => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
+        Err(Failure::Unsigned(_)) => Outcome::Failed,
+        Err(Failure::Upstream(e)) if e.nothing_sent => Outcome::Failed,
+        Err(Failure::Upstream(_)) => Outcome::Unknown,
     }
 }
 
@@ -294,28 +333,31 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
     }
 }
 
-/// Sign last, after every other change to the request. The gateway's own
-/// `traceparent` (`forward_traceparent`) is added with the scheme's
-/// headers; no scheme signs it. Returns the request and its signature.
+/// What the scheme's message is made of for this request.
+fn message_input<'a>(cred: &'a Credential, ts: &'a Timestamp, out: &'a Outgoing) -> MessageInput<'a> {
+    MessageInput {
+        api_key: cred.api_key().as_bytes(),
+        timestamp: ts.as_str(),
+        method: out.method.as_str(),
+        path: &out.upstream_path,
+        query: out.uri.query().unwrap_or(""),
+        body: &out.body,
+    }
+}
+
+/// The request with the scheme's headers: signed last, after every other
+/// change to the request. The gateway's own `traceparent`
+/// (`forward_traceparent`) is added with the scheme's headers; no scheme
+/// signs it.
 fn signed_request(
     route: &Route,
     cred: &Credential,
     out: &Outgoing,
+    ts: &Timestamp,
+    sig: &Signature,
     traceparent: Option<HeaderValue>,
-) -> (Request<Full<Bytes>>, Signature) {
+) -> Request<Full<Bytes>> {
     let scheme = &route.scheme;
-    let ts = scheme.timestamp(SystemTime::now());
-    let sig = scheme.sign(
-        cred.mac(),
-        &MessageInput {
-            api_key: cred.api_key().as_bytes(),
-            timestamp: ts.as_str(),
-            method: out.method.as_str(),
-            path: &out.upstream_path,
-            query: out.uri.query().unwrap_or(""),
-            body: &out.body,
-        },
-    );
     let mut headers = out.headers.clone();
     if let Some(tp) = traceparent {
         headers.insert(trace::TRACEPARENT, tp);
@@ -332,5 +374,5 @@ fn signed_request(
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = out.uri.clone();
     *req.headers_mut() = headers;
-    (req, sig)
+    req
 }

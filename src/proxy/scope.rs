@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::exchange::Exchanged;
+use super::exchange::{Exchanged, Failure};
 use super::record::{self, Record};
 use super::response::ResponseBody;
 use super::{GatewayError, RequestId};
@@ -199,7 +199,7 @@ impl Abandoned {
             }
             // The upstream failed (a timeout, a reset) whether or not its
             // client waited for it: count it like any upstream error.
-            if let Err(e) = &ex.result {
+            if let Err(Failure::Upstream(e)) = &ex.result {
                 self.shared
                     .metrics()
                     .upstream_errors

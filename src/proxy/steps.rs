@@ -21,7 +21,7 @@ use crate::fleet::{FleetLimit, LimitAnswer, Source};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
-use crate::secrets::Credential;
+use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::BodyMode;
 use crate::trace::{Attr, Child, Kind};
 
@@ -95,6 +95,19 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
         }
     }
     Ok(())
+}
+
+/// The credential that signs for this caller: the route's one, or the first
+/// `credential_map` entry matching the caller's address or certificate
+/// identity (403 when none does: nothing is sent).
+pub(super) fn pick_credential(scope: &mut Scope, route: &Route) -> Result<Arc<CredentialSlot>, GatewayError> {
+    let slot = route
+        .credential
+        .pick(scope.conn.ip(), scope.conn.identities.as_deref())
+        .ok_or(GatewayError::NoCredentialForCaller)?
+        .clone();
+    scope.rec.credential = Some(slot.clone());
+    Ok(slot)
 }
 
 /// The provider's cooldown, then the rate limits, before the body is read:
@@ -370,11 +383,11 @@ pub(super) async fn claim(
 }
 
 /// The secret to sign with; a request keeps the version it started with.
-pub(super) fn credential(scope: &mut Scope, route: &Route) -> Result<Arc<Credential>, GatewayError> {
+pub(super) fn credential(scope: &mut Scope, slot: &CredentialSlot) -> Result<Arc<Credential>, GatewayError> {
     let span = scope.trace.as_ref().map(|_| Child::start("credential", Kind::Internal));
-    let got = route.credential.get().map_err(GatewayError::CredentialUnavailable);
+    let got = slot.get().map_err(GatewayError::CredentialUnavailable);
     if let (Some(trace), Some(mut span)) = (scope.trace.as_mut(), span) {
-        span.set(Attr::new("signgate.credential", route.config.credential.clone()));
+        span.set(Attr::new("signgate.credential", slot.name().to_string()));
         match &got {
             Ok(cred) => {
                 if let Some(v) = cred.version() {

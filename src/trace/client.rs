@@ -50,6 +50,7 @@ impl ExportClient {
             response_idle_timeout: timeout,
             pool_idle_per_host: 2,
             allow_plain_http: true,
+            source_check: None,
         };
         Ok(ExportClient {
             client: Upstream::new(&internal)?,

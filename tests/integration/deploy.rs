@@ -426,19 +426,8 @@ fn config_paths(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match &c.source {
             SecretSource::Env { .. } => {}
             SecretSource::File { path, .. } => reads.push(path.clone()),
-            SecretSource::Vault(v) => {
-                reads.extend(v.ca_file.clone());
-                match &v.auth {
-                    VaultAuth::Token { token_file } => reads.extend(token_file.clone()),
-                    VaultAuth::AppRole {
-                        role_id_file,
-                        secret_id_file,
-                    } => {
-                        reads.push(role_id_file.clone());
-                        reads.push(secret_id_file.clone());
-                    }
-                }
-            }
+            SecretSource::Vault(v) => vault_reads(&v.ca_file, &v.auth, &mut reads),
+            SecretSource::VaultTransit(t) => vault_reads(&t.ca_file, &t.auth, &mut reads),
         }
     }
     let mut writes = vec![config.state.dir.clone()];
@@ -446,6 +435,21 @@ fn config_paths(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
         writes.push(p.clone());
     }
     (reads, writes)
+}
+
+/// The files a Vault credential reads: its CA and its auth files.
+fn vault_reads(ca_file: &Option<PathBuf>, auth: &VaultAuth, reads: &mut Vec<PathBuf>) {
+    reads.extend(ca_file.clone());
+    match auth {
+        VaultAuth::Token { token_file } => reads.extend(token_file.clone()),
+        VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+        } => {
+            reads.push(role_id_file.clone());
+            reads.push(secret_id_file.clone());
+        }
+    }
 }
 
 #[test]

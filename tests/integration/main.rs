@@ -31,7 +31,13 @@
 //!   limits, the duplicate guard, webhook de-duplication, provider cooldown
 //!   and reflections fleet-wide; Redis killed and slowed;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
-//!   file and umask 022, with the real binary.
+//!   file and umask 022, with the real binary;
+//! - `beyond_transit`: `vault_transit` credentials against a real OpenBao
+//!   (signing, short secrets, failures, webhooks, explain, the latency);
+//! - `beyond_callers`: `credential_map`, by loopback address and by mTLS
+//!   identity;
+//! - `beyond_explain`: `signgate explain`, the real binary;
+//! - `beyond_egress`: the egress-IP self-check against a loopback echo.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -42,6 +48,10 @@ mod support;
 
 mod access;
 mod audit;
+mod beyond_callers;
+mod beyond_egress;
+mod beyond_explain;
+mod beyond_transit;
 mod certs;
 mod cli;
 mod dashboard;
