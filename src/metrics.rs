@@ -155,8 +155,12 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// 1 while the egress address the provider sees is `expect_source_ip`,
+    /// 0 after a mismatch or a failed check; absent without the check.
+    pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    pub trace_spans: IntCounterVec,
     /// The amount guard's decisions and settlements, by route and result.
     pub amount_guard: IntCounterVec,
     /// The largest share of a day cap used today, by route and cap (read at scrape time).
@@ -501,6 +505,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            egress_source_ip_ok: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_egress_source_ip_ok",
+                        "1 while egress.source_check_url reports the address egress.expect_source_ip names, 0 after a mismatch or a failed check; label: the expected address.",
+                    ),
+                    &["expected"],
+                )
+                .expect("valid metric"),
+            ),
             certificate_reloads: counter_vec(
                 &r,
                 "signgate_certificate_reloads_total",
@@ -517,6 +532,12 @@ impl Metrics {
                     &["certificate"],
                 )
                 .expect("valid metric"),
+            ),
+            trace_spans: counter_vec(
+                &r,
+                "signgate_trace_spans_total",
+                "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
+                &["result"],
             ),
             amount_guard: counter_vec(
                 &r,
@@ -547,6 +568,9 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
+        for result in ["exported", "failed"] {
+            m.trace_spans.with_label_values(&[result]);
+        }
         Arc::new(m)
     }
 
@@ -561,6 +585,9 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            for upstream in ["sent", "not_sent"] {
+                self.client_gone.with_label_values(&[route.as_str(), upstream]);
+            }
         }
         for w in webhooks {
             for result in [

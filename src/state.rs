@@ -22,12 +22,14 @@ use crate::amount_guard::{AmountGuard, Backend, LocalTotals};
 use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
+use crate::config::RouteCredential;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
-use crate::router::{Kept, Route, Router};
+use crate::router::{Kept, Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -152,10 +154,19 @@ impl Snapshot {
                     Some(AmountGuard::new(&r.name, g.clone(), store, backing.metrics, token_ttl))
                 }
             };
+            let slots = match &r.credential {
+                RouteCredential::One(c) => RouteSlots::One(slot("route", &r.name, c)?),
+                RouteCredential::ByCaller(rules) => RouteSlots::ByCaller(
+                    rules
+                        .iter()
+                        .map(|rule| Ok((rule.caller.clone(), slot("route", &r.name, &rule.credential)?)))
+                        .collect::<Result<_, BuildError>>()?,
+                ),
+            };
             routes.push(Arc::new(Route::new(
                 r.clone(),
                 scheme("route", &r.name, &r.scheme)?,
-                slot("route", &r.name, &r.credential)?,
+                slots,
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
                 amounts,
@@ -208,6 +219,19 @@ pub(crate) enum NotReady {
     Credential(Unavailable),
     /// The audit log cannot write: requests are refused (fail closed).
     Audit(String),
+    /// The egress-IP self-check failed or saw another address than
+    /// `egress.expect_source_ip` (traffic is not blocked).
+    EgressSourceIp(EgressCheck),
+}
+
+/// The last egress-IP self-check: what was expected, what the echo endpoint
+/// saw (if it answered), and when they differ or it failed, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EgressCheck {
+    pub expected: std::net::IpAddr,
+    pub seen: Option<std::net::IpAddr>,
+    /// `None`: `seen` is `expected`.
+    pub problem: Option<String>,
 }
 
 impl Serialize for NotReady {
@@ -231,6 +255,12 @@ impl Serialize for NotReady {
             NotReady::Audit(why) => {
                 m.serialize_entry("what", "audit")?;
                 m.serialize_entry("detail", why)?;
+            }
+            NotReady::EgressSourceIp(check) => {
+                m.serialize_entry("what", "egress_source_ip")?;
+                m.serialize_entry("expected", &check.expected.to_string())?;
+                m.serialize_entry("seen", &check.seen.map(|ip| ip.to_string()))?;
+                m.serialize_entry("detail", check.problem.as_deref().unwrap_or_default())?;
             }
         }
         m.end()
@@ -338,11 +368,15 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
+    tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
     /// The amount guard's totals on this host (routes with `amount_guard`
     /// and no `[fleet]`; opened at start-up).
     amounts: Option<Arc<LocalTotals>>,
+    /// The last egress-IP self-check (`None`: none made yet).
+    egress_check: ArcSwapOption<EgressCheck>,
 }
 
 impl Shared {
@@ -353,6 +387,7 @@ impl Shared {
         inbox: Option<Arc<Store>>,
         amounts: Option<Arc<LocalTotals>>,
         fleet: Option<Arc<Fleet>>,
+        tracer: Option<Arc<Tracer>>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -366,6 +401,8 @@ impl Shared {
             reflections: Reflections::new(fleet.clone()),
             fleet,
             amounts,
+            egress_check: ArcSwapOption::empty(),
+            tracer,
         }
     }
 
@@ -433,6 +470,19 @@ impl Shared {
         &self.reflections
     }
 
+    /// Record the outcome of an egress-IP self-check.
+    pub fn set_egress_check(&self, check: Option<EgressCheck>) {
+        self.egress_check.store(check.map(Arc::new));
+    }
+
+    pub fn egress_check(&self) -> Option<Arc<EgressCheck>> {
+        self.egress_check.load_full()
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
+    }
+
     pub fn set_accepting(&self) {
         self.accepting.store(true, Ordering::Release);
     }
@@ -454,11 +504,23 @@ impl Shared {
             out.push(NotReady::Audit(problem));
         }
         let snap = self.snapshot();
+        if let Some(want) = &snap.config.egress.source_check {
+            // A check made for another expected address (before a reload)
+            // does not count.
+            match self.egress_check().filter(|c| c.expected == want.expect) {
+                Some(c) if c.problem.is_none() => {}
+                Some(c) => out.push(NotReady::EgressSourceIp(EgressCheck::clone(&c))),
+                None => out.push(NotReady::EgressSourceIp(EgressCheck {
+                    expected: want.expect,
+                    seen: None,
+                    problem: Some("the egress address has not been checked yet".into()),
+                })),
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
-        for route in snap.router.routes() {
-            let slot = &route.credential;
+        for slot in snap.router.routes().flat_map(|r| r.credential.slots()) {
             if seen.insert(slot.name()) {
-                if let Err(why) = slot.get() {
+                if let Err(why) = slot.ready() {
                     out.push(NotReady::Credential(why));
                 }
             }

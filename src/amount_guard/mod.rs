@@ -35,7 +35,7 @@ use crate::dedup::Outcome;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::money;
-pub use payout::Payout;
+pub use payout::{check_request, read as read_payout, Payout};
 pub use reservation::Reservation;
 pub use store::{LocalTotals, StoreError, DB_FILE};
 
@@ -260,7 +260,7 @@ impl AmountGuard {
     /// reserve the payout (counted either way). Cancelled while the
     /// reservation is on its way, it is released once it lands.
     pub async fn reserve(&self, caller: String, payout: &Payout) -> Result<Reservation, Refusal> {
-        if let Err(why) = self.check_request(payout) {
+        if let Err(why) = check_request(&self.inner.config, payout) {
             self.inner.counters.refused(&why);
             return Err(why);
         }

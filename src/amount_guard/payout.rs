@@ -3,7 +3,7 @@
 //! messages, which name a cap and its value, never a total.
 
 use super::{AmountGuard, Bucket, Refusal};
-use crate::config::AmountPer;
+use crate::config::{AmountGuardConfig, AmountPer};
 use crate::money::{self, AmountError};
 
 /// What a request asks to pay out.
@@ -18,69 +18,71 @@ pub struct Payout {
 /// Longest currency code accepted (ISO 4217 codes have 3 letters).
 const MAX_CURRENCY_LEN: usize = 16;
 
-impl AmountGuard {
-    /// `105.50 INR`, or `105.50` without a currency.
-    pub(super) fn money(&self, minor: u64, currency: &str) -> String {
-        let amount = self.format(minor);
-        if currency.is_empty() {
-            amount
-        } else {
-            format!("{amount} {currency}")
-        }
+/// `105.50 INR`, or `105.50` without a currency, with the guard's
+/// `minor_units`.
+pub(super) fn money(c: &AmountGuardConfig, minor: u64, currency: &str) -> String {
+    let amount = money::format_minor(minor, c.minor_units);
+    if currency.is_empty() {
+        amount
+    } else {
+        format!("{amount} {currency}")
     }
+}
 
+/// The amount and currency of a canonical body, as the guard `c` reads
+/// them (pure: also what `signgate explain` shows).
+pub fn read(c: &AmountGuardConfig, body: &[u8]) -> Result<Payout, Refusal> {
+    let amount = money::amount_from_json(crate::canonical::pointer(body, &c.amount), c.minor_units).map_err(|e| {
+        let why = match e {
+            AmountError::Decimal(money::DecimalError::TooPrecise { .. }) => format!(
+                "{e} (this route takes amounts like {})",
+                money::format_minor(10_550 * 10u64.pow(u32::from(c.minor_units)) / 100, c.minor_units)
+            ),
+            _ => e.to_string(),
+        };
+        Refusal::Invalid(format!("invalid amount at {}: {why}", c.amount))
+    })?;
+    let currency = match &c.currency {
+        None => String::new(),
+        Some(pointer) => currency(crate::canonical::pointer(body, pointer))
+            .map_err(|why| Refusal::Invalid(format!("invalid currency at {pointer}: {why}")))?,
+    };
+    Ok(Payout { amount, currency })
+}
+
+/// A single payout over a cap: `max_per_request`, or the whole
+/// `max_per_day` (it can never fit the day). Pure, like [`read`].
+pub fn check_request(c: &AmountGuardConfig, p: &Payout) -> Result<(), Refusal> {
+    if let Some(max) = c.max_per_request.filter(|&max| p.amount > max) {
+        return Err(Refusal::OverRequest(format!(
+            "amount {} is over this route's max_per_request ({})",
+            money(c, p.amount, &p.currency),
+            money(c, max, &p.currency)
+        )));
+    }
+    if let Some(max) = c.max_per_day.filter(|&max| p.amount > max) {
+        return Err(Refusal::OverDay(format!(
+            "amount {} is over this route's max_per_day ({})",
+            money(c, p.amount, &p.currency),
+            money(c, max, &p.currency)
+        )));
+    }
+    Ok(())
+}
+
+impl AmountGuard {
     /// Read the amount and currency of a canonical body (counted when
     /// refused).
     pub fn payout(&self, body: &[u8]) -> Result<Payout, Refusal> {
-        let result = self.read(body);
+        let result = read(&self.inner.config, body);
         if let Err(why) = &result {
             self.inner.counters.refused(why);
         }
         result
     }
 
-    pub(super) fn read(&self, body: &[u8]) -> Result<Payout, Refusal> {
-        let c = &self.inner.config;
-        let amount =
-            money::amount_from_json(crate::canonical::pointer(body, &c.amount), c.minor_units).map_err(|e| {
-                let why = match e {
-                    AmountError::Decimal(money::DecimalError::TooPrecise { .. }) => {
-                        format!(
-                            "{e} (this route takes amounts like {})",
-                            self.format(10_550 * 10u64.pow(u32::from(c.minor_units)) / 100)
-                        )
-                    }
-                    _ => e.to_string(),
-                };
-                Refusal::Invalid(format!("invalid amount at {}: {why}", c.amount))
-            })?;
-        let currency = match &c.currency {
-            None => String::new(),
-            Some(pointer) => currency(crate::canonical::pointer(body, pointer))
-                .map_err(|why| Refusal::Invalid(format!("invalid currency at {pointer}: {why}")))?,
-        };
-        Ok(Payout { amount, currency })
-    }
-
-    /// A single payout over a cap: `max_per_request`, or the whole
-    /// `max_per_day` (it can never fit the day).
-    pub(super) fn check_request(&self, p: &Payout) -> Result<(), Refusal> {
-        let c = &self.inner.config;
-        if let Some(max) = c.max_per_request.filter(|&max| p.amount > max) {
-            return Err(Refusal::OverRequest(format!(
-                "amount {} is over this route's max_per_request ({})",
-                self.money(p.amount, &p.currency),
-                self.money(max, &p.currency)
-            )));
-        }
-        if let Some(max) = c.max_per_day.filter(|&max| p.amount > max) {
-            return Err(Refusal::OverDay(format!(
-                "amount {} is over this route's max_per_day ({})",
-                self.money(p.amount, &p.currency),
-                self.money(max, &p.currency)
-            )));
-        }
-        Ok(())
+    fn money(&self, minor: u64, currency: &str) -> String {
+        money(&self.inner.config, minor, currency)
     }
 
     fn whose(&self) -> String {
