@@ -890,3 +890,44 @@ async fn a_reservation_cut_short_on_its_way_to_redis_is_released() {
         403
     );
 }
+
+/// `signgate explain` reads the amount as the gateway does and applies the
+/// per-request caps; the day's totals stay with the running gateway.
+#[tokio::test]
+async fn explain_reads_the_amount_and_the_per_request_cap() {
+    let fx = Fixture::new().await;
+    let config = fx.write_config(&with_payouts(&fx, caps()));
+    let explain = |body: &str| {
+        std::process::Command::new(signgate_bin())
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(["--route", "payouts", "--path", "/payouts/pay", "--body", body])
+            .output()
+            .unwrap()
+    };
+    let ok = explain(&payout("\"105.5\"", "inr"));
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}{}", String::from_utf8_lossy(&ok.stderr));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("amount:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("105.50 INR at /amount"), "{line}");
+    for (body, answer) in [
+        (
+            payout("\"500.01\"", "INR"),
+            "403 amount_limit_exceeded: amount 500.01 INR is over this route's max_per_request (500.00 INR)",
+        ),
+        (
+            payout("1e3", "INR"),
+            "400 invalid_amount: invalid amount at /amount: an exponent form",
+        ),
+    ] {
+        let out = explain(&body);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(answer), "{text}");
+        assert!(text.contains("sent:              nothing"), "{text}");
+    }
+    assert!(fx.provider.standin.records().await.is_empty());
+}
