@@ -477,6 +477,24 @@ mod tests {
         assert_eq!((mine.count, mine.unknown_amount, mine.unknown_count), (2, 40_000, 1));
     }
 
+    #[tokio::test]
+    async fn a_reservation_cancelled_on_its_way_is_released_once_it_lands() {
+        let (g, _dir) = guard(|_| {});
+        let pay = Payout {
+            amount: 10_000,
+            currency: "INR".into(),
+        };
+        for _ in 0..20 {
+            // Polled once (the write starts on the blocking pool), then dropped.
+            let cancelled = tokio::time::timeout(Duration::ZERO, g.reserve("c".into(), &pay)).await;
+            drop(cancelled);
+        }
+        g.inner_tasks_wait().await;
+        assert!(g.today().await.unwrap().1.is_empty(), "every one released");
+        let c = &g.inner.counters;
+        assert_eq!(c.allowed.get(), c.released.get(), "each one that landed was released");
+    }
+
     impl AmountGuard {
         async fn inner_tasks_wait(&self) {
             if let Backend::Local(store) = &self.inner.backend {
