@@ -65,6 +65,9 @@ impl Day {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     pub day: Day,
+    /// The route's `minor_units` the amounts are counted in: part of the
+    /// bucket, so a changed `minor_units` never reads old totals wrongly.
+    pub units: u8,
     pub currency: String,
     /// The caller (`127.0.0.2`, `uri:spiffe://…`), or `*` with `per = "route"`.
     pub caller: String,
@@ -266,6 +269,7 @@ impl AmountGuard {
         }
         let bucket = Bucket {
             day: Day::today(),
+            units: self.inner.config.minor_units,
             currency: payout.currency.clone(),
             caller,
         };
@@ -291,8 +295,8 @@ impl AmountGuard {
         let day = Day::today();
         let totals = match &self.inner.backend {
             Backend::Local(store) => {
-                let (s, route) = (store.clone(), self.inner.route.clone());
-                tokio::task::spawn_blocking(move || s.day(day, &route))
+                let (s, route, units) = (store.clone(), self.inner.route.clone(), self.inner.config.minor_units);
+                tokio::task::spawn_blocking(move || s.day(day, &route, units))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?

@@ -1,6 +1,6 @@
 //! The amount guard's totals in the fleet's Redis (`[fleet]`), shared by
-//! every instance. One hash per route and UTC day,
-//! `{PREFIX:amt:ROUTE}:d:YYYY-MM-DD`, with fields `a:CURRENCY:CALLER` (sum),
+//! every instance. One hash per route and UTC day (and `minor_units`),
+//! `{PREFIX:amt:ROUTE}:d:YYYY-MM-DD:uN`, with fields `a:CURRENCY:CALLER` (sum),
 //! `n:…` (count), `ua:…`/`un:…` (unknown outcomes); it expires [`DAY_TTL`]
 //! after the day's last reservation. A reservation is one script call that
 //! checks the caps and adds itself, and leaves a token
@@ -34,8 +34,10 @@ fn suffix(b: &Bucket) -> String {
     format!(":{}:{}", b.currency, b.caller)
 }
 
+/// The day's hash, for the route's `minor_units` (a changed `minor_units`
+/// counts in a hash of its own, never misreading the old sums).
 fn day_key(g: &AmountGuard, fleet: &Fleet, day: Day) -> String {
-    fleet.key_amount_day(&g.inner.route, &day.label())
+    fleet.key_amount_day(&g.inner.route, &day.label(), g.inner.config.minor_units)
 }
 
 /// Check the caps and reserve; the token's key when reserved.

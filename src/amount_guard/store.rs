@@ -2,8 +2,8 @@
 //! `amounts.redb` under `[state].dir` (the crate the webhook inbox uses, a
 //! file of its own so the two never wait on each other's commits).
 //!
-//! One row per (UTC day, route, currency, caller): the day's reserved sum
-//! and count, and how much of it ended with an unknown outcome. A
+//! One row per (UTC day, route, `minor_units`, currency, caller): the day's
+//! reserved sum and count, and how much of it ended with an unknown outcome. A
 //! reservation checks the caps and adds itself in one write transaction
 //! (redb runs one at a time: two requests cannot both take the last room
 //! under a cap), committed durably before the request goes on. Releases and
@@ -20,8 +20,9 @@ use tokio_util::task::TaskTracker;
 use super::{Bucket, Caps, Day, Total, Verdict};
 use crate::dedup::Outcome;
 
-/// (day, route, currency, caller) → [sum, count, unknown sum, unknown count].
-const TOTALS: TableDefinition<(u32, &str, &str, &str), [u64; 4]> = TableDefinition::new("amount_totals");
+/// (day, route, minor units, currency, caller) → [sum, count, unknown sum,
+/// unknown count], the sums in those minor units.
+const TOTALS: TableDefinition<(u32, &str, u8, &str, &str), [u64; 4]> = TableDefinition::new("amount_totals");
 
 /// The file under `[state].dir`.
 pub const DB_FILE: &str = "amounts.redb";
@@ -86,7 +87,13 @@ impl LocalTotals {
         let txn = self.db.begin_write().map_err(err)?;
         let verdict = {
             let mut table = txn.open_table(TOTALS).map_err(err)?;
-            let key = (bucket.day.0, route, bucket.currency.as_str(), bucket.caller.as_str());
+            let key = (
+                bucket.day.0,
+                route,
+                bucket.units,
+                bucket.currency.as_str(),
+                bucket.caller.as_str(),
+            );
             let row = table.get(key).map_err(err)?.map_or([0; 4], |g| g.value());
             let verdict = caps.decide(row[0], row[1], amount);
             if verdict == Verdict::Reserved {
@@ -115,7 +122,13 @@ impl LocalTotals {
         txn.set_durability(Durability::None).map_err(err)?;
         {
             let mut table = txn.open_table(TOTALS).map_err(err)?;
-            let key = (bucket.day.0, route, bucket.currency.as_str(), bucket.caller.as_str());
+            let key = (
+                bucket.day.0,
+                route,
+                bucket.units,
+                bucket.currency.as_str(),
+                bucket.caller.as_str(),
+            );
             let Some(row) = table.get(key).map_err(err)?.map(|g| g.value()) else {
                 return Ok(());
             };
@@ -133,18 +146,18 @@ impl LocalTotals {
         txn.commit().map_err(err)
     }
 
-    /// The totals of `day` for `route`, by currency and caller.
-    pub(super) fn day(&self, day: Day, route: &str) -> Result<Vec<Total>, StoreError> {
+    /// The totals of `day` for `route` counted in `units`, by currency and caller.
+    pub(super) fn day(&self, day: Day, route: &str, units: u8) -> Result<Vec<Total>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(TOTALS).map_err(err)?;
         let mut out = Vec::new();
         for row in table
-            .range((day.0, route, "", "")..(day.0 + 1, "", "", ""))
+            .range((day.0, route, units, "", "")..(day.0 + 1, "", 0, "", ""))
             .map_err(err)?
         {
             let (k, v) = row.map_err(err)?;
-            let (_, r, currency, caller) = k.value();
-            if r != route {
+            let (_, r, u, currency, caller) = k.value();
+            if r != route || u != units {
                 continue;
             }
             let [amount, count, unknown_amount, unknown_count] = v.value();
@@ -170,7 +183,7 @@ impl LocalTotals {
         txn.set_durability(Durability::None).map_err(err)?;
         {
             let mut table = txn.open_table(TOTALS).map_err(err)?;
-            table.retain(|(day, _, _, _), _| day >= keep_from).map_err(err)?;
+            table.retain(|(day, _, _, _, _), _| day >= keep_from).map_err(err)?;
         }
         txn.commit().map_err(err)
     }
@@ -183,6 +196,7 @@ mod tests {
     fn bucket(day: u32, caller: &str) -> Bucket {
         Bucket {
             day: Day(day),
+            units: 2,
             currency: "INR".into(),
             caller: caller.into(),
         }
@@ -219,7 +233,7 @@ mod tests {
         s.settle("r", &a, 600, Outcome::Succeeded).unwrap();
         drop(s);
         let s = LocalTotals::open(dir.path()).unwrap();
-        let mut day = s.day(Day(today), "r").unwrap();
+        let mut day = s.day(Day(today), "r", 2).unwrap();
         day.sort_by(|x, y| x.caller.cmp(&y.caller));
         assert_eq!(
             day.iter()
@@ -227,7 +241,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("127.0.0.2", 600, 2, 0, 1), ("127.0.0.3", 1_000, 1, 0, 0)]
         );
-        assert_eq!(s.day(Day(today - 1), "r").unwrap().len(), 1, "yesterday is kept");
+        assert_eq!(s.day(Day(today - 1), "r", 2).unwrap().len(), 1, "yesterday is kept");
     }
 
     #[test]
@@ -240,11 +254,14 @@ mod tests {
         let b = bucket(today, "c");
         s.reserve("r", &b, 5, CAPS).unwrap();
         s.settle("r", &b, 5, Outcome::Failed).unwrap();
-        assert!(s.day(Day(today), "r").unwrap().is_empty(), "nothing left of a release");
+        assert!(
+            s.day(Day(today), "r", 2).unwrap().is_empty(),
+            "nothing left of a release"
+        );
         // A release that finds no row (pruned, or never landed) changes nothing.
         s.settle("r", &b, 5, Outcome::Failed).unwrap();
-        assert_eq!(s.day(Day(today - 2), "r").unwrap().len(), 1);
+        assert_eq!(s.day(Day(today - 2), "r", 2).unwrap().len(), 1);
         s.prune(Day(today + 1)).unwrap();
-        assert!(s.day(Day(today - 2), "r").unwrap().is_empty());
+        assert!(s.day(Day(today - 2), "r", 2).unwrap().is_empty());
     }
 }

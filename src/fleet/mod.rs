@@ -456,11 +456,11 @@ impl Fleet {
         format!("{{{}:refl:{credential}}}:{mac_prefix:032x}", self.prefix)
     }
 
-    /// The amount guard's totals of `route` on `day` (`YYYY-MM-DD`, UTC): one
-    /// hash. A route's keys share its tag: reserve and settle touch the day
-    /// hash and a token in one slot.
-    pub fn key_amount_day(&self, route: &str, day: &str) -> String {
-        format!("{{{}:amt:{route}}}:d:{day}", self.prefix)
+    /// The amount guard's totals of `route` on `day` (`YYYY-MM-DD`, UTC),
+    /// counted in `units` decimal places: one hash. A route's keys share its
+    /// tag: reserve and settle touch the day hash and a token in one slot.
+    pub fn key_amount_day(&self, route: &str, day: &str, units: u8) -> String {
+        format!("{{{}:amt:{route}}}:d:{day}:u{units}", self.prefix)
     }
 
     /// One amount reservation's token (it holds the amount until settled).
