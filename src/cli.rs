@@ -2,7 +2,7 @@
 //! optionally load its credentials), `sign` (show exactly what is signed, the
 //! tool for debugging a signature mismatch), `certs dev` (a development PKI
 //! on disk, in `cli/certs.rs`), the admin API clients (`webhooks`, `guard`,
-//! in `cli/admin.rs`) and the shutdown signal.
+//! `log-level`, `route`, in `cli/admin.rs`) and the shutdown signal.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -16,7 +16,7 @@ use crate::sign::{self, MessageInput, Scheme};
 
 mod admin;
 mod certs;
-pub use admin::{guard_release, log_level, webhooks, WebhooksAction};
+pub use admin::{guard_release, log_level, route_list, route_switch, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";

@@ -52,6 +52,8 @@ mod sdnotify;
 pub mod secrets;
 pub mod sign;
 mod state;
+pub(crate) mod statedb;
+pub(crate) mod switch;
 pub mod tls;
 pub mod upstream;
 pub(crate) mod webhook;

@@ -157,6 +157,8 @@ pub struct Metrics {
     pub reflection_early_rotations: IntCounter,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    /// 1 while an operator has the route disabled (its kill switch), else 0.
+    pub route_disabled: IntGaugeVec,
 }
 
 /// `signgate_build_info`'s `revision`: the git revision the binary was built
@@ -204,7 +206,7 @@ pub struct FleetMetrics {
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 8] = [
+pub const FLEET_OPS: [&str; 9] = [
     "limit",
     "claim",
     "settle",
@@ -212,6 +214,7 @@ pub const FLEET_OPS: [&str; 8] = [
     "cooldown",
     "webhook_seen",
     "reflection",
+    "route_switch",
     "ping",
 ];
 /// The fallbacks (the `what` label).
@@ -492,6 +495,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            route_disabled: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_route_disabled",
+                        "1 while operators have the route disabled (it answers 503 route_disabled), else 0; by configured route.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -523,6 +537,7 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            self.route_disabled.with_label_values(&[route.as_str()]);
         }
         for w in webhooks {
             for result in [

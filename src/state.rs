@@ -1,9 +1,10 @@
 //! What a running gateway's stages share, below all of them: the immutable
 //! [`Snapshot`] built from one configuration (swapped whole on reload), the
-//! metrics, the audit log, the webhook inbox and the readiness flags, held
-//! together in [`Shared`]. The composition root (`app`) builds it; each stage
-//! gets the handle it needs and imports nothing above this module. Also the
-//! typed answers of a readiness check and of a reload.
+//! metrics, the audit log, the webhook inbox, the route switches and the
+//! readiness flags, held together in [`Shared`]. The composition root
+//! (`app`) builds it; each stage gets the handle it needs and imports nothing
+//! above this module. Also the typed answers of a readiness check and of a
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,7 @@ use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::switch::Switches;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -308,6 +310,8 @@ pub(crate) struct Shared {
     reflections: Reflections,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
+    /// The routes' kill switches (outside the snapshot: a reload keeps them).
+    switches: Arc<Switches>,
 }
 
 impl Shared {
@@ -317,6 +321,7 @@ impl Shared {
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
         fleet: Option<Arc<Fleet>>,
+        switches: Arc<Switches>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -329,7 +334,13 @@ impl Shared {
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(fleet.clone()),
             fleet,
+            switches,
         }
+    }
+
+    /// The routes' kill switches.
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
     }
 
     /// The fleet's shared state, with `[fleet]`.

@@ -2,9 +2,10 @@
 //! bookkeeping, finished in `Drop` whatever ends the request) and runs
 //! [`pipeline`], which calls one named step per stage, in the order
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
-//! slot, dispatch webhooks, admit, route, authorize, limit, read the body,
-//! canonicalize, claim, credential, prepare, send, respond. Every refusal is
-//! a [`GatewayError`], answered as the contract's JSON error.
+//! slot, dispatch webhooks, admit, route, authorize, the route's kill
+//! switch, limit, read the body, canonicalize, claim, credential, prepare,
+//! send, respond. Every refusal is a [`GatewayError`], answered as the
+//! contract's JSON error.
 
 mod context;
 mod error;
@@ -80,15 +81,17 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     steps::admit(scope, &parts)?;
     let route = steps::route(scope, &parts)?;
     steps::authorize(scope, &route)?;
+    steps::enabled(scope, &route)?;
     steps::limit(scope, Some(&route)).await?;
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
     let claim = steps::claim(scope, &route, &parts, &body).await?;
     let cred = steps::credential(scope, &route)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
-    // A cooldown that began while this request waited: the claim is
-    // released as it drops (nothing was sent).
+    // A cooldown that began, or a kill switch turned, while this request
+    // waited: the claim is released as it drops (nothing was sent).
     steps::cooled(scope, &route)?;
+    steps::enabled(scope, &route)?;
     let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
     Ok(response::respond(scope, &route, exchanged))
 }
