@@ -26,7 +26,10 @@
 //!   limits, the duplicate guard, webhook de-duplication, provider cooldown
 //!   and reflections fleet-wide; Redis killed and slowed;
 //! - `audit`: the audit log against a full disk, a torn line, a missing head
-//!   file and umask 022, with the real binary.
+//!   file and umask 022, with the real binary;
+//! - `switch`: the routes' kill switches: the admin API and `signgate
+//!   route`, `503 route_disabled` to the in-house client and curl (HTTP/1.1,
+//!   HTTP/2 over TLS), restart and reload, two gateways on one Redis.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -49,6 +52,7 @@ mod ops_certs;
 mod ops_rollout;
 mod ops_runtime;
 mod signing_path;
+mod switch;
 mod vault;
 mod vault_outage;
 mod webhooks;
