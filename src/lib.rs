@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! app ──plain HTTP──▶ listener ─▶ proxy::pipeline ─▶ upstream ──TLS, signed──▶ provider
-//!                                  admit · route · authorize · limit · body
+//!                                  admit · route · authorize · switch · limit · body
 //!                                  · canonicalize · claim · credential · sign
 //! provider ──webhook──▶ listener ─▶ proxy (webhook branch) ─▶ inbox ─▶ delivery ─▶ app
 //! ```
