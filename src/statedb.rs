@@ -48,9 +48,10 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether `dir` already holds the database file.
+/// Whether `dir` already holds the database file (or something in its
+/// place, which opening it then reports).
 pub fn exists(dir: &Path) -> bool {
-    dir.join(DB_FILE).is_file()
+    dir.join(DB_FILE).symlink_metadata().is_ok()
 }
 
 /// Open (or create) the database in `dir`. The error names the path and
