@@ -283,7 +283,7 @@ impl Fleet {
             self.metrics.redis_up.set(0);
             tracing::warn!(
                 error = why,
-                "fleet: Redis unavailable; limits fall back per [fleet].limits_on_error, the duplicate guard refuses (503), webhooks de-duplicate per instance"
+                "fleet: Redis unavailable; limits fall back per [fleet].limits_on_error, the duplicate guard refuses (503), webhooks de-duplicate per instance, route switches hold as last known"
             );
         }
     }
