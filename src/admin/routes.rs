@@ -2,7 +2,8 @@
 //! route with its state (and the switches stored for routes no longer
 //! configured); `POST /routes/{name}/disable` and `POST
 //! /routes/{name}/enable`, with an optional JSON body `{"reason": "..."}`,
-//! switch one. A change is audited or not made at all (an audit slot is
+//! switch one. With `[fleet]` both first take what other instances changed
+//! since the last poll, so what they show and decide is the fleet's. A change is audited or not made at all (an audit slot is
 //! reserved first), runs as a task of its own (a client that goes away
 //! does not leave it half done), and is logged and counted
 //! (`signgate_route_disabled`). An unknown route is `404 no_route` naming it.
@@ -38,7 +39,13 @@ pub(super) async fn serve(
     let method = req.method().clone();
     if path == "/routes" {
         return match method {
-            Method::GET => list(&gw),
+            Method::GET => {
+                // With [fleet], what the others changed since the last poll.
+                for (taken, s) in gw.switches().sync().await {
+                    crate::switch::record_taken(&taken, &s, gw.audit()).await;
+                }
+                list(&gw)
+            }
             _ => not_allowed("GET"),
         };
     }
@@ -92,6 +99,11 @@ pub(super) async fn serve(
     let task = tokio::spawn({
         let gw = gw.clone();
         async move {
+            // With [fleet], first what the others changed (the last poll may
+            // be up to a poll old): "already disabled" must be true fleet-wide.
+            for (taken, s) in gw.switches().sync().await {
+                crate::switch::record_taken(&taken, &s, gw.audit()).await;
+            }
             let outcome = gw.switches().set(&route, disable, reason, peer).await;
             match &outcome {
                 Outcome::Changed { switch, stored, fleet } => {

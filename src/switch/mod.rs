@@ -285,26 +285,7 @@ impl Switches {
                 _ = tick.tick() => {}
             }
             for (route, s) in self.sync().await {
-                tracing::info!(
-                    route,
-                    state = s.state(),
-                    by = s.by,
-                    instance = s.instance.as_deref().unwrap_or("-"),
-                    reason = s.reason.as_deref().unwrap_or(""),
-                    "route {} through the fleet",
-                    s.state()
-                );
-                let slot = match audit() {
-                    Some(log) => log.reserve().await,
-                    None => None,
-                };
-                match slot {
-                    Some(slot) => slot.write(audit_entry(&route, &s, "fleet", Some("redis"))),
-                    None => tracing::error!(
-                        route,
-                        "route switch taken from the fleet, but the audit log cannot record it"
-                    ),
-                }
+                record_taken(&route, &s, audit()).await;
             }
         }
     }
@@ -332,6 +313,31 @@ impl Switches {
         for route in stale {
             let _ = self.gauge.remove_label_values(&[route.as_str()]);
         }
+    }
+}
+
+/// Log and audit (`reason: "fleet"`) a change [`Switches::sync`] took from
+/// the fleet; it is in force whether or not `audit` can record it.
+pub(crate) async fn record_taken(route: &str, s: &Switch, audit: Option<Arc<AuditLog>>) {
+    tracing::info!(
+        route,
+        state = s.state(),
+        by = s.by,
+        instance = s.instance.as_deref().unwrap_or("-"),
+        reason = s.reason.as_deref().unwrap_or(""),
+        "route {} through the fleet",
+        s.state()
+    );
+    let slot = match audit {
+        Some(log) => log.reserve().await,
+        None => None,
+    };
+    match slot {
+        Some(slot) => slot.write(audit_entry(route, s, "fleet", Some("redis"))),
+        None => tracing::error!(
+            route,
+            "route switch taken from the fleet, but the audit log cannot record it"
+        ),
     }
 }
 

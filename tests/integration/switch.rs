@@ -774,3 +774,73 @@ async fn a_change_whose_client_goes_away_still_completes_and_is_audited() {
     let stored = redis.cli(&["HGET", "{signgate:routes}", "kwikpaisa"]);
     assert!(stored.contains("\"disabled\":true"), "{stored}");
 }
+
+/// With `[fleet]` the admin API answers for the fleet, not for the last
+/// poll: with polls a minute apart, a route disabled through A is "already
+/// disabled" through B, and an enable through B is a change; A lists it
+/// and serves again without waiting for its poll.
+#[tokio::test]
+async fn with_fleet_the_admin_api_answers_with_the_fleets_state_not_the_last_polls() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new().await;
+    let token = token_file(&fx);
+    let mut gws = Vec::new();
+    for i in 0..2 {
+        let toml = fx
+            .config()
+            .admin("token_file", &token)
+            .audit_path(&fx.path(&format!("audit-{i}.jsonl")))
+            .state_dir(&fx.path(&format!("state-{i}")))
+            .fleet("redis_url", redis.url())
+            .fleet("instance", format!("gw-{i}"))
+            .fleet("timeout_ms", 250)
+            .fleet("route_switch_poll_ms", 60_000);
+        let path = fx.path(&format!("gw-{i}.toml"));
+        replace_file(&path, toml.render());
+        gws.push(GatewayProcess::start(&path, &[]));
+    }
+    for gw in &gws {
+        let up = eventually(Duration::from_secs(5), || async {
+            gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+        })
+        .await;
+        assert!(up, "{}", gw.log_text());
+    }
+    let (a, b) = (&gws[0], &gws[1]);
+    let path = "/kwikpaisa/api/v3/pg/order/create";
+    let r = admin(&a.admin_url("/routes/kwikpaisa/disable"), Method::POST, "", true).await;
+    assert_eq!((r.status.as_u16(), r.json()["changed"].as_bool()), (200, Some(true)));
+    let r = admin(&b.admin_url("/routes/kwikpaisa/disable"), Method::POST, "", true).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (r.json()["changed"].as_bool(), r.json()["instance"].as_str()),
+        (Some(false), Some("gw-0")),
+        "already disabled, through gw-0: {}",
+        r.json()
+    );
+    assert_eq!(
+        TestClient::new().post(&b.url(path), BODY).await.code(),
+        "route_disabled"
+    );
+    let r = admin(&b.admin_url("/routes/kwikpaisa/enable"), Method::POST, "", true).await;
+    assert_eq!(
+        (r.json()["changed"].as_bool(), r.json()["state"].as_str()),
+        (Some(true), Some("enabled")),
+        "{}",
+        r.json()
+    );
+    assert_eq!(
+        TestClient::new().post(&a.url(path), BODY).await.code(),
+        "route_disabled",
+        "A's poll is a minute away"
+    );
+    let r = admin(&a.admin_url("/routes"), Method::GET, "", true).await;
+    let listed = &r.json()["routes"][0];
+    assert_eq!(
+        (listed["state"].as_str(), listed["instance"].as_str()),
+        (Some("enabled"), Some("gw-1"))
+    );
+    assert_eq!(TestClient::new().post(&a.url(path), BODY).await.status, 200);
+    let taken = audited(&fx.path("audit-0.jsonl"), 1, |l| l["decision"] == "enabled").await;
+    assert_eq!(taken[0]["reason"], "fleet");
+}
