@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,8 @@ struct Reloader {
     certs: Mutex<Certificates>,
     /// systemd: RELOADING=1 / READY=1 around a reload.
     notify: Notifier,
+    /// Wakes the egress-IP self-check after a change of `[egress]`.
+    egress_check: Arc<Notify>,
 }
 
 impl Reloader {
@@ -134,6 +136,9 @@ impl Reloader {
         if new.log != cur.log {
             restart.push("[log]");
         }
+        if new.tracing != cur.tracing {
+            restart.push("[tracing]");
+        }
         if new.fleet != cur.fleet {
             restart.push("[fleet]");
         }
@@ -172,6 +177,9 @@ impl Reloader {
         }
         if reloaded {
             old.credentials_cancel.cancel();
+        }
+        if new.egress != cur.egress {
+            self.egress_check.notify_one();
         }
         Ok(ReloadSummary {
             routes: new.routes.len(),
@@ -218,7 +226,12 @@ fn prime(metrics: &Metrics, config: &Config) {
         &config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.credential.clone()))
+            .flat_map(|r| {
+                r.credential
+                    .names()
+                    .into_iter()
+                    .map(|c| (r.name.clone(), c.to_string()))
+            })
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );
@@ -287,6 +300,10 @@ impl Running {
             {
                 tracing::warn!("fleet: settlements still pending at shutdown; the claims' expiry releases them");
             }
+        }
+        // Every request has ended: export the last spans.
+        if let Some(tracer) = self.shared.tracer() {
+            tracer.clone().flush().await;
         }
         self.background.cancel();
         // Close the audit queue; the writer flushes every queued record and exits.
@@ -380,6 +397,13 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
+    let tracer = match &config.tracing {
+        Some(t) => Some(Arc::new(
+            crate::trace::Tracer::start(t, metrics.trace_spans.clone())
+                .context("starting the trace exporter ([tracing])")?,
+        )),
+        None => None,
+    };
     let fleet = match &config.fleet {
         Some(f) => Some(
             Fleet::start(f, metrics.register_fleet(), background.clone())
@@ -415,6 +439,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         audit,
         inbox.clone(),
         fleet,
+        tracer,
         switches.clone(),
     ));
     if let Some(f) = &config.fleet {
@@ -428,6 +453,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
             allow_plain_http: true,
             request_timeout: delivery::ATTEMPT_TIMEOUT,
             client_cert: None,
+            source_check: None,
             ..config.egress.clone()
         };
         let worker = delivery::Worker {
@@ -438,12 +464,19 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         tokio::spawn(worker.run(background.clone()));
     }
     spawn_sweeper(shared.clone(), background.clone());
+    let egress_check = Arc::new(Notify::new());
+    tokio::spawn(crate::egress_ip::run(
+        shared.clone(),
+        egress_check.clone(),
+        background.clone(),
+    ));
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         config_path: options.config_path,
         background: background.clone(),
         certs: Mutex::new(certificates),
         notify,
+        egress_check,
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
     let admin = match admin_listener {
@@ -476,6 +509,9 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         );
     }
     tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
+    if let Some(t) = &config.tracing {
+        tracing::info!(endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, "exporting request traces (OTLP/HTTP)");
+    }
     Ok(Running {
         addr,
         admin_addr,

@@ -29,6 +29,7 @@ pub mod config;
 pub(crate) mod dedup;
 mod delivery;
 pub mod devtools;
+mod egress_ip;
 pub mod fault;
 pub(crate) mod fleet;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
@@ -55,6 +56,7 @@ mod state;
 pub(crate) mod statedb;
 pub(crate) mod switch;
 pub mod tls;
+pub(crate) mod trace;
 pub mod upstream;
 pub(crate) mod webhook;
 

@@ -54,6 +54,8 @@ enum Command {
     },
     /// Print the canonical payload, the signed string and the signature of a body read from stdin.
     Sign(signgate::cli::SignArgs),
+    /// Show what the gateway would send for one request (or its refusal), without sending it.
+    Explain(signgate::cli::ExplainArgs),
     /// Run the whole loop locally: the gateway plus a provider stand-in that checks every signature.
     Demo,
     /// Make certificates: `certs dev` writes a development CA, server and client certificates.
@@ -182,6 +184,7 @@ fn main() -> ExitCode {
             config_only,
         } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials, config_only))),
         Command::Sign(args) => tool(|_| signgate::cli::sign(&args, cli.config.as_deref())),
+        Command::Explain(args) => tool(|rt| rt.block_on(signgate::cli::explain(&config_path, &args))),
         Command::Demo => tool(|rt| rt.block_on(signgate::devtools::demo::run())),
         Command::Certs(args) => tool(|_| signgate::cli::certs(&args)),
         Command::Webhooks { command } => {

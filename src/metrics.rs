@@ -155,8 +155,12 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// 1 while the egress address the provider sees is `expect_source_ip`,
+    /// 0 after a mismatch or a failed check; absent without the check.
+    pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    pub trace_spans: IntCounterVec,
     /// 1 while an operator has the route disabled (its kill switch), else 0.
     pub route_disabled: IntGaugeVec,
 }
@@ -478,6 +482,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            egress_source_ip_ok: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_egress_source_ip_ok",
+                        "1 while egress.source_check_url reports the address egress.expect_source_ip names, 0 after a mismatch or a failed check; label: the expected address.",
+                    ),
+                    &["expected"],
+                )
+                .expect("valid metric"),
+            ),
             certificate_reloads: counter_vec(
                 &r,
                 "signgate_certificate_reloads_total",
@@ -494,6 +509,12 @@ impl Metrics {
                     &["certificate"],
                 )
                 .expect("valid metric"),
+            ),
+            trace_spans: counter_vec(
+                &r,
+                "signgate_trace_spans_total",
+                "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
+                &["result"],
             ),
             route_disabled: reg(
                 &r,
@@ -523,6 +544,9 @@ impl Metrics {
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
         }
+        for result in ["exported", "failed"] {
+            m.trace_spans.with_label_values(&[result]);
+        }
         Arc::new(m)
     }
 
@@ -538,6 +562,9 @@ impl Metrics {
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
             self.route_disabled.with_label_values(&[route.as_str()]);
+            for upstream in ["sent", "not_sent"] {
+                self.client_gone.with_label_values(&[route.as_str(), upstream]);
+            }
         }
         for w in webhooks {
             for result in [

@@ -44,13 +44,16 @@ pub fn preflight(config: &Config) -> Result<(), ConfigErrors> {
     state(config, &mut errors);
     fleet(config, &mut errors);
     for (name, spec) in &config.credentials {
-        if let SecretSource::Vault(v) = &spec.source {
-            if let Some(ca) = &v.ca_file {
-                let key = format!("credentials.{name}.vault_ca_file");
-                if ca_roots(&key, ca, &mut errors) {
-                    if let Err(e) = tls::vault_client_config(Some(ca)) {
-                        errors.push(ConfigError::file(key, ca, e.reason()));
-                    }
+        let ca_file = match &spec.source {
+            SecretSource::Vault(v) => v.ca_file.as_ref(),
+            SecretSource::VaultTransit(t) => t.ca_file.as_ref(),
+            _ => None,
+        };
+        if let Some(ca) = ca_file {
+            let key = format!("credentials.{name}.vault_ca_file");
+            if ca_roots(&key, ca, &mut errors) {
+                if let Err(e) = tls::vault_client_config(Some(ca)) {
+                    errors.push(ConfigError::file(key, ca, e.reason()));
                 }
             }
         }

@@ -27,6 +27,9 @@ pub enum GatewayError {
     IpNotAllowed,
     /// mTLS identity not in the route's `allow_identities`.
     IdentityNotAllowed,
+    /// The route picks its credential by caller, and no `credential_map`
+    /// entry matches this one.
+    NoCredentialForCaller,
     /// A rate limit is exhausted; `retry_after` in whole seconds (rounded up).
     RateLimited { scope: &'static str, retry_after: u64 },
     /// Declared or streamed body larger than `listener.max_body_bytes`.
@@ -109,6 +112,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::IdentityNotAllowed => StatusCode::FORBIDDEN,
+            GatewayError::NoCredentialForCaller => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -151,6 +155,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::IdentityNotAllowed => "identity_not_allowed",
+            GatewayError::NoCredentialForCaller => "no_credential_for_caller",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::BodyTimeout => "body_timeout",
@@ -194,6 +199,9 @@ impl GatewayError {
             }
             GatewayError::IpNotAllowed => "client address is not allowed".into(),
             GatewayError::IdentityNotAllowed => "client certificate identity is not allowed on this route".into(),
+            GatewayError::NoCredentialForCaller => {
+                "this route signs with a credential chosen by caller, and none is configured for this client address or certificate identity".into()
+            }
             GatewayError::RateLimited { scope, retry_after } => {
                 format!("{scope} rate limit exceeded; retry after {retry_after} s")
             }
@@ -314,6 +322,7 @@ mod tests {
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
             (GatewayError::IdentityNotAllowed, 403, "identity_not_allowed"),
+            (GatewayError::NoCredentialForCaller, 403, "no_credential_for_caller"),
             (
                 GatewayError::RateLimited {
                     scope: "global",
