@@ -164,6 +164,7 @@ async fn a_disabled_route_refuses_before_anything_is_sent_and_forwards_again_onc
     let toml = fx
         .config()
         .admin("token_file", &token)
+        .edit_route("kwikpaisa", |r| r.allow(["127.0.0.1/32"]))
         .route(Route::to("other", &fx.upstream()));
     let s = Setup::on(fx, &toml).await;
     let c = TestClient::new();
@@ -276,6 +277,13 @@ async fn a_disabled_route_refuses_before_anything_is_sent_and_forwards_again_onc
         "curl HTTP/1.1, large body",
     );
     assert_eq!(provider_count(&s).await, 3, "nothing reached the provider");
+    // A caller the route does not allow still gets its 403 (the switch
+    // comes after the route's allowlist: it tells outsiders nothing).
+    let outsider = TestClient::from_addr("127.0.0.2").post(&url, BODY).await;
+    assert_eq!(
+        (outsider.status.as_u16(), outsider.code()),
+        (403, "ip_not_allowed".into())
+    );
     // Another route goes on.
     assert_eq!(c.post(&s.url("/other/x"), BODY).await.status, 200);
     assert_eq!(provider_count(&s).await, 4);
