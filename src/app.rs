@@ -28,6 +28,7 @@ use crate::proxy::Proxy;
 use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
 use crate::state::{ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
+use crate::switch::{self, Switches};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 
@@ -375,12 +376,24 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials_cancel = background.child_token();
     let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
-    let inbox = if config.webhooks.is_empty() {
-        None
+    // The state database: opened now when the inbox needs it or it holds
+    // route switches; else the first route switch creates it.
+    let state_dir = &config.state.dir;
+    let state_db = if !config.webhooks.is_empty() || crate::statedb::exists(state_dir) {
+        Some(
+            crate::statedb::open(state_dir)
+                .map_err(|e| anyhow::anyhow!("opening the state database in state.dir: {e}"))?,
+        )
     } else {
-        Some(Arc::new(Store::open(&config.state.dir).with_context(|| {
-            format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
-        })?))
+        None
+    };
+    let inbox = match (&state_db, config.webhooks.is_empty()) {
+        (Some(db), false) => {
+            Some(Arc::new(Store::on(db.clone()).with_context(|| {
+                format!("opening the webhook inbox in state.dir {}", state_dir.display())
+            })?))
+        }
+        _ => None,
     };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
@@ -399,6 +412,25 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         ),
         None => None,
     };
+    let switches = Arc::new(
+        Switches::load(
+            switch::Local::new(state_dir.clone(), state_db),
+            fleet.clone(),
+            metrics.route_disabled.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    for route in &config.routes {
+        if let Some(s) = switches.get(&route.name).filter(|s| s.disabled) {
+            tracing::warn!(
+                route = route.name,
+                since = s.since(),
+                by = s.by,
+                reason = s.reason.as_deref().unwrap_or(""),
+                "route is disabled (kill switch): it answers 503 route_disabled until `signgate route enable`"
+            );
+        }
+    }
     let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, fleet.as_ref())?;
     prime(&metrics, &config);
     let shared = Arc::new(Shared::new(
@@ -408,7 +440,12 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         inbox.clone(),
         fleet,
         tracer,
+        switches.clone(),
     ));
+    if let Some(f) = &config.fleet {
+        let audit_of = shared.clone();
+        tokio::spawn(switches.poll(f.route_switch_poll, background.clone(), move || audit_of.audit()));
+    }
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {

@@ -192,6 +192,7 @@ impl Worker {
             duplicate_key: Some(ev.key.clone()),
             fleet: ev.dedup_local.then_some("local"),
             upstream_error: None,
+            note: None,
         });
         self.save(ev).await;
     }

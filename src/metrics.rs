@@ -161,6 +161,8 @@ pub struct Metrics {
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
     pub trace_spans: IntCounterVec,
+    /// 1 while an operator has the route disabled (its kill switch), else 0.
+    pub route_disabled: IntGaugeVec,
 }
 
 /// `signgate_build_info`'s `revision`: the git revision the binary was built
@@ -208,7 +210,7 @@ pub struct FleetMetrics {
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 8] = [
+pub const FLEET_OPS: [&str; 9] = [
     "limit",
     "claim",
     "settle",
@@ -216,6 +218,7 @@ pub const FLEET_OPS: [&str; 8] = [
     "cooldown",
     "webhook_seen",
     "reflection",
+    "route_switch",
     "ping",
 ];
 /// The fallbacks (the `what` label).
@@ -513,6 +516,17 @@ impl Metrics {
                 "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
                 &["result"],
             ),
+            route_disabled: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_route_disabled",
+                        "1 while operators have the route disabled (it answers 503 route_disabled), else 0; by configured route.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -547,6 +561,7 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            self.route_disabled.with_label_values(&[route.as_str()]);
             for upstream in ["sent", "not_sent"] {
                 self.client_gone.with_label_values(&[route.as_str(), upstream]);
             }

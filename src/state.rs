@@ -1,9 +1,10 @@
 //! What a running gateway's stages share, below all of them: the immutable
 //! [`Snapshot`] built from one configuration (swapped whole on reload), the
-//! metrics, the audit log, the webhook inbox and the readiness flags, held
-//! together in [`Shared`]. The composition root (`app`) builds it; each stage
-//! gets the handle it needs and imports nothing above this module. Also the
-//! typed answers of a readiness check and of a reload.
+//! metrics, the audit log, the webhook inbox, the route switches and the
+//! readiness flags, held together in [`Shared`]. The composition root
+//! (`app`) builds it; each stage gets the handle it needs and imports nothing
+//! above this module. Also the typed answers of a readiness check and of a
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +29,7 @@ use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::switch::Switches;
 use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
@@ -342,6 +344,8 @@ pub(crate) struct Shared {
     fleet: Option<Arc<Fleet>>,
     /// The last egress-IP self-check (`None`: none made yet).
     egress_check: ArcSwapOption<EgressCheck>,
+    /// The routes' kill switches (outside the snapshot: a reload keeps them).
+    switches: Arc<Switches>,
 }
 
 impl Shared {
@@ -352,6 +356,7 @@ impl Shared {
         inbox: Option<Arc<Store>>,
         fleet: Option<Arc<Fleet>>,
         tracer: Option<Arc<Tracer>>,
+        switches: Arc<Switches>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -366,7 +371,13 @@ impl Shared {
             fleet,
             egress_check: ArcSwapOption::empty(),
             tracer,
+            switches,
         }
+    }
+
+    /// The routes' kill switches.
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
     }
 
     /// The fleet's shared state, with `[fleet]`.

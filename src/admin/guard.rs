@@ -97,6 +97,7 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         duplicate_key: Some(reference.clone()),
         fleet: store.source().map(crate::fleet::Source::label),
         upstream_error: None,
+        note: None,
     });
     reply(
         StatusCode::OK,

@@ -78,6 +78,8 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// The route's `max_inflight` upstream calls were busy for `queue_timeout_ms`.
     UpstreamBusy,
+    /// Operators disabled the route (its kill switch); nothing was sent.
+    RouteDisabled { route: String },
     /// The gateway is draining for shutdown.
     ShuttingDown,
     /// No room in the audit queue in time: refused rather than unaudited.
@@ -138,6 +140,7 @@ impl GatewayError {
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RouteDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -179,6 +182,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "upstream_response_idle",
             GatewayError::UpstreamBusy => "upstream_busy",
+            GatewayError::RouteDisabled { .. } => "route_disabled",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
@@ -254,6 +258,9 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
+            GatewayError::RouteDisabled { route } => {
+                format!("route {route} is disabled by the gateway's operators; nothing was sent")
+            }
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => {
                 "the audit log cannot record this request (queue full or writes failing); refused, nothing was sent"
@@ -403,6 +410,7 @@ mod tests {
                 "upstream_response_idle",
             ),
             (GatewayError::UpstreamBusy, 503, "upstream_busy"),
+            (GatewayError::RouteDisabled { route: "r".into() }, 503, "route_disabled"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),

@@ -3,9 +3,9 @@
 //! [`pipeline`], which calls one named step per stage, in the order
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
 //! slot, dispatch webhooks, admit, route, authorize, pick the credential,
-//! limit, read the body, canonicalize, claim, credential, prepare, send,
-//! respond. Every refusal is
-//! a [`GatewayError`], answered as the contract's JSON error.
+//! the route's kill switch, limit, read the body, canonicalize, claim,
+//! credential, prepare, send, respond. Every refusal is a [`GatewayError`],
+//! answered as the contract's JSON error.
 
 mod context;
 mod error;
@@ -86,15 +86,17 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let route = steps::route(scope, &parts)?;
     steps::authorize(scope, &route)?;
     let slot = steps::pick_credential(scope, &route)?;
+    steps::enabled(scope, &route)?;
     steps::limit(scope, Some(&route)).await?;
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
     let claim = steps::claim(scope, &route, &parts, &body).await?;
     let cred = steps::credential(scope, &slot)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
-    // A cooldown that began while this request waited: the claim is
-    // released as it drops (nothing was sent).
+    // A cooldown that began, or a kill switch turned, while this request
+    // waited: the claim is released as it drops (nothing was sent).
     steps::cooled(scope, &route)?;
+    steps::enabled(scope, &route)?;
     let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

@@ -37,7 +37,10 @@
 //! - `beyond_callers`: `credential_map`, by loopback address and by mTLS
 //!   identity;
 //! - `beyond_explain`: `signgate explain`, the real binary;
-//! - `beyond_egress`: the egress-IP self-check against a loopback echo.
+//! - `beyond_egress`: the egress-IP self-check against a loopback echo;
+//! - `switch`: the routes' kill switches: the admin API and `signgate
+//!   route`, `503 route_disabled` to the in-house client and curl (HTTP/1.1,
+//!   HTTP/2 over TLS), restart and reload, two gateways on one Redis.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -65,6 +68,7 @@ mod ops_certs;
 mod ops_rollout;
 mod ops_runtime;
 mod signing_path;
+mod switch;
 mod traces;
 mod vault;
 mod vault_outage;
