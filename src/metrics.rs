@@ -147,6 +147,7 @@ pub struct Metrics {
     pub provider_cooldown: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
+    pub webhook_parked: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
     pub runtime_tasks: IntGauge,
@@ -437,6 +438,17 @@ impl Metrics {
                     Opts::new(
                         "signgate_webhook_queue_depth",
                         "Verified webhook events waiting for delivery.",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
+            webhook_parked: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_parked",
+                        "Verified webhook events whose delivery failed max_attempts times: parked, never sent again until `signgate webhooks retry`.",
                     ),
                     &["webhook"],
                 )

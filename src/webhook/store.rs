@@ -235,16 +235,39 @@ impl Store {
         txn.commit().map_err(err)
     }
 
-    /// (pending count, oldest pending received_at) per webhook.
-    pub fn pending_stats(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let mut stats: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        for e in self.scan(|e| e.state == EventState::Pending, usize::MAX)? {
-            let s = stats.entry(e.webhook).or_insert((0, u64::MAX));
-            s.0 += 1;
-            s.1 = s.1.min(e.received_at);
+    /// Per webhook: (pending count, oldest pending received_at, failed
+    /// count). Failed events are parked: never sent again until an
+    /// operator retries them.
+    pub fn pending_stats(&self) -> Result<Vec<WebhookStats>, StoreError> {
+        let mut stats: std::collections::BTreeMap<String, WebhookStats> = Default::default();
+        for e in self.scan(
+            |e| matches!(e.state, EventState::Pending | EventState::Failed),
+            usize::MAX,
+        )? {
+            let s = stats.entry(e.webhook.clone()).or_insert_with(|| WebhookStats {
+                webhook: e.webhook.clone(),
+                pending: 0,
+                oldest_pending: u64::MAX,
+                failed: 0,
+            });
+            if e.state == EventState::Failed {
+                s.failed += 1;
+            } else {
+                s.pending += 1;
+                s.oldest_pending = s.oldest_pending.min(e.received_at);
+            }
         }
-        Ok(stats.into_iter().map(|(w, (n, t))| (w, n, t)).collect())
+        Ok(stats.into_values().collect())
     }
+}
+
+/// What [`Store::pending_stats`] counts for one webhook.
+pub struct WebhookStats {
+    pub webhook: String,
+    pub pending: u64,
+    /// `received_at` of the oldest pending event (`u64::MAX`: none).
+    pub oldest_pending: u64,
+    pub failed: u64,
 }
 
 /// What `webhooks list` shows of an event (never the body).
