@@ -392,6 +392,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // the composition root's parts, each built once in `app`
     pub fn new(
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
