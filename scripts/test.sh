@@ -82,4 +82,18 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "scripts/test.sh: redis-server still missing after apt-get install redis-server" >&2; exit 1; }
 
+# curl with HTTP/2 (nghttp2) for the route switch tests (tests/integration/switch.rs):
+# a refusal must reach a real third-party client over HTTP/1.1 and HTTP/2.
+if ! curl -V 2>/dev/null | grep -q HTTP2; then
+    echo "scripts/test.sh: installing curl (apt-get)" >&2
+    sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "scripts/test.sh: need root or sudo to apt-get install curl" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+fi
+curl -V 2>/dev/null | grep -q HTTP2 || { echo "scripts/test.sh: curl with HTTP/2 still missing after apt-get install curl" >&2; exit 1; }
+
 cargo test --locked --all-targets "$@"

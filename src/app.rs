@@ -29,6 +29,7 @@ use crate::proxy::Proxy;
 use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
 use crate::state::{Backing, ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
+use crate::switch::{self, Switches};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 
@@ -145,8 +146,10 @@ impl Reloader {
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
-        if new.needs_amount_store() && self.shared.amounts().is_none() {
-            restart.push("[route.amount_guard] (the first amount guard opens its totals under [state].dir)");
+        if crate::statedb::needed(&new) && self.shared.state_db().is_none() {
+            restart.push(
+                "[[route]] duplicate_key or [route.amount_guard] (the first one opens the state database under [state].dir)",
+            );
         }
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
@@ -174,6 +177,7 @@ impl Reloader {
             self.shared.backing(),
         )?;
         prime(self.shared.metrics(), &new);
+        warn_shared_secrets(&next);
         self.shared.replace_snapshot(next);
         if let Some(tls) = egress_tls {
             certs.replace_egress(tls);
@@ -220,6 +224,21 @@ impl Reloader {
                 _ = every.tick() => self.poll_certificates(),
             }
         }
+    }
+}
+
+/// A webhook whose secret also signs outbound requests works (the
+/// reflection guard refuses the gateway's own signatures coming back), but
+/// its own secret is better: say so at start-up and on every reload. A
+/// credential that has not loaded yet is not compared here; the gauge
+/// `signgate_webhook_secret_shared` follows the secrets as they load and rotate.
+fn warn_shared_secrets(snapshot: &Snapshot) {
+    for hook in snapshot.shared_secret_hooks() {
+        tracing::warn!(
+            webhook = hook.name(),
+            credential = hook.config.credential,
+            "this webhook verifies with a secret that also signs outbound requests: the gateway remembers its outbound signatures to refuse them as webhooks (docs/security.md); give the webhook a secret of its own if the provider allows"
+        );
     }
 }
 
@@ -394,22 +413,33 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials_cancel = background.child_token();
     let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
-    let inbox = if config.webhooks.is_empty() {
-        None
+    // The state database: opened now when the inbox or the duplicate
+    // guard's claims need it or it holds route switches; else the first
+    // route switch creates it.
+    let state_dir = &config.state.dir;
+    let state_db = if crate::statedb::needed(&config) || crate::statedb::exists(state_dir) {
+        Some(
+            crate::statedb::open(state_dir)
+                .map_err(|e| anyhow::anyhow!("opening the state database in state.dir: {e}"))?,
+        )
     } else {
-        Some(Arc::new(Store::open(&config.state.dir).with_context(|| {
-            format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
-        })?))
+        None
     };
-    let amounts = if config.needs_amount_store() {
-        Some(Arc::new(LocalTotals::open(&config.state.dir).with_context(|| {
-            format!(
-                "opening the amount guard's totals in state.dir {}",
-                config.state.dir.display()
-            )
-        })?))
-    } else {
-        None
+    let inbox = match (&state_db, config.webhooks.is_empty()) {
+        (Some(db), false) => {
+            Some(Arc::new(Store::on(db.clone()).with_context(|| {
+                format!("opening the webhook inbox in state.dir {}", state_dir.display())
+            })?))
+        }
+        _ => None,
+    };
+    // The amount guard's day totals: tables of the state database, whenever
+    // it is open (a reload may add the first guard then).
+    let amounts = match &state_db {
+        Some(db) => Some(Arc::new(LocalTotals::new(db.clone()).with_context(|| {
+            format!("opening the amount guard's totals in state.dir {}", state_dir.display())
+        })?)),
+        None => None,
     };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
@@ -428,22 +458,56 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         ),
         None => None,
     };
+    let switches = Arc::new(
+        Switches::load(
+            switch::Local::new(state_dir.clone(), state_db.clone()),
+            fleet.clone(),
+            metrics.route_disabled.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    for route in &config.routes {
+        if let Some(s) = switches.get(&route.name).filter(|s| s.disabled) {
+            tracing::warn!(
+                route = route.name,
+                since = s.since(),
+                by = s.by,
+                reason = s.reason.as_deref().unwrap_or(""),
+                "route is disabled (kill switch): it answers 503 route_disabled until `signgate route enable`"
+            );
+        }
+    }
     let backing = Backing {
         fleet: fleet.as_ref(),
+        state: state_db.as_ref(),
         amounts: amounts.as_ref(),
         metrics: &metrics,
     };
     let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, backing)?;
     prime(&metrics, &config);
+    let reflections = Arc::new(
+        crate::reflect::Reflections::new(fleet.clone(), state_db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    if fleet.is_some() {
+        tokio::spawn(reflections.clone().retry_pending(background.clone()));
+    }
+    warn_shared_secrets(&snapshot);
     let shared = Arc::new(Shared::new(
         snapshot,
         metrics.clone(),
         audit,
         inbox.clone(),
+        state_db,
         amounts,
+        reflections,
         fleet,
         tracer,
+        switches.clone(),
     ));
+    if let Some(f) = &config.fleet {
+        let audit_of = shared.clone();
+        tokio::spawn(switches.poll(f.route_switch_poll, background.clone(), move || audit_of.audit()));
+    }
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {

@@ -3,7 +3,7 @@
 //! tool for debugging a signature mismatch), `explain` (what the gateway
 //! would send for one request, in `cli/explain.rs`), `certs dev` (a development PKI
 //! on disk, in `cli/certs.rs`), the admin API clients (`webhooks`, `guard`,
-//! in `cli/admin.rs`) and the shutdown signal.
+//! `log-level`, `route`, in `cli/admin.rs`) and the shutdown signal.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -18,7 +18,7 @@ use crate::sign::{self, MessageInput, Scheme};
 mod admin;
 mod certs;
 mod explain;
-pub use admin::{guard_release, guard_status, log_level, webhooks, WebhooksAction};
+pub use admin::{guard_release, guard_status, log_level, route_list, route_switch, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 pub use explain::{explain, ExplainArgs};
 

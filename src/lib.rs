@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! app ──plain HTTP──▶ listener ─▶ proxy::pipeline ─▶ upstream ──TLS, signed──▶ provider
-//!                                  admit · route · authorize · limit · body
+//!                                  admit · route · authorize · switch · limit · body
 //!                                  · canonicalize · claim · amounts · credential · sign
 //! provider ──webhook──▶ listener ─▶ proxy (webhook branch) ─▶ inbox ─▶ delivery ─▶ app
 //! ```
@@ -55,6 +55,8 @@ mod sdnotify;
 pub mod secrets;
 pub mod sign;
 mod state;
+pub(crate) mod statedb;
+pub(crate) mod switch;
 pub mod tls;
 pub(crate) mod trace;
 pub mod upstream;

@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// The routes' kill switches of a running gateway (through its admin API).
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
     /// Print the running gateway's log filter, or replace it (through its admin API).
     LogLevel {
         /// A new filter, e.g. `info,signgate=debug` (`SIGNGATE_LOG` syntax); without it, print the current one.
@@ -123,6 +128,30 @@ enum GuardCommand {
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Every configured route, enabled or disabled, with since when, by whom and why.
+    List,
+    /// Turn a route off: it answers 503 route_disabled and sends nothing to
+    /// the provider until enabled again (on every instance with [fleet]).
+    /// Survives restarts and reloads. Audited.
+    Disable {
+        /// The route name.
+        name: String,
+        /// Why (kept with the switch, shown by `route list`, audited).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Turn a disabled route back on. Audited.
+    Enable {
+        /// The route name.
+        name: String,
+        /// Why (audited).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -184,6 +213,25 @@ fn main() -> ExitCode {
         Command::Guard {
             command: GuardCommand::Status { route },
         } => tool(|rt| rt.block_on(signgate::cli::guard_status(&config_path, route.as_deref()))),
+        Command::Route { command } => match command {
+            RouteCommand::List => tool(|rt| rt.block_on(signgate::cli::route_list(&config_path))),
+            RouteCommand::Disable { name, reason } => tool(|rt| {
+                rt.block_on(signgate::cli::route_switch(
+                    &config_path,
+                    &name,
+                    true,
+                    reason.as_deref(),
+                ))
+            }),
+            RouteCommand::Enable { name, reason } => tool(|rt| {
+                rt.block_on(signgate::cli::route_switch(
+                    &config_path,
+                    &name,
+                    false,
+                    reason.as_deref(),
+                ))
+            }),
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {

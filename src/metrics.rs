@@ -147,6 +147,7 @@ pub struct Metrics {
     pub provider_cooldown: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
+    pub webhook_parked: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
     pub runtime_tasks: IntGauge,
@@ -155,12 +156,20 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// Outbound signatures whose row in the state database could not be written.
+    pub reflection_persist_errors: IntCounter,
+    /// With `[fleet]`: remembered signatures Redis has not taken yet.
+    pub reflection_pending: IntGauge,
+    /// 1 for a webhook whose secret also signs outbound requests.
+    pub webhook_secret_shared: IntGaugeVec,
     /// 1 while the egress address the provider sees is `expect_source_ip`,
     /// 0 after a mismatch or a failed check; absent without the check.
     pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
     pub trace_spans: IntCounterVec,
+    /// 1 while an operator has the route disabled (its kill switch), else 0.
+    pub route_disabled: IntGaugeVec,
     /// The amount guard's decisions and settlements, by route and result.
     pub amount_guard: IntCounterVec,
     /// The largest share of a day cap used today, by route and cap (read at scrape time).
@@ -230,7 +239,7 @@ pub struct FleetMetrics {
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 11] = [
+pub const FLEET_OPS: [&str; 12] = [
     "limit",
     "claim",
     "settle",
@@ -238,19 +247,21 @@ pub const FLEET_OPS: [&str; 11] = [
     "cooldown",
     "webhook_seen",
     "reflection",
+    "route_switch",
     "amount_reserve",
     "amount_settle",
     "amount_totals",
     "ping",
 ];
 /// The fallbacks (the `what` label).
-pub const FLEET_FALLBACKS: [&str; 6] = [
+pub const FLEET_FALLBACKS: [&str; 7] = [
     "limits_local",
     "limits_denied",
     "guard_refused",
     "amount_refused",
     "webhook_local",
     "reflection_local",
+    "reflection_refused",
 ];
 
 /// Redis round trips on loopback take tens of microseconds.
@@ -292,7 +303,7 @@ impl Metrics {
             fallback: counter_vec(
                 r,
                 "signgate_fleet_fallback_total",
-                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, amount_refused, webhook_local, reflection_local).",
+                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, amount_refused, webhook_local, reflection_local, reflection_refused).",
                 &["what"],
             ),
         };
@@ -458,6 +469,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            webhook_parked: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_parked",
+                        "Verified webhook events whose delivery failed max_attempts times: parked, never sent again until `signgate webhooks retry`.",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
             webhook_oldest_pending: gauge_vec(
                 &r,
                 "signgate_webhook_oldest_pending_seconds",
@@ -505,6 +527,33 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reflection_persist_errors: reg(
+                &r,
+                IntCounter::new(
+                    "signgate_reflection_guard_persist_errors_total",
+                    "Outbound signatures sent whose row in the state database could not be written (a restart forgets them).",
+                )
+                .expect("valid metric"),
+            ),
+            reflection_pending: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_reflection_guard_redis_pending",
+                    "[fleet]: remembered outbound signatures Redis did not take yet, written again once it answers (read at scrape time).",
+                )
+                .expect("valid metric"),
+            ),
+            webhook_secret_shared: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_secret_shared",
+                        "1 when the webhook's secret also signs outbound requests (read at scrape time).",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
             egress_source_ip_ok: reg(
                 &r,
                 IntGaugeVec::new(
@@ -538,6 +587,17 @@ impl Metrics {
                 "signgate_trace_spans_total",
                 "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
                 &["result"],
+            ),
+            route_disabled: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_route_disabled",
+                        "1 while operators have the route disabled (it answers 503 route_disabled), else 0; by configured route.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
             ),
             amount_guard: counter_vec(
                 &r,
@@ -585,6 +645,7 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            self.route_disabled.with_label_values(&[route.as_str()]);
             for upstream in ["sent", "not_sent"] {
                 self.client_gone.with_label_values(&[route.as_str(), upstream]);
             }
@@ -597,6 +658,7 @@ impl Metrics {
                 "duplicate",
                 "invalid_json",
                 "reflected_signature",
+                "reflection_unknown",
             ] {
                 self.webhooks.with_label_values(&[w.as_str(), result]);
             }

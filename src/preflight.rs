@@ -8,9 +8,10 @@
 //! the upstream trust roots and client certificate (`Upstream::new`, also
 //! behind the webhook delivery client), each Vault credential's
 //! `vault_ca_file` (`VaultSource::new`), the audit log (`audit::start`) and,
-//! when webhooks are configured, the inbox under `[state].dir`
-//! (`webhook::store::Store::open`), and the amount guard's totals there
-//! (`amount_guard::LocalTotals::open`) for a guarded route without `[fleet]`. Each problem is a [`ConfigError::File`]
+//! when webhooks, a duplicate-guarded route or an amount-guarded route
+//! (without `[fleet]`) need it or it already exists (it holds the route
+//! switches), the state database under `[state].dir` (`statedb::open`).
+//! Each problem is a [`ConfigError::File`]
 //! naming the key and the file, and all of them are reported together.
 //!
 //! Left to run time (exit 1, not 64): binding `listener.addr` and
@@ -183,40 +184,33 @@ fn audit(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn state(config: &Config, errors: &mut Vec<ConfigError>) {
-    // The inbox is opened only when a webhook is configured, the amount
-    // guard's totals only for a guarded route without [fleet] (as `run` does).
-    let mut files = Vec::new();
-    if !config.webhooks.is_empty() {
-        files.push((crate::webhook::store::DB_FILE, "the webhook inbox"));
-    }
-    if config.needs_amount_store() {
-        files.push((crate::amount_guard::DB_FILE, "the amount guard's totals"));
-    }
-    if files.is_empty() {
+    // The database is opened at start-up only when a webhook, a
+    // duplicate-guarded or an amount-guarded route (without `[fleet]`) needs
+    // it or it exists (as `run` does); otherwise the first route switch
+    // makes it.
+    let dir = &config.state.dir;
+    if !crate::statedb::needed(config) && !crate::statedb::exists(dir) {
         return;
     }
-    let dir = &config.state.dir;
     if let Err(why) = writable_dir(dir) {
         errors.push(ConfigError::file("state.dir", dir, why));
         return;
     }
-    for (file, what) in files {
-        let db = dir.join(file);
-        match fs::metadata(&db) {
-            Ok(m) if !m.is_file() => errors.push(ConfigError::file("state.dir", &db, "is not a regular file")),
-            // Opened, not locked: a running gateway holding it is no error here.
-            Ok(_) => {
-                if let Err(e) = OpenOptions::new().read(true).write(true).open(&db) {
-                    errors.push(ConfigError::file(
-                        "state.dir",
-                        &db,
-                        format!("cannot open {what} for writing: {}", io_reason(&e)),
-                    ));
-                }
+    let db = dir.join(crate::statedb::DB_FILE);
+    match fs::metadata(&db) {
+        Ok(m) if !m.is_file() => errors.push(ConfigError::file("state.dir", &db, "is not a regular file")),
+        // Opened, not locked: a running gateway holding it is no error here.
+        Ok(_) => {
+            if let Err(e) = OpenOptions::new().read(true).write(true).open(&db) {
+                errors.push(ConfigError::file(
+                    "state.dir",
+                    &db,
+                    format!("cannot open the state database for writing: {}", io_reason(&e)),
+                ));
             }
-            Err(e) if is_absent(&e) => {}
-            Err(e) => errors.push(ConfigError::file("state.dir", &db, io_reason(&e))),
         }
+        Err(e) if is_absent(&e) => {}
+        Err(e) => errors.push(ConfigError::file("state.dir", &db, io_reason(&e))),
     }
 }
 

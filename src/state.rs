@@ -1,9 +1,10 @@
 //! What a running gateway's stages share, below all of them: the immutable
 //! [`Snapshot`] built from one configuration (swapped whole on reload), the
-//! metrics, the audit log, the webhook inbox and the readiness flags, held
-//! together in [`Shared`]. The composition root (`app`) builds it; each stage
-//! gets the handle it needs and imports nothing above this module. Also the
-//! typed answers of a readiness check and of a reload.
+//! metrics, the audit log, the webhook inbox, the route switches and the
+//! readiness flags, held together in [`Shared`]. The composition root
+//! (`app`) builds it; each stage gets the handle it needs and imports nothing
+//! above this module. Also the typed answers of a readiness check and of a
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,12 +24,14 @@ use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
 use crate::config::RouteCredential;
+use crate::dedup::{DurableStore, Guard};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, RouteSlots, Router};
-use crate::secrets::{CredentialStore, Unavailable};
+use crate::secrets::{Credential, CredentialSlot, CredentialStore, Unavailable};
+use crate::switch::Switches;
 use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
@@ -53,9 +56,6 @@ pub(crate) struct Snapshot {
     /// Stops this snapshot's credential refreshers once it is replaced by a
     /// snapshot with other credentials.
     pub credentials_cancel: CancellationToken,
-    /// Credentials a webhook verifies with, and the longest `tolerance_secs`
-    /// among those webhooks: how long their outbound signatures are remembered.
-    pub reflect_windows: BTreeMap<String, Duration>,
 }
 
 /// A configuration that names something the snapshot cannot resolve
@@ -74,15 +74,20 @@ pub(crate) enum BuildError {
         name: String,
         credential: String,
     },
-    #[error("route {route}: amount_guard needs its store under [state].dir, opened at start-up: restart the gateway")]
+    /// The state database could not give a route its duplicate-guard claims.
+    #[error("{0}")]
+    State(String),
+    #[error("route {route}: amount_guard needs the state database under [state].dir, opened at start-up: restart the gateway")]
     NoAmountStore { route: String },
 }
 
 /// Where a snapshot's routes keep what outlives it: the fleet's Redis, the
+/// state database under `[state].dir` (the duplicate guard's claims), the
 /// amount guard's totals on this host, and the metrics their counters live in.
 #[derive(Clone, Copy)]
 pub(crate) struct Backing<'a> {
     pub fleet: Option<&'a Arc<Fleet>>,
+    pub state: Option<&'a Arc<redb::Database>>,
     pub amounts: Option<&'a Arc<LocalTotals>>,
     pub metrics: &'a Metrics,
 }
@@ -101,7 +106,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         backing: Backing<'_>,
     ) -> Result<Snapshot, BuildError> {
-        let fleet = backing.fleet;
+        let (fleet, state) = (backing.fleet, backing.state);
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
             .iter()
@@ -134,6 +139,15 @@ impl Snapshot {
                         && old.config.duplicate_capacity == r.duplicate_capacity
                 })
                 .and_then(|old| old.duplicates.clone());
+            // Without `[fleet]`, a route's claims live in the state database
+            // too, so that a restart does not forget them (dedup::durable).
+            let duplicates = match (duplicates, &r.duplicate_key, fleet, state) {
+                (None, Some(_), None, Some(db)) => Some(Guard::Local(Arc::new(
+                    DurableStore::load(db.clone(), &r.name, r.duplicate_window, r.duplicate_capacity)
+                        .map_err(BuildError::State)?,
+                ))),
+                (kept, ..) => kept,
+            };
             let kept = Kept {
                 duplicates,
                 cooldown: old.map(|o| o.cooldown.clone()),
@@ -181,13 +195,7 @@ impl Snapshot {
                 config: w.clone(),
             }));
         }
-        let mut reflect_windows: BTreeMap<String, Duration> = BTreeMap::new();
-        for w in &config.webhooks {
-            let window = reflect_windows.entry(w.credential.clone()).or_default();
-            *window = (*window).max(w.tolerance);
-        }
         Ok(Snapshot {
-            reflect_windows,
             webhooks,
             config: Arc::new(config.clone()),
             credentials_cancel,
@@ -203,9 +211,43 @@ impl Snapshot {
         })
     }
 
+    /// How long the outbound signatures of `cred` must be remembered: the
+    /// longest `tolerance_secs` of the webhooks whose secret (current, or
+    /// the one a rotation just replaced) is `cred`'s, whatever their
+    /// credentials' names; `None` when no webhook verifies with it.
+    pub fn reflect_window(&self, cred: &Credential) -> Option<Duration> {
+        self.webhooks
+            .iter()
+            .filter(|h| slot_holds(&h.credential, cred))
+            .map(|h| h.config.tolerance)
+            .max()
+    }
+
+    /// Whether `hook`'s secret also signs outbound requests (a route's
+    /// credential holds it): its webhooks can be reflections.
+    pub fn hook_shares_secret(&self, hook: &Hook) -> bool {
+        self.router.routes().any(|r| {
+            r.credential.slots().any(|slot| {
+                slot.get().is_ok_and(|c| slot_holds(&hook.credential, &c))
+                    || slot.previous().is_some_and(|(c, _)| slot_holds(&hook.credential, &c))
+            })
+        })
+    }
+
+    /// The webhooks whose secret also signs outbound requests, by name
+    /// (`signgate_webhook_secret_shared`, the start-up and reload warning).
+    pub fn shared_secret_hooks(&self) -> Vec<&Arc<Hook>> {
+        self.webhooks.iter().filter(|h| self.hook_shares_secret(h)).collect()
+    }
+
     pub fn webhook_for(&self, path: &str) -> Option<&Arc<Hook>> {
         self.webhooks.iter().find(|h| h.config.match_path == path)
     }
+}
+
+/// Whether `slot`'s current or previous credential holds `cred`'s secret.
+fn slot_holds(slot: &CredentialSlot, cred: &Credential) -> bool {
+    slot.get().is_ok_and(|c| c.same_secret(cred)) || slot.previous().is_some_and(|(c, _)| c.same_secret(cred))
 }
 
 /// One reason the gateway is not ready (the `/readyz` body lists them).
@@ -357,6 +399,10 @@ pub(crate) struct Shared {
     audit: ArcSwapOption<AuditLog>,
     /// The durable webhook inbox (when webhooks are configured).
     inbox: Option<Arc<Store>>,
+    /// The state database under `[state].dir`, when opened at start-up
+    /// (the inbox, the duplicate guard's claims or the reflection memory
+    /// need it, or it exists).
+    state_db: Option<Arc<redb::Database>>,
     /// Wakes the delivery worker when an event arrives.
     delivery: Arc<Notify>,
     /// Set once the traffic listener is bound and accepting.
@@ -367,46 +413,60 @@ pub(crate) struct Shared {
     /// shutdown waits for them before closing the audit log.
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
-    reflections: Reflections,
+    reflections: Arc<Reflections>,
     /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
     tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
-    /// The amount guard's totals on this host (routes with `amount_guard`
-    /// and no `[fleet]`; opened at start-up).
+    /// The amount guard's totals on this host: tables of the state
+    /// database, whenever it is open (used by routes with `amount_guard`
+    /// and no `[fleet]`).
     amounts: Option<Arc<LocalTotals>>,
     /// The last egress-IP self-check (`None`: none made yet).
     egress_check: ArcSwapOption<EgressCheck>,
+    /// The routes' kill switches (outside the snapshot: a reload keeps them).
+    switches: Arc<Switches>,
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // the composition root's parts, each built once in `app`
     pub fn new(
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
+        state_db: Option<Arc<redb::Database>>,
         amounts: Option<Arc<LocalTotals>>,
+        reflections: Arc<Reflections>,
         fleet: Option<Arc<Fleet>>,
         tracer: Option<Arc<Tracer>>,
+        switches: Arc<Switches>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             audit: ArcSwapOption::from_pointee(audit),
             inbox,
+            state_db,
             delivery: Arc::new(Notify::new()),
             accepting: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
-            reflections: Reflections::new(fleet.clone()),
+            reflections,
             fleet,
             amounts,
             egress_check: ArcSwapOption::empty(),
             tracer,
+            switches,
         }
     }
 
-    /// The amount guard's totals on this host, when opened.
+    /// The routes' kill switches.
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
+    }
+
+    /// The amount guard's totals on this host, when the state database is open.
     pub fn amounts(&self) -> Option<&Arc<LocalTotals>> {
         self.amounts.as_ref()
     }
@@ -415,6 +475,7 @@ impl Shared {
     pub fn backing(&self) -> Backing<'_> {
         Backing {
             fleet: self.fleet.as_ref(),
+            state: self.state_db.as_ref(),
             amounts: self.amounts.as_ref(),
             metrics: &self.metrics,
         }
@@ -453,6 +514,11 @@ impl Shared {
         self.inbox.as_ref()
     }
 
+    /// The state database, when it was opened at start-up.
+    pub fn state_db(&self) -> Option<&Arc<redb::Database>> {
+        self.state_db.as_ref()
+    }
+
     /// Tell the delivery worker there is work.
     pub fn wake_delivery(&self) {
         self.delivery.notify_one();
@@ -466,7 +532,7 @@ impl Shared {
         &self.exchanges
     }
 
-    pub fn reflections(&self) -> &Reflections {
+    pub fn reflections(&self) -> &Arc<Reflections> {
         &self.reflections
     }
 

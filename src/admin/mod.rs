@@ -10,12 +10,14 @@
 //! `POST /webhooks/retry?id=N|all_failed=true` (the inbox), `POST
 //! /guard/release` (the duplicate guard), `GET /guard/status` (the amount
 //! guard's totals today), `GET`/`PUT /log-level` (the log filter,
-//! [`loglevel`]).
+//! [`loglevel`]), `GET /routes` and `POST /routes/{name}/disable|enable`
+//! (the routes' kill switches, [`routes`]).
 
 mod auth;
 mod guard;
 mod inbox;
 mod loglevel;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,7 +145,7 @@ const PATHS: [&str; 9] = [
 
 async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !OPEN.contains(&path) && PATHS.contains(&path) {
+    if !OPEN.contains(&path) && (PATHS.contains(&path) || routes::covers(path)) {
         if let Err(why) = admin.token.check(req.headers()) {
             admin.shared.metrics().admin_unauthorized.inc();
             tracing::warn!(%peer, path, "admin request refused: {why}");
@@ -152,6 +154,10 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
+    }
+    if routes::covers(path) {
+        let path = path.to_string();
+        return routes::serve(admin.shared.clone(), req, &path, peer).await;
     }
     let gw = &admin.shared;
     match (req.method().clone(), path) {
@@ -185,12 +191,12 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
         (_, p) if PATHS.contains(&p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "GET /metrics /healthz /readyz /webhooks /guard/status /log-level; POST /reload /webhooks/retry /guard/release; PUT /log-level",
+            "GET /metrics /healthz /readyz /webhooks /guard/status /log-level /routes; POST /reload /webhooks/retry /guard/release /routes/{name}/disable /routes/{name}/enable; PUT /log-level",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             "no_route",
-            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /guard/status /log-level",
+            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /guard/status /log-level /routes /routes/{name}/disable /routes/{name}/enable",
         ),
     }
 }
@@ -257,6 +263,7 @@ async fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
                 .set(len as i64);
         }
     }
+    gw.switches().observe(snap.router.routes().map(|r| r.name()));
     let reflections = gw.reflections();
     let m = gw.metrics();
     m.reflection_signatures
@@ -264,6 +271,17 @@ async fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
     let early = reflections.early_rotations.load(std::sync::atomic::Ordering::Relaxed);
     m.reflection_early_rotations
         .inc_by(early.saturating_sub(m.reflection_early_rotations.get()));
+    let failed = reflections.persist_errors.load(std::sync::atomic::Ordering::Relaxed);
+    m.reflection_persist_errors
+        .inc_by(failed.saturating_sub(m.reflection_persist_errors.get()));
+    m.reflection_pending
+        .set(i64::try_from(reflections.pending()).unwrap_or(i64::MAX));
+    let snap = gw.snapshot();
+    for hook in &snap.webhooks {
+        m.webhook_secret_shared
+            .with_label_values(&[hook.name()])
+            .set(i64::from(snap.hook_shares_secret(hook)));
+    }
     reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
 }
 

@@ -6,8 +6,8 @@
 //! a missing or malformed one is refused (`400 invalid_amount`), one over
 //! `max_per_request` too (`403 amount_limit_exceeded`). Then the day's sum
 //! and count are checked and *reserved* in one step ([`AmountGuard::reserve`]):
-//! locally in `store` (redb under `[state].dir`, durable before the request
-//! goes on), or with `[fleet]` in Redis (`shared`, one Lua script; Redis not
+//! locally in `store` (a table of the state database under `[state].dir`,
+//! durable before the request goes on), or with `[fleet]` in Redis (`shared`, one Lua script; Redis not
 //! answering refuses the request, `503 amount_guard_unavailable`). Over a
 //! day's cap: `403 amount_limit_exceeded`, nothing sent.
 //!
@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::money;
 pub use payout::{check_request, read as read_payout, Payout};
 pub use reservation::Reservation;
-pub use store::{LocalTotals, StoreError, DB_FILE};
+pub use store::{LocalTotals, StoreError};
 
 /// A UTC day: days since 1970-01-01.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -351,7 +351,7 @@ mod tests {
         };
         edit(&mut config);
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalTotals::open(dir.path()).unwrap());
+        let store = Arc::new(LocalTotals::new(crate::statedb::open(dir.path()).unwrap()).unwrap());
         let metrics = Metrics::new();
         let g = AmountGuard::new(
             "payouts",

@@ -1,6 +1,6 @@
-//! The amount guard's totals on this host: an embedded redb database,
-//! `amounts.redb` under `[state].dir` (the crate the webhook inbox uses, a
-//! file of its own so the two never wait on each other's commits).
+//! The amount guard's totals on this host: a table of the state database
+//! under `[state].dir` (`statedb`, redb, shared with the webhook inbox, the
+//! duplicate guard's claims and the route switches).
 //!
 //! One row per (UTC day, route, `minor_units`, currency, caller): the day's
 //! reserved sum and count, and how much of it ended with an unknown outcome. A
@@ -11,8 +11,8 @@
 //! to a crash leaves the total too high, never too low. Every call blocks;
 //! the guard runs them on tokio's blocking pool.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio_util::task::TaskTracker;
@@ -23,9 +23,6 @@ use crate::dedup::Outcome;
 /// (day, route, minor units, currency, caller) → [sum, count, unknown sum,
 /// unknown count], the sums in those minor units.
 const TOTALS: TableDefinition<(u32, &str, u8, &str, &str), [u64; 4]> = TableDefinition::new("amount_totals");
-
-/// The file under `[state].dir`.
-pub const DB_FILE: &str = "amounts.redb";
 
 /// Days kept: today and yesterday (a reservation made before midnight is
 /// settled on its own day).
@@ -41,7 +38,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 
 /// The totals of one host (see the module doc).
 pub struct LocalTotals {
-    db: Database,
+    db: Arc<Database>,
     /// Settlements and releases run on the blocking pool; shutdown waits.
     tasks: TaskTracker,
     /// The day rows were last pruned for.
@@ -55,15 +52,9 @@ impl std::fmt::Debug for LocalTotals {
 }
 
 impl LocalTotals {
-    /// Open (or create) `dir/amounts.redb`: a directory made here is 0700,
-    /// the file always 0600. Rows older than yesterday are dropped.
-    pub fn open(dir: &Path) -> Result<LocalTotals, StoreError> {
-        crate::webhook::store::create_private_dir(dir)
-            .map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
-        let path = dir.join(DB_FILE);
-        crate::webhook::store::create_private_file(&path)
-            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
-        let db = Database::create(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+    /// The totals' table in the state database (created if missing). Rows
+    /// older than yesterday are dropped.
+    pub fn new(db: Arc<Database>) -> Result<LocalTotals, StoreError> {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(TOTALS).map_err(err)?;
         txn.commit().map_err(err)?;
@@ -193,6 +184,10 @@ impl LocalTotals {
 mod tests {
     use super::*;
 
+    fn open(dir: &std::path::Path) -> LocalTotals {
+        LocalTotals::new(crate::statedb::open(dir).unwrap()).unwrap()
+    }
+
     fn bucket(day: u32, caller: &str) -> Bucket {
         Bucket {
             day: Day(day),
@@ -211,7 +206,7 @@ mod tests {
     fn caps_are_checked_and_reserved_in_one_step_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let today = Day::today().0;
-        let s = LocalTotals::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let a = bucket(today, "127.0.0.2");
         assert_eq!(s.reserve("r", &a, 600, CAPS).unwrap(), Verdict::Reserved);
         assert_eq!(s.reserve("r", &a, 401, CAPS).unwrap(), Verdict::OverDay);
@@ -232,7 +227,7 @@ mod tests {
         s.settle("r", &a, 0, Outcome::Unknown).unwrap();
         s.settle("r", &a, 600, Outcome::Succeeded).unwrap();
         drop(s);
-        let s = LocalTotals::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let mut day = s.day(Day(today), "r", 2).unwrap();
         day.sort_by(|x, y| x.caller.cmp(&y.caller));
         assert_eq!(
@@ -247,7 +242,7 @@ mod tests {
     #[test]
     fn a_release_takes_the_row_back_and_old_days_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalTotals::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let today = Day::today().0;
         let old = bucket(today - 2, "c");
         s.reserve("r", &old, 5, CAPS).unwrap();

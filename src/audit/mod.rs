@@ -98,6 +98,9 @@ pub struct Entry {
     /// only trace of a provider timeout for a request whose client had gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_error: Option<&'static str>,
+    /// A route switch's record only: the operator's reason for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// A route with `amount_guard`: the payout's amount as decimal text with
     /// the route's `minor_units` (`"105.50"`), once it was read.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,8 +10,8 @@
 //! the gateway adds with the signature, and the credential and version that
 //! sign. The secret is never shown (it is never even read for a Transit
 //! credential); the API key is shown in part. Rate limits, the duplicate
-//! guard's memory and the amount guard's day totals live in the running
-//! gateway and are not consulted.
+//! guard's memory, the amount guard's day totals and the routes' kill
+//! switches live in the running gateway and are not consulted.
 //!
 //! A Transit credential's HMAC is computed by Vault: explain shows the
 //! message and the key instead, or, with `--transit`, asks Transit for the

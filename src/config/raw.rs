@@ -107,6 +107,7 @@ pub struct RawFleet {
     pub instance: Option<String>,
     pub expected_instances: Option<u64>,
     pub limits_on_error: Option<String>,
+    pub route_switch_poll_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for RawFleet {

@@ -656,6 +656,7 @@ fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     assert_eq!(f.expected_instances, 3);
     assert_eq!(f.limits_on_error, LimitsOnError::Local);
     assert_eq!(f.instance, None, "the host name, read at start-up");
+    assert_eq!(f.route_switch_poll, DEFAULT_ROUTE_SWITCH_POLL);
     let shown = format!("{c:?}");
     assert!(!shown.contains("s3cr"), "the password is never in Debug: {shown}");
     assert!(
@@ -664,10 +665,11 @@ fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     );
 
     let tls = Config::from_toml_str(&format!(
-        "{GOOD}\n[fleet]\nredis_url = \"rediss://redis.internal:6380\"\nredis_password_file = \"/run/secrets/redis\"\nredis_ca_file = \"ca.pem\"\nkey_prefix = \"pay:eu\"\ntimeout_ms = 20\ninstance = \"egress-1\"\nlimits_on_error = \"deny\"\n"
+        "{GOOD}\n[fleet]\nredis_url = \"rediss://redis.internal:6380\"\nredis_password_file = \"/run/secrets/redis\"\nredis_ca_file = \"ca.pem\"\nkey_prefix = \"pay:eu\"\ntimeout_ms = 20\ninstance = \"egress-1\"\nlimits_on_error = \"deny\"\nroute_switch_poll_ms = 250\n"
     ))
     .unwrap();
     let f = tls.fleet.unwrap();
+    assert_eq!(f.route_switch_poll, std::time::Duration::from_millis(250));
     assert!(f.tls);
     assert_eq!(f.password, Some(RedisPassword::File("/run/secrets/redis".into())));
     assert_eq!(f.limits_on_error, LimitsOnError::Deny);
@@ -703,6 +705,12 @@ fn fleet_errors_name_their_key_and_never_the_password() {
         ["fleet.redis_ca_file"]
     );
     assert_eq!(keys("redis_url = \"redis://h:1\"\nsentinel = true"), ["fleet.sentinel"]);
+    for poll in ["99", "60001", "0"] {
+        assert_eq!(
+            keys(&format!("redis_url = \"redis://h:1\"\nroute_switch_poll_ms = {poll}")),
+            ["fleet.route_switch_poll_ms"]
+        );
+    }
     let both = bad("redis_url = \"redis://:pw-in-url-123@h:1\"\nredis_password_file = \"/p\"");
     assert_eq!(both[0].key(), "fleet.redis_password_file");
     for body in [

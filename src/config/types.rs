@@ -102,6 +102,12 @@ pub const DEFAULT_FLEET_KEY_PREFIX: &str = "signgate";
 /// `[fleet].timeout_ms`: one Redis round trip's budget.
 pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(50);
 pub const MAX_FLEET_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// `[fleet].route_switch_poll_ms`: how often each instance reads the route
+/// switches from Redis (the bound on how long a change made through another
+/// instance takes to hold here, plus one `timeout_ms`).
+pub const DEFAULT_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(1_000);
+pub const MIN_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(100);
+pub const MAX_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(60_000);
 /// The longest provider cooldown a `Retry-After` can impose.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
@@ -633,4 +639,6 @@ pub struct FleetConfig {
     pub instance: Option<String>,
     pub expected_instances: u32,
     pub limits_on_error: LimitsOnError,
+    /// How often the route switches are read from Redis.
+    pub route_switch_poll: Duration,
 }

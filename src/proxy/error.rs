@@ -75,6 +75,9 @@ pub enum GatewayError {
     RateLimitUnavailable,
     /// `[fleet]`: another instance is storing this very webhook event.
     WebhookInProgress,
+    /// `[fleet]`: a webhook whose secret also signs outbound requests, and
+    /// Redis cannot say whether another instance sent its signature.
+    ReflectionCheckUnavailable,
     /// A webhook without a valid signature (or without the headers).
     BadSignature,
     /// A webhook whose timestamp is outside `tolerance_secs`.
@@ -88,6 +91,8 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// The route's `max_inflight` upstream calls were busy for `queue_timeout_ms`.
     UpstreamBusy,
+    /// Operators disabled the route (its kill switch); nothing was sent.
+    RouteDisabled { route: String },
     /// The gateway is draining for shutdown.
     ShuttingDown,
     /// No room in the audit queue in time: refused rather than unaudited.
@@ -109,6 +114,7 @@ impl From<Refusal> for GatewayError {
             Refusal::CredentialUnavailable(why) => GatewayError::CredentialUnavailable(why),
             Refusal::Store => GatewayError::Internal,
             Refusal::InProgress => GatewayError::WebhookInProgress,
+            Refusal::ReflectionUnknown => GatewayError::ReflectionCheckUnavailable,
         }
     }
 }
@@ -153,6 +159,7 @@ impl GatewayError {
             GatewayError::ProviderCooldown { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::WebhookInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ReflectionCheckUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::ReflectedSignature => StatusCode::UNAUTHORIZED,
@@ -164,6 +171,7 @@ impl GatewayError {
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RouteDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -198,6 +206,7 @@ impl GatewayError {
             GatewayError::ProviderCooldown { .. } => "provider_cooldown",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::WebhookInProgress => "webhook_in_progress",
+            GatewayError::ReflectionCheckUnavailable => "reflection_check_unavailable",
             GatewayError::BadSignature => "bad_signature",
             GatewayError::StaleTimestamp => "stale_timestamp",
             GatewayError::ReflectedSignature => "reflected_signature",
@@ -208,6 +217,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "upstream_response_idle",
             GatewayError::UpstreamBusy => "upstream_busy",
+            GatewayError::RouteDisabled { .. } => "route_disabled",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
@@ -257,7 +267,7 @@ impl GatewayError {
                 "too many transactions in flight to guard against duplicates; retry shortly".into()
             }
             GatewayError::DuplicateGuardUnavailable => {
-                "the duplicate guard's shared store cannot answer; refused, nothing was sent".into()
+                "the duplicate guard's store cannot answer; refused, nothing was sent".into()
             }
             GatewayError::InvalidAmount { message } | GatewayError::AmountLimitExceeded { message } => {
                 format!("{message}; nothing was sent")
@@ -272,6 +282,10 @@ impl GatewayError {
                 "the shared rate limits cannot be checked now; refused, nothing was sent".into()
             }
             GatewayError::WebhookInProgress => "another gateway instance is storing this event; retry shortly".into(),
+            GatewayError::ReflectionCheckUnavailable => {
+                "the shared store cannot say whether this signature is one the gateway sent; not accepted, retry later"
+                    .into()
+            }
             GatewayError::BadSignature => "signature missing or invalid".into(),
             GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
             GatewayError::ReflectedSignature => {
@@ -289,6 +303,9 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
+            GatewayError::RouteDisabled { route } => {
+                format!("route {route} is disabled by the gateway's operators; nothing was sent")
+            }
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => {
                 "the audit log cannot record this request (queue full or writes failing); refused, nothing was sent"
@@ -317,7 +334,9 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } | GatewayError::ProviderCooldown { retry_after } => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            GatewayError::RateLimitUnavailable | GatewayError::WebhookInProgress => {
+            GatewayError::RateLimitUnavailable
+            | GatewayError::WebhookInProgress
+            | GatewayError::ReflectionCheckUnavailable => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
@@ -414,6 +433,11 @@ mod tests {
             (GatewayError::AmountGuardUnavailable, 503, "amount_guard_unavailable"),
             (GatewayError::RateLimitUnavailable, 503, "rate_limit_unavailable"),
             (GatewayError::WebhookInProgress, 503, "webhook_in_progress"),
+            (
+                GatewayError::ReflectionCheckUnavailable,
+                503,
+                "reflection_check_unavailable",
+            ),
             (GatewayError::BadSignature, 401, "bad_signature"),
             (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
             (GatewayError::ReflectedSignature, 401, "reflected_signature"),
@@ -449,6 +473,7 @@ mod tests {
                 "upstream_response_idle",
             ),
             (GatewayError::UpstreamBusy, 503, "upstream_busy"),
+            (GatewayError::RouteDisabled { route: "r".into() }, 503, "route_disabled"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),

@@ -123,7 +123,7 @@ pub(super) async fn send(
     out: Outgoing,
     holds: Holds,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
-    let reflect = scope.snap.reflect_windows.get(cred.name()).copied();
+    let reflect = scope.snap.reflect_window(&cred);
     let task = exchange(
         scope.snap.upstream.clone(),
         scope.shared.clone(),
@@ -207,8 +207,9 @@ async fn exchange(
         };
         let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
+        // Remembered (durably, with the state database) before it is sent.
         if let Some(window) = reflect {
-            shared.reflections().remember_sent(cred.name(), sig.mac(), window);
+            shared.reflections().remember_sent(sig.mac(), window).await;
         }
         metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
         holds.sending();

@@ -3,9 +3,9 @@
 //! [`pipeline`], which calls one named step per stage, in the order
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
 //! slot, dispatch webhooks, admit, route, authorize, pick the credential,
-//! limit, read the body, canonicalize, claim, reserve the amount,
-//! credential, prepare, send, respond. Every refusal is a [`GatewayError`],
-//! answered as the contract's JSON error.
+//! the route's kill switch, limit, read the body, canonicalize, claim,
+//! reserve the amount, credential, prepare, send, respond. Every refusal is
+//! a [`GatewayError`], answered as the contract's JSON error.
 
 mod context;
 mod error;
@@ -86,6 +86,7 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let route = steps::route(scope, &parts)?;
     steps::authorize(scope, &route)?;
     let slot = steps::pick_credential(scope, &route)?;
+    steps::enabled(scope, &route)?;
     steps::limit(scope, Some(&route)).await?;
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
@@ -94,9 +95,11 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let holds = exchange::Holds { claim, reservation };
     let cred = steps::credential(scope, &slot)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
-    // A cooldown that began while this request waited: the claim and the
-    // reservation are released as they drop (nothing was sent).
+    // A cooldown that began, or a kill switch turned, while this request
+    // waited: the claim and the reservation are released as they drop
+    // (nothing was sent).
     steps::cooled(scope, &route)?;
+    steps::enabled(scope, &route)?;
     let exchanged = exchange::send(scope, &route, cred, outgoing, holds).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

@@ -190,6 +190,7 @@ pub(super) fn entry(
         duplicate_key: rec.duplicate_key.clone(),
         fleet: rec.fleet.map(crate::fleet::Source::label),
         upstream_error: rec.upstream_error,
+        note: None,
         amount: rec.amount.clone(),
         currency: rec.currency.clone(),
     }

@@ -111,6 +111,19 @@ pub(super) fn pick_credential(scope: &mut Scope, route: &Route) -> Result<Arc<Cr
     Ok(slot)
 }
 
+/// The route's kill switch: a route operators disabled refuses before its
+/// limits are counted or its body is read, and nothing is claimed, signed
+/// or sent. Checked once more just before sending (a request that waited
+/// for an upstream slot while the route was disabled is refused too).
+pub(super) fn enabled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
+    if scope.shared.switches().is_disabled(route.name()) {
+        return Err(GatewayError::RouteDisabled {
+            route: route.name().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The provider's cooldown, then the rate limits, before the body is read:
 /// a refused client costs no buffering, and no duplicate-guard claim exists
 /// yet. Without `[fleet]` all of it is local (no `.await` is reached); with

@@ -38,6 +38,9 @@
 //!   identity;
 //! - `beyond_explain`: `signgate explain`, the real binary;
 //! - `beyond_egress`: the egress-IP self-check against a loopback echo;
+//! - `switch`: the routes' kill switches: the admin API and `signgate
+//!   route`, `503 route_disabled` to the in-house client and curl (HTTP/1.1,
+//!   HTTP/2 over TLS), restart and reload, two gateways on one Redis;
 //! - `amounts`: the amount guard: caps per request, day and count, what is
 //!   kept or released by outcome (client gone included), callers apart or
 //!   together, invalid amounts, a process restart, a UTC midnight under
@@ -70,6 +73,7 @@ mod ops_certs;
 mod ops_rollout;
 mod ops_runtime;
 mod signing_path;
+mod switch;
 mod traces;
 mod vault;
 mod vault_outage;

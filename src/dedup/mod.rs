@@ -5,9 +5,10 @@
 //! `duplicate_window_secs`, another with the same reference gets 409
 //! `duplicate_request` and is never sent; a reference whose request failed
 //! may be retried. State is per route, bounded by window and capacity, behind
-//! [`DuplicateStore`]; with `[fleet]` the claims live in Redis instead
-//! ([`Guard::Fleet`]), under the same rules, so no two instances send the
-//! same reference.
+//! [`DuplicateStore`]: in memory, and in the state database under
+//! `[state].dir` ([`DurableStore`]), so a restart does not forget a claim;
+//! with `[fleet]` the claims live in Redis instead ([`Guard::Fleet`]), under
+//! the same rules, so no two instances send the same reference.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ use crate::fleet::{Claimed, Fleet, FleetError, Source};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+
+mod durable;
+pub use durable::DurableStore;
 
 /// Why a reference cannot be sent now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,17 @@ pub trait DuplicateStore: Send + Sync {
     fn release_reference(&self, reference: &str) -> usize;
     /// Number of references held.
     fn len(&self) -> usize;
+    /// Make the claim `begin` granted on `key` durable before its request
+    /// is sent (blocking; a store in memory has nothing to do). An error
+    /// refuses the request.
+    fn persist(&self, _key: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether [`DuplicateStore::persist`] writes anything (then it runs on
+    /// the blocking pool).
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,12 +113,19 @@ impl MemoryStore {
     }
 
     /// Drop expired references; if still full, drop the settled ones that
-    /// expire soonest (never an in-flight one).
-    fn make_room(&self, now: Instant) {
-        self.map.retain(|_, s| s.expiry().is_none_or(|until| until > now));
+    /// expire soonest (never an in-flight one). The keys dropped.
+    fn make_room(&self, now: Instant) -> Vec<String> {
+        let mut evicted = Vec::new();
+        self.map.retain(|k, s| {
+            let keep = s.expiry().is_none_or(|until| until > now);
+            if !keep {
+                evicted.push(k.clone());
+            }
+            keep
+        });
         let excess = (self.map.len() + 1).saturating_sub(self.capacity);
         if excess == 0 {
-            return;
+            return evicted;
         }
         let mut settled: Vec<(Instant, String)> = self
             .map
@@ -113,23 +135,25 @@ impl MemoryStore {
         settled.sort();
         for (_, k) in settled.into_iter().take(excess) {
             self.map.remove(&k);
+            evicted.push(k);
         }
+        evicted
     }
-}
 
-impl DuplicateStore for MemoryStore {
-    fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate> {
+    /// [`DuplicateStore::begin`], and the keys dropped to make room.
+    fn begin_evicting(&self, key: &str, now: Instant) -> (Result<(), Duplicate>, Vec<String>) {
         // A known reference answers for itself, whatever the fill level.
         if let Some(why) = self.map.get(key).and_then(|s| s.refuses(now)) {
-            return Err(why);
+            return (Err(why), Vec::new());
         }
+        let mut evicted = Vec::new();
         if self.map.len() >= self.capacity {
-            self.make_room(now);
+            evicted = self.make_room(now);
             if self.map.len() >= self.capacity {
-                return Err(Duplicate::Full);
+                return (Err(Duplicate::Full), evicted);
             }
         }
-        match self.map.entry(key.to_string()) {
+        let result = match self.map.entry(key.to_string()) {
             Entry::Occupied(mut e) => match e.get().refuses(now) {
                 Some(why) => Err(why),
                 None => {
@@ -141,7 +165,14 @@ impl DuplicateStore for MemoryStore {
                 e.insert(State::InFlight);
                 Ok(())
             }
-        }
+        };
+        (result, evicted)
+    }
+}
+
+impl DuplicateStore for MemoryStore {
+    fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate> {
+        self.begin_evicting(key, now).0
     }
 
     fn finish(&self, key: &str, outcome: Outcome, now: Instant) {
@@ -171,16 +202,114 @@ impl DuplicateStore for MemoryStore {
     }
 }
 
-/// The transaction reference at `pointer` in a canonical JSON body, as its
-/// canonical JSON text: strings keep their quotes (`"1"` and `1` stay
-/// distinct) and numbers keep their digits (never read as floats, so
-/// `100000000000000000000001` and `…002` stay distinct). `None` when the
-/// body has no value there or it is `null`.
+/// The transaction reference at `pointer` in a canonical JSON body, as the
+/// guard compares it (see [`reference_key`]). `None` when the body has no
+/// value there or it is `null`.
 pub fn reference(body: &[u8], pointer: &str) -> Option<String> {
     match crate::canonical::pointer(body, pointer)? {
         "null" => None,
-        text => Some(text.to_string()),
+        text => Some(reference_key(text)),
     }
+}
+
+/// One reference, however the caller spelled it: a number is compared by its
+/// exact decimal value (`777`, `777.0`, `7.77e2`, `0.777e3` are one
+/// reference; `100000000000000000000001` and `…002` stay two: never read as
+/// floats), and so is a string holding a JSON number (`"777"` is `777`: a
+/// provider that parses the field as a number sees one order). Any other
+/// value keeps its canonical JSON text, quotes included (`"00777"`, a string
+/// a number parser would not take, stays apart). Stricter than any one
+/// provider, never looser: at worst two references a provider keeps apart
+/// share a claim (a 409), never one payment two claims.
+pub fn reference_key(canonical: &str) -> String {
+    let numeric = if canonical.starts_with('"') {
+        serde_json::from_str::<String>(canonical).ok().and_then(|s| decimal(&s))
+    } else {
+        decimal(canonical)
+    };
+    numeric.unwrap_or_else(|| canonical.to_string())
+}
+
+/// The exact value of a JSON number text in one spelling: no exponent
+/// (unless it is beyond ±40), no leading or trailing zeros, no `-0`.
+/// `None` when `text` is not a JSON number.
+fn decimal(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let negative = b.first() == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let int = &text[int_start..i];
+    if int.is_empty() || (int.len() > 1 && int.starts_with('0')) {
+        return None;
+    }
+    let mut frac = "";
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        frac = &text[start..i];
+        if frac.is_empty() {
+            return None;
+        }
+    }
+    let mut exp: i64 = 0;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let sign = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                -1
+            }
+            Some(b'+') => {
+                i += 1;
+                1
+            }
+            _ => 1,
+        };
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &text[start..i];
+        if digits.is_empty() {
+            return None;
+        }
+        // Absurd exponents are not references anyone means: keep the text.
+        exp = sign * digits.parse::<i64>().ok().filter(|e| *e <= 1_000_000)?;
+    }
+    if i != b.len() {
+        return None;
+    }
+    // value = digits × 10^(exp − len(frac)), digits without leading zeros.
+    let all: String = format!("{int}{frac}");
+    let digits = all.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some("0".to_string());
+    }
+    let trimmed = digits.trim_end_matches('0');
+    let scale = exp - frac.len() as i64 + (digits.len() - trimmed.len()) as i64;
+    let sign = if negative { "-" } else { "" };
+    let n = trimmed.len() as i64;
+    // The position of the decimal point counted from the left of `trimmed`.
+    let point = n + scale;
+    Some(if !(-40..=40).contains(&scale) {
+        format!("{sign}{trimmed}e{scale}")
+    } else if scale >= 0 {
+        format!("{sign}{trimmed}{}", "0".repeat(scale as usize))
+    } else if point > 0 {
+        let (a, c) = trimmed.split_at(point as usize);
+        format!("{sign}{a}.{c}")
+    } else {
+        format!("{sign}0.{}{trimmed}", "0".repeat((-point) as usize))
+    })
 }
 
 /// The endpoint part of a claim: an upstream path as the frameworks behind
@@ -251,7 +380,8 @@ pub struct FleetGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Duplicate(Duplicate),
-    /// The fleet's Redis cannot answer: fail closed, nothing is sent.
+    /// The fleet's Redis cannot answer, or the state database cannot take
+    /// the claim: fail closed, nothing is sent.
     Unavailable,
 }
 
@@ -282,7 +412,19 @@ impl Guard {
             Guard::Local(store) => {
                 let key = format!("{endpoint} {reference}");
                 store.begin(&key, Instant::now()).map_err(Refused::Duplicate)?;
-                Ok(Claim::local(store.clone(), key))
+                // From here a drop (the client gone) releases the claim.
+                let claim = Claim::local(store.clone(), key.clone());
+                if store.durable() {
+                    let s = store.clone();
+                    let written = tokio::task::spawn_blocking(move || s.persist(&key))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "duplicate guard: the claim could not be written to the state database; refused, nothing sent");
+                        return Err(Refused::Unavailable);
+                    }
+                }
+                Ok(claim)
             }
             Guard::Fleet(g) => {
                 let key = g.fleet.key_claim(&g.route, reference, endpoint);
@@ -445,6 +587,11 @@ impl Claim {
     pub async fn finish(mut self, outcome: Outcome) {
         self.done = true;
         match &self.inner {
+            Inner::Local { store, key } if store.durable() => {
+                let (s, k, now) = (store.clone(), key.clone(), Instant::now());
+                // Runs to its end even if this task is cancelled meanwhile.
+                let _ = tokio::task::spawn_blocking(move || s.finish(&k, outcome, now)).await;
+            }
             Inner::Local { store, key } => store.finish(key, outcome, Instant::now()),
             Inner::Fleet {
                 guard,
@@ -568,15 +715,41 @@ mod tests {
     }
 
     #[test]
-    fn references_keep_their_json_type() {
-        assert_eq!(reference(br#"{"order_id":"1"}"#, "/order_id").as_deref(), Some("\"1\""));
-        assert_eq!(reference(br#"{"order_id":1}"#, "/order_id").as_deref(), Some("1"));
+    fn one_reference_spelled_differently_is_one_reference() {
+        let key = |body: &str| reference(body.as_bytes(), "/order_id");
+        for spelled in [
+            "777",
+            "777.0",
+            "7.77e2",
+            "7.770E+2",
+            "777e0",
+            "0.777e3",
+            "77700e-2",
+            "\"777\"",
+            "\"7.77e2\"",
+        ] {
+            assert_eq!(
+                key(&format!(r#"{{"order_id":{spelled}}}"#)).as_deref(),
+                Some("777"),
+                "{spelled}"
+            );
+        }
+        assert_eq!(key(r#"{"order_id":-0.0}"#).as_deref(), Some("0"));
+        assert_eq!(key(r#"{"order_id":0.5e-1}"#).as_deref(), Some("0.05"));
+        assert_eq!(key(r#"{"order_id":-12.50}"#).as_deref(), Some("-12.5"));
+        assert_eq!(key(r#"{"order_id":1e50}"#).as_deref(), Some("1e50"));
+        assert_eq!(key(r#"{"order_id":10e49}"#).as_deref(), Some("1e50"));
+        // Strings that are not JSON numbers keep their quotes.
+        assert_eq!(key(r#"{"order_id":"00777"}"#).as_deref(), Some("\"00777\""));
+        assert_eq!(key(r#"{"order_id":"ORD-1"}"#).as_deref(), Some("\"ORD-1\""));
+        assert_eq!(key(r#"{"order_id":" 777"}"#).as_deref(), Some("\" 777\""));
+        assert_eq!(key(r#"{"order_id":true}"#).as_deref(), Some("true"));
         assert_eq!(
             reference(br#"{"a":{"b":[5,{"c":"x"}]}}"#, "/a/b/1/c").as_deref(),
             Some("\"x\"")
         );
-        assert_eq!(reference(br#"{"order_id":null}"#, "/order_id"), None);
-        assert_eq!(reference(br#"{}"#, "/order_id"), None);
+        assert_eq!(key(r#"{"order_id":null}"#), None);
+        assert_eq!(key(r#"{}"#), None);
     }
 
     #[test]
