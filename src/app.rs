@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::amount_guard::LocalTotals;
 use crate::certs::{self, Certificates, EgressTls};
 use crate::config::Config;
 use crate::delivery;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
-use crate::state::{ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
+use crate::state::{Backing, ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
 use crate::switch::{self, Switches};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
@@ -146,7 +147,9 @@ impl Reloader {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
         if crate::statedb::needed(&new) && self.shared.state_db().is_none() {
-            restart.push("[[route]] duplicate_key (the first one opens the state database under [state].dir)");
+            restart.push(
+                "[[route]] duplicate_key or [route.amount_guard] (the first one opens the state database under [state].dir)",
+            );
         }
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
@@ -171,8 +174,7 @@ impl Reloader {
             credentials_cancel,
             upstream,
             Some(&old),
-            self.shared.fleet(),
-            self.shared.state_db(),
+            self.shared.backing(),
         )?;
         prime(self.shared.metrics(), &new);
         warn_shared_secrets(&next);
@@ -255,6 +257,11 @@ fn prime(metrics: &Metrics, config: &Config) {
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );
+    for r in &config.routes {
+        if let Some(g) = &r.amount_guard {
+            metrics.prime_amount_guard(&r.name, &g.day_caps());
+        }
+    }
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -309,6 +316,16 @@ impl Running {
             .is_err()
         {
             tracing::error!("upstream exchanges still running at shutdown; their records are written as they end");
+        }
+        // Amount-guard settlements on this host (each one short write).
+        if let Some(amounts) = self.shared.amounts() {
+            amounts.tasks().close();
+            if tokio::time::timeout(FLEET_SETTLE_TIMEOUT, amounts.tasks().wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("amount guard: settlements still running at shutdown");
+            }
         }
         // Settlements of fleet claims whose requests ended (bounded: each
         // gives up by its claim's expiry).
@@ -416,6 +433,14 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         }
         _ => None,
     };
+    // The amount guard's day totals: tables of the state database, whenever
+    // it is open (a reload may add the first guard then).
+    let amounts = match &state_db {
+        Some(db) => Some(Arc::new(LocalTotals::new(db.clone()).with_context(|| {
+            format!("opening the amount guard's totals in state.dir {}", state_dir.display())
+        })?)),
+        None => None,
+    };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
     let tracer = match &config.tracing {
@@ -452,15 +477,13 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
             );
         }
     }
-    let snapshot = Snapshot::build(
-        &config,
-        credentials,
-        credentials_cancel,
-        upstream,
-        None,
-        fleet.as_ref(),
-        state_db.as_ref(),
-    )?;
+    let backing = Backing {
+        fleet: fleet.as_ref(),
+        state: state_db.as_ref(),
+        amounts: amounts.as_ref(),
+        metrics: &metrics,
+    };
+    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, backing)?;
     prime(&metrics, &config);
     let reflections = Arc::new(
         crate::reflect::Reflections::new(fleet.clone(), state_db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -475,6 +498,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         audit,
         inbox.clone(),
         state_db,
+        amounts,
         reflections,
         fleet,
         tracer,
@@ -569,7 +593,19 @@ fn spawn_sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = every.tick() => shared.snapshot().limits.sweep(),
+                _ = every.tick() => {
+                    shared.snapshot().limits.sweep();
+                    // Past days' amount totals, once a day (a short write).
+                    if let Some(amounts) = shared.amounts().cloned() {
+                        let pruned = tokio::task::spawn_blocking(move || {
+                            amounts.prune(crate::amount_guard::Day::today())
+                        })
+                        .await;
+                        if let Ok(Err(e)) = pruned {
+                            tracing::warn!(error = %e, "amount guard: old days could not be pruned");
+                        }
+                    }
+                }
             }
         }
     });

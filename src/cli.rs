@@ -18,7 +18,7 @@ use crate::sign::{self, MessageInput, Scheme};
 mod admin;
 mod certs;
 mod explain;
-pub use admin::{guard_release, log_level, route_list, route_switch, webhooks, WebhooksAction};
+pub use admin::{guard_release, guard_status, log_level, route_list, route_switch, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
 pub use explain::{explain, ExplainArgs};
 

@@ -194,6 +194,8 @@ impl Worker {
             fleet: ev.dedup_local.then_some("local"),
             upstream_error: None,
             note: None,
+            amount: None,
+            currency: None,
         });
         self.save(ev).await;
     }

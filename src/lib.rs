@@ -7,7 +7,7 @@
 //! ```text
 //! app ──plain HTTP──▶ listener ─▶ proxy::pipeline ─▶ upstream ──TLS, signed──▶ provider
 //!                                  admit · route · authorize · switch · limit · body
-//!                                  · canonicalize · claim · credential · sign
+//!                                  · canonicalize · claim · amounts · credential · sign
 //! provider ──webhook──▶ listener ─▶ proxy (webhook branch) ─▶ inbox ─▶ delivery ─▶ app
 //! ```
 //!
@@ -20,6 +20,7 @@
 
 pub(crate) mod admin;
 pub mod allowlist;
+pub(crate) mod amount_guard;
 mod app;
 pub(crate) mod audit;
 pub mod canonical;
@@ -44,6 +45,7 @@ pub mod logging;
 pub(crate) mod metrics;
 #[cfg(test)]
 mod module_graph;
+pub mod money;
 pub mod preflight;
 pub(crate) mod proxy;
 pub mod ratelimit;

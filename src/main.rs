@@ -65,7 +65,7 @@ enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
-    /// The duplicate guard of a running gateway (through its admin API).
+    /// The duplicate and amount guards of a running gateway (through its admin API).
     Guard {
         #[command(subcommand)]
         command: GuardCommand,
@@ -121,6 +121,13 @@ enum GuardCommand {
         /// The reference as JSON text (`'"ORD-1"'`, `12345`); text that is not
         /// JSON is taken as a string (`ORD-1`).
         reference: String,
+    },
+    /// The amount guard's totals of the current UTC day, per route, caller
+    /// and currency, with the caps.
+    Status {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
     },
 }
 
@@ -203,6 +210,9 @@ fn main() -> ExitCode {
         Command::Guard {
             command: GuardCommand::Release { route, reference },
         } => tool(|rt| rt.block_on(signgate::cli::guard_release(&config_path, &route, &reference))),
+        Command::Guard {
+            command: GuardCommand::Status { route },
+        } => tool(|rt| rt.block_on(signgate::cli::guard_status(&config_path, route.as_deref()))),
         Command::Route { command } => match command {
             RouteCommand::List => tool(|rt| rt.block_on(signgate::cli::route_list(&config_path))),
             RouteCommand::Disable { name, reason } => tool(|rt| {

@@ -170,7 +170,29 @@ pub struct Metrics {
     pub trace_spans: IntCounterVec,
     /// 1 while an operator has the route disabled (its kill switch), else 0.
     pub route_disabled: IntGaugeVec,
+    /// The amount guard's decisions and settlements, by route and result.
+    pub amount_guard: IntCounterVec,
+    /// The largest share of a day cap used today, by route and cap (read at scrape time).
+    pub amount_guard_day_used: prometheus::GaugeVec,
 }
+
+/// The amount guard's results (the `result` label of
+/// `signgate_amount_guard_total`): the decision on a request (`allowed`:
+/// reserved and let through; `invalid`; `over_request`; `over_day`;
+/// `over_count`; `unavailable`), then how each allowed one was settled
+/// (`kept`: the provider answered 2xx; `released`: nothing was sent or the
+/// provider refused it; `unknown`: sent, outcome unknown, kept counted).
+pub const AMOUNT_GUARD_RESULTS: [&str; 9] = [
+    "allowed",
+    "invalid",
+    "over_request",
+    "over_day",
+    "over_count",
+    "unavailable",
+    "kept",
+    "released",
+    "unknown",
+];
 
 /// `signgate_build_info`'s `revision`: the git revision the binary was built
 /// from (build.rs: `SIGNGATE_GIT_REVISION`, else `git rev-parse --short
@@ -212,12 +234,12 @@ pub struct FleetMetrics {
     pub redis_errors: IntCounterVec,
     pub redis_duration: HistogramVec,
     /// Decisions taken without Redis, by what (limits_local, limits_denied,
-    /// guard_refused, webhook_local, reflection_local).
+    /// guard_refused, amount_refused, webhook_local, reflection_local).
     pub fallback: IntCounterVec,
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 9] = [
+pub const FLEET_OPS: [&str; 12] = [
     "limit",
     "claim",
     "settle",
@@ -226,13 +248,17 @@ pub const FLEET_OPS: [&str; 9] = [
     "webhook_seen",
     "reflection",
     "route_switch",
+    "amount_reserve",
+    "amount_settle",
+    "amount_totals",
     "ping",
 ];
 /// The fallbacks (the `what` label).
-pub const FLEET_FALLBACKS: [&str; 6] = [
+pub const FLEET_FALLBACKS: [&str; 7] = [
     "limits_local",
     "limits_denied",
     "guard_refused",
+    "amount_refused",
     "webhook_local",
     "reflection_local",
     "reflection_refused",
@@ -277,7 +303,7 @@ impl Metrics {
             fallback: counter_vec(
                 r,
                 "signgate_fleet_fallback_total",
-                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, webhook_local, reflection_local).",
+                "Decisions taken without Redis, by what (limits_local, limits_denied, guard_refused, amount_refused, webhook_local, reflection_local, reflection_refused).",
                 &["what"],
             ),
         };
@@ -573,6 +599,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            amount_guard: counter_vec(
+                &r,
+                "signgate_amount_guard_total",
+                "Amount guard decisions and settlements, by route and result (allowed, invalid, over_request, over_day, over_count, unavailable; then kept, released, unknown).",
+                &["route", "result"],
+            ),
+            amount_guard_day_used: gauge_vec(
+                &r,
+                "signgate_amount_guard_day_used_ratio",
+                "Largest share of a day cap used today (UTC) by one caller, or by the route with per = \"route\", by route and cap (amount: max_per_day, count: max_count_per_day); read at scrape time.",
+                &["route", "cap"],
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -629,6 +667,16 @@ impl Metrics {
             }
             self.webhook_queue_depth.with_label_values(&[w.as_str()]);
             self.webhook_oldest_pending.with_label_values(&[w.as_str()]);
+        }
+    }
+
+    /// Pre-create the amount guard's series of a guarded route.
+    pub fn prime_amount_guard(&self, route: &str, caps: &[&str]) {
+        for result in AMOUNT_GUARD_RESULTS {
+            self.amount_guard.with_label_values(&[route, result]);
+        }
+        for cap in caps {
+            self.amount_guard_day_used.with_label_values(&[route, cap]);
         }
     }
 

@@ -8,7 +8,8 @@
 //! the upstream trust roots and client certificate (`Upstream::new`, also
 //! behind the webhook delivery client), each Vault credential's
 //! `vault_ca_file` (`VaultSource::new`), the audit log (`audit::start`) and,
-//! when webhooks are configured or it already exists (it holds the route
+//! when webhooks, a duplicate-guarded route or an amount-guarded route
+//! (without `[fleet]`) need it or it already exists (it holds the route
 //! switches), the state database under `[state].dir` (`statedb::open`).
 //! Each problem is a [`ConfigError::File`]
 //! naming the key and the file, and all of them are reported together.
@@ -183,9 +184,10 @@ fn audit(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn state(config: &Config, errors: &mut Vec<ConfigError>) {
-    // The database is opened at start-up only when a webhook or a
-    // duplicate-guarded route (without `[fleet]`) needs it or it exists (as
-    // `run` does); otherwise the first route switch makes it.
+    // The database is opened at start-up only when a webhook, a
+    // duplicate-guarded or an amount-guarded route (without `[fleet]`) needs
+    // it or it exists (as `run` does); otherwise the first route switch
+    // makes it.
     let dir = &config.state.dir;
     if !crate::statedb::needed(config) && !crate::statedb::exists(dir) {
         return;

@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri};
 
 use crate::allowlist::Allowlist;
+use crate::amount_guard::AmountGuard;
 use crate::config::{Caller, RouteConfig};
 use crate::dedup::{FleetGuard, Guard, MemoryStore};
 use crate::fleet::Fleet;
@@ -36,19 +37,23 @@ pub struct Route {
     pub cooldown: Arc<Cooldown>,
     /// Bounds the route's concurrent upstream calls (`max_inflight`).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The payout caps, for routes with `amount_guard` (totals on disk or in Redis).
+    pub amounts: Option<AmountGuard>,
 }
 
 impl Route {
     /// `kept` carries state over from the previous configuration (a reload
     /// must not forget in-flight payouts nor a provider's cooldown). With
     /// `fleet`, the guard's claims live in Redis (`claim_ttl`: how long an
-    /// in-flight claim may live) and the local limiter is this instance's share.
+    /// in-flight claim may live) and the local limiter is this instance's
+    /// share. `amounts`: the amount guard built for `config.amount_guard`.
     pub fn new(
         config: RouteConfig,
         scheme: Arc<Scheme>,
         credential: RouteSlots,
         kept: Kept,
         fleet: Option<(&Arc<Fleet>, std::time::Duration)>,
+        amounts: Option<AmountGuard>,
     ) -> Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -74,6 +79,7 @@ impl Route {
         };
         Route {
             inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
+            amounts,
             duplicates,
             cooldown: kept.cooldown.unwrap_or_default(),
             limit,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::allowlist::Allowlist;
+use crate::amount_guard::{AmountGuard, Backend, LocalTotals};
 use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
@@ -39,6 +40,9 @@ use crate::webhook::Hook;
 /// Beyond the request's own timers, how long an in-flight duplicate-guard
 /// claim lives in Redis before it expires on its own.
 const CLAIM_SLACK: Duration = Duration::from_secs(10);
+/// Beyond that, how long an amount reservation's token waits in Redis for
+/// its settlement (retried meanwhile) before it expires and stays counted.
+const AMOUNT_TOKEN_SLACK: Duration = Duration::from_secs(60);
 
 /// Everything derived from one configuration; swapped whole, never edited.
 pub(crate) struct Snapshot {
@@ -73,21 +77,36 @@ pub(crate) enum BuildError {
     /// The state database could not give a route its duplicate-guard claims.
     #[error("{0}")]
     State(String),
+    #[error("route {route}: amount_guard needs the state database under [state].dir, opened at start-up: restart the gateway")]
+    NoAmountStore { route: String },
+}
+
+/// Where a snapshot's routes keep what outlives it: the fleet's Redis, the
+/// state database under `[state].dir` (the duplicate guard's claims), the
+/// amount guard's totals on this host, and the metrics their counters live in.
+#[derive(Clone, Copy)]
+pub(crate) struct Backing<'a> {
+    pub fleet: Option<&'a Arc<Fleet>>,
+    pub state: Option<&'a Arc<redb::Database>>,
+    pub amounts: Option<&'a Arc<LocalTotals>>,
+    pub metrics: &'a Metrics,
 }
 
 impl Snapshot {
     /// Resolve routes and webhooks against schemes and credentials. With
     /// `previous`, a route whose duplicate-guard settings did not change keeps
-    /// its guard's memory (a reload must not forget in-flight payouts).
+    /// its guard's memory (a reload must not forget in-flight payouts); the
+    /// amount guard's totals live in `backing` (on disk or in Redis), keyed
+    /// by route name, so every snapshot sees the same.
     pub fn build(
         config: &Config,
         credentials: CredentialStore,
         credentials_cancel: CancellationToken,
         upstream: Upstream,
         previous: Option<&Snapshot>,
-        fleet: Option<&Arc<Fleet>>,
-        state: Option<&Arc<redb::Database>>,
+        backing: Backing<'_>,
     ) -> Result<Snapshot, BuildError> {
+        let (fleet, state) = (backing.fleet, backing.state);
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
             .iter()
@@ -136,6 +155,19 @@ impl Snapshot {
             // An in-flight claim lives as long as its request can: the
             // queue, the exchange and its one retry, and some slack.
             let claim_ttl = r.queue_timeout + config.egress.request_timeout * 2 + CLAIM_SLACK;
+            let amounts = match &r.amount_guard {
+                None => None,
+                Some(g) => {
+                    let store = match (fleet, backing.amounts) {
+                        (Some(f), _) => Backend::Fleet(f.clone()),
+                        (None, Some(s)) => Backend::Local(s.clone()),
+                        (None, None) => return Err(BuildError::NoAmountStore { route: r.name.clone() }),
+                    };
+                    // An unsettled reservation's token outlives its request.
+                    let token_ttl = claim_ttl + AMOUNT_TOKEN_SLACK;
+                    Some(AmountGuard::new(&r.name, g.clone(), store, backing.metrics, token_ttl))
+                }
+            };
             let slots = match &r.credential {
                 RouteCredential::One(c) => RouteSlots::One(slot("route", &r.name, c)?),
                 RouteCredential::ByCaller(rules) => RouteSlots::ByCaller(
@@ -151,6 +183,7 @@ impl Snapshot {
                 slots,
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
+                amounts,
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());
@@ -385,6 +418,10 @@ pub(crate) struct Shared {
     tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
+    /// The amount guard's totals on this host: tables of the state
+    /// database, whenever it is open (used by routes with `amount_guard`
+    /// and no `[fleet]`).
+    amounts: Option<Arc<LocalTotals>>,
     /// The last egress-IP self-check (`None`: none made yet).
     egress_check: ArcSwapOption<EgressCheck>,
     /// The routes' kill switches (outside the snapshot: a reload keeps them).
@@ -399,6 +436,7 @@ impl Shared {
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
         state_db: Option<Arc<redb::Database>>,
+        amounts: Option<Arc<LocalTotals>>,
         reflections: Arc<Reflections>,
         fleet: Option<Arc<Fleet>>,
         tracer: Option<Arc<Tracer>>,
@@ -416,6 +454,7 @@ impl Shared {
             exchanges: TaskTracker::new(),
             reflections,
             fleet,
+            amounts,
             egress_check: ArcSwapOption::empty(),
             tracer,
             switches,
@@ -425,6 +464,21 @@ impl Shared {
     /// The routes' kill switches.
     pub fn switches(&self) -> &Arc<Switches> {
         &self.switches
+    }
+
+    /// The amount guard's totals on this host, when the state database is open.
+    pub fn amounts(&self) -> Option<&Arc<LocalTotals>> {
+        self.amounts.as_ref()
+    }
+
+    /// What a snapshot built now keeps its routes' state in.
+    pub fn backing(&self) -> Backing<'_> {
+        Backing {
+            fleet: self.fleet.as_ref(),
+            state: self.state_db.as_ref(),
+            amounts: self.amounts.as_ref(),
+            metrics: &self.metrics,
+        }
     }
 
     /// The fleet's shared state, with `[fleet]`.

@@ -1,7 +1,8 @@
 //! The embedded database under `[state].dir` (`signgate.redb`, redb): the
 //! durable local state the webhook inbox (`webhook::store`), the route
-//! switches (`switch`), the duplicate guard's claims (`dedup::durable`)
-//! and the reflection memory (`reflect`) keep in tables of their own. One
+//! switches (`switch`), the duplicate guard's claims (`dedup::durable`),
+//! the amount guard's day totals (`amount_guard`) and the reflection
+//! memory (`reflect`) keep in tables of their own. One
 //! process opens it once (redb locks the file) and hands the same
 //! [`Database`] to all of them.
 //!
@@ -51,10 +52,13 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Whether `config` needs the database at start-up: for the webhook
-/// inbox, or for the duplicate guard's claims of a route with
-/// `duplicate_key` when there is no `[fleet]` (whose claims live in Redis).
+/// inbox, or, when there is no `[fleet]` (whose Redis keeps them), for the
+/// duplicate guard's claims of a route with `duplicate_key` or the amount
+/// guard's day totals of a route with `amount_guard`.
 pub fn needed(config: &crate::config::Config) -> bool {
-    !config.webhooks.is_empty() || (config.fleet.is_none() && config.routes.iter().any(|r| r.duplicate_key.is_some()))
+    !config.webhooks.is_empty()
+        || (config.fleet.is_none() && config.routes.iter().any(|r| r.duplicate_key.is_some()))
+        || config.needs_amount_store()
 }
 
 /// Whether `dir` already holds the database file (or something in its

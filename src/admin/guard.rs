@@ -3,6 +3,9 @@
 //! one whose first attempt's outcome is unknown, once the provider's status
 //! API says it did not go through. Every endpoint's claim on that reference
 //! is released; the release is audited.
+//!
+//! `GET /guard/status[?route=R]`: the amount guard's totals of the current
+//! UTC day, per route, currency and caller, with the caps (read only).
 
 use std::net::SocketAddr;
 
@@ -98,10 +101,91 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         fleet: store.source().map(crate::fleet::Source::label),
         upstream_error: None,
         note: None,
+        amount: None,
+        currency: None,
     });
     reply(
         StatusCode::OK,
         JSON,
         serde_json::json!({"route": name, "reference": reference, "released": released}).to_string(),
+    )
+}
+
+/// `GET /guard/status[?route=NAME]`: today's amount-guard totals.
+pub(super) async fn status(gw: &Shared, query: &str) -> Response<Full<Bytes>> {
+    let only = query.split('&').find_map(|p| p.strip_prefix("route="));
+    let snap = gw.snapshot();
+    if let Some(name) = only {
+        match snap.router.by_name(name) {
+            None => return error(StatusCode::NOT_FOUND, "no_route", &format!("no route {name}")),
+            Some(r) if r.amounts.is_none() => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_amount_guard",
+                    &format!("route {name} has no [route.amount_guard]"),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let mut names: Vec<&str> = snap
+        .router
+        .routes()
+        .filter(|r| r.amounts.is_some() && only.is_none_or(|n| n == r.name()))
+        .map(|r| r.name())
+        .collect();
+    names.sort_unstable();
+    let mut routes = Vec::with_capacity(names.len());
+    let mut day_label = crate::amount_guard::Day::today().label();
+    for name in names {
+        let Some(guard) = snap.router.by_name(name).and_then(|r| r.amounts.as_ref()) else {
+            continue;
+        };
+        let (day, mut totals) = match guard.today().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(route = name, error = %e, "amount guard: today's totals cannot be read");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "amount_guard_unavailable",
+                    "the amount guard's totals cannot be read now",
+                );
+            }
+        };
+        day_label = day.label();
+        totals.sort_by(|a, b| (&a.currency, &a.caller).cmp(&(&b.currency, &b.caller)));
+        let c = guard.config();
+        let cap = |v: Option<u64>| v.map(|m| guard.format(m));
+        let rows: Vec<serde_json::Value> = totals
+            .iter()
+            .map(|t| {
+                let (sum, count) = guard.shares(t);
+                serde_json::json!({
+                    "caller": t.caller,
+                    "currency": t.currency,
+                    "amount": guard.format(t.amount),
+                    "count": t.count,
+                    "unknown_amount": guard.format(t.unknown_amount),
+                    "unknown_count": t.unknown_count,
+                    "day_share": {"amount": sum, "count": count},
+                })
+            })
+            .collect();
+        routes.push(serde_json::json!({
+            "route": name,
+            "per": c.per.label(),
+            "source": guard.source(),
+            "caps": {
+                "max_per_request": cap(c.max_per_request),
+                "max_per_day": cap(c.max_per_day),
+                "max_count_per_day": c.max_count_per_day,
+            },
+            "totals": rows,
+        }));
+    }
+    reply(
+        StatusCode::OK,
+        JSON,
+        serde_json::json!({"day": day_label, "routes": routes}).to_string(),
     )
 }

@@ -8,9 +8,10 @@
 //! data and needs `Authorization: Bearer <token>` ([`auth`]): `POST /reload`
 //! (same as SIGHUP), `GET /webhooks[?failed=true]` and
 //! `POST /webhooks/retry?id=N|all_failed=true` (the inbox), `POST
-//! /guard/release` (the duplicate guard), `GET`/`PUT /log-level` (the log
-//! filter, [`loglevel`]), `GET /routes` and `POST
-//! /routes/{name}/disable|enable` (the routes' kill switches, [`routes`]).
+//! /guard/release` (the duplicate guard), `GET /guard/status` (the amount
+//! guard's totals today), `GET`/`PUT /log-level` (the log filter,
+//! [`loglevel`]), `GET /routes` and `POST /routes/{name}/disable|enable`
+//! (the routes' kill switches, [`routes`]).
 
 mod auth;
 mod guard;
@@ -130,7 +131,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 /// The endpoints open to anyone who reaches the admin address.
 const OPEN: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 /// Every path served, for 405 vs 404.
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "/metrics",
     "/healthz",
     "/readyz",
@@ -138,6 +139,7 @@ const PATHS: [&str; 8] = [
     "/webhooks",
     "/webhooks/retry",
     "/guard/release",
+    "/guard/status",
     "/log-level",
 ];
 
@@ -159,7 +161,7 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
     let gw = &admin.shared;
     match (req.method().clone(), path) {
-        (Method::GET, "/metrics") => metrics(gw),
+        (Method::GET, "/metrics") => metrics(gw).await,
         (Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"alive"}"#),
         (Method::GET, "/readyz") => {
             let missing = gw.readiness();
@@ -183,17 +185,18 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
             Ok(cmd) => guard::release(gw, &cmd, peer).await,
             Err(r) => r,
         },
+        (Method::GET, "/guard/status") => guard::status(gw, req.uri().query().unwrap_or("")).await,
         (Method::GET, "/log-level") => loglevel::get(admin.log_filter.as_ref()),
         (Method::PUT, "/log-level") => loglevel::put(admin.log_filter.as_ref(), req, peer).await,
         (_, p) if PATHS.contains(&p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "GET /metrics /healthz /readyz /webhooks /log-level /routes; POST /reload /webhooks/retry /guard/release /routes/{name}/disable /routes/{name}/enable; PUT /log-level",
+            "GET /metrics /healthz /readyz /webhooks /guard/status /log-level /routes; POST /reload /webhooks/retry /guard/release /routes/{name}/disable /routes/{name}/enable; PUT /log-level",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             "no_route",
-            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /log-level /routes /routes/{name}/disable /routes/{name}/enable",
+            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /guard/status /log-level /routes /routes/{name}/disable /routes/{name}/enable",
         ),
     }
 }
@@ -231,8 +234,22 @@ fn reloaded(report: ReloadReport) -> Response<Full<Bytes>> {
     reply(status, JSON, body.to_string())
 }
 
-fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
+async fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
     let snap = gw.snapshot();
+    for route in snap.router.routes() {
+        // Today's largest share of each day cap (a store read, or with
+        // [fleet] one Redis call; on a failure the last value stays).
+        if let Some(guard) = &route.amounts {
+            if let Ok(shares) = guard.day_use().await {
+                for (cap, share) in shares {
+                    gw.metrics()
+                        .amount_guard_day_used
+                        .with_label_values(&[route.name(), cap])
+                        .set(share);
+                }
+            }
+        }
+    }
     gw.metrics().observe_credentials(&snap.credentials);
     gw.metrics()
         .ratelimit_clients

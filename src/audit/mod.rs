@@ -101,6 +101,13 @@ pub struct Entry {
     /// A route switch's record only: the operator's reason for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A route with `amount_guard`: the payout's amount as decimal text with
+    /// the route's `minor_units` (`"105.50"`), once it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// ... and its currency, upper-cased, when the guard has a `currency` pointer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// The head of the chain, persisted beside the log.

@@ -42,6 +42,8 @@ pub(super) fn entry(i: usize) -> Entry {
         fleet: None,
         upstream_error: None,
         note: None,
+        amount: None,
+        currency: None,
     }
 }
 

@@ -1,9 +1,9 @@
 //! The commands that talk to a running gateway's admin API: `signgate
 //! webhooks list|retry` (which falls back to the inbox on disk when no
-//! gateway answers), `signgate guard release`, `signgate log-level` and
-//! `signgate route list|disable|enable`. They read the admin address and
-//! `admin.token_file` from the configuration and send the token as
-//! `Authorization: Bearer`.
+//! gateway answers), `signgate guard release`, `signgate guard status`,
+//! `signgate log-level` and `signgate route list|disable|enable`. They read
+//! the admin address and `admin.token_file` from the configuration and
+//! send the token as `Authorization: Bearer`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -79,6 +79,83 @@ pub async fn guard_release(path: &Path, route: &str, reference: &str) -> ExitCod
         None => Err("no gateway answers on the admin address; the guard lives in the running gateway".into()),
     };
     finish("guard release", result)
+}
+
+/// `signgate guard status [--route R]`: the amount guard's totals of the
+/// current UTC day, per route, caller and currency, with the caps.
+pub async fn guard_status(path: &Path, route: Option<&str>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let uri = match route {
+        Some(r) => format!("/guard/status?route={r}"),
+        None => "/guard/status".to_string(),
+    };
+    let result = match call(&config, Method::GET, &uri, Bytes::new()).await {
+        Some(Ok(v)) => Ok(render_status(&v)),
+        Some(Err(e)) => Err(e),
+        None => Err("no gateway answers on the admin address; the totals are read through the running gateway".into()),
+    };
+    finish("guard status", result)
+}
+
+/// One block per route: its caps, then a row per caller and currency.
+fn render_status(v: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let mut out = format!("day {} (UTC)\n", text(&v["day"]));
+    let routes = v["routes"].as_array().cloned().unwrap_or_default();
+    if routes.is_empty() {
+        out.push_str("no route has an amount_guard\n");
+    }
+    for r in routes {
+        let caps = &r["caps"];
+        let cap = |k: &str| match &caps[k] {
+            serde_json::Value::Null => "-".to_string(),
+            v => text(v),
+        };
+        out.push_str(&format!(
+            "\nroute {} (per {}, totals in {}): max_per_request {}, max_per_day {}, max_count_per_day {}\n",
+            text(&r["route"]),
+            text(&r["per"]),
+            if r["source"] == "redis" {
+                "Redis"
+            } else {
+                "the local store"
+            },
+            cap("max_per_request"),
+            cap("max_per_day"),
+            cap("max_count_per_day"),
+        ));
+        let totals = r["totals"].as_array().cloned().unwrap_or_default();
+        if totals.is_empty() {
+            out.push_str("  no payouts today\n");
+            continue;
+        }
+        out.push_str(&format!(
+            "  {:<40} {:<8} {:>18} {:>7} {:>24} {:>9}\n",
+            "CALLER", "CURRENCY", "AMOUNT", "COUNT", "OF WHICH UNKNOWN", "DAY USED"
+        ));
+        for t in totals {
+            let share = ["amount", "count"]
+                .iter()
+                .filter_map(|k| t["day_share"][k].as_f64())
+                .fold(None::<f64>, |m, s| Some(m.map_or(s, |m| m.max(s))));
+            out.push_str(&format!(
+                "  {:<40} {:<8} {:>18} {:>7} {:>24} {:>9}\n",
+                text(&t["caller"]),
+                match text(&t["currency"]) {
+                    c if c.is_empty() => "-".to_string(),
+                    c => c,
+                },
+                text(&t["amount"]),
+                text(&t["count"]),
+                format!("{} ({})", text(&t["unknown_amount"]), text(&t["unknown_count"])),
+                share.map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
+            ));
+        }
+    }
+    out
 }
 
 /// `signgate log-level [FILTER]`: print the running gateway's log filter,

@@ -3,14 +3,15 @@
 //! pipeline's order (client allowlist, target length, path tricks, route,
 //! method, route allowlist and identities, the credential for the caller,
 //! body size, canonical JSON, the duplicate guard's reference, the
-//! credential loaded from its source), and either the gateway's answer is
+//! payout's amount and per-request cap, the credential loaded from its
+//! source), and either the gateway's answer is
 //! printed (`403 ip_not_allowed: …`, exit 1), or what would be sent: the
 //! upstream URL, the canonical body, the exact signed message, the headers
 //! the gateway adds with the signature, and the credential and version that
 //! sign. The secret is never shown (it is never even read for a Transit
 //! credential); the API key is shown in part. Rate limits, the duplicate
-//! guard's memory and the routes' kill switches live in the running gateway
-//! and are not consulted.
+//! guard's memory, the amount guard's day totals and the routes' kill
+//! switches live in the running gateway and are not consulted.
 //!
 //! A Transit credential's HMAC is computed by Vault: explain shows the
 //! message and the key instead, or, with `--transit`, asks Transit for the
@@ -273,6 +274,26 @@ async fn run(config_path: &Path, args: &ExplainArgs, out: &mut Vec<u8>) -> Resul
             .as_bytes(),
         );
     }
+    if let Some(g) = &route.config.amount_guard {
+        let payout = crate::amount_guard::read_payout(g, &body).map_err(GatewayError::from)?;
+        crate::amount_guard::check_request(g, &payout).map_err(GatewayError::from)?;
+        let amount = crate::money::format_minor(payout.amount, g.minor_units);
+        let currency = if payout.currency.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", payout.currency)
+        };
+        line(
+            out,
+            "amount:",
+            format!(
+                "{amount}{currency} at {} (within the per-request cap; the day's caps, per {}, are checked and reserved by the running gateway: signgate guard status)",
+                g.amount,
+                g.per.label()
+            )
+            .as_bytes(),
+        );
+    }
     // the credential, from its source
     let one: std::collections::BTreeMap<_, _> = [(slot.name().to_string(), spec.clone())].into();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -429,6 +450,7 @@ fn router(config: &Config, store: &CredentialStore) -> Result<Router, Stop> {
             Arc::new(scheme),
             slots,
             Kept::default(),
+            None,
             None,
         )));
     }

@@ -173,6 +173,29 @@ pub struct RawRoute {
     pub queue_timeout_ms: Option<u64>,
     pub forward_traceparent: Option<bool>,
     pub honor_retry_after: Option<bool>,
+    pub amount_guard: Option<RawAmountGuard>,
+}
+
+/// A money value in the configuration: a string (`"50000.00"`, exact) or a
+/// whole number; a TOML float is read only to be refused with a hint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDecimal {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+/// `[route.amount_guard]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAmountGuard {
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub minor_units: Option<u64>,
+    pub max_per_request: Option<RawDecimal>,
+    pub max_per_day: Option<RawDecimal>,
+    pub max_count_per_day: Option<u64>,
+    pub per: Option<String>,
 }
 
 /// One entry of a route's `credential_map`.

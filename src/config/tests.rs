@@ -994,3 +994,105 @@ fn the_egress_source_check_needs_both_keys() {
     );
     assert_eq!(check.interval, std::time::Duration::from_secs(5));
 }
+
+/// GOOD with `[route.amount_guard]` holding `body` on its one route.
+fn guarded(body: &str) -> String {
+    GOOD.replace(
+        "scheme = \"kwikpaisa\"\n[scheme.acme]",
+        &format!("scheme = \"kwikpaisa\"\n[route.amount_guard]\n{body}\n[scheme.acme]"),
+    )
+}
+
+#[test]
+fn amount_guard_parses_caps_exactly_with_defaults() {
+    let c = Config::from_toml_str(&guarded(
+        "amount = \"/amount\"\ncurrency = \"/currency\"\nmax_per_request = \"50000.00\"\nmax_per_day = \"500000.05\"\nmax_count_per_day = 1000",
+    ))
+    .unwrap();
+    let g = c.routes[0].amount_guard.as_ref().unwrap();
+    assert_eq!(g.amount, "/amount");
+    assert_eq!(g.currency.as_deref(), Some("/currency"));
+    assert_eq!(g.minor_units, DEFAULT_MINOR_UNITS);
+    assert_eq!(g.max_per_request, Some(5_000_000));
+    assert_eq!(g.max_per_day, Some(50_000_005), "exact: never through a float");
+    assert_eq!(g.max_count_per_day, Some(1000));
+    assert_eq!(g.per, AmountPer::Client);
+    assert!(c.needs_amount_store());
+    let whole = Config::from_toml_str(&guarded(
+        "amount = \"/a\"\nminor_units = 0\nmax_per_day = 700\nper = \"route\"",
+    ))
+    .unwrap();
+    let g = whole.routes[0].amount_guard.as_ref().unwrap();
+    assert_eq!((g.minor_units, g.max_per_day, g.per), (0, Some(700), AmountPer::Route));
+    assert!(Config::from_toml_str(GOOD).unwrap().routes[0].amount_guard.is_none());
+    assert!(!Config::from_toml_str(GOOD).unwrap().needs_amount_store());
+    let fleet = format!(
+        "{}\n[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\n",
+        guarded("amount = \"/a\"\nmax_per_day = \"1\"")
+    );
+    assert!(
+        !Config::from_toml_str(&fleet).unwrap().needs_amount_store(),
+        "Redis keeps them"
+    );
+}
+
+#[test]
+fn amount_guard_errors_name_their_key() {
+    let key = |k: &str| format!("route[0].amount_guard.{k}");
+    for (body, want) in [
+        ("max_per_day = \"1.00\"", key("amount")),
+        ("amount = \"amount\"\nmax_per_day = \"1\"", key("amount")),
+        (
+            "amount = \"/a\"\ncurrency = \"cur\"\nmax_per_day = \"1\"",
+            key("currency"),
+        ),
+        ("amount = \"/a\"", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = \"1.234\"", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = 1000.5", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = \"-5\"", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = \"0\"", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = \"1e6\"", key("max_per_day")),
+        ("amount = \"/a\"\nmax_per_day = \"lots\"", key("max_per_day")),
+        (
+            "amount = \"/a\"\nmax_per_day = \"99999999999999999\"",
+            key("max_per_day"),
+        ),
+        ("amount = \"/a\"\nmax_per_request = \"1.001\"", key("max_per_request")),
+        (
+            "amount = \"/a\"\nmax_per_request = \"10\"\nmax_per_day = \"5\"",
+            key("max_per_request"),
+        ),
+        ("amount = \"/a\"\nmax_count_per_day = 0", key("max_count_per_day")),
+        (
+            "amount = \"/a\"\nmax_per_day = \"1\"\nminor_units = 10",
+            key("minor_units"),
+        ),
+        ("amount = \"/a\"\nmax_per_day = \"1\"\nper = \"caller\"", key("per")),
+        (
+            "amount = \"/a\"\nmax_per_day = \"1\"\nmax_per_week = \"5\"",
+            key("max_per_week"),
+        ),
+        (
+            "amount = \"/a\"\nmax_per_day = \"1\"\nmax_count_per_day = \"many\"",
+            key("max_count_per_day"),
+        ),
+    ] {
+        let errors = errors_of(&guarded(body));
+        assert_eq!(
+            errors.iter().map(ConfigError::key).collect::<Vec<_>>(),
+            [want.as_str()],
+            "{body}: {errors:?}"
+        );
+    }
+    let text = ConfigErrors(errors_of(&guarded("amount = \"/a\"\nmax_per_day = 1000.5"))).to_string();
+    assert!(text.contains("write the amount as a string"), "{text}");
+    let raw = errors_of(
+        &guarded("amount = \"/a\"\nmax_per_day = \"1\"")
+            .replace("[scheme.acme]", "[scheme.acme]\nbody = \"raw\"")
+            .replace("scheme = \"kwikpaisa\"\n[route", "scheme = \"acme\"\n[route"),
+    );
+    assert_eq!(
+        raw.iter().map(ConfigError::key).collect::<Vec<_>>(),
+        ["route[0].amount_guard"]
+    );
+}

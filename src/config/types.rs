@@ -112,6 +112,8 @@ pub const MAX_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(60_000);
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
 pub const DEFAULT_PER_CLIENT_MAX_KEYS: usize = 100_000;
+/// `amount_guard.minor_units`: decimal places of an amount (cents, paise).
+pub const DEFAULT_MINOR_UNITS: u8 = 2;
 
 /// The validated configuration. Cheap to clone pieces of; built once per load.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +135,14 @@ pub struct Config {
     pub schemes: BTreeMap<String, Scheme>,
     pub routes: Vec<RouteConfig>,
     pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Config {
+    /// Whether the amount guard keeps its totals on this host: a route has
+    /// an `amount_guard` and there is no `[fleet]` (whose Redis keeps them).
+    pub fn needs_amount_store(&self) -> bool {
+        self.fleet.is_none() && self.routes.iter().any(|r| r.amount_guard.is_some())
+    }
 }
 
 /// `[log]`: how log lines are written (the level comes from `SIGNGATE_LOG`).
@@ -423,6 +433,61 @@ pub struct RouteConfig {
     /// A provider 429/503 with `Retry-After` puts the route in cooldown
     /// (fleet-wide with `[fleet]`).
     pub honor_retry_after: bool,
+    /// `[route.amount_guard]`: payout caps (none: no guard).
+    pub amount_guard: Option<AmountGuardConfig>,
+}
+
+/// `[route.amount_guard]`: caps on the amounts a route pays out, per
+/// request and per UTC day. Amounts are integers of minor units (cents for
+/// `minor_units = 2`), parsed exactly from the configuration's decimal text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmountGuardConfig {
+    /// JSON pointer to the amount in the request body.
+    pub amount: String,
+    /// JSON pointer to the currency; with it, caps apply per currency.
+    pub currency: Option<String>,
+    /// Decimal places the provider accepts; an amount with more is refused.
+    pub minor_units: u8,
+    pub max_per_request: Option<u64>,
+    /// Sum of amounts per caller (or per route) per UTC day.
+    pub max_per_day: Option<u64>,
+    /// Requests per caller (or per route) per UTC day.
+    pub max_count_per_day: Option<u64>,
+    pub per: AmountPer,
+}
+
+impl AmountGuardConfig {
+    /// The day caps set, as the `cap` label of the day-use gauge:
+    /// `amount` (`max_per_day`), `count` (`max_count_per_day`).
+    pub fn day_caps(&self) -> Vec<&'static str> {
+        let mut caps = Vec::with_capacity(2);
+        if self.max_per_day.is_some() {
+            caps.push("amount");
+        }
+        if self.max_count_per_day.is_some() {
+            caps.push("count");
+        }
+        caps
+    }
+}
+
+/// `amount_guard.per`: whose day the daily caps count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AmountPer {
+    /// Each caller on its own: its mTLS identity, else its address.
+    #[default]
+    Client,
+    /// Every caller of the route together.
+    Route,
+}
+
+impl AmountPer {
+    pub fn label(self) -> &'static str {
+        match self {
+            AmountPer::Client => "client",
+            AmountPer::Route => "route",
+        }
+    }
 }
 
 /// Which credential signs a route's requests.

@@ -628,6 +628,56 @@ impl Route {
     pub fn honor_retry_after(self, honor: bool) -> Self {
         self.set("honor_retry_after", honor)
     }
+
+    /// `[route.amount_guard]`: the route's payout caps.
+    pub fn amount_guard(self, guard: AmountGuard) -> Self {
+        self.set("amount_guard", guard.0)
+    }
+}
+
+/// One `[route.amount_guard]` table (payout caps), for [`Route::amount_guard`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AmountGuard(Table);
+
+impl AmountGuard {
+    /// The amount at JSON pointer `amount`; add at least one cap.
+    pub fn on(amount: &str) -> Self {
+        AmountGuard::default().set("amount", amount)
+    }
+
+    /// Any key, replacing an earlier value.
+    pub fn set(mut self, key: &str, value: impl ToToml) -> Self {
+        self.0.insert(key.to_string(), value.to_toml());
+        self
+    }
+
+    /// `currency`: the JSON pointer of the currency (caps per currency).
+    pub fn currency(self, pointer: &str) -> Self {
+        self.set("currency", pointer)
+    }
+
+    pub fn minor_units(self, n: u64) -> Self {
+        self.set("minor_units", n)
+    }
+
+    /// `max_per_request`, as decimal text (`"500.00"`).
+    pub fn max_per_request(self, amount: &str) -> Self {
+        self.set("max_per_request", amount)
+    }
+
+    /// `max_per_day`, as decimal text.
+    pub fn max_per_day(self, amount: &str) -> Self {
+        self.set("max_per_day", amount)
+    }
+
+    pub fn max_count_per_day(self, n: u64) -> Self {
+        self.set("max_count_per_day", n)
+    }
+
+    /// `per`: `client` or `route`.
+    pub fn per(self, per: &str) -> Self {
+        self.set("per", per)
+    }
 }
 
 /// One `[[webhook]]` table.
@@ -698,7 +748,14 @@ mod tests {
     #[test]
     fn renders_what_the_gateway_reads() {
         let toml = base()
-            .edit_route("kwikpaisa", |r| r.limit(1, 5).duplicate_key("/order_id"))
+            .edit_route("kwikpaisa", |r| {
+                r.limit(1, 5).duplicate_key("/order_id").amount_guard(
+                    AmountGuard::on("/amount")
+                        .currency("/currency")
+                        .max_per_day("500.00")
+                        .max_count_per_day(3),
+                )
+            })
             .limits("per_client", quota(1, 2))
             .route(Route::to("second", "https://localhost:9443").methods(["POST", "GET"]))
             .webhook(Webhook::kwikpaisa("http://127.0.0.1:9/events").max_attempts(2))
@@ -707,13 +764,25 @@ mod tests {
         let parsed: Table = text.parse().unwrap();
         assert_eq!(&parsed, toml.as_table(), "{text}");
         assert_eq!(parsed["route"][0]["limit"]["burst"].as_integer(), Some(5));
+        assert_eq!(
+            parsed["route"][0]["amount_guard"]["max_per_day"].as_str(),
+            Some("500.00")
+        );
         assert_eq!(parsed["route"][1]["methods"][1].as_str(), Some("GET"));
         assert_eq!(parsed["scheme"]["acme"]["message"].as_str(), Some("{body}{timestamp}"));
         let config = base()
-            .edit_route("kwikpaisa", |r| r.limit(1, 5).duplicate_key("/order_id"))
+            .edit_route("kwikpaisa", |r| {
+                r.limit(1, 5)
+                    .duplicate_key("/order_id")
+                    .amount_guard(AmountGuard::on("/amount").max_per_day("500.00"))
+            })
             .to_config()
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.routes.len(), 1);
+        assert_eq!(
+            config.routes[0].amount_guard.as_ref().and_then(|g| g.max_per_day),
+            Some(50_000)
+        );
         assert_eq!(config.routes[0].name, "kwikpaisa");
     }
 

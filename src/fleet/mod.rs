@@ -72,6 +72,8 @@ struct Scripts {
     claim: Script,
     settle: Script,
     cooldown: Script,
+    amount_reserve: Script,
+    amount_settle: Script,
     switch: Script,
 }
 
@@ -93,6 +95,29 @@ pub enum LimitAnswer {
         index: usize,
         wait: Duration,
     },
+}
+
+/// What the amount guard's reservation script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountAnswer {
+    Reserved,
+    /// The caller's sum for the day would pass the day's cap.
+    OverDay,
+    /// The caller's count for the day is at the day's cap.
+    OverCount,
+    /// Its release came first (it was on its way when its request gave up).
+    Released,
+}
+
+/// How an amount reservation ended (its settlement in Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountSettlement {
+    /// Take it back.
+    Release,
+    /// Keep it (the provider took it).
+    Keep,
+    /// Keep it, tallied as an unknown outcome.
+    Unknown,
 }
 
 /// What a claim found.
@@ -225,6 +250,8 @@ impl Fleet {
                 claim: Script::new(scripts::CLAIM),
                 settle: Script::new(scripts::SETTLE),
                 cooldown: Script::new(scripts::COOLDOWN),
+                amount_reserve: Script::new(scripts::AMOUNT_RESERVE),
+                amount_settle: Script::new(scripts::AMOUNT_SETTLE),
                 switch: Script::new(scripts::SWITCH),
             },
         });
@@ -441,6 +468,18 @@ impl Fleet {
         format!("{{{}:refl:{mac_prefix:032x}}}", self.prefix)
     }
 
+    /// The amount guard's totals of `route` on `day` (`YYYY-MM-DD`, UTC),
+    /// counted in `units` decimal places: one hash. A route's keys share its
+    /// tag: reserve and settle touch the day hash and a token in one slot.
+    pub fn key_amount_day(&self, route: &str, day: &str, units: u8) -> String {
+        format!("{{{}:amt:{route}}}:d:{day}:u{units}", self.prefix)
+    }
+
+    /// One amount reservation's token (it holds the amount until settled).
+    pub fn key_amount_token(&self, route: &str, token: &str) -> String {
+        format!("{{{}:amt:{route}}}:t:{token}", self.prefix)
+    }
+
     // ---- operations ----
 
     /// The cooldown (when `cooldown` names the route's key) and every limit,
@@ -517,6 +556,85 @@ impl Fleet {
             )
             .await?;
         Ok(())
+    }
+
+    /// The amount guard: check the day's caps and reserve (see
+    /// `scripts::AMOUNT_RESERVE`), in one round trip.
+    #[allow(clippy::too_many_arguments)] // one script's arguments
+    pub async fn amount_reserve(
+        &self,
+        day_key: &str,
+        token_key: &str,
+        field: &str,
+        amount: u64,
+        max_day: Option<u64>,
+        max_count: Option<u64>,
+        token_ttl: Duration,
+        day_ttl: Duration,
+    ) -> Result<AmountAnswer, FleetError> {
+        let cap = |c: Option<u64>| c.map(|v| v.to_string()).unwrap_or_default();
+        let mut c = self.conn.clone();
+        let answer: i64 = self
+            .call(
+                "amount_reserve",
+                self.scripts
+                    .amount_reserve
+                    .key(day_key)
+                    .key(token_key)
+                    .arg(field)
+                    .arg(amount.to_string())
+                    .arg(cap(max_day))
+                    .arg(cap(max_count))
+                    .arg(token_ttl.as_millis().max(1) as u64)
+                    .arg(day_ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(match answer {
+            0 => AmountAnswer::Reserved,
+            1 => AmountAnswer::OverDay,
+            2 => AmountAnswer::OverCount,
+            _ => AmountAnswer::Released,
+        })
+    }
+
+    /// Settle an amount reservation by its token (idempotent, see
+    /// `scripts::AMOUNT_SETTLE`); a release leaves a tombstone for `ttl`.
+    pub async fn amount_settle(
+        &self,
+        day_key: &str,
+        token_key: &str,
+        field: &str,
+        how: AmountSettlement,
+        ttl: Duration,
+    ) -> Result<(), FleetError> {
+        let how = match how {
+            AmountSettlement::Release => "r",
+            AmountSettlement::Keep => "k",
+            AmountSettlement::Unknown => "u",
+        };
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .call(
+                "amount_settle",
+                self.scripts
+                    .amount_settle
+                    .key(day_key)
+                    .key(token_key)
+                    .arg(field)
+                    .arg(how)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every field of an amount guard's day hash (`HGETALL`).
+    pub async fn amount_totals(&self, day_key: &str) -> Result<Vec<(String, String)>, FleetError> {
+        let mut c = self.conn.clone();
+        self.call("amount_totals", redis::cmd("HGETALL").arg(day_key).query_async(&mut c))
+            .await
     }
 
     /// `SET key 1 PX ttl`.

@@ -78,6 +78,62 @@ end
 return 0
 ";
 
+/// The amount guard's reservation: check one caller's day caps and reserve,
+/// in one step. `KEYS[1]`: the route's day hash (fields `a…` sum, `n…`
+/// count, `ua…`/`un…` the unknown outcomes, each followed by
+/// `:CURRENCY:CALLER`); `KEYS[2]`: the reservation's token, unique to it.
+/// `ARGV`: the field suffix, the amount (integer minor units, at most
+/// 2^53 − 1, so Lua's doubles stay exact), the day cap and the count cap
+/// (`''`: none), the token's and the day hash's lifetimes in ms. Returns 0
+/// reserved (the token holds the amount), 1 over the day's sum, 2 over the
+/// day's count, 3 released already (a release for this token arrived
+/// first and left a tombstone: a reservation that timed out on its way and
+/// landed late stays undone).
+pub const AMOUNT_RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
+local a = tonumber(redis.call('HGET', KEYS[1], 'a' .. ARGV[1]) or '0')
+local n = tonumber(redis.call('HGET', KEYS[1], 'n' .. ARGV[1]) or '0')
+local amount = tonumber(ARGV[2])
+if ARGV[3] ~= '' and amount > tonumber(ARGV[3]) - a then return 1 end
+if ARGV[4] ~= '' and n + 1 > tonumber(ARGV[4]) then return 2 end
+redis.call('HINCRBY', KEYS[1], 'a' .. ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'n' .. ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
+return 0
+";
+
+/// Settle a reservation by its token (`KEYS[2]`), once: `ARGV[2]` `r`
+/// takes its amount and count back from the day hash (`KEYS[1]`, field
+/// suffix `ARGV[1]`), `u` tallies it as an unknown outcome (it stays
+/// counted), `k` only drops the token. A token that is not there changes
+/// nothing; a release then leaves a tombstone (`x`, for `ARGV[3]` ms) so
+/// that a reservation still on its way (timed out, or its request gone)
+/// is refused when it lands. Settling twice is harmless. Returns 1 when the
+/// reservation was there.
+pub const AMOUNT_SETTLE: &str = r"
+local amount = redis.call('GET', KEYS[2])
+if not amount or amount == 'x' then
+  if ARGV[2] == 'r' then redis.call('SET', KEYS[2], 'x', 'PX', ARGV[3]) end
+  return 0
+end
+if ARGV[2] == 'r' then
+  redis.call('SET', KEYS[2], 'x', 'PX', ARGV[3])
+  local a = redis.call('HINCRBY', KEYS[1], 'a' .. ARGV[1], '-' .. amount)
+  local n = redis.call('HINCRBY', KEYS[1], 'n' .. ARGV[1], -1)
+  if a <= 0 and n <= 0 then
+    redis.call('HDEL', KEYS[1], 'a' .. ARGV[1], 'n' .. ARGV[1])
+  end
+else
+  redis.call('DEL', KEYS[2])
+  if ARGV[2] == 'u' then
+    redis.call('HINCRBY', KEYS[1], 'ua' .. ARGV[1], amount)
+    redis.call('HINCRBY', KEYS[1], 'un' .. ARGV[1], 1)
+  end
+end
+return 1
+";
+
 /// The route switches' last-writer-wins write: set the route's field of the
 /// switches hash unless the value there supersedes the new one; answer the
 /// value in force afterwards.

@@ -256,6 +256,18 @@ fn the_state_dir_matters_only_with_webhooks() {
     assert_eq!(keys(&errs), ["state.dir"]);
     let without_webhook = text.split("[[webhook]]").next().unwrap().to_string();
     assert_eq!(errors(&Config::from_toml_str(&without_webhook).unwrap()), vec![]);
+    // A route with an amount guard keeps its totals there too (without [fleet]).
+    let guarded = format!(
+        "{without_webhook}\n[[route]]\nname = \"payouts\"\nmatch_prefix = \"/p/\"\nupstream = \"https://localhost:1\"\ncredential = \"kp\"\nscheme = \"kwikpaisa\"\n[route.amount_guard]\namount = \"/amount\"\nmax_per_day = \"100.00\"\n"
+    );
+    let errs = errors(&Config::from_toml_str(&guarded).unwrap());
+    assert_eq!(keys(&errs), ["state.dir"]);
+    let fleet = format!("{guarded}[fleet]\nredis_url = \"redis://127.0.0.1:1\"\n");
+    assert_eq!(
+        errors(&Config::from_toml_str(&fleet).unwrap()),
+        vec![],
+        "with [fleet] the totals are in Redis"
+    );
 }
 
 #[test]

@@ -57,6 +57,16 @@ pub enum GatewayError {
     DuplicateGuardFull,
     /// `[fleet]`: the duplicate guard's Redis cannot answer (fail closed).
     DuplicateGuardUnavailable,
+    /// A route with `amount_guard` got no usable amount (or currency):
+    /// missing, negative, not a plain decimal, too precise. The message
+    /// says which and where.
+    InvalidAmount { message: String },
+    /// Over one of the route's amount caps; the message names the cap and
+    /// its value (never a total).
+    AmountLimitExceeded { message: String },
+    /// The amount guard's totals cannot be read or written (Redis down,
+    /// the store failing): fail closed.
+    AmountGuardUnavailable,
     /// The provider answered 429/503 with `Retry-After` on this route: it is
     /// cooling down (fleet-wide with `[fleet]`); nothing was sent.
     ProviderCooldown { retry_after: u64 },
@@ -109,6 +119,19 @@ impl From<Refusal> for GatewayError {
     }
 }
 
+impl From<crate::amount_guard::Refusal> for GatewayError {
+    fn from(r: crate::amount_guard::Refusal) -> Self {
+        use crate::amount_guard::Refusal;
+        match r {
+            Refusal::Invalid(message) => GatewayError::InvalidAmount { message },
+            Refusal::OverRequest(message) | Refusal::OverDay(message) | Refusal::OverCount(message) => {
+                GatewayError::AmountLimitExceeded { message }
+            }
+            Refusal::Unavailable => GatewayError::AmountGuardUnavailable,
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -130,6 +153,9 @@ impl GatewayError {
             GatewayError::MissingReference { .. } => StatusCode::BAD_REQUEST,
             GatewayError::DuplicateGuardFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::DuplicateGuardUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::InvalidAmount { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::AmountLimitExceeded { .. } => StatusCode::FORBIDDEN,
+            GatewayError::AmountGuardUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ProviderCooldown { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::WebhookInProgress => StatusCode::SERVICE_UNAVAILABLE,
@@ -174,6 +200,9 @@ impl GatewayError {
             GatewayError::MissingReference { .. } => "missing_duplicate_key",
             GatewayError::DuplicateGuardFull => "duplicate_guard_full",
             GatewayError::DuplicateGuardUnavailable => "duplicate_guard_unavailable",
+            GatewayError::InvalidAmount { .. } => "invalid_amount",
+            GatewayError::AmountLimitExceeded { .. } => "amount_limit_exceeded",
+            GatewayError::AmountGuardUnavailable => "amount_guard_unavailable",
             GatewayError::ProviderCooldown { .. } => "provider_cooldown",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::WebhookInProgress => "webhook_in_progress",
@@ -239,6 +268,12 @@ impl GatewayError {
             }
             GatewayError::DuplicateGuardUnavailable => {
                 "the duplicate guard's store cannot answer; refused, nothing was sent".into()
+            }
+            GatewayError::InvalidAmount { message } | GatewayError::AmountLimitExceeded { message } => {
+                format!("{message}; nothing was sent")
+            }
+            GatewayError::AmountGuardUnavailable => {
+                "the amount guard cannot read or write the day's totals; refused, nothing was sent".into()
             }
             GatewayError::ProviderCooldown { retry_after } => {
                 format!("the provider asked to back off on this route; nothing was sent; retry after {retry_after} s")
@@ -385,6 +420,17 @@ mod tests {
                 429,
                 "provider_cooldown",
             ),
+            (
+                GatewayError::InvalidAmount { message: "m".into() },
+                400,
+                "invalid_amount",
+            ),
+            (
+                GatewayError::AmountLimitExceeded { message: "m".into() },
+                403,
+                "amount_limit_exceeded",
+            ),
+            (GatewayError::AmountGuardUnavailable, 503, "amount_guard_unavailable"),
             (GatewayError::RateLimitUnavailable, 503, "rate_limit_unavailable"),
             (GatewayError::WebhookInProgress, 503, "webhook_in_progress"),
             (

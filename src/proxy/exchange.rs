@@ -9,8 +9,9 @@
 //! The exchange runs as its own task, detached from the client's request:
 //! once a byte may have reached the provider, a client that goes away does
 //! not abort it. It finishes (up to `egress.request_timeout_ms`), settles
-//! the duplicate-guard claim by its outcome and hands its result to the
-//! request — or, if the client is gone, to the request's `Drop` bookkeeping.
+//! what the request holds ([`Holds`]: the duplicate-guard claim, the amount
+//! reservation) by its outcome and hands its result to the request — or, if
+//! the client is gone, to the request's `Drop` bookkeeping.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +27,7 @@ use super::record::{clock_skew, Record};
 use super::scope::Scope;
 use super::steps::Outgoing;
 use super::GatewayError;
+use crate::amount_guard::Reservation;
 use crate::config::MAX_COOLDOWN;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
@@ -36,6 +38,44 @@ use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
 use crate::trace::{self, Attr, Child, Kind, Parent};
 use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
+
+/// What a request holds until its outcome is known: the duplicate guard's
+/// claim and the amount guard's reservation. Both are settled by the same
+/// [`Outcome`]; each settles itself in `Drop` if the exchange never ends
+/// (released if nothing was sent, kept as unknown once it may have been).
+#[derive(Default)]
+pub(super) struct Holds {
+    pub claim: Option<Claim>,
+    pub reservation: Option<Reservation>,
+}
+
+impl Holds {
+    /// From now on bytes may reach the provider.
+    fn sending(&mut self) {
+        if let Some(c) = self.claim.as_mut() {
+            c.sending();
+        }
+        if let Some(r) = self.reservation.as_mut() {
+            r.sending();
+        }
+    }
+
+    /// Settle both by the outcome (each done, or handed to a retrying task,
+    /// when this returns).
+    async fn finish(self, outcome: Outcome) {
+        let claim = async {
+            if let Some(c) = self.claim {
+                c.finish(outcome).await;
+            }
+        };
+        let reservation = async {
+            if let Some(r) = self.reservation {
+                r.finish(outcome).await;
+            }
+        };
+        futures_util::future::join(claim, reservation).await;
+    }
+}
 
 /// Why the exchange got no response.
 pub(super) enum Failure {
@@ -81,7 +121,7 @@ pub(super) async fn send(
     route: &Arc<Route>,
     cred: Arc<Credential>,
     out: Outgoing,
-    claim: Option<Claim>,
+    holds: Holds,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
     let reflect = scope.snap.reflect_window(&cred);
     let task = exchange(
@@ -91,7 +131,7 @@ pub(super) async fn send(
         route.clone(),
         cred,
         out,
-        claim,
+        holds,
         scope.rid.as_str().to_string(),
         scope.trace.as_ref().map(trace::RequestTrace::parent),
     );
@@ -121,7 +161,7 @@ async fn exchange(
     route: Arc<Route>,
     cred: Arc<Credential>,
     out: Outgoing,
-    mut claim: Option<Claim>,
+    mut holds: Holds,
     rid: String,
     trace: Option<Parent>,
 ) -> Exchanged {
@@ -172,9 +212,7 @@ async fn exchange(
             shared.reflections().remember_sent(sig.mac(), window).await;
         }
         metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
-        if let Some(c) = claim.as_mut() {
-            c.sending();
-        }
+        holds.sending();
         let call = call_id.map(|id| Child::start_with_id("upstream", Kind::Client, id));
         let sent = upstream.send(req).await;
         spans.end_call(call, &route, attempt, &sent);
@@ -202,9 +240,7 @@ async fn exchange(
         observe_response(metrics, &route, resp);
         cool_down(&shared, &route, resp).await;
     }
-    if let Some(claim) = claim {
-        claim.finish(settle(&result)).await;
-    }
+    holds.finish(settle(&result)).await;
     Exchanged {
         result,
         fingerprint,
@@ -269,8 +305,9 @@ impl Spans {
     }
 }
 
-/// How the exchange settles a duplicate-guard claim: only a definite
-/// failure releases it; a request that may have taken effect holds it.
+/// How the exchange settles a duplicate-guard claim and an amount
+/// reservation: only a definite failure releases them (a Transit signing
+/// failure sends nothing); a request that may have taken effect holds them.
 fn settle(result: &Result<Response<Incoming>, Failure>) -> Outcome {
     match result {
         Ok(r) if r.status().is_success() => Outcome::Succeeded,

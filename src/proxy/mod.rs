@@ -4,8 +4,8 @@
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
 //! slot, dispatch webhooks, admit, route, authorize, pick the credential,
 //! the route's kill switch, limit, read the body, canonicalize, claim,
-//! credential, prepare, send, respond. Every refusal is a [`GatewayError`],
-//! answered as the contract's JSON error.
+//! reserve the amount, credential, prepare, send, respond. Every refusal is
+//! a [`GatewayError`], answered as the contract's JSON error.
 
 mod context;
 mod error;
@@ -91,12 +91,15 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
     let claim = steps::claim(scope, &route, &parts, &body).await?;
+    let reservation = steps::reserve_amount(scope, &route, &body).await?;
+    let holds = exchange::Holds { claim, reservation };
     let cred = steps::credential(scope, &slot)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
     // A cooldown that began, or a kill switch turned, while this request
-    // waited: the claim is released as it drops (nothing was sent).
+    // waited: the claim and the reservation are released as they drop
+    // (nothing was sent).
     steps::cooled(scope, &route)?;
     steps::enabled(scope, &route)?;
-    let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
+    let exchanged = exchange::send(scope, &route, cred, outgoing, holds).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

@@ -38,6 +38,10 @@ pub(super) struct Record {
     pub fleet: Option<crate::fleet::Source>,
     /// The upstream exchange's failure, if it failed.
     pub upstream_error: Option<&'static str>,
+    /// A route with `amount_guard`: the payout's amount (decimal text with
+    /// the route's `minor_units`) and currency, once read.
+    pub amount: Option<String>,
+    pub currency: Option<String>,
 }
 
 impl Record {
@@ -63,6 +67,8 @@ impl Record {
             duplicate_key: None,
             fleet: None,
             upstream_error: None,
+            amount: None,
+            currency: None,
         }
     }
 }
@@ -185,6 +191,8 @@ pub(super) fn entry(
         fleet: rec.fleet.map(crate::fleet::Source::label),
         upstream_error: rec.upstream_error,
         note: None,
+        amount: rec.amount.clone(),
+        currency: rec.currency.clone(),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::scope::Scope;
 use super::GatewayError;
 use crate::allowlist::Allowlist;
+use crate::amount_guard::{Refusal, Reservation};
 use crate::config::LimitsOnError;
 use crate::dedup::{Claim, Duplicate, Refused};
 use crate::fleet::{FleetLimit, LimitAnswer, Source};
@@ -393,6 +394,51 @@ pub(super) async fn claim(
         Refused::Duplicate(Duplicate::Unknown) => GatewayError::DuplicateRequest { unknown: true },
         Refused::Unavailable => GatewayError::DuplicateGuardUnavailable,
     })
+}
+
+/// A payout within the route's caps: its amount (and currency) read
+/// exactly from the canonical body, the per-request cap checked, then its
+/// share of the caller's (or, with `per = "route"`, the route's) UTC day
+/// reserved, on this host or with `[fleet]` in Redis (refused, fail closed,
+/// when Redis cannot answer). The reservation is settled by the exchange's
+/// outcome; dropped before anything is sent, it is released.
+pub(super) async fn reserve_amount(
+    scope: &mut Scope,
+    route: &Route,
+    body: &[u8],
+) -> Result<Option<Reservation>, GatewayError> {
+    let Some(guard) = &route.amounts else {
+        return Ok(None);
+    };
+    let payout = guard.payout(body)?;
+    scope.rec.amount = Some(guard.format(payout.amount));
+    scope.rec.currency = (!payout.currency.is_empty()).then(|| payout.currency.clone());
+    let caller = guard.caller(|| caller(scope, route));
+    let reserved = guard.reserve(caller, &payout).await;
+    if guard.source() == "redis" {
+        let unavailable = matches!(reserved, Err(Refusal::Unavailable));
+        scope
+            .rec
+            .note_fleet(if unavailable { Source::Local } else { Source::Redis });
+    }
+    reserved.map(Some).map_err(GatewayError::from)
+}
+
+/// Who is paying out, for `per = "client"`: the mTLS identity that admits
+/// the caller on this route (the first one the route allows, else the
+/// certificate's first), else the caller's address. Never anything the
+/// request body says.
+fn caller(scope: &Scope, route: &Route) -> String {
+    let ids = scope.conn.identities.as_deref().unwrap_or_default();
+    let allowed = route.config.allow_identities.as_ref();
+    let chosen = match allowed {
+        Some(a) => ids
+            .iter()
+            .find(|id| a.matches(std::slice::from_ref(*id)))
+            .or_else(|| ids.first()),
+        None => ids.first(),
+    };
+    chosen.map_or_else(|| scope.conn.ip().to_string(), ToString::to_string)
 }
 
 /// The secret to sign with; a request keeps the version it started with.

@@ -384,6 +384,8 @@ pub(crate) fn audit_entry(route: &str, s: &Switch, source: &'static str, fleet: 
         fleet,
         upstream_error: None,
         note: s.reason.clone(),
+        amount: None,
+        currency: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! metric name its PromQL uses is one a running gateway exports: the names
 //! are taken from the expressions by a small PromQL tokenizer and compared
 //! with the `/metrics` scrape of a real gateway (`[fleet]` on a real Redis,
-//! a route, a webhook,
+//! a route with an amount guard, a webhook,
 //! one signed request and one refusal, so every series the dashboard reads
 //! exists). `rate`/`increase` read counters only (by the scrape's `# TYPE`).
 
@@ -274,10 +274,14 @@ async fn every_metric_the_dashboard_reads_is_one_the_gateway_exports() {
     let s = Setup::with(|c| {
         c.webhook(Webhook::kwikpaisa("http://127.0.0.1:9/events"))
             .fleet("redis_url", redis.url())
+            .edit_route("kwikpaisa", |r| {
+                r.amount_guard(AmountGuard::on("/amount").max_per_day("100.00").max_count_per_day(10))
+            })
     })
     .await;
     let c = TestClient::new();
-    assert_eq!(c.post(&s.url("/kwikpaisa/api/v3/order"), "{}").await.status, 200);
+    let order = r#"{"amount":"1.00"}"#;
+    assert_eq!(c.post(&s.url("/kwikpaisa/api/v3/order"), order).await.status, 200);
     assert_eq!(c.send(Method::POST, &s.url("/nowhere"), &[], "{}").await.status, 404);
     let (exported, types) = scraped(&s.metrics().await);
 
@@ -314,6 +318,8 @@ async fn every_metric_the_dashboard_reads_is_one_the_gateway_exports() {
         "signgate_audit_records_total",
         "signgate_client_gone_total",
         "signgate_admin_unauthorized_total",
+        "signgate_amount_guard_day_used_ratio",
+        "signgate_amount_guard_total",
     ] {
         assert!(used.contains(name), "the dashboard has no panel on {name}");
     }

@@ -40,7 +40,11 @@
 //! - `beyond_egress`: the egress-IP self-check against a loopback echo;
 //! - `switch`: the routes' kill switches: the admin API and `signgate
 //!   route`, `503 route_disabled` to the in-house client and curl (HTTP/1.1,
-//!   HTTP/2 over TLS), restart and reload, two gateways on one Redis.
+//!   HTTP/2 over TLS), restart and reload, two gateways on one Redis;
+//! - `amounts`: the amount guard: caps per request, day and count, what is
+//!   kept or released by outcome (client gone included), callers apart or
+//!   together, invalid amounts, a process restart, a UTC midnight under
+//!   libfaketime, two instances sharing a day through Redis.
 //!
 //! Run one concern with `cargo test --test integration -- vault::`.
 
@@ -50,6 +54,7 @@
 mod support;
 
 mod access;
+mod amounts;
 mod audit;
 mod beyond_callers;
 mod beyond_egress;

@@ -64,12 +64,17 @@ pub async fn provider(pki: &Pki) -> Provider {
 }
 
 pub async fn provider_on(pki: &Pki, bind: &str) -> Provider {
+    provider_with(pki, bind, Duration::from_secs(60)).await
+}
+
+/// The stand-in accepting `X-TIMESTAMP`s within `tolerance` of its clock.
+pub async fn provider_with(pki: &Pki, bind: &str, tolerance: Duration) -> Provider {
     let api_key = random_token("pk_test_", 24);
     let secret = random_token("sk_test_", 32);
     let standin = Standin::start(StandinOptions {
         api_key: api_key.clone(),
         secret: SecretBytes::from(secret.clone()),
-        tolerance: Duration::from_secs(60),
+        tolerance,
         tls: Some(pki.server_tls.clone()),
         bind: bind.parse().unwrap(),
     })
@@ -120,8 +125,18 @@ impl Fixture {
     /// The stand-in bound to `bind` (its certificate names only localhost
     /// and 127.0.0.1).
     pub async fn with_provider_on(bind: &str) -> Fixture {
+        Self::with_provider(bind, Duration::from_secs(60)).await
+    }
+
+    /// The stand-in accepting timestamps within `tolerance` of its own
+    /// clock (a gateway under a fake clock).
+    pub async fn with_provider_tolerance(tolerance: Duration) -> Fixture {
+        Self::with_provider("127.0.0.1:0", tolerance).await
+    }
+
+    async fn with_provider(bind: &str, tolerance: Duration) -> Fixture {
         let pki = pki();
-        let provider = provider_on(&pki, bind).await;
+        let provider = provider_with(&pki, bind, tolerance).await;
         let dir = tempfile::tempdir().unwrap();
         let cred_path = dir.path().join("kwikpaisa.json");
         write_cred(&cred_path, &provider.api_key, &provider.secret);

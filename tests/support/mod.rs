@@ -27,7 +27,7 @@ use rand::Rng as _;
 pub use client::*;
 pub use fixture::*;
 #[allow(unused_imports)] // the hardening suite has no webhooks
-pub use signgate::devtools::config::{quota, Credential, GatewayToml, Route, Webhook};
+pub use signgate::devtools::config::{quota, AmountGuard, Credential, GatewayToml, Route, Webhook};
 
 pub fn random_token(prefix: &str, n: usize) -> String {
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

@@ -3,6 +3,7 @@
 //! (never just the first), each naming its key, the value and what is expected.
 //! Sections live in submodules: credentials, schemes, routes and webhooks.
 
+mod amounts;
 mod credentials;
 mod fleet;
 mod routes;

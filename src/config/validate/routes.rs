@@ -232,6 +232,9 @@ pub(super) fn routes(
             DEFAULT_DUPLICATE_CAPACITY,
         );
         let limit = v.quota(&key("limit"), r.limit);
+        let amount_guard = r
+            .amount_guard
+            .and_then(|g| super::amounts::amount_guard(v, i, g, schemes.get(&scheme)));
         let forward_traceparent = r.forward_traceparent.unwrap_or(false);
         if forward_traceparent && !tracing {
             v.push(ConfigError::invalid(
@@ -259,6 +262,7 @@ pub(super) fn routes(
                 queue_timeout,
                 forward_traceparent,
                 honor_retry_after: r.honor_retry_after.unwrap_or(true),
+                amount_guard,
             });
         }
     }
