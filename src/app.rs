@@ -163,6 +163,7 @@ impl Reloader {
             upstream,
             Some(&old),
             self.shared.fleet(),
+            self.shared.metrics(),
         )?;
         prime(self.shared.metrics(), &new);
         self.shared.replace_snapshot(next);
@@ -375,7 +376,15 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         ),
         None => None,
     };
-    let snapshot = Snapshot::build(&config, credentials, credentials_cancel, upstream, None, fleet.as_ref())?;
+    let snapshot = Snapshot::build(
+        &config,
+        credentials,
+        credentials_cancel,
+        upstream,
+        None,
+        fleet.as_ref(),
+        &metrics,
+    )?;
     prime(&metrics, &config);
     let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), fleet));
     if let Some(store) = inbox {

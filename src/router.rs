@@ -34,6 +34,8 @@ pub struct Route {
     pub cooldown: Arc<Cooldown>,
     /// Bounds the route's concurrent upstream calls (`max_inflight`).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The route's metric series, resolved once.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -47,6 +49,7 @@ impl Route {
         credential: Arc<CredentialSlot>,
         kept: Kept,
         fleet: Option<(&Arc<Fleet>, std::time::Duration)>,
+        metrics: &crate::metrics::Metrics,
     ) -> Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -71,6 +74,7 @@ impl Route {
             None => config.limit.map(RouteLimit::new),
         };
         Route {
+            metrics: metrics.route(&config.name, &config.credential),
             inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
             duplicates,
             cooldown: kept.cooldown.unwrap_or_default(),

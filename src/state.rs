@@ -81,6 +81,7 @@ impl Snapshot {
         upstream: Upstream,
         previous: Option<&Snapshot>,
         fleet: Option<&Arc<Fleet>>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Snapshot, BuildError> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
             .schemes
@@ -127,6 +128,7 @@ impl Snapshot {
                 slot("route", &r.name, &r.credential)?,
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
+                metrics,
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());

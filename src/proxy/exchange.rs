@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::record::{clock_skew, Record};
 use super::scope::Scope;
 use super::steps::Outgoing;
-use super::GatewayError;
+use super::{GatewayError, RequestId};
 use crate::config::MAX_COOLDOWN;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
@@ -30,7 +30,7 @@ use crate::router::Route;
 use crate::secrets::Credential;
 use crate::sign::{MessageInput, Signature};
 use crate::state::Shared;
-use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
+use crate::upstream::{AttemptError, Fresh, Upstream, UpstreamFailure};
 
 /// What the exchange task hands back.
 pub(super) struct Exchanged {
@@ -70,7 +70,7 @@ pub(super) async fn send(
         cred,
         out,
         claim,
-        scope.rid.as_str().to_string(),
+        scope.rid.clone(),
     );
     let handle = scope.shared.exchanges().spawn(task);
     let joined = scope.exchange.insert(handle).await;
@@ -94,7 +94,7 @@ async fn exchange(
     cred: Arc<Credential>,
     out: Outgoing,
     mut claim: Option<Claim>,
-    rid: String,
+    rid: RequestId,
 ) -> Exchanged {
     let metrics = shared.metrics();
     let started = Instant::now();
@@ -108,17 +108,19 @@ async fn exchange(
                 .reflections()
                 .remember_sent(&route.config.credential, sig.mac(), window);
         }
-        metrics
-            .signatures
-            .with_label_values(&[route.name(), route.config.credential.as_str()])
-            .inc();
+        route.metrics.signatures.inc();
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
         match upstream.send(req).await {
-            Ok(r) => break Ok(r),
+            Ok(r) => {
+                if Fresh::first_use(&r) {
+                    route.metrics.connections_opened.inc();
+                }
+                break Ok(r);
+            }
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
-                tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
+                tracing::debug!(request_id = rid.as_str(), route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
                 metrics
                     .upstream_errors
                     .with_label_values(&[route.name(), e.failure.kind()])
@@ -126,14 +128,14 @@ async fn exchange(
                 retried = true;
             }
             Err(e) => {
-                tracing::warn!(request_id = rid, route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
+                tracing::warn!(request_id = rid.as_str(), route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
                 break Err(e);
             }
         }
     };
-    metrics
+    route
+        .metrics
         .upstream_duration
-        .with_label_values(&[route.name()])
         .observe(started.elapsed().as_secs_f64());
     if let Ok(resp) = &result {
         observe_response(metrics, &route, resp);
@@ -209,7 +211,7 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
             .inc();
     }
     if let Some(skew) = resp.headers().get(DATE).and_then(clock_skew) {
-        metrics.clock_skew.with_label_values(&[route.name()]).set(skew);
+        route.metrics.clock_skew(skew);
     }
 }
 
