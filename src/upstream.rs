@@ -7,10 +7,10 @@
 //! (connect / TLS / timeout) for the error table, the metrics and the
 //! "retry only if nothing was written" rule. Redirects are never followed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,11 +192,19 @@ struct Places {
 impl Places {
     /// A place for one more connection to `uri`'s host, waiting until
     /// `deadline` for one to close. `Ok(None)`: unlimited.
-    async fn take(&self, uri: &Uri, deadline: tokio::time::Instant) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+    async fn take(
+        &self,
+        uri: &Uri,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
         if self.per_host == 0 {
             return Ok(None);
         }
-        let key = format!("{}://{}", uri.scheme_str().unwrap_or(""), uri.authority().map_or("", |a| a.as_str()));
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
         let sem = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
             hosts
@@ -264,7 +272,10 @@ impl Connector {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let place = self.places.take(&uri, tokio::time::Instant::now() + self.timeout).await?;
+        let place = self
+            .places
+            .take(&uri, tokio::time::Instant::now() + self.timeout)
+            .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await

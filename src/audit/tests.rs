@@ -732,7 +732,11 @@ fn a_line_has_the_bytes_of_the_flattened_form() {
                 entry: &e,
                 prev,
             };
-            let flat = Flat { seq: 42, entry: &e, prev };
+            let flat = Flat {
+                seq: 42,
+                entry: &e,
+                prev,
+            };
             assert_eq!(
                 serde_json::to_string(&line).unwrap(),
                 serde_json::to_string(&flat).unwrap()

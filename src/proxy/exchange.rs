@@ -133,10 +133,7 @@ async fn exchange(
             }
         }
     };
-    route
-        .metrics
-        .upstream_duration
-        .observe(started.elapsed().as_secs_f64());
+    route.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     if let Ok(resp) = &result {
         observe_response(metrics, &route, resp);
         cool_down(&shared, &route, resp).await;

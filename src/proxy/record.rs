@@ -79,9 +79,7 @@ pub(super) fn count(shared: &Shared, rec: &Record, status: StatusCode, error: Op
         // The route's series, resolved when its snapshot was built.
         Some(r) => {
             r.metrics.answered(&rec.method, status);
-            r.metrics
-                .request_duration
-                .observe(rec.started.elapsed().as_secs_f64());
+            r.metrics.request_duration.observe(rec.started.elapsed().as_secs_f64());
         }
         None => {
             m.requests
