@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ use crate::proxy::Proxy;
 use crate::sdnotify::Notifier;
 use crate::secrets::CredentialStore;
 use crate::state::{ReloadError, ReloadHandle, ReloadReport, ReloadResult, ReloadSummary, Shared, Snapshot};
+use crate::switch::{self, Switches};
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 
@@ -51,6 +52,8 @@ struct Reloader {
     certs: Mutex<Certificates>,
     /// systemd: RELOADING=1 / READY=1 around a reload.
     notify: Notifier,
+    /// Wakes the egress-IP self-check after a change of `[egress]`.
+    egress_check: Arc<Notify>,
 }
 
 impl Reloader {
@@ -133,6 +136,9 @@ impl Reloader {
         if new.log != cur.log {
             restart.push("[log]");
         }
+        if new.tracing != cur.tracing {
+            restart.push("[tracing]");
+        }
         if new.fleet != cur.fleet {
             restart.push("[fleet]");
         }
@@ -172,6 +178,9 @@ impl Reloader {
         }
         if reloaded {
             old.credentials_cancel.cancel();
+        }
+        if new.egress != cur.egress {
+            self.egress_check.notify_one();
         }
         Ok(ReloadSummary {
             routes: new.routes.len(),
@@ -218,7 +227,12 @@ fn prime(metrics: &Metrics, config: &Config) {
         &config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.credential.clone()))
+            .flat_map(|r| {
+                r.credential
+                    .names()
+                    .into_iter()
+                    .map(|c| (r.name.clone(), c.to_string()))
+            })
             .collect::<Vec<_>>(),
         &config.webhooks.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
     );
@@ -287,6 +301,10 @@ impl Running {
             {
                 tracing::warn!("fleet: settlements still pending at shutdown; the claims' expiry releases them");
             }
+        }
+        // Every request has ended: export the last spans.
+        if let Some(tracer) = self.shared.tracer() {
+            tracer.clone().flush().await;
         }
         self.background.cancel();
         // Close the audit queue; the writer flushes every queued record and exits.
@@ -359,15 +377,34 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials_cancel = background.child_token();
     let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
-    let inbox = if config.webhooks.is_empty() {
-        None
+    // The state database: opened now when the inbox needs it or it holds
+    // route switches; else the first route switch creates it.
+    let state_dir = &config.state.dir;
+    let state_db = if !config.webhooks.is_empty() || crate::statedb::exists(state_dir) {
+        Some(
+            crate::statedb::open(state_dir)
+                .map_err(|e| anyhow::anyhow!("opening the state database in state.dir: {e}"))?,
+        )
     } else {
-        Some(Arc::new(Store::open(&config.state.dir).with_context(|| {
-            format!("opening the webhook inbox in state.dir {}", config.state.dir.display())
-        })?))
+        None
+    };
+    let inbox = match (&state_db, config.webhooks.is_empty()) {
+        (Some(db), false) => {
+            Some(Arc::new(Store::on(db.clone()).with_context(|| {
+                format!("opening the webhook inbox in state.dir {}", state_dir.display())
+            })?))
+        }
+        _ => None,
     };
     let (audit, audit_writer) =
         crate::audit::start(&config.audit, metrics.clone()).context("opening the audit log (audit.path)")?;
+    let tracer = match &config.tracing {
+        Some(t) => Some(Arc::new(
+            crate::trace::Tracer::start(t, metrics.trace_spans.clone())
+                .context("starting the trace exporter ([tracing])")?,
+        )),
+        None => None,
+    };
     let fleet = match &config.fleet {
         Some(f) => Some(
             Fleet::start(f, metrics.register_fleet(), background.clone())
@@ -376,6 +413,25 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         ),
         None => None,
     };
+    let switches = Arc::new(
+        Switches::load(
+            switch::Local::new(state_dir.clone(), state_db),
+            fleet.clone(),
+            metrics.route_disabled.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    for route in &config.routes {
+        if let Some(s) = switches.get(&route.name).filter(|s| s.disabled) {
+            tracing::warn!(
+                route = route.name,
+                since = s.since(),
+                by = s.by,
+                reason = s.reason.as_deref().unwrap_or(""),
+                "route is disabled (kill switch): it answers 503 route_disabled until `signgate route enable`"
+            );
+        }
+    }
     let snapshot = Snapshot::build(
         &config,
         credentials,
@@ -386,7 +442,19 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         &metrics,
     )?;
     prime(&metrics, &config);
-    let shared = Arc::new(Shared::new(snapshot, metrics.clone(), audit, inbox.clone(), fleet));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        metrics.clone(),
+        audit,
+        inbox.clone(),
+        fleet,
+        tracer,
+        switches.clone(),
+    ));
+    if let Some(f) = &config.fleet {
+        let audit_of = shared.clone();
+        tokio::spawn(switches.poll(f.route_switch_poll, background.clone(), move || audit_of.audit()));
+    }
     if let Some(store) = inbox {
         // Deliveries go to internal apps: not from the provider-facing egress address.
         let internal = crate::config::EgressConfig {
@@ -394,6 +462,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
             allow_plain_http: true,
             request_timeout: delivery::ATTEMPT_TIMEOUT,
             client_cert: None,
+            source_check: None,
             ..config.egress.clone()
         };
         let worker = delivery::Worker {
@@ -404,12 +473,19 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         tokio::spawn(worker.run(background.clone()));
     }
     spawn_sweeper(shared.clone(), background.clone());
+    let egress_check = Arc::new(Notify::new());
+    tokio::spawn(crate::egress_ip::run(
+        shared.clone(),
+        egress_check.clone(),
+        background.clone(),
+    ));
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         config_path: options.config_path,
         background: background.clone(),
         certs: Mutex::new(certificates),
         notify,
+        egress_check,
     });
     let (reload_handle, reload_requests) = ReloadHandle::new();
     let admin = match admin_listener {
@@ -442,6 +518,9 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         );
     }
     tracing::info!(%addr, admin = ?admin_addr, tls = config.listener.tls.is_some(), routes = config.routes.len(), "signgate listening");
+    if let Some(t) = &config.tracing {
+        tracing::info!(endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, "exporting request traces (OTLP/HTTP)");
+    }
     Ok(Running {
         addr,
         admin_addr,

@@ -1,8 +1,9 @@
 //! The command-line tools around the gateway: `check` (validate a config and
 //! optionally load its credentials), `sign` (show exactly what is signed, the
-//! tool for debugging a signature mismatch), `certs dev` (a development PKI
+//! tool for debugging a signature mismatch), `explain` (what the gateway
+//! would send for one request, in `cli/explain.rs`), `certs dev` (a development PKI
 //! on disk, in `cli/certs.rs`), the admin API clients (`webhooks`, `guard`,
-//! in `cli/admin.rs`) and the shutdown signal.
+//! `log-level`, `route`, in `cli/admin.rs`) and the shutdown signal.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -16,8 +17,10 @@ use crate::sign::{self, MessageInput, Scheme};
 
 mod admin;
 mod certs;
-pub use admin::{guard_release, log_level, webhooks, WebhooksAction};
+mod explain;
+pub use admin::{guard_release, log_level, route_list, route_switch, webhooks, WebhooksAction};
 pub use certs::{certs, CertsArgs, CertsCommand, DevArgs};
+pub use explain::{explain, ExplainArgs};
 
 pub const DEFAULT_CONFIG: &str = "gateway.toml";
 
@@ -81,9 +84,12 @@ pub async fn check(path: &Path, credentials: bool, config_only: bool) -> ExitCod
     for slot in store.slots() {
         match slot.get() {
             Ok(c) => println!(
-                "credential {}: loaded (version {})",
+                "credential {}: loaded (version {}{})",
                 slot.name(),
-                c.version().map_or("-".into(), |v| v.to_string())
+                c.version().map_or("-".into(), |v| v.to_string()),
+                c.transit()
+                    .map(|t| format!("; signs in Vault Transit: {}", t.describe()))
+                    .unwrap_or_default()
             ),
             Err(why) => {
                 failed = true;

@@ -171,16 +171,114 @@ impl DuplicateStore for MemoryStore {
     }
 }
 
-/// The transaction reference at `pointer` in a canonical JSON body, as its
-/// canonical JSON text: strings keep their quotes (`"1"` and `1` stay
-/// distinct) and numbers keep their digits (never read as floats, so
-/// `100000000000000000000001` and `…002` stay distinct). `None` when the
-/// body has no value there or it is `null`.
+/// The transaction reference at `pointer` in a canonical JSON body, as the
+/// guard compares it (see [`reference_key`]). `None` when the body has no
+/// value there or it is `null`.
 pub fn reference(body: &[u8], pointer: &str) -> Option<String> {
     match crate::canonical::pointer(body, pointer)? {
         "null" => None,
-        text => Some(text.to_string()),
+        text => Some(reference_key(text)),
     }
+}
+
+/// One reference, however the caller spelled it: a number is compared by its
+/// exact decimal value (`777`, `777.0`, `7.77e2`, `0.777e3` are one
+/// reference; `100000000000000000000001` and `…002` stay two: never read as
+/// floats), and so is a string holding a JSON number (`"777"` is `777`: a
+/// provider that parses the field as a number sees one order). Any other
+/// value keeps its canonical JSON text, quotes included (`"00777"`, a string
+/// a number parser would not take, stays apart). Stricter than any one
+/// provider, never looser: at worst two references a provider keeps apart
+/// share a claim (a 409), never one payment two claims.
+pub fn reference_key(canonical: &str) -> String {
+    let numeric = if canonical.starts_with('"') {
+        serde_json::from_str::<String>(canonical).ok().and_then(|s| decimal(&s))
+    } else {
+        decimal(canonical)
+    };
+    numeric.unwrap_or_else(|| canonical.to_string())
+}
+
+/// The exact value of a JSON number text in one spelling: no exponent
+/// (unless it is beyond ±40), no leading or trailing zeros, no `-0`.
+/// `None` when `text` is not a JSON number.
+fn decimal(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let negative = b.first() == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let int = &text[int_start..i];
+    if int.is_empty() || (int.len() > 1 && int.starts_with('0')) {
+        return None;
+    }
+    let mut frac = "";
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        frac = &text[start..i];
+        if frac.is_empty() {
+            return None;
+        }
+    }
+    let mut exp: i64 = 0;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let sign = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                -1
+            }
+            Some(b'+') => {
+                i += 1;
+                1
+            }
+            _ => 1,
+        };
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &text[start..i];
+        if digits.is_empty() {
+            return None;
+        }
+        // Absurd exponents are not references anyone means: keep the text.
+        exp = sign * digits.parse::<i64>().ok().filter(|e| *e <= 1_000_000)?;
+    }
+    if i != b.len() {
+        return None;
+    }
+    // value = digits × 10^(exp − len(frac)), digits without leading zeros.
+    let all: String = format!("{int}{frac}");
+    let digits = all.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some("0".to_string());
+    }
+    let trimmed = digits.trim_end_matches('0');
+    let scale = exp - frac.len() as i64 + (digits.len() - trimmed.len()) as i64;
+    let sign = if negative { "-" } else { "" };
+    let n = trimmed.len() as i64;
+    // The position of the decimal point counted from the left of `trimmed`.
+    let point = n + scale;
+    Some(if !(-40..=40).contains(&scale) {
+        format!("{sign}{trimmed}e{scale}")
+    } else if scale >= 0 {
+        format!("{sign}{trimmed}{}", "0".repeat(scale as usize))
+    } else if point > 0 {
+        let (a, c) = trimmed.split_at(point as usize);
+        format!("{sign}{a}.{c}")
+    } else {
+        format!("{sign}0.{}{trimmed}", "0".repeat((-point) as usize))
+    })
 }
 
 /// The endpoint part of a claim: an upstream path as the frameworks behind
@@ -568,15 +666,41 @@ mod tests {
     }
 
     #[test]
-    fn references_keep_their_json_type() {
-        assert_eq!(reference(br#"{"order_id":"1"}"#, "/order_id").as_deref(), Some("\"1\""));
-        assert_eq!(reference(br#"{"order_id":1}"#, "/order_id").as_deref(), Some("1"));
+    fn one_reference_spelled_differently_is_one_reference() {
+        let key = |body: &str| reference(body.as_bytes(), "/order_id");
+        for spelled in [
+            "777",
+            "777.0",
+            "7.77e2",
+            "7.770E+2",
+            "777e0",
+            "0.777e3",
+            "77700e-2",
+            "\"777\"",
+            "\"7.77e2\"",
+        ] {
+            assert_eq!(
+                key(&format!(r#"{{"order_id":{spelled}}}"#)).as_deref(),
+                Some("777"),
+                "{spelled}"
+            );
+        }
+        assert_eq!(key(r#"{"order_id":-0.0}"#).as_deref(), Some("0"));
+        assert_eq!(key(r#"{"order_id":0.5e-1}"#).as_deref(), Some("0.05"));
+        assert_eq!(key(r#"{"order_id":-12.50}"#).as_deref(), Some("-12.5"));
+        assert_eq!(key(r#"{"order_id":1e50}"#).as_deref(), Some("1e50"));
+        assert_eq!(key(r#"{"order_id":10e49}"#).as_deref(), Some("1e50"));
+        // Strings that are not JSON numbers keep their quotes.
+        assert_eq!(key(r#"{"order_id":"00777"}"#).as_deref(), Some("\"00777\""));
+        assert_eq!(key(r#"{"order_id":"ORD-1"}"#).as_deref(), Some("\"ORD-1\""));
+        assert_eq!(key(r#"{"order_id":" 777"}"#).as_deref(), Some("\" 777\""));
+        assert_eq!(key(r#"{"order_id":true}"#).as_deref(), Some("true"));
         assert_eq!(
             reference(br#"{"a":{"b":[5,{"c":"x"}]}}"#, "/a/b/1/c").as_deref(),
             Some("\"x\"")
         );
-        assert_eq!(reference(br#"{"order_id":null}"#, "/order_id"), None);
-        assert_eq!(reference(br#"{}"#, "/order_id"), None);
+        assert_eq!(key(r#"{"order_id":null}"#), None);
+        assert_eq!(key(r#"{}"#), None);
     }
 
     #[test]

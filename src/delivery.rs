@@ -105,14 +105,15 @@ impl Worker {
         let m = self.shared.metrics();
         let now = now_secs();
         for hook in self.shared.snapshot().webhooks.iter() {
-            let (n, oldest) = stats
+            let (n, oldest, failed) = stats
                 .iter()
-                .find(|(w, _, _)| w == hook.name())
-                .map_or((0, now), |(_, n, t)| (*n, *t));
+                .find(|s| s.webhook == hook.name())
+                .map_or((0, now, 0), |s| (s.pending, s.oldest_pending.min(now), s.failed));
             m.webhook_queue_depth.with_label_values(&[hook.name()]).set(n as i64);
             m.webhook_oldest_pending
                 .with_label_values(&[hook.name()])
                 .set(now.saturating_sub(oldest) as f64);
+            m.webhook_parked.with_label_values(&[hook.name()]).set(failed as i64);
         }
     }
 
@@ -192,6 +193,7 @@ impl Worker {
             duplicate_key: Some(ev.key.clone()),
             fleet: ev.dedup_local.then_some("local"),
             upstream_error: None,
+            note: None,
         });
         self.save(ev).await;
     }

@@ -8,7 +8,10 @@
 //! TCP peer only, and the provider must not see a client's claim. Any header
 //! that a server could read as one of the scheme's headers (any case, `_` for
 //! `-`) is removed before the gateway adds its own, so a client can never
-//! choose the key, timestamp or signature.
+//! choose the key, timestamp or signature. A caller's W3C trace context
+//! (`traceparent`, `tracestate`) is dropped too: the provider must not learn
+//! internal trace ids (a route with `forward_traceparent` gets the gateway's
+//! own span context instead, added when the request is signed).
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -34,6 +37,12 @@ static SPOOFABLE: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
+];
+
+/// The caller's trace context, never forwarded as sent.
+static TRACE_CONTEXT: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
 ];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -97,6 +106,7 @@ pub fn sanitize_request(h: &mut HeaderMap, protected: &[&HeaderName]) {
             || k == header::EXPECT
             || k == X_REQUEST_ID
             || SPOOFABLE.contains(k)
+            || TRACE_CONTEXT.contains(k)
             || protected.contains(&k)
             // Underscore and other spellings that some servers (PHP's
             // $_SERVER, CGI) fold into the same variable as the real header.
@@ -136,6 +146,11 @@ mod tests {
         h.append("x-drop-me", HeaderValue::from_static("1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("content-type", HeaderValue::from_static("application/json"));
+        h.append(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        h.append("tracestate", HeaderValue::from_static("internal=tenant-7"));
         sanitize_request(&mut h, &[&sig, &key]);
         assert!(h.get(&sig).is_none());
         assert!(h.get("x_signature").is_none());
@@ -144,6 +159,8 @@ mod tests {
         assert!(h.get("x-keep-me").is_none());
         assert!(h.get("connection").is_none());
         assert!(h.get("x-forwarded-for").is_none());
+        assert!(h.get("traceparent").is_none());
+        assert!(h.get("tracestate").is_none());
         assert_eq!(h["content-type"], "application/json");
     }
 }

@@ -88,6 +88,14 @@ pub fn secret_vars(config: &Config) -> BTreeSet<String> {
             SecretSource::Vault(v) if matches!(v.auth, VaultAuth::Token { token_file: None }) => {
                 out.insert("VAULT_TOKEN".to_string());
             }
+            SecretSource::VaultTransit(t) => {
+                if let crate::config::ApiKeySource::Env(var) = &t.api_key {
+                    out.insert(var.clone());
+                }
+                if matches!(t.auth, VaultAuth::Token { token_file: None }) {
+                    out.insert("VAULT_TOKEN".to_string());
+                }
+            }
             _ => {}
         }
     }
@@ -317,12 +325,18 @@ vault_token_file = "/run/token"
 [credentials.d]
 source = "file"
 path = "/run/d.json"
+[credentials.e]
+source = "vault_transit"
+vault_addr = "https://vault.example:8200"
+vault_token_file = "/run/token"
+transit_key = "e"
+api_key_env = "E_KEY"
 "#,
         )
         .unwrap();
         assert_eq!(
             secret_vars(&config).into_iter().collect::<Vec<_>>(),
-            ["A_KEY", "A_SECRET", "VAULT_TOKEN"]
+            ["A_KEY", "A_SECRET", "E_KEY", "VAULT_TOKEN"]
         );
         let config = Config::from_toml_str("[access]\nallow = [\"127.0.0.0/8\"]").unwrap();
         assert!(secret_vars(&config).is_empty());

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! app ──plain HTTP──▶ listener ─▶ proxy::pipeline ─▶ upstream ──TLS, signed──▶ provider
-//!                                  admit · route · authorize · limit · body
+//!                                  admit · route · authorize · switch · limit · body
 //!                                  · canonicalize · claim · credential · sign
 //! provider ──webhook──▶ listener ─▶ proxy (webhook branch) ─▶ inbox ─▶ delivery ─▶ app
 //! ```
@@ -29,6 +29,7 @@ pub mod config;
 pub(crate) mod dedup;
 mod delivery;
 pub mod devtools;
+mod egress_ip;
 pub mod fault;
 pub(crate) mod fleet;
 /// Property checks shared by the cargo-fuzz targets and the corpus replay test.
@@ -52,7 +53,10 @@ mod sdnotify;
 pub mod secrets;
 pub mod sign;
 mod state;
+pub(crate) mod statedb;
+pub(crate) mod switch;
 pub mod tls;
+pub(crate) mod trace;
 pub mod upstream;
 pub(crate) mod webhook;
 

@@ -344,19 +344,31 @@ impl Activity {
     }
 }
 
-/// Marks a request in progress for as long as it lives.
-struct InFlight(Arc<Activity>);
+/// Marks a request in progress while any clone of it lives. The listener
+/// holds one until the handler has answered, and puts a clone in the
+/// request's extensions: a handler that goes on reading the request after
+/// its answer (the pipeline discarding a body it never read, see
+/// `proxy::response`) keeps it, so those bytes neither start the header
+/// timer of a next request nor leave the connection idle.
+#[derive(Clone)]
+pub(crate) struct InFlight {
+    _marker: Arc<Marker>,
+}
+
+struct Marker(Arc<Activity>);
 
 impl InFlight {
     fn start(a: &Arc<Activity>) -> Self {
         a.inflight.fetch_add(1, Ordering::AcqRel);
         a.head_started.store(0, Ordering::Release);
         a.served.store(true, Ordering::Release);
-        InFlight(a.clone())
+        InFlight {
+            _marker: Arc::new(Marker(a.clone())),
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Marker {
     fn drop(&mut self) {
         self.0.last_io.store(self.0.now_ms(), Ordering::Release);
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -573,8 +585,9 @@ where
     let conn = Arc::new(conn);
     let peer = conn.peer;
     let req_act = act.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let guard = InFlight::start(&req_act);
+        req.extensions_mut().insert(guard.clone());
         let fut = H::call((*handler).clone(), req, conn.clone());
         let act = req_act.clone();
         async move {

@@ -54,6 +54,8 @@ enum Command {
     },
     /// Print the canonical payload, the signed string and the signature of a body read from stdin.
     Sign(signgate::cli::SignArgs),
+    /// Show what the gateway would send for one request (or its refusal), without sending it.
+    Explain(signgate::cli::ExplainArgs),
     /// Run the whole loop locally: the gateway plus a provider stand-in that checks every signature.
     Demo,
     /// Make certificates: `certs dev` writes a development CA, server and client certificates.
@@ -67,6 +69,11 @@ enum Command {
     Guard {
         #[command(subcommand)]
         command: GuardCommand,
+    },
+    /// The routes' kill switches of a running gateway (through its admin API).
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
     },
     /// Print the running gateway's log filter, or replace it (through its admin API).
     LogLevel {
@@ -118,6 +125,30 @@ enum GuardCommand {
 }
 
 #[derive(Subcommand)]
+enum RouteCommand {
+    /// Every configured route, enabled or disabled, with since when, by whom and why.
+    List,
+    /// Turn a route off: it answers 503 route_disabled and sends nothing to
+    /// the provider until enabled again (on every instance with [fleet]).
+    /// Survives restarts and reloads. Audited.
+    Disable {
+        /// The route name.
+        name: String,
+        /// Why (kept with the switch, shown by `route list`, audited).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Turn a disabled route back on. Audited.
+    Enable {
+        /// The route name.
+        name: String,
+        /// Why (audited).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain: `ok N records` (exit 0), the first bad line
     /// (exit 1), or gaps / an unchecked end (exit 3, see the flags).
@@ -153,6 +184,7 @@ fn main() -> ExitCode {
             config_only,
         } => tool(|rt| rt.block_on(signgate::cli::check(&config_path, credentials, config_only))),
         Command::Sign(args) => tool(|_| signgate::cli::sign(&args, cli.config.as_deref())),
+        Command::Explain(args) => tool(|rt| rt.block_on(signgate::cli::explain(&config_path, &args))),
         Command::Demo => tool(|rt| rt.block_on(signgate::devtools::demo::run())),
         Command::Certs(args) => tool(|_| signgate::cli::certs(&args)),
         Command::Webhooks { command } => {
@@ -171,6 +203,25 @@ fn main() -> ExitCode {
         Command::Guard {
             command: GuardCommand::Release { route, reference },
         } => tool(|rt| rt.block_on(signgate::cli::guard_release(&config_path, &route, &reference))),
+        Command::Route { command } => match command {
+            RouteCommand::List => tool(|rt| rt.block_on(signgate::cli::route_list(&config_path))),
+            RouteCommand::Disable { name, reason } => tool(|rt| {
+                rt.block_on(signgate::cli::route_switch(
+                    &config_path,
+                    &name,
+                    true,
+                    reason.as_deref(),
+                ))
+            }),
+            RouteCommand::Enable { name, reason } => tool(|rt| {
+                rt.block_on(signgate::cli::route_switch(
+                    &config_path,
+                    &name,
+                    false,
+                    reason.as_deref(),
+                ))
+            }),
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {

@@ -153,6 +153,7 @@ pub struct Metrics {
     pub provider_cooldown: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_queue_depth: IntGaugeVec,
+    pub webhook_parked: IntGaugeVec,
     pub webhook_oldest_pending: prometheus::GaugeVec,
     pub duplicate_guard_size: IntGaugeVec,
     pub runtime_tasks: IntGauge,
@@ -161,8 +162,14 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// 1 while the egress address the provider sees is `expect_source_ip`,
+    /// 0 after a mismatch or a failed check; absent without the check.
+    pub egress_source_ip_ok: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub certificate_expiry: IntGaugeVec,
+    pub trace_spans: IntCounterVec,
+    /// 1 while an operator has the route disabled (its kill switch), else 0.
+    pub route_disabled: IntGaugeVec,
     /// Upstream connections opened, by the route whose request opened them.
     pub upstream_connections_opened: IntCounterVec,
 }
@@ -258,7 +265,7 @@ pub struct FleetMetrics {
 }
 
 /// The Redis operations (the `op` label).
-pub const FLEET_OPS: [&str; 8] = [
+pub const FLEET_OPS: [&str; 9] = [
     "limit",
     "claim",
     "settle",
@@ -266,6 +273,7 @@ pub const FLEET_OPS: [&str; 8] = [
     "cooldown",
     "webhook_seen",
     "reflection",
+    "route_switch",
     "ping",
 ];
 /// The fallbacks (the `what` label).
@@ -482,6 +490,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            webhook_parked: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_parked",
+                        "Verified webhook events whose delivery failed max_attempts times: parked, never sent again until `signgate webhooks retry`.",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
             webhook_oldest_pending: gauge_vec(
                 &r,
                 "signgate_webhook_oldest_pending_seconds",
@@ -529,6 +548,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            egress_source_ip_ok: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_egress_source_ip_ok",
+                        "1 while egress.source_check_url reports the address egress.expect_source_ip names, 0 after a mismatch or a failed check; label: the expected address.",
+                    ),
+                    &["expected"],
+                )
+                .expect("valid metric"),
+            ),
             certificate_reloads: counter_vec(
                 &r,
                 "signgate_certificate_reloads_total",
@@ -543,6 +573,23 @@ impl Metrics {
                         "notAfter of the certificate in use (for a CA file, of its first certificate to expire), as Unix seconds, by certificate.",
                     ),
                     &["certificate"],
+                )
+                .expect("valid metric"),
+            ),
+            trace_spans: counter_vec(
+                &r,
+                "signgate_trace_spans_total",
+                "Spans sent to the OTLP collector ([tracing]), by result (exported, failed: the export failed and the spans were lost).",
+                &["result"],
+            ),
+            route_disabled: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_route_disabled",
+                        "1 while operators have the route disabled (it answers 503 route_disabled), else 0; by configured route.",
+                    ),
+                    &["route"],
                 )
                 .expect("valid metric"),
             ),
@@ -569,6 +616,9 @@ impl Metrics {
         }
         for result in ["written", "failed", "refused"] {
             m.audit_records.with_label_values(&[result]);
+        }
+        for result in ["exported", "failed"] {
+            m.trace_spans.with_label_values(&[result]);
         }
         Arc::new(m)
     }
@@ -600,6 +650,10 @@ impl Metrics {
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);
+            self.route_disabled.with_label_values(&[route.as_str()]);
+            for upstream in ["sent", "not_sent"] {
+                self.client_gone.with_label_values(&[route.as_str(), upstream]);
+            }
         }
         for w in webhooks {
             for result in [

@@ -8,8 +8,9 @@
 //! the upstream trust roots and client certificate (`Upstream::new`, also
 //! behind the webhook delivery client), each Vault credential's
 //! `vault_ca_file` (`VaultSource::new`), the audit log (`audit::start`) and,
-//! when webhooks are configured, the inbox under `[state].dir`
-//! (`webhook::store::Store::open`). Each problem is a [`ConfigError::File`]
+//! when webhooks are configured or it already exists (it holds the route
+//! switches), the state database under `[state].dir` (`statedb::open`).
+//! Each problem is a [`ConfigError::File`]
 //! naming the key and the file, and all of them are reported together.
 //!
 //! Left to run time (exit 1, not 64): binding `listener.addr` and
@@ -43,13 +44,16 @@ pub fn preflight(config: &Config) -> Result<(), ConfigErrors> {
     state(config, &mut errors);
     fleet(config, &mut errors);
     for (name, spec) in &config.credentials {
-        if let SecretSource::Vault(v) = &spec.source {
-            if let Some(ca) = &v.ca_file {
-                let key = format!("credentials.{name}.vault_ca_file");
-                if ca_roots(&key, ca, &mut errors) {
-                    if let Err(e) = tls::vault_client_config(Some(ca)) {
-                        errors.push(ConfigError::file(key, ca, e.reason()));
-                    }
+        let ca_file = match &spec.source {
+            SecretSource::Vault(v) => v.ca_file.as_ref(),
+            SecretSource::VaultTransit(t) => t.ca_file.as_ref(),
+            _ => None,
+        };
+        if let Some(ca) = ca_file {
+            let key = format!("credentials.{name}.vault_ca_file");
+            if ca_roots(&key, ca, &mut errors) {
+                if let Err(e) = tls::vault_client_config(Some(ca)) {
+                    errors.push(ConfigError::file(key, ca, e.reason()));
                 }
             }
         }
@@ -179,16 +183,17 @@ fn audit(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn state(config: &Config, errors: &mut Vec<ConfigError>) {
-    // The inbox is opened only when a webhook is configured (as `run` does).
-    if config.webhooks.is_empty() {
+    // The database is opened at start-up only when a webhook is configured
+    // or it exists (as `run` does); otherwise the first route switch makes it.
+    let dir = &config.state.dir;
+    if config.webhooks.is_empty() && !crate::statedb::exists(dir) {
         return;
     }
-    let dir = &config.state.dir;
     if let Err(why) = writable_dir(dir) {
         errors.push(ConfigError::file("state.dir", dir, why));
         return;
     }
-    let db = dir.join(crate::webhook::store::DB_FILE);
+    let db = dir.join(crate::statedb::DB_FILE);
     match fs::metadata(&db) {
         Ok(m) if !m.is_file() => errors.push(ConfigError::file("state.dir", &db, "is not a regular file")),
         // Opened, not locked: a running gateway holding it is no error here.
@@ -197,7 +202,7 @@ fn state(config: &Config, errors: &mut Vec<ConfigError>) {
                 errors.push(ConfigError::file(
                     "state.dir",
                     &db,
-                    format!("cannot open the webhook inbox for writing: {}", io_reason(&e)),
+                    format!("cannot open the state database for writing: {}", io_reason(&e)),
                 ));
             }
         }

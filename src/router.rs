@@ -10,9 +10,10 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri};
 
 use crate::allowlist::Allowlist;
-use crate::config::RouteConfig;
+use crate::config::{Caller, RouteConfig};
 use crate::dedup::{FleetGuard, Guard, MemoryStore};
 use crate::fleet::Fleet;
+use crate::identity::Identity;
 use crate::ratelimit::{Cooldown, RouteLimit};
 use crate::secrets::CredentialSlot;
 use crate::sign::Scheme;
@@ -21,7 +22,8 @@ use crate::sign::Scheme;
 pub struct Route {
     pub config: RouteConfig,
     pub scheme: Arc<Scheme>,
-    pub credential: Arc<CredentialSlot>,
+    /// Which credential signs: one, or one per caller (`credential_map`).
+    pub credential: RouteSlots,
     pub allow: Option<Allowlist>,
     /// `Allow` header value for 405 answers.
     pub allow_methods: String,
@@ -46,7 +48,7 @@ impl Route {
     pub fn new(
         config: RouteConfig,
         scheme: Arc<Scheme>,
-        credential: Arc<CredentialSlot>,
+        credential: RouteSlots,
         kept: Kept,
         fleet: Option<(&Arc<Fleet>, std::time::Duration)>,
         metrics: &crate::metrics::Metrics,
@@ -131,6 +133,36 @@ impl Route {
             .authority(self.config.upstream.authority.clone())
             .path_and_query(pq)
             .build()
+    }
+}
+
+/// A route's credential slots, resolved from `credential` or `credential_map`.
+pub enum RouteSlots {
+    One(Arc<CredentialSlot>),
+    /// In `credential_map` order: the first entry matching the caller.
+    ByCaller(Vec<(Caller, Arc<CredentialSlot>)>),
+}
+
+impl RouteSlots {
+    /// The slot that signs for this caller (`ip` normalized); `None`: the
+    /// caller matches no `credential_map` entry.
+    pub fn pick(&self, ip: std::net::IpAddr, identities: Option<&[Identity]>) -> Option<&Arc<CredentialSlot>> {
+        match self {
+            RouteSlots::One(slot) => Some(slot),
+            RouteSlots::ByCaller(rules) => rules
+                .iter()
+                .find(|(caller, _)| caller.matches(ip, identities))
+                .map(|(_, slot)| slot),
+        }
+    }
+
+    /// Every slot the route may sign with (a slot may appear twice).
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
+        let (one, many) = match self {
+            RouteSlots::One(slot) => (Some(slot), &[][..]),
+            RouteSlots::ByCaller(rules) => (None, &rules[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(_, slot)| slot))
     }
 }
 

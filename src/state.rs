@@ -1,9 +1,10 @@
 //! What a running gateway's stages share, below all of them: the immutable
 //! [`Snapshot`] built from one configuration (swapped whole on reload), the
-//! metrics, the audit log, the webhook inbox and the readiness flags, held
-//! together in [`Shared`]. The composition root (`app`) builds it; each stage
-//! gets the handle it needs and imports nothing above this module. Also the
-//! typed answers of a readiness check and of a reload.
+//! metrics, the audit log, the webhook inbox, the route switches and the
+//! readiness flags, held together in [`Shared`]. The composition root
+//! (`app`) builds it; each stage gets the handle it needs and imports nothing
+//! above this module. Also the typed answers of a readiness check and of a
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,12 +22,15 @@ use crate::allowlist::Allowlist;
 use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
+use crate::config::RouteCredential;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
-use crate::router::{Kept, Route, Router};
+use crate::router::{Kept, Route, RouteSlots, Router};
 use crate::secrets::{CredentialStore, Unavailable};
+use crate::switch::Switches;
+use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::webhook::store::Store;
 use crate::webhook::Hook;
@@ -122,10 +126,19 @@ impl Snapshot {
             // An in-flight claim lives as long as its request can: the
             // queue, the exchange and its one retry, and some slack.
             let claim_ttl = r.queue_timeout + config.egress.request_timeout * 2 + CLAIM_SLACK;
+            let slots = match &r.credential {
+                RouteCredential::One(c) => RouteSlots::One(slot("route", &r.name, c)?),
+                RouteCredential::ByCaller(rules) => RouteSlots::ByCaller(
+                    rules
+                        .iter()
+                        .map(|rule| Ok((rule.caller.clone(), slot("route", &r.name, &rule.credential)?)))
+                        .collect::<Result<_, BuildError>>()?,
+                ),
+            };
             routes.push(Arc::new(Route::new(
                 r.clone(),
                 scheme("route", &r.name, &r.scheme)?,
-                slot("route", &r.name, &r.credential)?,
+                slots,
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
                 metrics,
@@ -178,6 +191,19 @@ pub(crate) enum NotReady {
     Credential(Unavailable),
     /// The audit log cannot write: requests are refused (fail closed).
     Audit(String),
+    /// The egress-IP self-check failed or saw another address than
+    /// `egress.expect_source_ip` (traffic is not blocked).
+    EgressSourceIp(EgressCheck),
+}
+
+/// The last egress-IP self-check: what was expected, what the echo endpoint
+/// saw (if it answered), and when they differ or it failed, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EgressCheck {
+    pub expected: std::net::IpAddr,
+    pub seen: Option<std::net::IpAddr>,
+    /// `None`: `seen` is `expected`.
+    pub problem: Option<String>,
 }
 
 impl Serialize for NotReady {
@@ -201,6 +227,12 @@ impl Serialize for NotReady {
             NotReady::Audit(why) => {
                 m.serialize_entry("what", "audit")?;
                 m.serialize_entry("detail", why)?;
+            }
+            NotReady::EgressSourceIp(check) => {
+                m.serialize_entry("what", "egress_source_ip")?;
+                m.serialize_entry("expected", &check.expected.to_string())?;
+                m.serialize_entry("seen", &check.seen.map(|ip| ip.to_string()))?;
+                m.serialize_entry("detail", check.problem.as_deref().unwrap_or_default())?;
             }
         }
         m.end()
@@ -308,8 +340,14 @@ pub(crate) struct Shared {
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
     reflections: Reflections,
+    /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
+    tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
     fleet: Option<Arc<Fleet>>,
+    /// The last egress-IP self-check (`None`: none made yet).
+    egress_check: ArcSwapOption<EgressCheck>,
+    /// The routes' kill switches (outside the snapshot: a reload keeps them).
+    switches: Arc<Switches>,
 }
 
 impl Shared {
@@ -319,6 +357,8 @@ impl Shared {
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
         fleet: Option<Arc<Fleet>>,
+        tracer: Option<Arc<Tracer>>,
+        switches: Arc<Switches>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -331,7 +371,15 @@ impl Shared {
             exchanges: TaskTracker::new(),
             reflections: Reflections::new(fleet.clone()),
             fleet,
+            egress_check: ArcSwapOption::empty(),
+            tracer,
+            switches,
         }
+    }
+
+    /// The routes' kill switches.
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
     }
 
     /// The fleet's shared state, with `[fleet]`.
@@ -384,6 +432,19 @@ impl Shared {
         &self.reflections
     }
 
+    /// Record the outcome of an egress-IP self-check.
+    pub fn set_egress_check(&self, check: Option<EgressCheck>) {
+        self.egress_check.store(check.map(Arc::new));
+    }
+
+    pub fn egress_check(&self) -> Option<Arc<EgressCheck>> {
+        self.egress_check.load_full()
+    }
+
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
+    }
+
     pub fn set_accepting(&self) {
         self.accepting.store(true, Ordering::Release);
     }
@@ -405,11 +466,23 @@ impl Shared {
             out.push(NotReady::Audit(problem));
         }
         let snap = self.snapshot();
+        if let Some(want) = &snap.config.egress.source_check {
+            // A check made for another expected address (before a reload)
+            // does not count.
+            match self.egress_check().filter(|c| c.expected == want.expect) {
+                Some(c) if c.problem.is_none() => {}
+                Some(c) => out.push(NotReady::EgressSourceIp(EgressCheck::clone(&c))),
+                None => out.push(NotReady::EgressSourceIp(EgressCheck {
+                    expected: want.expect,
+                    seen: None,
+                    problem: Some("the egress address has not been checked yet".into()),
+                })),
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
-        for route in snap.router.routes() {
-            let slot = &route.credential;
+        for slot in snap.router.routes().flat_map(|r| r.credential.slots()) {
             if seen.insert(slot.name()) {
-                if let Err(why) = slot.get() {
+                if let Err(why) = slot.ready() {
                     out.push(NotReady::Credential(why));
                 }
             }

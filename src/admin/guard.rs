@@ -14,8 +14,9 @@ use super::{error, reply, JSON};
 use crate::audit::Entry;
 use crate::state::Shared;
 
-/// The reference as the guard stores it: canonical JSON text. A value that
-/// is not JSON is taken as a string (`ORD-1` → `"ORD-1"`).
+/// The reference as the guard stores it (`dedup::reference_key` of its
+/// canonical JSON text). A value that is not JSON is taken as a string
+/// (`ORD-1` → `"ORD-1"`).
 fn canonical_reference(given: &str, opts: &crate::canonical::Options) -> Option<String> {
     let json = if serde_json::from_str::<serde_json::Value>(given).is_ok() {
         given.to_string()
@@ -23,7 +24,7 @@ fn canonical_reference(given: &str, opts: &crate::canonical::Options) -> Option<
         serde_json::to_string(given).ok()?
     };
     let c = crate::canonical::canonicalize(json.as_bytes(), opts).ok()?;
-    String::from_utf8(c).ok()
+    String::from_utf8(c).ok().map(|c| crate::dedup::reference_key(&c))
 }
 
 pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -96,6 +97,7 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
         duplicate_key: Some(reference.clone()),
         fleet: store.source().map(crate::fleet::Source::label),
         upstream_error: None,
+        note: None,
     });
     reply(
         StatusCode::OK,

@@ -9,12 +9,14 @@
 //! (same as SIGHUP), `GET /webhooks[?failed=true]` and
 //! `POST /webhooks/retry?id=N|all_failed=true` (the inbox), `POST
 //! /guard/release` (the duplicate guard), `GET`/`PUT /log-level` (the log
-//! filter, [`loglevel`]).
+//! filter, [`loglevel`]), `GET /routes` and `POST
+//! /routes/{name}/disable|enable` (the routes' kill switches, [`routes`]).
 
 mod auth;
 mod guard;
 mod inbox;
 mod loglevel;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -141,7 +143,7 @@ const PATHS: [&str; 8] = [
 
 async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !OPEN.contains(&path) && PATHS.contains(&path) {
+    if !OPEN.contains(&path) && (PATHS.contains(&path) || routes::covers(path)) {
         if let Err(why) = admin.token.check(req.headers()) {
             admin.shared.metrics().admin_unauthorized.inc();
             tracing::warn!(%peer, path, "admin request refused: {why}");
@@ -150,6 +152,10 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
+    }
+    if routes::covers(path) {
+        let path = path.to_string();
+        return routes::serve(admin.shared.clone(), req, &path, peer).await;
     }
     let gw = &admin.shared;
     match (req.method().clone(), path) {
@@ -182,12 +188,12 @@ async fn respond(admin: Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
         (_, p) if PATHS.contains(&p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "GET /metrics /healthz /readyz /webhooks /log-level; POST /reload /webhooks/retry /guard/release; PUT /log-level",
+            "GET /metrics /healthz /readyz /webhooks /log-level /routes; POST /reload /webhooks/retry /guard/release /routes/{name}/disable /routes/{name}/enable; PUT /log-level",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             "no_route",
-            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /log-level",
+            "admin endpoints: /metrics /healthz /readyz /reload /webhooks /webhooks/retry /guard/release /log-level /routes /routes/{name}/disable /routes/{name}/enable",
         ),
     }
 }
@@ -240,6 +246,7 @@ fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
                 .set(len as i64);
         }
     }
+    gw.switches().observe(snap.router.routes().map(|r| r.name()));
     let reflections = gw.reflections();
     let m = gw.metrics();
     m.reflection_signatures

@@ -98,6 +98,9 @@ pub struct Entry {
     /// only trace of a provider timeout for a request whose client had gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_error: Option<&'static str>,
+    /// A route switch's record only: the operator's reason for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The head of the chain, persisted beside the log.

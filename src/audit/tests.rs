@@ -41,6 +41,7 @@ pub(super) fn entry(i: usize) -> Entry {
         duplicate_key: None,
         fleet: None,
         upstream_error: None,
+        note: None,
     }
 }
 

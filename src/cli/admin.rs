@@ -1,8 +1,9 @@
 //! The commands that talk to a running gateway's admin API: `signgate
 //! webhooks list|retry` (which falls back to the inbox on disk when no
-//! gateway answers), `signgate guard release` and `signgate log-level`. They read the admin
-//! address and `admin.token_file` from the configuration and send the token
-//! as `Authorization: Bearer`.
+//! gateway answers), `signgate guard release`, `signgate log-level` and
+//! `signgate route list|disable|enable`. They read the admin address and
+//! `admin.token_file` from the configuration and send the token as
+//! `Authorization: Bearer`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -100,6 +101,111 @@ pub async fn log_level(path: &Path, filter: Option<&str>) -> ExitCode {
         None => Err("no gateway answers on the admin address".into()),
     };
     finish("log-level", result)
+}
+
+/// `signgate route disable|enable NAME [--reason TEXT]`: switch a route of
+/// the running gateway (audited by the gateway). Warnings (the change was
+/// not stored, or not shared with the fleet yet) go to stderr; the exit
+/// status is 0 once the change holds.
+pub async fn route_switch(path: &Path, name: &str, disable: bool, reason: Option<&str>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let what = if disable { "route disable" } else { "route enable" };
+    let action = if disable { "disable" } else { "enable" };
+    // Route names are 1-64 of A-Z a-z 0-9 - _ . (as the configuration checks).
+    let plain =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !plain {
+        return finish(
+            what,
+            Err(format!("{name:?} is not a route name (1-64 of A-Z a-z 0-9 - _ .)")),
+        );
+    }
+    let body = match reason {
+        Some(r) => serde_json::json!({ "reason": r }).to_string(),
+        None => String::new(),
+    };
+    let uri = format!("/routes/{name}/{action}");
+    let result = match call(&config, Method::POST, &uri, Bytes::from(body)).await {
+        Some(Ok(v)) => {
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("signgate {what}: warning: {}", w.as_str().unwrap_or_default());
+            }
+            let state = v["state"].as_str().unwrap_or("?");
+            Ok(if v["changed"] == true {
+                format!(
+                    "route {name} {state}{}\n",
+                    v["reason"]
+                        .as_str()
+                        .map(|r| format!(" (reason: {r})"))
+                        .unwrap_or_default()
+                )
+            } else {
+                format!("route {name} was already {state}{}\n", provenance(&v))
+            })
+        }
+        Some(Err(e)) => Err(e),
+        None => {
+            Err("no gateway answers on the admin address; the switches are changed through the running gateway".into())
+        }
+    };
+    finish(what, result)
+}
+
+/// `signgate route list`: every configured route, enabled or disabled, with
+/// when, by whom and why (tab-separated: name, state, since, by, reason).
+pub async fn route_list(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match call(&config, Method::GET, "/routes", Bytes::new()).await {
+        Some(Ok(v)) => {
+            let mut out = String::new();
+            let row = |r: &serde_json::Value| {
+                let by = match (r["by"].as_str(), r["instance"].as_str()) {
+                    (Some(b), Some(i)) => format!("{b} ({i})"),
+                    (Some(b), None) => b.to_string(),
+                    _ => "-".into(),
+                };
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    r["name"].as_str().unwrap_or("-"),
+                    r["state"].as_str().unwrap_or("-"),
+                    r["since"].as_str().unwrap_or("-"),
+                    by,
+                    r["reason"].as_str().unwrap_or("-"),
+                )
+            };
+            for r in v["routes"].as_array().into_iter().flatten() {
+                out.push_str(&row(r));
+            }
+            for r in v["not_configured"].as_array().into_iter().flatten() {
+                out.push_str(&format!("# not configured: {}", row(r)));
+            }
+            Ok(out)
+        }
+        Some(Err(e)) => Err(e),
+        None => Err("no gateway answers on the admin address".into()),
+    };
+    finish("route list", result)
+}
+
+/// ` since T by B (reason: R)` of a route's last change, if it has one.
+fn provenance(v: &serde_json::Value) -> String {
+    let Some(since) = v["since"].as_str() else {
+        return String::new();
+    };
+    let mut out = format!(" since {since} by {}", v["by"].as_str().unwrap_or("-"));
+    if let Some(i) = v["instance"].as_str() {
+        out.push_str(&format!(" ({i})"));
+    }
+    if let Some(r) = v["reason"].as_str() {
+        out.push_str(&format!(" (reason: {r})"));
+    }
+    out
 }
 
 fn finish(what: &str, result: Result<String, String>) -> ExitCode {

@@ -85,6 +85,7 @@ fn from_builder(
             "egress" => section(&key, value, &mut errors).map(|v| raw.egress = v),
             "audit" => section(&key, value, &mut errors).map(|v| raw.audit = v),
             "state" => section(&key, value, &mut errors).map(|v| raw.state = v),
+            "tracing" => section(&key, value, &mut errors).map(|v| raw.tracing = Some(v)),
             "fleet" => section(&key, value, &mut errors).map(|v| raw.fleet = Some(v)),
             "credentials" => named_tables(&key, value, &mut errors).map(|v| raw.credentials = v),
             "scheme" => named_tables(&key, value, &mut errors).map(|v| raw.schemes = v),
@@ -118,7 +119,7 @@ fn section<T: DeserializeOwned>(prefix: &str, mut value: Value, errors: &mut Vec
     };
     for _ in 0..MAX_TYPE_ERRORS_PER_SECTION {
         let mut unknown = Vec::new();
-        let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}.{path}"));
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{prefix}{}", ignored_key(&path)));
         let de = serde_ignored::Deserializer::new(value.clone(), &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(de);
         match result {
@@ -140,6 +141,19 @@ fn section<T: DeserializeOwned>(prefix: &str, mut value: Value, errors: &mut Vec
         }
     }
     None
+}
+
+/// An unknown key's path as the other errors write keys: `.key` for a
+/// table, `[N]` for a list entry, nothing for an optional value
+/// (`credential_map[0].cred`, not serde_ignored's `credential_map.?.0.cred`).
+fn ignored_key(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_key(parent)),
+        Path::Map { parent, key } => format!("{}.{key}", ignored_key(parent)),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => ignored_key(parent),
+    }
 }
 
 /// Remove the value at `path` so the rest of the section can still be checked.

@@ -73,6 +73,9 @@ pub struct RawEgress {
     pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
+    pub expect_source_ip: Option<String>,
+    pub source_check_url: Option<String>,
+    pub source_check_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,12 +107,20 @@ pub struct RawFleet {
     pub instance: Option<String>,
     pub expected_instances: Option<u64>,
     pub limits_on_error: Option<String>,
+    pub route_switch_poll_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for RawFleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawFleet").finish_non_exhaustive()
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +147,10 @@ pub struct RawCredential {
     pub vault_max_stale_secs: Option<u64>,
     pub vault_timeout_ms: Option<u64>,
     pub refresh_secs: Option<u64>,
+    // vault_transit (with the vault connection and auth keys above)
+    pub transit_mount: Option<String>,
+    pub transit_key: Option<String>,
+    pub transit_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +160,7 @@ pub struct RawRoute {
     pub strip_prefix: Option<bool>,
     pub upstream: Option<String>,
     pub credential: Option<String>,
+    pub credential_map: Option<Vec<RawCredentialRule>>,
     pub scheme: Option<String>,
     pub methods: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
@@ -155,7 +171,16 @@ pub struct RawRoute {
     pub duplicate_capacity: Option<u64>,
     pub max_inflight: Option<u64>,
     pub queue_timeout_ms: Option<u64>,
+    pub forward_traceparent: Option<bool>,
     pub honor_retry_after: Option<bool>,
+}
+
+/// One entry of a route's `credential_map`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCredentialRule {
+    pub client: Option<String>,
+    pub identity: Option<String>,
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +225,7 @@ pub struct RawConfig {
     pub egress: RawEgress,
     pub audit: RawAudit,
     pub state: RawState,
+    pub tracing: Option<RawTracing>,
     pub fleet: Option<RawFleet>,
     pub credentials: BTreeMap<String, RawCredential>,
     pub routes: Vec<RawRoute>,

@@ -572,6 +572,72 @@ fn log_format_is_text_or_json() {
 }
 
 #[test]
+fn tracing_is_off_unless_configured_and_its_errors_name_their_keys() {
+    assert!(Config::from_toml_str(GOOD).unwrap().tracing.is_none());
+    assert!(!Config::from_toml_str(GOOD).unwrap().routes[0].forward_traceparent);
+
+    let on = format!("{GOOD}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
+    let t = Config::from_toml_str(&on).unwrap().tracing.unwrap();
+    assert_eq!(
+        t.otlp_endpoint.to_string(),
+        "http://127.0.0.1:4318/v1/traces",
+        "used as is"
+    );
+    assert!((t.sample_ratio - DEFAULT_SAMPLE_RATIO).abs() < f64::EPSILON);
+    assert_eq!(t.service_name, "signgate");
+    // Integers are ratios too.
+    for (text, want) in [("0", 0.0), ("1", 1.0), ("0.25", 0.25)] {
+        let c = Config::from_toml_str(&format!("{on}sample_ratio = {text}\n")).unwrap();
+        assert!((c.tracing.unwrap().sample_ratio - want).abs() < f64::EPSILON, "{text}");
+    }
+
+    for (extra, key) in [
+        ("[tracing]\nsample_ratio = 0.5\n", "tracing.otlp_endpoint"),
+        (
+            "[tracing]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"grpc://collector:4317\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"https://user:pw@collector/v1/traces\"\n",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nsample_ratio = 1.5\n",
+            "tracing.sample_ratio",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nsample_ratio = -0.1\n",
+            "tracing.sample_ratio",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nservice_name = \"\"\n",
+            "tracing.service_name",
+        ),
+        (
+            "[tracing]\notlp_endpoint = \"http://c/v1/traces\"\nheaders = \"x\"\n",
+            "tracing.headers",
+        ),
+    ] {
+        assert_eq!(keys_of(&format!("{GOOD}\n{extra}")), vec![key.to_string()], "{extra}");
+    }
+}
+
+#[test]
+fn forward_traceparent_needs_tracing() {
+    let route = GOOD.replace(
+        "scheme = \"kwikpaisa\"\n",
+        "scheme = \"kwikpaisa\"\nforward_traceparent = true\n",
+    );
+    assert_eq!(keys_of(&route), vec!["route[0].forward_traceparent".to_string()]);
+    let traced = format!("{route}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
+    assert!(Config::from_toml_str(&traced).unwrap().routes[0].forward_traceparent);
+}
+
+#[test]
 fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     assert!(
         Config::from_toml_str(GOOD).unwrap().fleet.is_none(),
@@ -590,6 +656,7 @@ fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     assert_eq!(f.expected_instances, 3);
     assert_eq!(f.limits_on_error, LimitsOnError::Local);
     assert_eq!(f.instance, None, "the host name, read at start-up");
+    assert_eq!(f.route_switch_poll, DEFAULT_ROUTE_SWITCH_POLL);
     let shown = format!("{c:?}");
     assert!(!shown.contains("s3cr"), "the password is never in Debug: {shown}");
     assert!(
@@ -598,10 +665,11 @@ fn fleet_section_parses_with_defaults_and_keeps_the_password_out_of_sight() {
     );
 
     let tls = Config::from_toml_str(&format!(
-        "{GOOD}\n[fleet]\nredis_url = \"rediss://redis.internal:6380\"\nredis_password_file = \"/run/secrets/redis\"\nredis_ca_file = \"ca.pem\"\nkey_prefix = \"pay:eu\"\ntimeout_ms = 20\ninstance = \"egress-1\"\nlimits_on_error = \"deny\"\n"
+        "{GOOD}\n[fleet]\nredis_url = \"rediss://redis.internal:6380\"\nredis_password_file = \"/run/secrets/redis\"\nredis_ca_file = \"ca.pem\"\nkey_prefix = \"pay:eu\"\ntimeout_ms = 20\ninstance = \"egress-1\"\nlimits_on_error = \"deny\"\nroute_switch_poll_ms = 250\n"
     ))
     .unwrap();
     let f = tls.fleet.unwrap();
+    assert_eq!(f.route_switch_poll, std::time::Duration::from_millis(250));
     assert!(f.tls);
     assert_eq!(f.password, Some(RedisPassword::File("/run/secrets/redis".into())));
     assert_eq!(f.limits_on_error, LimitsOnError::Deny);
@@ -637,6 +705,12 @@ fn fleet_errors_name_their_key_and_never_the_password() {
         ["fleet.redis_ca_file"]
     );
     assert_eq!(keys("redis_url = \"redis://h:1\"\nsentinel = true"), ["fleet.sentinel"]);
+    for poll in ["99", "60001", "0"] {
+        assert_eq!(
+            keys(&format!("redis_url = \"redis://h:1\"\nroute_switch_poll_ms = {poll}")),
+            ["fleet.route_switch_poll_ms"]
+        );
+    }
     let both = bad("redis_url = \"redis://:pw-in-url-123@h:1\"\nredis_password_file = \"/p\"");
     assert_eq!(both[0].key(), "fleet.redis_password_file");
     for body in [
@@ -679,4 +753,244 @@ fn shutdown_delay_defaults_to_zero_and_is_bounded() {
         keys_of("[listener]\nshutdown_delay = 5\n[access]\nallow = [\"127.0.0.1\"]\n")
             .contains(&"listener.shutdown_delay".to_string())
     );
+}
+
+/// GOOD with `[credentials.kwikpaisa]` replaced by these lines.
+fn with_credential(lines: &str) -> String {
+    GOOD.replacen(
+        "source = \"env\"\napi_key_env = \"KWIKPAISA_API_KEY\"\nsecret_env = \"KWIKPAISA_SECRET_KEY\"",
+        lines,
+        1,
+    )
+}
+
+#[test]
+fn vault_transit_credentials_take_the_vault_connection_and_a_transit_key() {
+    let transit = |extra: &str| {
+        with_credential(&format!(
+            "source = \"vault_transit\"\nvault_addr = \"https://vault.internal:8200\"\n\
+             vault_auth = \"approle\"\nvault_role_id_file = \"/run/r\"\nvault_secret_id_file = \"/run/s\"\n\
+             transit_key = \"kwikpaisa-prod\"\n{extra}"
+        ))
+    };
+    let spec = |toml: &str| match Config::from_toml_str(toml).unwrap().credentials["kwikpaisa"]
+        .source
+        .clone()
+    {
+        SecretSource::VaultTransit(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let t = spec(&transit("api_key_env = \"KP_API_KEY\""));
+    assert_eq!((t.mount.as_str(), t.key.as_str()), ("transit", "kwikpaisa-prod"));
+    assert_eq!(t.api_key, ApiKeySource::Env("KP_API_KEY".into()));
+    assert_eq!(t.sign_timeout, DEFAULT_TRANSIT_TIMEOUT);
+    assert_eq!((t.refresh, t.timeout), (DEFAULT_VAULT_REFRESH, DEFAULT_VAULT_TIMEOUT));
+    assert!(matches!(t.auth, VaultAuth::AppRole { .. }));
+    let t = spec(&transit(
+        "transit_mount = \"/payments/transit/\"\nvault_path = \"kp/prod\"\napi_key_field = \"key\"\ntransit_timeout_ms = 800",
+    ));
+    assert_eq!(t.mount, "payments/transit");
+    assert_eq!(
+        t.api_key,
+        ApiKeySource::Kv {
+            mount: "secret".into(),
+            path: "kp/prod".into(),
+            field: "key".into()
+        }
+    );
+    assert_eq!(t.sign_timeout, std::time::Duration::from_millis(800));
+
+    // An unusable credential also leaves the route's reference dangling.
+    let keys_of = |toml: &str| {
+        let mut keys = keys_of(toml);
+        keys.retain(|k| k != "route[0].credential");
+        keys
+    };
+    // Where the API key comes from: exactly one place.
+    assert_eq!(keys_of(&transit("")), ["credentials.kwikpaisa.api_key_env"]);
+    assert_eq!(
+        keys_of(&transit("api_key_env = \"K\"\nvault_path = \"kp\"")),
+        ["credentials.kwikpaisa.api_key_env"]
+    );
+    assert_eq!(
+        keys_of(&transit("api_key_env = \"K\"\napi_key_field = \"key\"")),
+        ["credentials.kwikpaisa.api_key_field"]
+    );
+    // No secret in the gateway: no secret field, no stale secret.
+    for (extra, key) in [
+        ("secret_field = \"s\"", "secret_field"),
+        ("secret_env = \"S\"", "secret_env"),
+        ("vault_max_stale_secs = 60", "vault_max_stale_secs"),
+        ("transit_timeout_ms = 0", "transit_timeout_ms"),
+        ("transit_timeout_ms = 60001", "transit_timeout_ms"),
+        ("transit_mount = \"tr?x\"", "transit_mount"),
+    ] {
+        assert_eq!(
+            keys_of(&transit(&format!("api_key_env = \"K\"\n{extra}"))),
+            [format!("credentials.kwikpaisa.{key}")],
+            "{extra}"
+        );
+    }
+    assert_eq!(
+        keys_of(&transit("api_key_env = \"K\"").replace("transit_key = \"kwikpaisa-prod\"", "transit_key = \"a/b\"")),
+        ["credentials.kwikpaisa.transit_key"]
+    );
+    assert_eq!(
+        keys_of(&transit("api_key_env = \"K\"").replace("transit_key = \"kwikpaisa-prod\"\n", "")),
+        ["credentials.kwikpaisa.transit_key"]
+    );
+    // Transit keys belong to vault_transit only.
+    let on_vault = with_credential(
+        "source = \"vault\"\nvault_addr = \"https://vault.internal:8200\"\nvault_path = \"kp\"\ntransit_key = \"k\"",
+    );
+    assert_eq!(keys_of(&on_vault), ["credentials.kwikpaisa.transit_key"]);
+    let unknown = with_credential("source = \"transit\"");
+    assert!(errors_of(&unknown)[0].to_string().contains("vault_transit"));
+}
+
+/// GOOD plus `[credentials.merchant_b]` and the route's `credential` line
+/// replaced by `lines`; `mtls` turns on a TLS listener with a client CA.
+fn with_route_credential(lines: &str, mtls: bool) -> String {
+    let mut toml = GOOD.replacen("credential = \"kwikpaisa\"", lines, 1);
+    toml.push_str("[credentials.merchant_b]\nsource = \"env\"\napi_key_env = \"B_KEY\"\nsecret_env = \"B_SECRET\"\n");
+    if mtls {
+        toml = toml.replace(
+            "addr = \"127.0.0.1:8080\"",
+            "addr = \"127.0.0.1:8080\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"",
+        );
+    }
+    toml
+}
+
+#[test]
+fn credential_map_picks_a_credential_per_caller() {
+    use crate::identity::Identity;
+    let c = Config::from_toml_str(&with_route_credential(
+        r#"credential_map = [
+            { client = "10.1.0.0/16", credential = "kwikpaisa" },
+            { identity = "uri:spiffe://prod/merchant-b", credential = "merchant_b" },
+            { client = "10.2.0.7", credential = "merchant_b" },
+        ]"#,
+        true,
+    ))
+    .unwrap();
+    let RouteCredential::ByCaller(rules) = &c.routes[0].credential else {
+        panic!("{:?}", c.routes[0].credential);
+    };
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[0].caller, Caller::Client("10.1.0.0/16".parse().unwrap()));
+    assert_eq!(
+        rules[1].caller,
+        Caller::Identity(Identity::Uri("spiffe://prod/merchant-b".into()))
+    );
+    assert_eq!(rules[2].caller, Caller::Client("10.2.0.7/32".parse().unwrap()));
+    assert_eq!(c.routes[0].credential.names(), ["kwikpaisa", "merchant_b"]);
+    assert_eq!(c.routes[0].credential.single(), None);
+    let ip = |s: &str| s.parse().unwrap();
+    assert!(rules[0].caller.matches(ip("10.1.2.3"), None));
+    assert!(!rules[0].caller.matches(ip("10.3.2.3"), None));
+    let b = [Identity::Uri("spiffe://prod/merchant-b".into())];
+    assert!(rules[1].caller.matches(ip("10.9.9.9"), Some(&b)));
+    assert!(!rules[1].caller.matches(
+        ip("10.9.9.9"),
+        Some(&[Identity::Dns("spiffe://prod/merchant-b".into())])
+    ));
+    assert!(!rules[1].caller.matches(ip("10.9.9.9"), None));
+
+    let keys = |lines: &str, mtls: bool| keys_of(&with_route_credential(lines, mtls));
+    assert_eq!(
+        keys(
+            "credential = \"kwikpaisa\"\ncredential_map = [{ client = \"10.0.0.0/8\", credential = \"kwikpaisa\" }]",
+            false
+        ),
+        ["route[0].credential_map"]
+    );
+    assert_eq!(keys("", false), ["route[0].credential"]);
+    assert_eq!(keys("credential_map = []", false), ["route[0].credential_map"]);
+    assert_eq!(
+        keys(
+            r#"credential_map = [{ client = "10.0.0.0/33", credential = "kwikpaisa" }, { client = "10.0.0.1", credential = "nope" }]"#,
+            false
+        ),
+        [
+            "route[0].credential_map[0].client",
+            "route[0].credential_map[1].credential"
+        ]
+    );
+    assert_eq!(
+        keys(
+            r#"credential_map = [{ identity = "uri:spiffe://x/y", credential = "kwikpaisa" }]"#,
+            false
+        ),
+        ["route[0].credential_map[0].identity"],
+        "identities need mTLS"
+    );
+    assert_eq!(
+        keys(
+            r#"credential_map = [{ identity = "dns:spiffe://x/y", credential = "kwikpaisa" }]"#,
+            true
+        ),
+        ["route[0].credential_map[0].identity"]
+    );
+    assert_eq!(
+        keys(
+            r#"credential_map = [{ client = "10.0.0.1", identity = "uri:spiffe://x/y", credential = "kwikpaisa" }, { credential = "kwikpaisa" }]"#,
+            true
+        ),
+        [
+            "route[0].credential_map[0].identity",
+            "route[0].credential_map[1].client"
+        ]
+    );
+    assert_eq!(
+        keys(
+            r#"credential_map = [{ client = "10.0.0.1", credential = "kwikpaisa", cred = "x" }]"#,
+            false
+        ),
+        ["route[0].credential_map[0].cred"],
+        "unknown keys inside an entry are errors"
+    );
+}
+
+#[test]
+fn the_egress_source_check_needs_both_keys() {
+    let egress = |lines: &str| format!("[egress]\n{lines}\n{GOOD}");
+    let c = Config::from_toml_str(&egress(
+        "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"https://ifconfig.example/ip\"",
+    ))
+    .unwrap();
+    let check = c.egress.source_check.unwrap();
+    assert_eq!(check.expect, "203.0.113.7".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(check.url.to_string(), "https://ifconfig.example/ip");
+    assert_eq!(check.interval, DEFAULT_SOURCE_CHECK_INTERVAL);
+    assert!(Config::from_toml_str(GOOD).unwrap().egress.source_check.is_none());
+    for (lines, key) in [
+        ("expect_source_ip = \"203.0.113.7\"", "egress.source_check_url"),
+        ("source_check_url = \"https://ifconfig.example/ip\"", "egress.expect_source_ip"),
+        ("source_check_interval_secs = 60", "egress.source_check_interval_secs"),
+        (
+            "expect_source_ip = \"203.0.113.7:443\"\nsource_check_url = \"https://ifconfig.example/ip\"",
+            "egress.expect_source_ip",
+        ),
+        (
+            "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"http://ifconfig.example/ip\"",
+            "egress.source_check_url",
+        ),
+        (
+            "expect_source_ip = \"203.0.113.7\"\nsource_check_url = \"https://ifconfig.example/ip\"\nsource_check_interval_secs = 0",
+            "egress.source_check_interval_secs",
+        ),
+    ] {
+        assert_eq!(keys_of(&egress(lines)), [key], "{lines}");
+    }
+    let plain = egress(
+        "allow_plain_http = true\nexpect_source_ip = \"::ffff:127.0.0.2\"\nsource_check_url = \"http://127.0.0.1:9/\"\nsource_check_interval_secs = 5",
+    );
+    let check = Config::from_toml_str(&plain).unwrap().egress.source_check.unwrap();
+    assert_eq!(
+        check.expect,
+        "127.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+        "IPv4-mapped is IPv4"
+    );
+    assert_eq!(check.interval, std::time::Duration::from_secs(5));
 }

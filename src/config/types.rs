@@ -58,6 +58,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
 /// Longest pause in an upstream response body before the stream is cut.
 pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_POOL_IDLE_PER_HOST: usize = 64;
+/// `egress.source_check_interval_secs`: how often the egress address is checked.
+pub const DEFAULT_SOURCE_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_AUDIT_PATH: &str = "audit/signgate.jsonl";
 pub const DEFAULT_STATE_DIR: &str = "state";
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 * 1024 * 1024;
@@ -73,6 +75,11 @@ pub const DEFAULT_VAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// Largest accepted `vault_timeout_ms`: a refresh must stay bounded.
 pub const MAX_VAULT_TIMEOUT: Duration = Duration::from_millis(60_000);
+/// `transit_mount`: where the Transit secrets engine is mounted.
+pub const DEFAULT_TRANSIT_MOUNT: &str = "transit";
+/// `transit_timeout_ms`: budget of one HMAC (or verify) call to Transit,
+/// made while a request waits.
+pub const DEFAULT_TRANSIT_TIMEOUT: Duration = Duration::from_millis(2_000);
 pub const DEFAULT_API_KEY_FIELD: &str = "api_key";
 pub const DEFAULT_SECRET_FIELD: &str = "secret_key";
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
@@ -85,11 +92,22 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const DEFAULT_WEBHOOK_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3_600);
+/// `[tracing].sample_ratio`: the share of requests traced when no caller
+/// decided (errors are always exported).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// `[tracing].service_name`: the `service.name` of the exported spans.
+pub const DEFAULT_SERVICE_NAME: &str = "signgate";
 /// `[fleet].key_prefix`.
 pub const DEFAULT_FLEET_KEY_PREFIX: &str = "signgate";
 /// `[fleet].timeout_ms`: one Redis round trip's budget.
 pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(50);
 pub const MAX_FLEET_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// `[fleet].route_switch_poll_ms`: how often each instance reads the route
+/// switches from Redis (the bound on how long a change made through another
+/// instance takes to hold here, plus one `timeout_ms`).
+pub const DEFAULT_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(1_000);
+pub const MIN_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(100);
+pub const MAX_ROUTE_SWITCH_POLL: Duration = Duration::from_millis(60_000);
 /// The longest provider cooldown a `Retry-After` can impose.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Bound of the per-client rate-limit key store (idle keys are swept first).
@@ -106,6 +124,8 @@ pub struct Config {
     pub egress: EgressConfig,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    /// `[tracing]`: spans exported over OTLP; `None` records nothing.
+    pub tracing: Option<TracingConfig>,
     /// `[fleet]`: state shared through Redis by several gateways; `None`
     /// keeps everything per instance.
     pub fleet: Option<FleetConfig>,
@@ -215,6 +235,21 @@ pub struct EgressConfig {
     pub response_idle_timeout: Duration,
     pub pool_idle_per_host: usize,
     pub allow_plain_http: bool,
+    /// `expect_source_ip` + `source_check_url`: the egress-IP self-check.
+    pub source_check: Option<SourceCheck>,
+}
+
+/// The egress-IP self-check: the address the provider sees, asked of an
+/// echo endpoint through the egress client, must be `expect`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceCheck {
+    /// `expect_source_ip`: the address the provider has whitelisted.
+    pub expect: IpAddr,
+    /// `source_check_url`: answers the caller's address, as text or as
+    /// JSON `{"ip": "…"}`.
+    pub url: Uri,
+    /// `source_check_interval_secs`.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +285,17 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// `[tracing]`: where and how many request traces go (docs/operations.md#traces).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces URL, used as is (e.g. `http://127.0.0.1:4318/v1/traces`).
+    pub otlp_endpoint: Uri,
+    /// 0.0 to 1.0: the share of requests without a caller's sampling
+    /// decision whose spans are exported (by trace id).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
 /// Where a credential lives. Never the secret itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialSpec {
@@ -271,6 +317,9 @@ pub enum SecretSource {
         poll: Duration,
     },
     Vault(VaultSpec),
+    /// The HMAC is computed by Vault/OpenBao Transit: the secret never
+    /// enters the gateway.
+    VaultTransit(TransitSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -291,6 +340,38 @@ pub struct VaultSpec {
     /// `vault_timeout_ms`: budget of one refresh, every call in it included
     /// (login, renewal, read); a slower Vault counts as a failed refresh.
     pub timeout: Duration,
+}
+
+/// `source = "vault_transit"`: the provider's secret is a Transit key of
+/// type `hmac`; every signature is `POST {mount}/hmac/{key}/sha2-256`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitSpec {
+    pub addr: Uri,
+    pub auth: VaultAuth,
+    pub ca_file: Option<PathBuf>,
+    /// `transit_mount` (default `transit`).
+    pub mount: String,
+    /// `transit_key`: the name of the key.
+    pub key: String,
+    /// Where the API key (not a secret to the provider's scheme, but sent
+    /// in a header) comes from.
+    pub api_key: ApiKeySource,
+    /// `refresh_secs`: how often the key's metadata (its latest version)
+    /// and the API key are read again.
+    pub refresh: Duration,
+    /// `vault_timeout_ms`: budget of one refresh (login, renewal, reads).
+    pub timeout: Duration,
+    /// `transit_timeout_ms`: budget of one HMAC or verify call.
+    pub sign_timeout: Duration,
+}
+
+/// The API key of a `vault_transit` credential.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiKeySource {
+    /// `api_key_env`: an environment variable, read once.
+    Env(String),
+    /// `vault_mount`/`vault_path`/`api_key_field`: a field of a KV v2 secret.
+    Kv { mount: String, path: String, field: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,7 +402,8 @@ pub struct RouteConfig {
     pub match_prefix: String,
     pub strip_prefix: bool,
     pub upstream: UpstreamTarget,
-    pub credential: String,
+    /// `credential`, or `credential_map`: who signs for whom.
+    pub credential: RouteCredential,
     pub scheme: String,
     pub methods: Vec<Method>,
     pub allow: Option<Vec<IpNet>>,
@@ -335,9 +417,84 @@ pub struct RouteConfig {
     /// up to `queue_timeout`, then get 503 `upstream_busy`.
     pub max_inflight: usize,
     pub queue_timeout: Duration,
+    /// Send the gateway's own `traceparent` (its upstream span) to the
+    /// provider; otherwise the provider gets none.
+    pub forward_traceparent: bool,
     /// A provider 429/503 with `Retry-After` puts the route in cooldown
     /// (fleet-wide with `[fleet]`).
     pub honor_retry_after: bool,
+}
+
+/// Which credential signs a route's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteCredential {
+    /// `credential = "NAME"`: the same for every caller.
+    One(String),
+    /// `credential_map`: the first entry that matches the caller; a caller
+    /// that matches none is refused (`403 no_credential_for_caller`).
+    ByCaller(Vec<CredentialRule>),
+}
+
+impl RouteCredential {
+    /// Every credential the route may sign with, each once, in order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            RouteCredential::One(n) => vec![n.as_str()],
+            RouteCredential::ByCaller(rules) => {
+                let mut out: Vec<&str> = Vec::with_capacity(rules.len());
+                for r in rules {
+                    if !out.contains(&r.credential.as_str()) {
+                        out.push(&r.credential);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The credential, when it does not depend on the caller.
+    pub fn single(&self) -> Option<&str> {
+        match self {
+            RouteCredential::One(n) => Some(n),
+            RouteCredential::ByCaller(_) => None,
+        }
+    }
+}
+
+/// One entry of `credential_map`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRule {
+    pub caller: Caller,
+    pub credential: String,
+}
+
+/// Who a `credential_map` entry is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    /// `client = "CIDR"`: the TCP peer address is in it.
+    Client(IpNet),
+    /// `identity = "uri:…"` or `"dns:…"`: a SAN of the mTLS client certificate.
+    Identity(crate::identity::Identity),
+}
+
+impl Caller {
+    /// Whether a caller with this address and these certificate identities
+    /// is the one meant (`ip` normalized: IPv4-mapped IPv6 as IPv4).
+    pub fn matches(&self, ip: IpAddr, identities: Option<&[crate::identity::Identity]>) -> bool {
+        match self {
+            Caller::Client(net) => net.contains(&ip),
+            Caller::Identity(want) => identities.is_some_and(|have| have.iter().any(|h| want.matches(h))),
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Client(net) => write!(f, "client {net}"),
+            Caller::Identity(id) => write!(f, "identity {id}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -417,4 +574,6 @@ pub struct FleetConfig {
     pub instance: Option<String>,
     pub expected_instances: u32,
     pub limits_on_error: LimitsOnError,
+    /// How often the route switches are read from Redis.
+    pub route_switch_poll: Duration,
 }

@@ -89,6 +89,12 @@ macro_rules! integer_to_toml {
 
 integer_to_toml!(i32, i64, u16, u32, u64, usize);
 
+impl ToToml for f64 {
+    fn to_toml(self) -> Value {
+        Value::Float(self)
+    }
+}
+
 impl ToToml for &Path {
     fn to_toml(self) -> Value {
         Value::String(self.to_string_lossy().into_owned())
@@ -223,6 +229,11 @@ impl GatewayToml {
     /// `[state] key = value`.
     pub fn state(self, key: &str, value: impl ToToml) -> Self {
         self.set("state", key, value)
+    }
+
+    /// `[tracing] key = value` (`otlp_endpoint`, `sample_ratio`, `service_name`).
+    pub fn tracing(self, key: &str, value: impl ToToml) -> Self {
+        self.set("tracing", key, value)
     }
 
     /// `[fleet] key = value` (`redis_url`, `expected_instances`, ...).
@@ -447,6 +458,64 @@ impl Credential {
     pub fn vault_timeout_ms(self, ms: u64) -> Self {
         self.set("vault_timeout_ms", ms)
     }
+
+    /// `source = "vault_transit"` at `vault_addr`: the HMAC is computed by
+    /// the Transit key `transit_key` (the API key still has to be given:
+    /// [`Credential::api_key_env`] or [`Credential::api_key_kv`]); with no
+    /// `vault_auth` the token comes from `VAULT_TOKEN`.
+    pub fn vault_transit(addr: &str, transit_key: &str) -> Self {
+        Self::source("vault_transit")
+            .set("vault_addr", addr)
+            .set("transit_key", transit_key)
+    }
+
+    /// `vault_auth = "token"` read from `token_file`.
+    pub fn token_file(self, token_file: &Path) -> Self {
+        self.set("vault_auth", "token").set("vault_token_file", token_file)
+    }
+
+    /// `api_key_env`: a Transit credential's API key from a variable.
+    pub fn api_key_env(self, var: &str) -> Self {
+        self.set("api_key_env", var)
+    }
+
+    /// `vault_path` (KV v2 under `vault_mount`, default `secret`): a Transit
+    /// credential's API key from the field `api_key` of that secret.
+    pub fn api_key_kv(self, path: &str) -> Self {
+        self.set("vault_path", path)
+    }
+
+    /// `transit_mount` (default `transit`).
+    pub fn transit_mount(self, mount: &str) -> Self {
+        self.set("transit_mount", mount)
+    }
+
+    /// `transit_timeout_ms`: the budget of one HMAC call.
+    pub fn transit_timeout_ms(self, ms: u64) -> Self {
+        self.set("transit_timeout_ms", ms)
+    }
+}
+
+/// One entry of a route's `credential_map` ([`Route::credential_map`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CredentialRule(Table);
+
+impl CredentialRule {
+    /// `{ client = "CIDR", credential = "NAME" }`.
+    pub fn client(cidr: &str, credential: &str) -> Self {
+        let mut t = Table::new();
+        t.insert("client".into(), cidr.to_toml());
+        t.insert("credential".into(), credential.to_toml());
+        CredentialRule(t)
+    }
+
+    /// `{ identity = "uri:…" | "dns:…", credential = "NAME" }`.
+    pub fn identity(identity: &str, credential: &str) -> Self {
+        let mut t = Table::new();
+        t.insert("identity".into(), identity.to_toml());
+        t.insert("credential".into(), credential.to_toml());
+        CredentialRule(t)
+    }
 }
 
 /// One `[[route]]` table.
@@ -500,6 +569,16 @@ impl Route {
         self.set("credential", name)
     }
 
+    /// `credential_map`: the credential by caller, first match (replaces
+    /// `credential`, which cannot go with it).
+    pub fn credential_map(mut self, rules: impl IntoIterator<Item = CredentialRule>) -> Self {
+        self.0.remove("credential");
+        self.set(
+            "credential_map",
+            rules.into_iter().map(|r| Value::Table(r.0)).collect::<Vec<_>>(),
+        )
+    }
+
     pub fn scheme(self, name: &str) -> Self {
         self.set("scheme", name)
     }
@@ -538,6 +617,11 @@ impl Route {
 
     pub fn queue_timeout_ms(self, ms: u64) -> Self {
         self.set("queue_timeout_ms", ms)
+    }
+
+    /// Send the gateway's own `traceparent` to the upstream (needs `[tracing]`).
+    pub fn forward_traceparent(self, on: bool) -> Self {
+        self.set("forward_traceparent", on)
     }
 
     /// `honor_retry_after`: a provider 429/503 with `Retry-After` cools the route down.

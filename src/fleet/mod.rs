@@ -72,6 +72,7 @@ struct Scripts {
     claim: Script,
     settle: Script,
     cooldown: Script,
+    switch: Script,
 }
 
 /// A limit the fleet checks: its key and its quota.
@@ -224,6 +225,7 @@ impl Fleet {
                 claim: Script::new(scripts::CLAIM),
                 settle: Script::new(scripts::SETTLE),
                 cooldown: Script::new(scripts::COOLDOWN),
+                switch: Script::new(scripts::SWITCH),
             },
         });
         let first = tokio::time::timeout(FIRST_ANSWER, fleet.probe()).await;
@@ -235,6 +237,11 @@ impl Fleet {
         }
         tokio::spawn(fleet.clone().probe_loop(cancel));
         Ok(fleet)
+    }
+
+    /// This instance's name (`[fleet].instance`, or the host name).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn expected_instances(&self) -> u32 {
@@ -276,7 +283,7 @@ impl Fleet {
             self.metrics.redis_up.set(0);
             tracing::warn!(
                 error = why,
-                "fleet: Redis unavailable; limits fall back per [fleet].limits_on_error, the duplicate guard refuses (503), webhooks de-duplicate per instance"
+                "fleet: Redis unavailable; limits fall back per [fleet].limits_on_error, the duplicate guard refuses (503), webhooks de-duplicate per instance, route switches hold as last known"
             );
         }
     }
@@ -425,6 +432,11 @@ impl Fleet {
         format!("{{{}:wh:{webhook}}}:{}", self.prefix, short_hash(event_key.as_bytes()))
     }
 
+    /// The route switches: one hash, a field per route.
+    pub fn key_routes(&self) -> String {
+        format!("{{{}:routes}}", self.prefix)
+    }
+
     pub fn key_reflection(&self, credential: &str, mac_prefix: u128) -> String {
         format!("{{{}:refl:{credential}}}:{mac_prefix:032x}", self.prefix)
     }
@@ -562,6 +574,39 @@ impl Fleet {
             }
             cursor = next;
         }
+    }
+
+    /// Every field of the hash `key` (`HGETALL`).
+    pub async fn hash_all(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<std::collections::HashMap<String, String>, FleetError> {
+        let mut c = self.conn.clone();
+        self.call(op, redis::cmd("HGETALL").arg(key).query_async(&mut c)).await
+    }
+
+    /// Set `field` of the hash `key` to `value` (JSON) unless the value
+    /// there supersedes it (the `SWITCH` script: last writer wins by `at_ms`,
+    /// a tie goes to `disabled`); the value in force afterwards.
+    pub async fn hash_set_newer(
+        &self,
+        op: &'static str,
+        key: &str,
+        field: &str,
+        value: &str,
+        at_ms: u64,
+        disabled: bool,
+    ) -> Result<String, FleetError> {
+        let mut c = self.conn.clone();
+        let mut invocation = self.scripts.switch.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(field)
+            .arg(value)
+            .arg(at_ms)
+            .arg(if disabled { "1" } else { "0" });
+        self.call(op, invocation.invoke_async(&mut c)).await
     }
 
     /// A fresh value for a claim: this instance and a random token.

@@ -77,3 +77,28 @@ if left < tonumber(ARGV[1]) then
 end
 return 0
 ";
+
+/// The route switches' last-writer-wins write: set the route's field of the
+/// switches hash unless the value there supersedes the new one; answer the
+/// value in force afterwards.
+///
+/// `KEYS[1]`: the hash; `ARGV[1]`: the route (the field); `ARGV[2]`: the new
+/// value (JSON); `ARGV[3]`: its `at_ms`; `ARGV[4]`: `1` for a disable, `0`
+/// for an enable. A value supersedes another when its `at_ms` is later, or
+/// equal with a disable against an enable (a tie never turns a route on).
+/// A value there that does not parse is replaced.
+pub const SWITCH: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and tonumber(old.at_ms) then
+    local o, n = tonumber(old.at_ms), tonumber(ARGV[3])
+    local old_off, new_off = old.disabled == true, ARGV[4] == '1'
+    if o > n or (o == n and (old_off or not new_off)) then
+      return cur
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
+";

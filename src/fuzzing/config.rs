@@ -50,7 +50,7 @@ fn check_config(c: &Config) {
             r.name
         );
         assert!(
-            c.credentials.contains_key(&r.credential),
+            r.credential.names().iter().all(|n| c.credentials.contains_key(*n)),
             "route {} names an unknown credential",
             r.name
         );

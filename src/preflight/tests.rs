@@ -259,6 +259,21 @@ fn the_state_dir_matters_only_with_webhooks() {
 }
 
 #[test]
+fn an_existing_state_database_is_checked_without_webhooks_too() {
+    // It holds the route switches: `run` opens it whenever it exists.
+    let f = Files::new();
+    let text = toml(f.dir.path(), "", "", "");
+    let without_webhook = text.split("[[webhook]]").next().unwrap().to_string();
+    let config = Config::from_toml_str(&without_webhook).unwrap();
+    assert_eq!(errors(&config), vec![]);
+    let db = f.dir.path().join("state").join(crate::statedb::DB_FILE);
+    std::fs::create_dir_all(&db).unwrap();
+    let errs = errors(&config);
+    assert_eq!(keys(&errs), ["state.dir"]);
+    assert!(errs[0].to_string().contains("is not a regular file"), "{}", errs[0]);
+}
+
+#[test]
 fn writable_dir_probes_without_creating() {
     let dir = tempfile::tempdir().unwrap();
     let deep = dir.path().join("a/b/c");

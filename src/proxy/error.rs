@@ -27,6 +27,9 @@ pub enum GatewayError {
     IpNotAllowed,
     /// mTLS identity not in the route's `allow_identities`.
     IdentityNotAllowed,
+    /// The route picks its credential by caller, and no `credential_map`
+    /// entry matches this one.
+    NoCredentialForCaller,
     /// A rate limit is exhausted; `retry_after` in whole seconds (rounded up).
     RateLimited { scope: &'static str, retry_after: u64 },
     /// Declared or streamed body larger than `listener.max_body_bytes`.
@@ -75,6 +78,8 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// The route's `max_inflight` upstream calls were busy for `queue_timeout_ms`.
     UpstreamBusy,
+    /// Operators disabled the route (its kill switch); nothing was sent.
+    RouteDisabled { route: String },
     /// The gateway is draining for shutdown.
     ShuttingDown,
     /// No room in the audit queue in time: refused rather than unaudited.
@@ -107,6 +112,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::IpNotAllowed => StatusCode::FORBIDDEN,
             GatewayError::IdentityNotAllowed => StatusCode::FORBIDDEN,
+            GatewayError::NoCredentialForCaller => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -134,6 +140,7 @@ impl GatewayError {
                 UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset | UpstreamFailure::Protocol,
             ) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RouteDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,6 +155,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::IdentityNotAllowed => "identity_not_allowed",
+            GatewayError::NoCredentialForCaller => "no_credential_for_caller",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::BodyTimeout => "body_timeout",
@@ -174,6 +182,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Reset | UpstreamFailure::Protocol) => "upstream_failed",
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "upstream_response_idle",
             GatewayError::UpstreamBusy => "upstream_busy",
+            GatewayError::RouteDisabled { .. } => "route_disabled",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
@@ -190,6 +199,9 @@ impl GatewayError {
             }
             GatewayError::IpNotAllowed => "client address is not allowed".into(),
             GatewayError::IdentityNotAllowed => "client certificate identity is not allowed on this route".into(),
+            GatewayError::NoCredentialForCaller => {
+                "this route signs with a credential chosen by caller, and none is configured for this client address or certificate identity".into()
+            }
             GatewayError::RateLimited { scope, retry_after } => {
                 format!("{scope} rate limit exceeded; retry after {retry_after} s")
             }
@@ -246,6 +258,9 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
             GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
+            GatewayError::RouteDisabled { route } => {
+                format!("route {route} is disabled by the gateway's operators; nothing was sent")
+            }
             GatewayError::ShuttingDown => "the gateway is shutting down".into(),
             GatewayError::AuditUnavailable => {
                 "the audit log cannot record this request (queue full or writes failing); refused, nothing was sent"
@@ -307,6 +322,7 @@ mod tests {
             ),
             (GatewayError::IpNotAllowed, 403, "ip_not_allowed"),
             (GatewayError::IdentityNotAllowed, 403, "identity_not_allowed"),
+            (GatewayError::NoCredentialForCaller, 403, "no_credential_for_caller"),
             (
                 GatewayError::RateLimited {
                     scope: "global",
@@ -394,6 +410,7 @@ mod tests {
                 "upstream_response_idle",
             ),
             (GatewayError::UpstreamBusy, 503, "upstream_busy"),
+            (GatewayError::RouteDisabled { route: "r".into() }, 503, "route_disabled"),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::AuditUnavailable, 503, "audit_unavailable"),
             (GatewayError::Internal, 500, "internal_error"),

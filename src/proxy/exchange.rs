@@ -2,6 +2,10 @@
 //! request), send, and retry at most once — only when the connection failed
 //! before any byte was written, signed afresh with a new timestamp.
 //!
+//! A credential held in memory signs synchronously (no allocation, no
+//! await); a Vault Transit credential signs with one HMAC call to Vault, and
+//! a failed call sends nothing (`503 credential_unavailable`).
+//!
 //! The exchange runs as its own task, detached from the client's request:
 //! once a byte may have reached the provider, a client that goes away does
 //! not abort it. It finishes (up to `egress.request_timeout_ms`), settles
@@ -21,33 +25,51 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::record::{clock_skew, Record};
 use super::scope::Scope;
 use super::steps::Outgoing;
-use super::{GatewayError, RequestId};
+use super::GatewayError;
 use crate::config::MAX_COOLDOWN;
 use crate::dedup::{Claim, Outcome};
 use crate::metrics::Metrics;
 use crate::ratelimit::retry_after_header;
 use crate::router::Route;
-use crate::secrets::Credential;
-use crate::sign::{MessageInput, Signature};
+use crate::secrets::{Credential, Key, Unavailable};
+use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
+use crate::trace::{self, Attr, Child, Kind, Parent};
 use crate::upstream::{AttemptError, Fresh, Upstream, UpstreamFailure};
+
+/// Why the exchange got no response.
+pub(super) enum Failure {
+    /// The upstream call failed.
+    Upstream(AttemptError),
+    /// The credential could not sign (Vault Transit failed): nothing was sent.
+    Unsigned(Unavailable),
+}
 
 /// What the exchange task hands back.
 pub(super) struct Exchanged {
-    pub result: Result<Response<Incoming>, AttemptError>,
+    pub result: Result<Response<Incoming>, Failure>,
     /// The last signature sent (its fingerprint, for the audit record).
     pub fingerprint: Option<String>,
+    /// The key version that made the last signature, when the signer said
+    /// (Transit's `vault:vN:`).
+    pub version: Option<u64>,
     /// The route's `max_inflight` slot, held on while the body streams.
     pub permit: OwnedSemaphorePermit,
+    /// The spans of each signing and upstream attempt (`[tracing]` only).
+    pub spans: Vec<Child>,
 }
 
 impl Exchanged {
     /// Note the outcome in the request's record.
     pub fn note(&self, rec: &mut Record) {
         rec.signature_fingerprint.clone_from(&self.fingerprint);
+        if self.version.is_some() {
+            rec.credential_version = self.version;
+        }
         match &self.result {
             Ok(r) => rec.upstream_status = Some(r.status().as_u16()),
-            Err(e) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
+            Err(Failure::Upstream(e)) => rec.upstream_error = Some(GatewayError::Upstream(e.failure).code()),
+            Err(Failure::Unsigned(_)) => {}
         }
     }
 }
@@ -61,7 +83,7 @@ pub(super) async fn send(
     out: Outgoing,
     claim: Option<Claim>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
-    let reflect = scope.snap.reflect_windows.get(&route.config.credential).copied();
+    let reflect = scope.snap.reflect_windows.get(cred.name()).copied();
     let task = exchange(
         scope.snap.upstream.clone(),
         scope.shared.clone(),
@@ -70,21 +92,27 @@ pub(super) async fn send(
         cred,
         out,
         claim,
-        scope.rid.clone(),
+        scope.rid.as_str().to_string(),
+        scope.trace.as_ref().map(trace::RequestTrace::parent),
     );
     let handle = scope.shared.exchanges().spawn(task);
     let joined = scope.exchange.insert(handle).await;
     scope.exchange = None;
-    let exchanged = joined.map_err(|_| GatewayError::Internal)?;
+    let mut exchanged = joined.map_err(|_| GatewayError::Internal)?;
     exchanged.note(&mut scope.rec);
+    if let Some(t) = scope.trace.as_mut() {
+        t.extend(std::mem::take(&mut exchanged.spans));
+    }
     match exchanged.result {
         Ok(resp) => Ok((resp, exchanged.permit)),
-        Err(e) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Upstream(e)) => Err(GatewayError::Upstream(e.failure)),
+        Err(Failure::Unsigned(why)) => Err(GatewayError::CredentialUnavailable(why)),
     }
 }
 
 /// `reflect`: how long the signatures must be remembered (the credential
-/// also verifies webhooks).
+/// also verifies webhooks). `trace`: the request's trace, whose child spans
+/// this task records (parented explicitly: it runs apart from the request).
 #[allow(clippy::too_many_arguments)] // one task's inputs, moved in once
 async fn exchange(
     upstream: Upstream,
@@ -94,25 +122,66 @@ async fn exchange(
     cred: Arc<Credential>,
     out: Outgoing,
     mut claim: Option<Claim>,
-    rid: RequestId,
+    rid: String,
+    trace: Option<Parent>,
 ) -> Exchanged {
     let metrics = shared.metrics();
     let started = Instant::now();
     let mut retried = false;
-    let mut fingerprint;
+    let mut fingerprint = None;
+    let mut version = None;
+    let mut spans = Spans {
+        trace,
+        done: Vec::new(),
+    };
     let result = loop {
-        let (req, sig) = signed_request(&route, &cred, &out);
+        let attempt = 1 + i64::from(retried);
+        // The upstream span's id is chosen first: a forwarded traceparent names it.
+        let call_id = trace.map(|_| trace::new_span_id());
+        let traceparent = match (trace, call_id) {
+            (Some(t), Some(id)) if route.config.forward_traceparent => Some(t.traceparent(id)),
+            _ => None,
+        };
+        let signing = spans.start("sign", Kind::Internal);
+        let scheme = &route.scheme;
+        let ts = scheme.timestamp(SystemTime::now());
+        let input = message_input(&cred, &ts, &out);
+        let signed = match cred.key() {
+            Key::Local(mac) => Ok(scheme.sign(mac, &input)),
+            Key::Transit(transit) => transit.hmac(&scheme.message_bytes(&input)).await.map(|(v, mac)| {
+                version = Some(v);
+                scheme.signature(mac)
+            }),
+        };
+        spans.end_sign(signing, &route, attempt);
+        let sig = match signed {
+            Ok(sig) => sig,
+            Err(reason) => {
+                tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
+                break Err(Failure::Unsigned(Unavailable {
+                    credential: cred.name().to_string(),
+                    expired: false,
+                    reason,
+                }));
+            }
+        };
+        let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
         if let Some(window) = reflect {
-            shared
-                .reflections()
-                .remember_sent(&route.config.credential, sig.mac(), window);
+            shared.reflections().remember_sent(cred.name(), sig.mac(), window);
         }
-        route.metrics.signatures.inc();
+        if cred.name() == route.config.credential {
+            route.metrics.signatures.inc();
+        } else {
+            metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
+        }
         if let Some(c) = claim.as_mut() {
             c.sending();
         }
-        match upstream.send(req).await {
+        let call = call_id.map(|id| Child::start_with_id("upstream", Kind::Client, id));
+        let sent = upstream.send(req).await;
+        spans.end_call(call, &route, attempt, &sent);
+        match sent {
             Ok(r) => {
                 if Fresh::first_use(&r) {
                     route.metrics.connections_opened.inc();
@@ -120,7 +189,7 @@ async fn exchange(
                 break Ok(r);
             }
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
-                tracing::debug!(request_id = rid.as_str(), route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
+                tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
                 metrics
                     .upstream_errors
                     .with_label_values(&[route.name(), e.failure.kind()])
@@ -128,8 +197,8 @@ async fn exchange(
                 retried = true;
             }
             Err(e) => {
-                tracing::warn!(request_id = rid.as_str(), route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
-                break Err(e);
+                tracing::warn!(request_id = rid, route = route.name(), kind = e.failure.kind(), error = %e.detail, "upstream request failed");
+                break Err(Failure::Upstream(e));
             }
         }
     };
@@ -144,21 +213,79 @@ async fn exchange(
     Exchanged {
         result,
         fingerprint,
+        version,
         permit: out.permit,
+        spans: spans.done,
+    }
+}
+
+/// The exchange's spans: none without a trace.
+struct Spans {
+    trace: Option<Parent>,
+    done: Vec<Child>,
+}
+
+impl Spans {
+    fn start(&self, name: &'static str, kind: Kind) -> Option<Child> {
+        self.trace.map(|_| Child::start(name, kind))
+    }
+
+    fn end_sign(&mut self, span: Option<Child>, route: &Route, attempt: i64) {
+        if let Some(mut s) = span {
+            s.set(Attr::new("signgate.scheme", route.config.scheme.clone()));
+            s.set(Attr::new("signgate.attempt", attempt));
+            self.done.push(s.end());
+        }
+    }
+
+    fn end_call(
+        &mut self,
+        span: Option<Child>,
+        route: &Route,
+        attempt: i64,
+        sent: &Result<Response<Incoming>, AttemptError>,
+    ) {
+        let Some(mut s) = span else { return };
+        let target = &route.config.upstream;
+        s.set(Attr::new("server.address", target.authority.host().to_string()));
+        let port = target
+            .authority
+            .port_u16()
+            .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        s.set(Attr::new("server.port", i64::from(port)));
+        s.set(Attr::new("signgate.attempt", attempt));
+        match sent {
+            Ok(r) => {
+                s.set(Attr::new("http.response.status_code", i64::from(r.status().as_u16())));
+                if r.status().is_server_error() {
+                    s.fail(r.status().as_str().to_string());
+                }
+            }
+            Err(e) => {
+                s.set(Attr::new("error.type", e.failure.kind()));
+                s.fail(e.failure.kind());
+            }
+        }
+        self.done.push(s.end());
     }
 }
 
 /// How the exchange settles a duplicate-guard claim: only a definite
 /// failure releases it; a request that may have taken effect holds it.
-fn settle(result: &Result<Response<Incoming>, AttemptError>) -> Outcome {
+fn settle(result: &Result<Response<Incoming>, Failure>) -> Outcome {
     match result {
         Ok(r) if r.status().is_success() => Outcome::Succeeded,
         // A timeout reported by the provider (or a proxy in front of it)
         // says nothing about whether the payment went through.
         Ok(r) if matches!(r.status().as_u16(), 408 | 504 | 522 | 524) => Outcome::Unknown,
         Ok(_) => Outcome::Failed,
-        Err(e) if e.nothing_sent => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
+        Err(Failure::Unsigned(_)) => Outcome::Failed,
+        Err(Failure::Upstream(e)) if e.nothing_sent => Outcome::Failed,
+        Err(Failure::Upstream(_)) => Outcome::Unknown,
     }
 }
 
@@ -212,23 +339,35 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
     }
 }
 
-/// Sign last, after every other change to the request. Returns the request
-/// and its signature.
-fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<Full<Bytes>>, Signature) {
+/// What the scheme's message is made of for this request.
+fn message_input<'a>(cred: &'a Credential, ts: &'a Timestamp, out: &'a Outgoing) -> MessageInput<'a> {
+    MessageInput {
+        api_key: cred.api_key().as_bytes(),
+        timestamp: ts.as_str(),
+        method: out.method.as_str(),
+        path: &out.upstream_path,
+        query: out.uri.query().unwrap_or(""),
+        body: &out.body,
+    }
+}
+
+/// The request with the scheme's headers: signed last, after every other
+/// change to the request. The gateway's own `traceparent`
+/// (`forward_traceparent`) is added with the scheme's headers; no scheme
+/// signs it.
+fn signed_request(
+    route: &Route,
+    cred: &Credential,
+    out: &Outgoing,
+    ts: &Timestamp,
+    sig: &Signature,
+    traceparent: Option<HeaderValue>,
+) -> Request<Full<Bytes>> {
     let scheme = &route.scheme;
-    let ts = scheme.timestamp(SystemTime::now());
-    let sig = scheme.sign(
-        cred.mac(),
-        &MessageInput {
-            api_key: cred.api_key().as_bytes(),
-            timestamp: ts.as_str(),
-            method: out.method.as_str(),
-            path: &out.upstream_path,
-            query: out.uri.query().unwrap_or(""),
-            body: &out.body,
-        },
-    );
     let mut headers = out.headers.clone();
+    if let Some(tp) = traceparent {
+        headers.insert(trace::TRACEPARENT, tp);
+    }
     headers.insert(scheme.api_key_header.clone(), cred.api_key().clone());
     headers.insert(
         scheme.timestamp_header.clone(),
@@ -241,5 +380,5 @@ fn signed_request(route: &Route, cred: &Credential, out: &Outgoing) -> (Request<
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = out.uri.clone();
     *req.headers_mut() = headers;
-    (req, sig)
+    req
 }

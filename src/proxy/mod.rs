@@ -2,9 +2,10 @@
 //! bookkeeping, finished in `Drop` whatever ends the request) and runs
 //! [`pipeline`], which calls one named step per stage, in the order
 //! ARCHITECTURE.md describes ("The request pipeline"): reserve the audit
-//! slot, dispatch webhooks, admit, route, authorize, limit, read the body,
-//! canonicalize, claim, credential, prepare, send, respond. Every refusal is
-//! a [`GatewayError`], answered as the contract's JSON error.
+//! slot, dispatch webhooks, admit, route, authorize, pick the credential,
+//! the route's kill switch, limit, read the body, canonicalize, claim,
+//! credential, prepare, send, respond. Every refusal is a [`GatewayError`],
+//! answered as the contract's JSON error.
 
 mod context;
 mod error;
@@ -67,7 +68,11 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>
             tracing::error!(request_id = scope.rid.as_str(), "panic while handling a request");
             Err(GatewayError::Internal)
         });
-    scope.finish(result)
+    let mut resp = scope.finish(result);
+    // HTTP/2: an early answer waits for the rest of the request body,
+    // within the linger bounds (`response`).
+    resp.body_mut().discard_first().await;
+    resp
 }
 
 /// The steps in order (see the module doc); each returns early with its refusal.
@@ -80,15 +85,18 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     steps::admit(scope, &parts)?;
     let route = steps::route(scope, &parts)?;
     steps::authorize(scope, &route)?;
+    let slot = steps::pick_credential(scope, &route)?;
+    steps::enabled(scope, &route)?;
     steps::limit(scope, Some(&route)).await?;
     let raw = steps::read_body(scope, &parts).await?;
     let body = steps::canonicalize(&route, raw)?;
     let claim = steps::claim(scope, &route, &parts, &body).await?;
-    let cred = steps::credential(scope, &route)?;
+    let cred = steps::credential(scope, &slot)?;
     let outgoing = steps::prepare(scope, &route, parts, body).await?;
-    // A cooldown that began while this request waited: the claim is
-    // released as it drops (nothing was sent).
+    // A cooldown that began, or a kill switch turned, while this request
+    // waited: the claim is released as it drops (nothing was sent).
     steps::cooled(scope, &route)?;
+    steps::enabled(scope, &route)?;
     let exchanged = exchange::send(scope, &route, cred, outgoing, claim).await?;
     Ok(response::respond(scope, &route, exchanged))
 }

@@ -13,7 +13,9 @@ use super::{GatewayError, RequestId};
 use crate::audit::{redact_query, AuditLog, Entry};
 use crate::listener::ConnInfo;
 use crate::router::Route;
+use crate::secrets::CredentialSlot;
 use crate::state::Shared;
+use crate::trace::{Outcome, RequestTrace};
 use crate::webhook::Hook;
 
 /// What happened to one request: filled in by the steps, then turned into
@@ -27,6 +29,8 @@ pub(super) struct Record {
     pub uri: http::Uri,
     pub bytes_in: u64,
     pub upstream_status: Option<u16>,
+    /// The credential chosen for the caller (`steps::pick_credential`).
+    pub credential: Option<Arc<CredentialSlot>>,
     pub credential_version: Option<u64>,
     pub signature_fingerprint: Option<String>,
     pub duplicate_key: Option<String>,
@@ -53,6 +57,7 @@ impl Record {
             uri,
             bytes_in: 0,
             upstream_status: None,
+            credential: None,
             credential_version: None,
             signature_fingerprint: None,
             duplicate_key: None,
@@ -96,6 +101,33 @@ pub(super) fn count(shared: &Shared, rec: &Record, status: StatusCode, error: Op
             m.upstream_errors.with_label_values(&[route, kind.kind()]).inc();
         }
     }
+}
+
+/// End the request's trace (`[tracing]`): its spans are exported or dropped
+/// together, by the head decision or because the request is an error.
+pub(super) fn trace(
+    shared: &Shared,
+    trace: Option<RequestTrace>,
+    rec: &Record,
+    rid: &RequestId,
+    status: StatusCode,
+    error: Option<&GatewayError>,
+) {
+    let (Some(trace), Some(tracer)) = (trace, shared.tracer()) else {
+        return;
+    };
+    tracer.end(
+        trace,
+        &Outcome {
+            method: crate::metrics::method_label(&rec.method),
+            route: route_label(rec),
+            status: status.as_u16(),
+            request_id: rid.as_str(),
+            code: error.map(GatewayError::code),
+            upstream_status: rec.upstream_status,
+            sent: rec.signature_fingerprint.is_some(),
+        },
+    );
 }
 
 /// The audit record of an answered request.
@@ -147,15 +179,21 @@ pub(super) fn entry(
         bytes_in: rec.bytes_in,
         bytes_out,
         credential: rec
-            .route
+            .credential
             .as_ref()
-            .map(|r| r.config.credential.clone())
+            .map(|slot| slot.name().to_string())
+            .or_else(|| {
+                rec.route
+                    .as_ref()
+                    .and_then(|r| r.config.credential.single().map(str::to_string))
+            })
             .or_else(|| rec.webhook.as_ref().map(|h| h.config.credential.clone())),
         secret_version: rec.credential_version,
         signature_fp: rec.signature_fingerprint.clone(),
         duplicate_key: rec.duplicate_key.clone(),
         fleet: rec.fleet.map(crate::fleet::Source::label),
         upstream_error: rec.upstream_error,
+        note: None,
     }
 }
 

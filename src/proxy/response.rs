@@ -12,14 +12,27 @@
 //! request's audit record is written when it ends.
 //!
 //! A local body (a refusal, a webhook acknowledgement) may carry the request
-//! body the gateway never read. It is kept until the answer went out, then
-//! read and discarded for at most `listener.linger_ms` / `linger_bytes`
-//! (nginx's lingering close), so the client reads its answer instead of a
-//! reset: on HTTP/1.1 a close with unread data resets the connection; on
-//! HTTP/2 a client still sending when its stream is reset may report the
-//! reset instead of the answer (curl does). Past the bounds the body is
-//! dropped: HTTP/1.1 closes the connection, HTTP/2 resets the stream with
-//! NO_ERROR after END_STREAM (RFC 9113 §8.1, "stop sending").
+//! body the gateway never read. It is read and discarded for at most
+//! `listener.linger_ms` / `linger_bytes`, and no longer than the client
+//! keeps sending (a pause over `body_idle_timeout_ms` ends it; a body refused
+//! for its timers is not lingered on at all) (nginx's lingering close), so the
+//! client reads its answer instead of a reset: on HTTP/1.1 a close with
+//! unread data resets the connection; on HTTP/2 a client still sending when
+//! its stream is reset may report the reset instead of the answer (curl
+//! does). On HTTP/1.1 the answer goes out first and the body is read after
+//! it. On HTTP/2 the answer first waits for the rest of the body, for at
+//! most half of `linger_ms` and within `linger_bytes` (not when the client
+//! waits for `100 Continue`, nor when its declared length is over
+//! `linger_bytes`), and what is left of the bounds applies after it: a
+//! client that sees a refusal while it is still sending may end its stream
+//! short of its declared length (curl 7.88: "HTTP error before end of send,
+//! stop sending"), which HTTP/2 treats as a malformed request (RFC 9113
+//! §8.1.1, stream error PROTOCOL_ERROR), and that reset can overtake the
+//! answer's DATA frame. The answer still goes out by half of `linger_ms`,
+//! so a client that stops sending when it reads its refusal (curl) is not
+//! kept waiting for a large upload. Past the bounds the body is dropped:
+//! HTTP/1.1 closes the connection, HTTP/2 resets the stream with NO_ERROR
+//! after END_STREAM (RFC 9113 §8.1, "stop sending").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +52,7 @@ use super::{GatewayError, RequestId};
 use crate::audit::{Entry, Slot};
 use crate::config::ListenerConfig;
 use crate::headers;
+use crate::listener::InFlight;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::upstream::UpstreamFailure;
@@ -98,14 +112,46 @@ impl ResponseBody {
         }
     }
 
-    /// Hand over the unread request body, released after the answer (module doc).
-    pub(super) fn linger(&mut self, unread: Incoming, listener: &ListenerConfig) {
+    /// Hand over the unread request body, read and discarded after the
+    /// answer, or before it when `first` (HTTP/2; see the module doc).
+    /// `in_flight` (the listener's mark of the request) is held to the end
+    /// of the linger: the body's bytes are not a next request's head.
+    pub(super) fn linger(
+        &mut self,
+        unread: Incoming,
+        in_flight: Option<InFlight>,
+        listener: &ListenerConfig,
+        first: bool,
+    ) {
         if let ResponseBody::Local(b) = self {
             b.linger = Some(Linger {
                 body: unread,
                 time: listener.linger,
                 bytes: listener.linger_bytes,
+                idle: listener.body_idle_timeout,
+                first,
+                _in_flight: in_flight,
             });
+        }
+    }
+
+    /// Before an HTTP/2 answer goes out: read and discard the rest of the
+    /// request body, for at most half of the linger time and within its
+    /// bytes (module doc). A body whose declared length is over the bytes is
+    /// left for after the answer, which then cuts it at once.
+    pub(super) async fn discard_first(&mut self) {
+        let ResponseBody::Local(b) = self else { return };
+        let Some(l) = b.linger.as_mut() else { return };
+        if !l.first
+            || l.time.is_zero()
+            || l.bytes == 0
+            || l.body.is_end_stream()
+            || l.body.size_hint().lower() > l.bytes
+        {
+            return;
+        }
+        if l.discard(l.time / 2).await {
+            b.linger = None;
         }
     }
 }
@@ -144,37 +190,63 @@ pub struct LocalBody {
 
 struct Linger {
     body: Incoming,
+    /// What is left of the bounds.
     time: Duration,
     bytes: u64,
+    /// The longest pause between two pieces (`body_idle_timeout`): a client
+    /// that stops sending is not waited for.
+    idle: Duration,
+    /// Read before the answer (HTTP/2), not only after it.
+    first: bool,
+    _in_flight: Option<InFlight>,
+}
+
+impl Linger {
+    /// Read and discard what the client still sends, for at most `within`
+    /// (of the time left): `true` at the body's end (or once the client
+    /// reset or closed it), `false` when more than `bytes` came or the time
+    /// is up; what was spent is taken off the bounds. A body of exactly
+    /// `bytes` is read to its end (on HTTP/2 the end is often an empty DATA
+    /// frame after the last byte; stopping before it would reset a stream
+    /// the client is about to close).
+    async fn discard(&mut self, within: Duration) -> bool {
+        let started = Instant::now();
+        let deadline = started + within.min(self.time);
+        let ended = loop {
+            let gap = (Instant::now() + self.idle).min(deadline);
+            match tokio::time::timeout_at(gap, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if n > self.bytes {
+                        self.bytes = 0;
+                        break false;
+                    }
+                    self.bytes -= n;
+                }
+                Ok(None | Some(Err(_))) => break true,
+                Err(_) => break false,
+            }
+        };
+        self.time = self.time.saturating_sub(started.elapsed());
+        ended
+    }
 }
 
 impl Drop for LocalBody {
     /// The answer is out (or the connection is gone): release the request body.
     fn drop(&mut self) {
-        let Some(l) = self.linger.take() else { return };
-        // Without linger: dropped now (HTTP/2 resets the stream with
-        // NO_ERROR after END_STREAM; HTTP/1.1 closes the connection).
-        if l.time.is_zero() || l.bytes == 0 {
+        let Some(mut l) = self.linger.take() else { return };
+        // Without linger, or its bounds spent: dropped now (HTTP/2 resets
+        // the stream with NO_ERROR after END_STREAM; HTTP/1.1 closes the
+        // connection).
+        if l.time.is_zero() || l.bytes == 0 || l.body.is_end_stream() {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(drain(l));
-        }
-    }
-}
-
-/// Read and discard what the client still sends, within the linger bounds.
-async fn drain(mut l: Linger) {
-    let deadline = Instant::now() + l.time;
-    let mut seen = 0u64;
-    while seen < l.bytes {
-        match tokio::time::timeout_at(deadline, l.body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    seen = seen.saturating_add(data.len() as u64);
-                }
-            }
-            _ => return,
+            rt.spawn(async move {
+                let left = l.time;
+                l.discard(left).await;
+            });
         }
     }
 }

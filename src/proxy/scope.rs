@@ -16,14 +16,15 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::exchange::Exchanged;
+use super::exchange::{Exchanged, Failure};
 use super::record::{self, Record};
 use super::response::ResponseBody;
 use super::{GatewayError, RequestId};
 use crate::audit::Slot;
 use crate::headers::X_REQUEST_ID;
-use crate::listener::ConnInfo;
+use crate::listener::{ConnInfo, InFlight};
 use crate::state::{Shared, Snapshot};
+use crate::trace::RequestTrace;
 
 pub(super) struct Scope {
     pub shared: Arc<Shared>,
@@ -38,9 +39,16 @@ pub(super) struct Scope {
     /// The request body while it is unread: kept until the answer is sent,
     /// so an early refusal reaches the client before the body is dropped.
     pub unread: Option<Incoming>,
+    /// The listener's mark of this request in progress, kept while an
+    /// unread body lingers after the answer.
+    pub in_flight: Option<InFlight>,
+    /// The client sent `Expect: 100-continue`: it holds its body back.
+    pub expects_continue: bool,
     /// The upstream exchange in flight; it outlives the request if the
     /// client goes away.
     pub exchange: Option<tokio::task::JoinHandle<Exchanged>>,
+    /// The request's span and its children (`[tracing]` only).
+    pub trace: Option<RequestTrace>,
     finished: bool,
 }
 
@@ -52,10 +60,13 @@ impl Scope {
             rid: RequestId::parse_or_new(req.headers().get(&X_REQUEST_ID)),
             version: req.version(),
             rec: Record::new(req.method().clone(), req.uri().clone()),
+            trace: shared.tracer().map(|t| t.begin(req.headers())),
             shared,
             conn,
             slot: None,
             unread: None,
+            in_flight: None,
+            expects_continue: false,
             exchange: None,
             finished: false,
         }
@@ -63,8 +74,13 @@ impl Scope {
 
     /// Keep the body in the scope (see `unread`); the steps see the head.
     pub fn take_body(&mut self, req: Request<Incoming>) -> http::request::Parts {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         self.unread = Some(body);
+        self.in_flight = parts.extensions.remove::<InFlight>();
+        self.expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         parts
     }
 
@@ -93,11 +109,23 @@ impl Scope {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // A body never read stays with the answer until it is sent (linger).
+        // A body never read is read and discarded after the answer (before
+        // it on HTTP/2, see `response`), the request still in progress for
+        // the listener's timers meanwhile.
         if let Some(unread) = self.unread.take() {
-            resp.body_mut().linger(unread, &self.snap.config.listener);
+            let first = !self.http1() && !self.expects_continue;
+            resp.body_mut()
+                .linger(unread, self.in_flight.take(), &self.snap.config.listener, first);
         }
         record::count(&self.shared, &self.rec, resp.status(), error.as_ref());
+        record::trace(
+            &self.shared,
+            self.trace.take(),
+            &self.rec,
+            &self.rid,
+            resp.status(),
+            error.as_ref(),
+        );
         match (self.slot.take(), self.shared.audit()) {
             (Some(slot), Some(log)) => {
                 let entry = record::audit_entry(&self.rec, &self.rid, &self.conn, &resp, error.as_ref(), &log);
@@ -123,6 +151,7 @@ impl Scope {
             rid: self.rid.clone(),
             rec: std::mem::replace(&mut self.rec, Record::new(http::Method::GET, http::Uri::default())),
             slot: self.slot.take(),
+            trace: self.trace.take(),
         };
         match (self.exchange.take(), tokio::runtime::Handle::try_current()) {
             (Some(exchange), Ok(_)) => {
@@ -156,17 +185,21 @@ struct Abandoned {
     rid: RequestId,
     rec: Record,
     slot: Option<Slot>,
+    trace: Option<RequestTrace>,
 }
 
 impl Abandoned {
     /// Count and audit it; with the finished exchange, with the provider's
     /// status (its response body is dropped unread).
     fn record(mut self, exchanged: Option<Exchanged>) {
-        if let Some(ex) = exchanged {
+        if let Some(mut ex) = exchanged {
             ex.note(&mut self.rec);
+            if let Some(t) = self.trace.as_mut() {
+                t.extend(std::mem::take(&mut ex.spans));
+            }
             // The upstream failed (a timeout, a reset) whether or not its
             // client waited for it: count it like any upstream error.
-            if let Err(e) = &ex.result {
+            if let Err(Failure::Upstream(e)) = &ex.result {
                 self.shared
                     .metrics()
                     .upstream_errors
@@ -177,6 +210,14 @@ impl Abandoned {
         let error = GatewayError::ClientGone;
         let status = error.status();
         record::count(&self.shared, &self.rec, status, Some(&error));
+        record::trace(
+            &self.shared,
+            self.trace.take(),
+            &self.rec,
+            &self.rid,
+            status,
+            Some(&error),
+        );
         self.shared
             .metrics()
             .client_gone

@@ -21,8 +21,9 @@ use crate::fleet::{FleetLimit, LimitAnswer, Source};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
-use crate::secrets::Credential;
+use crate::secrets::{Credential, CredentialSlot};
 use crate::sign::BodyMode;
+use crate::trace::{Attr, Child, Kind};
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -92,6 +93,32 @@ pub(super) fn authorize(scope: &Scope, route: &Route) -> Result<(), GatewayError
         if !ok {
             return Err(GatewayError::IdentityNotAllowed);
         }
+    }
+    Ok(())
+}
+
+/// The credential that signs for this caller: the route's one, or the first
+/// `credential_map` entry matching the caller's address or certificate
+/// identity (403 when none does: nothing is sent).
+pub(super) fn pick_credential(scope: &mut Scope, route: &Route) -> Result<Arc<CredentialSlot>, GatewayError> {
+    let slot = route
+        .credential
+        .pick(scope.conn.ip(), scope.conn.identities.as_deref())
+        .ok_or(GatewayError::NoCredentialForCaller)?
+        .clone();
+    scope.rec.credential = Some(slot.clone());
+    Ok(slot)
+}
+
+/// The route's kill switch: a route operators disabled refuses before its
+/// limits are counted or its body is read, and nothing is claimed, signed
+/// or sent. Checked once more just before sending (a request that waited
+/// for an upstream slot while the route was disabled is refused too).
+pub(super) fn enabled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
+    if scope.shared.switches().is_disabled(route.name()) {
+        return Err(GatewayError::RouteDisabled {
+            route: route.name().to_string(),
+        });
     }
     Ok(())
 }
@@ -215,7 +242,8 @@ pub(super) fn cooled(scope: &Scope, route: &Route) -> Result<(), GatewayError> {
 /// (so an `Expect: 100-continue` client never gets its 100); a streamed body
 /// is cut off as soon as the running total passes the limit. Trailers are
 /// read and dropped: they are never forwarded nor signed. A body that is
-/// refused stays in the scope for the answer's linger.
+/// refused stays in the scope for the answer's linger, unless it was refused
+/// for being too slow (`body_timeout`): then it is dropped with the answer.
 pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes, GatewayError> {
     // Never sign bytes other than those sent: compressed bodies are refused.
     if let Some(enc) = parts.headers.get(CONTENT_ENCODING) {
@@ -236,7 +264,14 @@ pub(super) async fn read_body(scope: &mut Scope, parts: &Parts) -> Result<Bytes,
         total,
         idle,
     )
-    .await?;
+    .await
+    .inspect_err(|e| {
+        // A client too slow for the body timers gets no linger: reading on
+        // would give it the time the timers just took away.
+        if matches!(e, GatewayError::BodyTimeout) {
+            scope.unread = None;
+        }
+    })?;
     scope.unread = None;
     scope.rec.bytes_in = raw.len() as u64;
     Ok(raw)
@@ -361,8 +396,25 @@ pub(super) async fn claim(
 }
 
 /// The secret to sign with; a request keeps the version it started with.
-pub(super) fn credential(scope: &mut Scope, route: &Route) -> Result<Arc<Credential>, GatewayError> {
-    let cred = route.credential.get().map_err(GatewayError::CredentialUnavailable)?;
+pub(super) fn credential(scope: &mut Scope, slot: &CredentialSlot) -> Result<Arc<Credential>, GatewayError> {
+    let span = scope.trace.as_ref().map(|_| Child::start("credential", Kind::Internal));
+    let got = slot.get().map_err(GatewayError::CredentialUnavailable);
+    if let (Some(trace), Some(mut span)) = (scope.trace.as_mut(), span) {
+        span.set(Attr::new("signgate.credential", slot.name().to_string()));
+        match &got {
+            Ok(cred) => {
+                if let Some(v) = cred.version() {
+                    span.set(Attr::new(
+                        "signgate.credential.version",
+                        i64::try_from(v).unwrap_or(i64::MAX),
+                    ));
+                }
+            }
+            Err(e) => span.fail(e.code()),
+        }
+        trace.add(span.end());
+    }
+    let cred = got?;
     scope.rec.credential_version = cred.version();
     Ok(cred)
 }

@@ -80,11 +80,11 @@ impl EnvSource {
                 })
             }
         };
-        Ok(Material {
-            api_key: to_bytes(key.unwrap_or_default(), &self.api_key_env)?,
-            secret: to_bytes(secret.unwrap_or_default(), &self.secret_env)?,
-            version: Some(1),
-        })
+        Ok(Material::secret(
+            to_bytes(key.unwrap_or_default(), &self.api_key_env)?,
+            to_bytes(secret.unwrap_or_default(), &self.secret_env)?,
+            Some(1),
+        ))
     }
 }
 

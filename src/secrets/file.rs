@@ -109,11 +109,7 @@ impl FileSource {
         };
         self.last = Some(st);
         self.version += 1;
-        Ok(Poll::Changed(Material {
-            api_key,
-            secret,
-            version: Some(self.version),
-        }))
+        Ok(Poll::Changed(Material::secret(api_key, secret, Some(self.version))))
     }
 }
 

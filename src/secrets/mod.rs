@@ -1,12 +1,14 @@
 //! Credentials: where the API key and HMAC secret come from, and the slot each
 //! route reads them from.
 //!
-//! A [`Source`] (env, file, Vault/OpenBao) produces
+//! A [`Source`] (env, file, Vault/OpenBao KV, Vault/OpenBao Transit) produces
 //! [`Material`]; a background task per credential installs it into a
-//! [`CredentialSlot`] as an immutable [`Credential`] (keyed MAC + API key) that
-//! requests clone an `Arc` of: a new version takes effect for the next request
-//! while in-flight requests keep the one they started with. Secret bytes are
-//! zeroized on drop and never appear in `Debug`, logs, errors or metrics.
+//! [`CredentialSlot`] as an immutable [`Credential`] (API key + [`Key`]: a
+//! MAC keyed in memory, or a handle on a Transit key that signs inside Vault)
+//! that requests clone an `Arc` of: a new version takes effect for the next
+//! request while in-flight requests keep the one they started with. Secret
+//! bytes are zeroized on drop and never appear in `Debug`, logs, errors or
+//! metrics.
 
 pub mod env;
 mod file;
@@ -27,7 +29,7 @@ use zeroize::Zeroizing;
 
 pub use env::EnvSource;
 pub use file::FileSource;
-pub use vault::{VaultSource, BACKOFF_START, VAULT_POLL_TIMEOUT};
+pub use vault::{Transit, TransitSource, VaultSource, BACKOFF_START, VAULT_POLL_TIMEOUT};
 
 use crate::config::{CredentialSpec, SecretSource};
 use crate::sign::{keyed_mac, HmacSha256};
@@ -70,13 +72,34 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// What a source hands over: the API key, the secret, and the version.
+/// What a source hands over: the API key, the key, and the version.
 #[derive(Debug, Clone)]
 pub struct Material {
     pub api_key: SecretBytes,
-    pub secret: SecretBytes,
-    /// Version at the source (Vault KV version; a change counter for files).
+    pub key: KeyMaterial,
+    /// Version at the source (Vault KV version, Transit key version; a
+    /// change counter for files).
     pub version: Option<u64>,
+}
+
+impl Material {
+    /// An API key and a secret held in memory.
+    pub fn secret(api_key: SecretBytes, secret: SecretBytes, version: Option<u64>) -> Material {
+        Material {
+            api_key,
+            key: KeyMaterial::Secret(secret),
+            version,
+        }
+    }
+}
+
+/// The key a credential signs with.
+#[derive(Debug, Clone)]
+pub enum KeyMaterial {
+    /// The secret itself, to key an HMAC in memory.
+    Secret(SecretBytes),
+    /// A Transit key: the HMAC is computed inside Vault.
+    Transit(Arc<Transit>),
 }
 
 /// Why a credential could not be loaded. Messages name variables, files and
@@ -98,9 +121,18 @@ pub enum LoadError {
 pub struct Credential {
     name: Arc<str>,
     api_key: HeaderValue,
-    mac: HmacSha256,
+    key: Key,
     version: Option<u64>,
     loaded_at: SystemTime,
+}
+
+/// How a credential signs.
+pub enum Key {
+    /// A MAC keyed once with the secret, cloned per signature (the hot path:
+    /// no allocation, no await).
+    Local(HmacSha256),
+    /// Vault/OpenBao Transit computes the MAC (one call per signature).
+    Transit(Arc<Transit>),
 }
 
 impl Credential {
@@ -115,18 +147,22 @@ impl Credential {
             reason: format!("credential {name}: the API key contains characters not allowed in an HTTP header"),
         })?;
         api_key.set_sensitive(true);
-        if m.secret.len() < MIN_SECRET_LEN {
-            return Err(LoadError::Invalid {
-                reason: format!(
-                    "credential {name}: the secret key is too short ({} bytes; at least {MIN_SECRET_LEN} expected)",
-                    m.secret.len()
-                ),
-            });
-        }
+        let key = match &m.key {
+            KeyMaterial::Secret(secret) if secret.len() < MIN_SECRET_LEN => {
+                return Err(LoadError::Invalid {
+                    reason: format!(
+                        "credential {name}: the secret key is too short ({} bytes; at least {MIN_SECRET_LEN} expected)",
+                        secret.len()
+                    ),
+                });
+            }
+            KeyMaterial::Secret(secret) => Key::Local(keyed_mac(secret.expose())),
+            KeyMaterial::Transit(t) => Key::Transit(t.clone()),
+        };
         Ok(Credential {
             name: Arc::from(name),
             api_key,
-            mac: keyed_mac(m.secret.expose()),
+            key,
             version: m.version,
             loaded_at: SystemTime::now(),
         })
@@ -140,9 +176,26 @@ impl Credential {
         &self.api_key
     }
 
-    /// The MAC keyed with the secret; clone it per signature.
-    pub fn mac(&self) -> &HmacSha256 {
-        &self.mac
+    /// How this credential signs.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The MAC keyed with the secret (clone it per signature); `None` for a
+    /// Transit credential, whose secret the gateway never has.
+    pub fn mac(&self) -> Option<&HmacSha256> {
+        match &self.key {
+            Key::Local(mac) => Some(mac),
+            Key::Transit(_) => None,
+        }
+    }
+
+    /// The Transit key that signs for this credential, if it is one.
+    pub fn transit(&self) -> Option<&Arc<Transit>> {
+        match &self.key {
+            Key::Local(_) => None,
+            Key::Transit(t) => Some(t),
+        }
     }
 
     pub fn version(&self) -> Option<u64> {
@@ -159,7 +212,13 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("version", &self.version)
-            .field("secret", &"[redacted]")
+            .field(
+                "secret",
+                &match &self.key {
+                    Key::Local(_) => "[redacted]".to_string(),
+                    Key::Transit(t) => format!("in Vault Transit ({})", t.describe()),
+                },
+            )
             .finish()
     }
 }
@@ -189,6 +248,18 @@ pub trait Source: Send + 'static {
     /// The slot was emptied (stale): hand the material over again next time,
     /// even if it did not change.
     fn forget(&mut self) {}
+    /// Signalled when the credential's users saw the source fail (Transit:
+    /// a refused or unanswered HMAC): poll again soon instead of at the
+    /// next scheduled refresh.
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// The key stays at the source and every signature needs it (Transit):
+    /// a failing source then means the credential cannot sign, even with
+    /// a credential loaded.
+    fn signs_remotely(&self) -> bool {
+        false
+    }
 }
 
 /// Why a credential cannot sign right now. `reason` says what to provide or
@@ -223,6 +294,9 @@ pub struct CredentialSlot {
     previous: ArcSwapOption<(Arc<Credential>, SystemTime)>,
     /// Failed closed after a successful load (cleared by the next install).
     expired: std::sync::atomic::AtomicBool,
+    /// Set by the refresh task for a source that signs remotely (Transit):
+    /// its last poll failed, so signing most likely fails too.
+    remote_down: std::sync::atomic::AtomicBool,
 }
 
 impl CredentialSlot {
@@ -236,6 +310,7 @@ impl CredentialSlot {
             last_ok: AtomicU64::new(0),
             previous: ArcSwapOption::empty(),
             expired: std::sync::atomic::AtomicBool::new(false),
+            remote_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -285,6 +360,22 @@ impl CredentialSlot {
         self.current.load().is_some()
     }
 
+    /// Whether the credential can sign now, for readiness: loaded, and for
+    /// a key that signs remotely (Transit), its source answered last time.
+    pub fn ready(&self) -> Result<(), Unavailable> {
+        self.get()?;
+        if self.remote_down.load(Ordering::Relaxed) {
+            return Err(Unavailable {
+                credential: self.name.clone(),
+                expired: false,
+                reason: self
+                    .problem()
+                    .unwrap_or_else(|| format!("credential {}: Vault does not answer", self.name)),
+            });
+        }
+        Ok(())
+    }
+
     /// The last load problem, if the latest attempt failed.
     pub fn problem(&self) -> Option<String> {
         self.problem.load().as_ref().clone()
@@ -321,6 +412,7 @@ enum AnySource {
     Env(EnvSource),
     File(FileSource),
     Vault(Box<VaultSource>),
+    Transit(Box<TransitSource>),
 }
 
 impl CredentialStore {
@@ -350,14 +442,35 @@ impl CredentialStore {
                         continue;
                     }
                 },
+                SecretSource::VaultTransit(spec) => match TransitSource::new(name, spec) {
+                    Ok(s) => AnySource::Transit(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(credential = %name, error = %e, "credential unavailable");
+                        slot.fail(e.to_string());
+                        slots.insert(name.clone(), slot);
+                        continue;
+                    }
+                },
             };
             match source {
                 AnySource::Env(s) => start_source(slot.clone(), s, cancel.clone()).await,
                 AnySource::File(s) => start_source(slot.clone(), s, cancel.clone()).await,
                 AnySource::Vault(s) => start_source(slot.clone(), *s, cancel.clone()).await,
+                AnySource::Transit(s) => start_source(slot.clone(), *s, cancel.clone()).await,
             }
             slots.insert(name.clone(), slot);
         }
+        CredentialStore { slots: Arc::new(slots) }
+    }
+
+    /// The slots of `specs`, none of them loaded and nothing started: for
+    /// tools that route without signing (`signgate explain`), which then
+    /// load only the credential they need.
+    pub fn unloaded(specs: &BTreeMap<String, CredentialSpec>) -> CredentialStore {
+        let slots = specs
+            .keys()
+            .map(|name| (name.clone(), Arc::new(CredentialSlot::new(name))))
+            .collect();
         CredentialStore { slots: Arc::new(slots) }
     }
 

@@ -21,13 +21,24 @@ pub(super) async fn start_source<S: Source>(slot: Arc<CredentialSlot>, mut sourc
     let Some(first_wait) = next_wait(&slot, &source, &state, ok) else {
         return;
     };
+    let wake = source.wake();
     tokio::spawn(async move {
         let mut wait = first_wait;
+        let mut last_poll = Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                // The credential's users saw the source fail: poll again now,
+                // but never more often than once per `BACKOFF_START`.
+                _ = woken(wake.as_deref()) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(last_poll + super::BACKOFF_START) => {}
+                    }
+                }
             }
+            last_poll = Instant::now();
             let ok = poll_once(&slot, &mut source, &mut state).await;
             match next_wait(&slot, &source, &state, ok) {
                 Some(w) => wait = w,
@@ -35,6 +46,14 @@ pub(super) async fn start_source<S: Source>(slot: Arc<CredentialSlot>, mut sourc
             }
         }
     });
+}
+
+/// Resolves when `wake` is signalled; never without one.
+async fn woken(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[derive(Default)]
@@ -52,6 +71,9 @@ async fn poll_once<S: Source>(slot: &CredentialSlot, source: &mut S, state: &mut
     let ok = poll_and_install(slot, source, state).await;
     let counter = if ok { &slot.refresh_ok } else { &slot.refresh_error };
     counter.fetch_add(1, Ordering::Relaxed);
+    if source.signs_remotely() {
+        slot.remote_down.store(!ok, Ordering::Relaxed);
+    }
     if ok {
         state.last_success = Some(Instant::now());
         let now = std::time::SystemTime::now()

@@ -264,20 +264,25 @@ impl Scheme {
     pub fn sign(&self, keyed: &HmacSha256, input: &MessageInput<'_>) -> Signature {
         let mut mac = keyed.clone();
         self.feed(&mut mac, input);
-        let digest = mac.finalize().into_bytes();
+        self.signature(mac.finalize().into_bytes().into())
+    }
+
+    /// The signature header value of a MAC computed elsewhere (Vault
+    /// Transit), in this scheme's encoding.
+    pub fn signature(&self, mac: [u8; 32]) -> Signature {
         let mut sig = Signature {
             buf: [0u8; 88],
             len: 0,
-            mac: digest.into(),
+            mac,
         };
         match self.encoding {
             Encoding::Hex => {
-                let _ = hex::encode_to_slice(digest, &mut sig.buf[..64]);
+                let _ = hex::encode_to_slice(mac, &mut sig.buf[..64]);
                 sig.len = 64;
             }
             Encoding::Base64 => {
                 sig.len = base64::engine::general_purpose::STANDARD
-                    .encode_slice(digest, &mut sig.buf)
+                    .encode_slice(mac, &mut sig.buf)
                     .unwrap_or(0);
             }
         }

@@ -186,3 +186,54 @@ fn timestamps_and_fingerprints() {
         "Debug must not show the signature"
     );
 }
+
+/// What docs/signing.md says about importing a short secret into Vault
+/// Transit, which takes HMAC keys of 32 to 512 bytes: HMAC first pads a key
+/// shorter than the hash's block size (64 bytes for SHA-256) with zero bytes
+/// (RFC 2104 §2), so a secret K and K followed by zeros up to 32 (or 64)
+/// bytes key the same HMAC. Past the block size it is no longer so: a longer
+/// key is hashed first.
+#[test]
+fn a_short_secret_and_the_same_secret_zero_padded_key_the_same_hmac() {
+    use hmac::{Hmac, Mac};
+    type H = Hmac<sha2::Sha256>;
+    let mac = |key: &[u8], msg: &[u8]| {
+        let mut m = <H as Mac>::new_from_slice(key).unwrap();
+        m.update(msg);
+        m.finalize().into_bytes().to_vec()
+    };
+    let msg = b"{\"amount\":\"100\",\"order_id\":\"123456\"}1778659835";
+    // YOUR_SECRET_KEY (15 bytes) is the provider's own documented example.
+    for secret in [
+        &b"YOUR_SECRET_KEY"[..],
+        b"0123456789abcdef",
+        b"sk_test_abcdefghijklmnopqrstuv1",
+    ] {
+        assert!(secret.len() < 32);
+        for padded_len in [32, 48, 64] {
+            let mut padded = secret.to_vec();
+            padded.resize(padded_len, 0);
+            assert_eq!(
+                mac(secret, msg),
+                mac(&padded, msg),
+                "{} bytes padded to {padded_len}",
+                secret.len()
+            );
+        }
+        // One more zero past the block size changes everything.
+        let mut too_long = secret.to_vec();
+        too_long.resize(65, 0);
+        assert_ne!(mac(secret, msg), mac(&too_long, msg));
+        // Padding with anything but zeros is another key.
+        let mut other = secret.to_vec();
+        other.resize(32, b' ');
+        assert_ne!(mac(secret, msg), mac(&other, msg));
+    }
+    // The documented vector A1 holds for the padded key as well.
+    let mut padded = b"YOUR_SECRET_KEY".to_vec();
+    padded.resize(32, 0);
+    assert_eq!(
+        hex::encode(mac(&padded, msg)),
+        "6aafa6ffebb2465388bb65c4bcd41a125b218686fa305979d23b4c435af6d209"
+    );
+}

@@ -10,6 +10,13 @@
 //! new within the window. A new event is committed to the on-disk inbox and
 //! only then acknowledged with 200; [`deliver`] forwards it later. Refusals:
 //! 401 `bad_signature`, 401 `stale_timestamp`, 400 `invalid_json`.
+//!
+//! A `vault_transit` credential has no secret in the gateway: its signatures
+//! are checked by Vault (`POST {mount}/verify/{key}/sha2-256` with
+//! `vault:vN:` + the received MAC, N the credential's key version), in the
+//! same order and with the same verdicts ([`verify_remote`]); a Vault that
+//! cannot answer makes the event `503 credential_unavailable`, and the
+//! provider sends it again.
 
 pub mod store;
 
@@ -24,7 +31,7 @@ use crate::allowlist::Allowlist;
 use crate::canonical;
 use crate::config::WebhookConfig;
 use crate::fleet::{Claimed, Fleet, Source};
-use crate::secrets::{Credential, CredentialSlot};
+use crate::secrets::{Credential, CredentialSlot, Key, Unavailable};
 use crate::sign::{MessageInput, Scheme, TimestampUnit};
 use store::{Accepted, Store};
 
@@ -132,15 +139,10 @@ impl Verifier<'_> {
     pub fn verify(&self, signature: &str, timestamp: &str, raw: &[u8], now: SystemTime) -> Result<(), Refusal> {
         let scheme = self.scheme;
         let with_key = |c: &Credential, body: &[u8]| {
-            let input = MessageInput {
-                api_key: c.api_key().as_bytes(),
-                timestamp,
-                method: "POST",
-                path: &self.config.match_path,
-                query: "",
-                body,
-            };
-            scheme.verify(c.mac(), &input, signature.as_bytes())
+            let input = self.input(c, timestamp, body);
+            // A Transit credential is checked by `verify_remote`, never here.
+            c.mac()
+                .is_some_and(|mac| scheme.verify(mac, &input, signature.as_bytes()))
         };
         // The raw bytes first, as the provider's rule says; the canonical
         // re-encoding only when configured (the provider's own sample re-encodes).
@@ -163,6 +165,12 @@ impl Verifier<'_> {
         if !valid {
             return Err(Refusal::BadSignature);
         }
+        self.fresh(timestamp, now)
+    }
+
+    /// A genuine timestamp must still be within `tolerance_secs`.
+    fn fresh(&self, timestamp: &str, now: SystemTime) -> Result<(), Refusal> {
+        let scheme = self.scheme;
         // Genuine but old or from the future: a replay or a broken clock.
         let ts: u64 = timestamp.parse().map_err(|_| Refusal::StaleTimestamp)?;
         let ts_secs = match scheme.timestamp_unit {
@@ -174,6 +182,82 @@ impl Verifier<'_> {
             return Err(Refusal::StaleTimestamp);
         }
         Ok(())
+    }
+}
+
+impl<'a> Verifier<'a> {
+    fn input<'b>(&'b self, c: &'b Credential, timestamp: &'b str, body: &'b [u8]) -> MessageInput<'b> {
+        MessageInput {
+            api_key: c.api_key().as_bytes(),
+            timestamp,
+            method: "POST",
+            path: &self.config.match_path,
+            query: "",
+            body,
+        }
+    }
+
+    /// [`Verifier::verify`] for candidates among which one signs in Vault
+    /// Transit: the same checks in the same order, each signature check a
+    /// call to Vault's verify endpoint (local candidates still verify in
+    /// memory). A Vault that cannot answer is `CredentialUnavailable`.
+    pub async fn verify_remote(
+        &self,
+        signature: &str,
+        timestamp: &str,
+        raw: &[u8],
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
+        // Undecodable (not hex, wrong length): a mismatch, Vault unasked.
+        let Some(mac) = self.scheme.decode(signature.as_bytes()) else {
+            return Err(Refusal::BadSignature);
+        };
+        let mut valid = self.any_valid(signature, &mac, timestamp, raw).await?;
+        let canonical = match canonical::canonicalize(raw, &self.scheme.canonical) {
+            Ok(c) => Some(c),
+            Err(e) if valid => {
+                return Err(Refusal::InvalidJson {
+                    offset: e.offset,
+                    reason: e.reason,
+                })
+            }
+            Err(_) => None,
+        };
+        if !valid && self.config.verify_canonical {
+            if let Some(c) = &canonical {
+                valid = self.any_valid(signature, &mac, timestamp, c).await?;
+            }
+        }
+        if !valid {
+            return Err(Refusal::BadSignature);
+        }
+        self.fresh(timestamp, now)
+    }
+
+    /// Whether one candidate made `mac` over this body.
+    async fn any_valid(&self, signature: &str, mac: &[u8; 32], timestamp: &str, body: &[u8]) -> Result<bool, Refusal> {
+        for c in self.creds {
+            let input = self.input(c, timestamp, body);
+            let valid = match c.key() {
+                Key::Local(keyed) => self.scheme.verify(keyed, &input, signature.as_bytes()),
+                Key::Transit(t) => {
+                    let Some(version) = c.version() else { continue };
+                    t.verify(&self.scheme.message_bytes(&input), version, mac)
+                        .await
+                        .map_err(|reason| {
+                            Refusal::CredentialUnavailable(Unavailable {
+                                credential: c.name().to_string(),
+                                expired: false,
+                                reason,
+                            })
+                        })?
+                }
+            };
+            if valid {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -203,7 +287,11 @@ pub async fn receive(
         creds: &creds,
     };
     let verified_at = SystemTime::now();
-    verifier.verify(signature, timestamp, &raw, verified_at)?;
+    if creds.iter().any(|c| c.transit().is_some()) {
+        verifier.verify_remote(signature, timestamp, &raw, verified_at).await?;
+    } else {
+        verifier.verify(signature, timestamp, &raw, verified_at)?;
+    }
     let verified_at = verified_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let Ok(body) = std::str::from_utf8(&raw) else {
         return Err(Refusal::InvalidJson {

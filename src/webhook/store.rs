@@ -1,8 +1,10 @@
-//! The durable webhook inbox: an embedded redb database under `[state].dir`.
-//! An event is committed (fsync) here *before* the provider gets its 200, and
-//! stays until delivered; the seen-keys table de-duplicates resends.
+//! The durable webhook inbox: two tables of the embedded redb database under
+//! `[state].dir` (`statedb`). An event is committed (fsync) here *before* the
+//! provider gets its 200, and stays until delivered; the seen-keys table
+//! de-duplicates resends.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -13,44 +15,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// dedup key → unix seconds when first accepted.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 
-pub const DB_FILE: &str = "signgate.redb";
-
 /// Seen keys are kept this much longer than the window before pruning.
 pub const PRUNE_SLACK_SECS: u64 = 300;
-
-/// `create_dir_all` whose newly made directories are 0700 regardless of the
-/// umask; an existing directory is left as the operator made it.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    // The umask may have taken bits away (never added any): set it exactly.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Create `path` as an empty 0600 file if it does not exist, and take group
-/// and other access away from an existing one (an inbox made by an older
-/// version under umask 022).
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    let mode = f.metadata()?.permissions().mode();
-    if mode & 0o077 != 0 {
-        // Best effort: a file this process may write but not chmod still serves.
-        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700)) {
-            tracing::warn!(path = %path.display(), error = %e, "the webhook inbox is readable by others and could not be made owner-only");
-        }
-    }
-    Ok(())
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("webhook store: {0}")]
@@ -96,7 +62,7 @@ pub enum Accepted {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
 }
 
 pub fn now_secs() -> u64 {
@@ -115,13 +81,14 @@ pub fn now_ms() -> u64 {
 
 impl Store {
     /// Open (or create) the inbox in `dir`. A directory created here is
-    /// owner-only (0700) and the inbox file is always owner-only (0600),
+    /// owner-only (0700) and the database file is always owner-only (0600),
     /// whatever the umask: it holds the providers' event bodies.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        create_private_dir(dir).map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
-        let path = dir.join(DB_FILE);
-        create_private_file(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
-        let db = Database::create(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        Store::on(crate::statedb::open(dir).map_err(StoreError)?)
+    }
+
+    /// The inbox in an open state database (shared with the route switches).
+    pub fn on(db: Arc<Database>) -> Result<Store, StoreError> {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(EVENTS).map_err(err)?;
         txn.open_table(SEEN).map_err(err)?;
@@ -268,16 +235,39 @@ impl Store {
         txn.commit().map_err(err)
     }
 
-    /// (pending count, oldest pending received_at) per webhook.
-    pub fn pending_stats(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let mut stats: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        for e in self.scan(|e| e.state == EventState::Pending, usize::MAX)? {
-            let s = stats.entry(e.webhook).or_insert((0, u64::MAX));
-            s.0 += 1;
-            s.1 = s.1.min(e.received_at);
+    /// Per webhook: (pending count, oldest pending received_at, failed
+    /// count). Failed events are parked: never sent again until an
+    /// operator retries them.
+    pub fn pending_stats(&self) -> Result<Vec<WebhookStats>, StoreError> {
+        let mut stats: std::collections::BTreeMap<String, WebhookStats> = Default::default();
+        for e in self.scan(
+            |e| matches!(e.state, EventState::Pending | EventState::Failed),
+            usize::MAX,
+        )? {
+            let s = stats.entry(e.webhook.clone()).or_insert_with(|| WebhookStats {
+                webhook: e.webhook.clone(),
+                pending: 0,
+                oldest_pending: u64::MAX,
+                failed: 0,
+            });
+            if e.state == EventState::Failed {
+                s.failed += 1;
+            } else {
+                s.pending += 1;
+                s.oldest_pending = s.oldest_pending.min(e.received_at);
+            }
         }
-        Ok(stats.into_iter().map(|(w, (n, t))| (w, n, t)).collect())
+        Ok(stats.into_values().collect())
     }
+}
+
+/// What [`Store::pending_stats`] counts for one webhook.
+pub struct WebhookStats {
+    pub webhook: String,
+    pub pending: u64,
+    /// `received_at` of the oldest pending event (`u64::MAX`: none).
+    pub oldest_pending: u64,
+    pub failed: u64,
 }
 
 /// What `webhooks list` shows of an event (never the body).
@@ -307,24 +297,5 @@ mod tests {
         // The latest replay a 300 s tolerance lets through comes 600 s later.
         assert!(matches!(accept(t + 600), Accepted::Duplicate));
         assert!(matches!(accept(t + 601), Accepted::New(_)));
-    }
-
-    #[test]
-    fn the_state_is_owner_only() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("a/state");
-        drop(Store::open(&state).unwrap());
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&state), 0o700);
-        assert_eq!(mode(&state.join(DB_FILE)), 0o600);
-        // An inbox left readable by an older version is tightened.
-        std::fs::set_permissions(state.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
-        drop(Store::open(&state).unwrap());
-        assert_eq!(mode(&state.join(DB_FILE)), 0o600);
-        // An existing directory is left as the operator made it.
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
-        drop(Store::open(&state).unwrap());
-        assert_eq!(mode(&state), 0o750);
     }
 }

@@ -202,6 +202,26 @@ async fn a02_slow_body_and_slow_reader_hit_idle_timeouts() {
         took >= Duration::from_millis(2_900) && took < Duration::from_millis(5_000),
         "total body deadline fired after {took:?}; body_timeout is 3 s"
     );
+    // ... and its connection closes with the answer: a client refused for
+    // being slow is not lingered on (reading on would undo the timer).
+    let t = Instant::now();
+    let closed = loop {
+        if t.elapsed() > Duration::from_secs(3) {
+            break false;
+        }
+        if s.write_all(b" ").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            _ => {}
+        }
+    };
+    assert!(
+        closed && t.elapsed() < Duration::from_millis(1_500),
+        "the connection of a client refused by body_timeout stayed open {:?} after its 408",
+        t.elapsed()
+    );
 
     // (c) a reader that stops: 8 KiB receive buffer, reads the head, then nothing.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -35,6 +35,9 @@ pub struct Rig {
     pub usual_latency: Duration,
     /// Probes sent so far (each one reaches the provider once).
     probes: AtomicU64,
+    /// Whether the listener serves TLS ([`Rig::tls_with`]): probes then go
+    /// over TLS, on a new connection each.
+    pub tls: bool,
 }
 
 impl std::ops::Deref for Rig {
@@ -183,10 +186,24 @@ impl Rig {
         Self::on(fx, toml, env).await
     }
 
+    /// The rig with a TLS listener (a certificate for localhost and
+    /// 127.0.0.1 from the fixture's CA, `pki.ca_path`), on its configuration
+    /// as `edit` changes it. Its probes go over TLS.
+    pub async fn tls_with(edit: impl FnOnce(GatewayToml) -> GatewayToml) -> Rig {
+        let fx = Fixture::new().await;
+        let server = fx.pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = (fx.path("listener.pem"), fx.path("listener-key.pem"));
+        std::fs::write(&cert, &server.cert_pem).unwrap();
+        std::fs::write(&key, &server.key_pem).unwrap();
+        let toml = edit(Self::config(&fx).listener_tls(&cert, &key));
+        Self::on(fx, toml, &[]).await
+    }
+
     /// The rig on `toml` (made from [`Rig::config`] of `fx`, for scenarios
     /// whose configuration needs the fixture, e.g. its upstream).
     pub async fn on(fx: Fixture, toml: GatewayToml, env: &[(&str, &str)]) -> Rig {
         let gw = fx.process(&toml, env);
+        let tls = toml.get("listener", "tls_cert").is_some();
         let mut rig = Rig {
             gw,
             fx,
@@ -194,6 +211,7 @@ impl Rig {
             client: TestClient::new(),
             usual_latency: Duration::ZERO,
             probes: AtomicU64::new(0),
+            tls,
         };
         // Wait for the credential, then learn the usual latency (median of 5).
         assert!(
@@ -227,6 +245,12 @@ impl Rig {
         self.gw.admin_url(path)
     }
 
+    /// `https://127.0.0.1:PORT` on a TLS rig, else `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.gw.addr)
+    }
+
     /// A normal signed request through the gateway on the rig's pooled
     /// connection: it must succeed and the provider must have verified its
     /// signature over this very body. Returns its latency.
@@ -245,7 +269,13 @@ impl Rig {
         self.probes.fetch_add(1, Ordering::SeqCst);
         let body = order_body();
         let t = Instant::now();
-        let r = client.post(&self.url(PROBE_PATH), &body).await;
+        let r = if self.tls {
+            https_post(self.gw.addr, &self.fx.pki.ca, None, PROBE_PATH, &body)
+                .await
+                .unwrap_or_else(|e| panic!("probe over TLS failed: {e}"))
+        } else {
+            client.post(&self.url(PROBE_PATH), &body).await
+        };
         let took = t.elapsed();
         assert_eq!(r.status, 200, "probe failed: {:?}", String::from_utf8_lossy(&r.body));
         let recs = self.provider.standin.records().await;

@@ -15,5 +15,6 @@ mod harness;
 mod clients;
 mod faulty;
 mod process;
+mod refusals;
 mod secrets;
 mod upstreams;

@@ -246,6 +246,135 @@ fn signgate_is_probed_on_the_admin_port_and_scraped_by_prometheus() {
     }
 }
 
+/// Whether `selector` (a `matchLabels` or a Service `selector` map) selects
+/// `labels`; an empty or missing selector selects nothing here.
+fn selects_labels(selector: &Yaml, labels: &Yaml) -> bool {
+    selector
+        .as_hash()
+        .is_some_and(|h| !h.is_empty() && h.iter().all(|(k, v)| labels[k.as_str().unwrap_or_default()] == *v))
+}
+
+fn namespace(d: &Doc) -> &str {
+    d.yaml["metadata"]["namespace"].as_str().unwrap_or("")
+}
+
+/// The workloads in `ns` whose pods `selector` selects.
+fn pods_selected<'a>(docs: &'a [Doc], ns: &str, selector: &Yaml) -> Vec<&'a Doc> {
+    docs.iter()
+        .filter(|w| {
+            namespace(w) == ns && pod_template(w).is_some_and(|t| selects_labels(selector, &t["metadata"]["labels"]))
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_operator_monitors_scrape_the_admin_port() {
+    let docs = k8s_docs();
+    let monitors: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| matches!(d.kind(), "PodMonitor" | "ServiceMonitor"))
+        .collect();
+    for kind in ["PodMonitor", "ServiceMonitor"] {
+        assert!(
+            monitors.iter().any(|d| d.kind() == kind),
+            "no {kind} under deploy/kubernetes"
+        );
+    }
+    let mut scraped = Vec::new();
+    for m in monitors {
+        let what = m.what();
+        assert_eq!(
+            m.yaml["apiVersion"].as_str(),
+            Some("monitoring.coreos.com/v1"),
+            "{what}"
+        );
+        let spec = &m.yaml["spec"];
+        let (endpoints, workloads) = if m.kind() == "PodMonitor" {
+            let workloads = pods_selected(&docs, namespace(m), &spec["selector"]["matchLabels"]);
+            (list(&spec["podMetricsEndpoints"]), workloads)
+        } else {
+            let ns: Vec<&str> = list(&spec["namespaceSelector"]["matchNames"])
+                .iter()
+                .filter_map(Yaml::as_str)
+                .collect();
+            let services: Vec<&Doc> = docs
+                .iter()
+                .filter(|s| {
+                    s.kind() == "Service"
+                        && (if ns.is_empty() {
+                            namespace(s) == namespace(m)
+                        } else {
+                            ns.contains(&namespace(s))
+                        })
+                        && selects_labels(&spec["selector"]["matchLabels"], &s.yaml["metadata"]["labels"])
+                })
+                .collect();
+            assert_eq!(services.len(), 1, "{what}: selects {} Services", services.len());
+            let svc = services[0];
+            for e in list(&spec["endpoints"]) {
+                let port = list(&svc.yaml["spec"]["ports"])
+                    .iter()
+                    .find(|p| p["name"] == e["port"])
+                    .unwrap_or_else(|| panic!("{what}: {} has no port {:?}", svc.what(), e["port"]));
+                assert_eq!(port["targetPort"].as_str(), Some("admin"), "{}: targetPort", svc.what());
+            }
+            let workloads = pods_selected(&docs, namespace(svc), &svc.yaml["spec"]["selector"]);
+            (list(&spec["endpoints"]), workloads)
+        };
+        assert!(!workloads.is_empty(), "{what}: selects no pods");
+        assert!(!endpoints.is_empty(), "{what}: no endpoints");
+        for e in endpoints {
+            assert_eq!(e["port"].as_str(), Some("admin"), "{what}: the admin port, by name");
+            assert_eq!(e["path"].as_str(), Some("/metrics"), "{what}: path");
+            assert!(
+                matches!(e["scheme"].as_str(), None | Some("http")),
+                "{what}: the admin listener is plain HTTP"
+            );
+        }
+        for w in workloads {
+            let spec = &pod_template(w).unwrap()["spec"];
+            let sg = signgate_container(spec)
+                .unwrap_or_else(|| panic!("{what} scrapes {}, which runs no signgate", w.what()));
+            assert_eq!(
+                resolve_port(sg, &Yaml::String("admin".into())),
+                Some(ADMIN_PORT),
+                "{}",
+                w.what()
+            );
+            // Only the signgate container may answer on a port named admin.
+            let named_admin = all_containers(spec)
+                .iter()
+                .filter(|c| list(&c["ports"]).iter().any(|p| p["name"].as_str() == Some("admin")))
+                .count();
+            assert_eq!(named_admin, 1, "{}: one container port named admin", w.what());
+            // A NetworkPolicy over these pods must let the scrape through.
+            for np in docs.iter().filter(|n| {
+                n.kind() == "NetworkPolicy"
+                    && namespace(n) == namespace(w)
+                    && selects_labels(
+                        &n.yaml["spec"]["podSelector"]["matchLabels"],
+                        &pod_template(w).unwrap()["metadata"]["labels"],
+                    )
+            }) {
+                assert!(
+                    list(&np.yaml["spec"]["ingress"])
+                        .iter()
+                        .any(|r| list(&r["ports"]).iter().any(|p| p["port"].as_i64() == Some(ADMIN_PORT))),
+                    "{}: no ingress on {ADMIN_PORT} for the scrape",
+                    np.what()
+                );
+            }
+            scraped.push(w.name().to_string());
+        }
+    }
+    scraped.sort();
+    assert_eq!(
+        scraped,
+        ["merchant-app", "signgate-egress"],
+        "both layouts are scraped, once each"
+    );
+}
+
 /// A volume mount of the signgate container.
 struct Mount {
     path: PathBuf,
@@ -297,19 +426,8 @@ fn config_paths(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match &c.source {
             SecretSource::Env { .. } => {}
             SecretSource::File { path, .. } => reads.push(path.clone()),
-            SecretSource::Vault(v) => {
-                reads.extend(v.ca_file.clone());
-                match &v.auth {
-                    VaultAuth::Token { token_file } => reads.extend(token_file.clone()),
-                    VaultAuth::AppRole {
-                        role_id_file,
-                        secret_id_file,
-                    } => {
-                        reads.push(role_id_file.clone());
-                        reads.push(secret_id_file.clone());
-                    }
-                }
-            }
+            SecretSource::Vault(v) => vault_reads(&v.ca_file, &v.auth, &mut reads),
+            SecretSource::VaultTransit(t) => vault_reads(&t.ca_file, &t.auth, &mut reads),
         }
     }
     let mut writes = vec![config.state.dir.clone()];
@@ -317,6 +435,21 @@ fn config_paths(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
         writes.push(p.clone());
     }
     (reads, writes)
+}
+
+/// The files a Vault credential reads: its CA and its auth files.
+fn vault_reads(ca_file: &Option<PathBuf>, auth: &VaultAuth, reads: &mut Vec<PathBuf>) {
+    reads.extend(ca_file.clone());
+    match auth {
+        VaultAuth::Token { token_file } => reads.extend(token_file.clone()),
+        VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+        } => {
+            reads.push(role_id_file.clone());
+            reads.push(secret_id_file.clone());
+        }
+    }
 }
 
 #[test]

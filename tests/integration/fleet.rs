@@ -320,8 +320,9 @@ async fn redis_killed_then_back() {
     let m = f.gws[0].metrics().await;
     assert!(metric(&m, "signgate_fleet_fallback_total", &[("what", "guard_refused")]) >= 1.0);
     assert!(metric(&m, "signgate_fleet_fallback_total", &[("what", "limits_local")]) >= 1.0);
-    // Whichever noticed first, a request's call or the probe, counted it.
-    let errors: f64 = ["limit", "ping", "claim"]
+    // Whichever noticed first, a request's call, the probe or the route
+    // switches' poll, counted it.
+    let errors: f64 = ["limit", "ping", "claim", "route_switch"]
         .iter()
         .map(|op| metric(&m, "signgate_fleet_redis_errors_total", &[("op", op)]))
         .sum();

@@ -674,6 +674,34 @@ async fn large_numeric_references_keep_their_digits() {
     );
 }
 
+/// One order id spelled as different JSON numbers (or as a string holding
+/// the number) is one order to a provider that parses numbers: a retry
+/// spelled differently must not pay out twice (an adversarial review sent
+/// seven payouts for `777`). A string a number parser would not take stays
+/// its own reference.
+#[tokio::test]
+async fn one_reference_spelled_differently_is_one_claim() {
+    let fx = Fixture::new().await;
+    let gw = fx.process(&guarded(&fx, 5000), &[]);
+    let c = TestClient::new();
+    let url = gw.url("/kwikpaisa/api/v3/pg/order/create");
+    assert_eq!(c.post(&url, r#"{"order_id":777}"#).await.status, 200);
+    for spelled in ["7.77e2", "777.0", "7.770E+2", "777e0", "0.777e3", r#""777""#] {
+        let r = c.post(&url, &format!(r#"{{"order_id":{spelled}}}"#)).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (409, "duplicate_request"),
+            "{spelled}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(c.post(&url, r#"{"order_id":"00777"}"#).await.status, 200);
+    assert_eq!(
+        provider_bodies(&fx).await,
+        [r#"{"order_id":777}"#, r#"{"order_id":"00777"}"#]
+    );
+}
+
 // ------------------------------------------------------------------ 6. webhook keys
 
 /// Pairs (and a triple) of different events that old builds keyed alike

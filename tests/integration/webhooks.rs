@@ -346,6 +346,13 @@ async fn events_survive_a_crash_and_failed_ones_are_retried_from_the_cli() {
     assert!(parked, "{}", cli(&["list"]));
     let listed = cli(&["list", "--failed"]);
     assert!(listed.contains("failed") && listed.contains("attempts=2"), "{listed}");
+    // A parked event shows on /metrics (SigngateWebhookEventsParked pages on it).
+    let parked_gauge = || gw.metric("signgate_webhook_parked", &[("webhook", "kwikpaisa-events")]);
+    assert!(
+        eventually(Duration::from_secs(5), || async { parked_gauge().await == 1.0 }).await,
+        "signgate_webhook_parked never 1:\n{}",
+        gw.metrics().await
+    );
     let app = App::start_on(app_port).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.count().await, 0, "a parked event waits for an operator");
@@ -353,6 +360,7 @@ async fn events_survive_a_crash_and_failed_ones_are_retried_from_the_cli() {
     assert!(wait_count(&app, 1, Duration::from_secs(10)).await);
     assert!(app.received.lock().await[0].1.windows(8).any(|w| w == b"REVERSED"));
     assert_eq!(cli(&["list", "--failed"]).trim(), "no events");
+    assert!(eventually(Duration::from_secs(5), || async { parked_gauge().await == 0.0 }).await);
 }
 
 #[tokio::test]

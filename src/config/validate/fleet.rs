@@ -145,6 +145,26 @@ pub(super) fn fleet(v: &mut V, r: RawFleet) -> FleetConfig {
             LimitsOnError::Local
         }
     };
+    let route_switch_poll = match r.route_switch_poll_ms {
+        None => DEFAULT_ROUTE_SWITCH_POLL,
+        Some(ms)
+            if (MIN_ROUTE_SWITCH_POLL.as_millis() as u64..=MAX_ROUTE_SWITCH_POLL.as_millis() as u64).contains(&ms) =>
+        {
+            Duration::from_millis(ms)
+        }
+        Some(ms) => {
+            v.push(ConfigError::invalid(
+                "fleet.route_switch_poll_ms",
+                ms,
+                format!(
+                    "{} to {} milliseconds (how often each instance reads the route switches from Redis)",
+                    MIN_ROUTE_SWITCH_POLL.as_millis(),
+                    MAX_ROUTE_SWITCH_POLL.as_millis()
+                ),
+            ));
+            DEFAULT_ROUTE_SWITCH_POLL
+        }
+    };
     FleetConfig {
         url: url_text,
         tls,
@@ -155,6 +175,7 @@ pub(super) fn fleet(v: &mut V, r: RawFleet) -> FleetConfig {
         instance,
         expected_instances,
         limits_on_error,
+        route_switch_poll,
     }
 }
 

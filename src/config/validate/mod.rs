@@ -7,6 +7,7 @@ mod credentials;
 mod fleet;
 mod routes;
 mod schemes;
+mod tracing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -363,6 +364,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
     let state = StateConfig {
         dir: v.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
     };
+    let tracing = raw.tracing.and_then(|t| tracing::tracing(&mut v, t));
 
     let fleet = raw.fleet.map(|f| fleet::fleet(&mut v, f));
 
@@ -387,6 +389,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         &credentials,
         &schemes,
         listener.tls.as_ref(),
+        tracing.is_some(),
     );
     let webhooks = webhooks(&mut v, raw.webhooks, &credentials, &schemes, &routes);
 
@@ -400,6 +403,7 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
             egress,
             audit,
             state,
+            tracing,
             fleet,
             credentials,
             schemes,
@@ -541,6 +545,7 @@ fn listener(v: &mut V, r: RawListener) -> ListenerConfig {
 }
 
 fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
+    let source_check = source_check(v, &r);
     let source_addr = match r.source_addr.as_deref() {
         None | Some("0.0.0.0") | Some("::") => None,
         Some(s) => match s.parse::<IpAddr>() {
@@ -597,7 +602,73 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         },
         allow_plain_http: r.allow_plain_http.unwrap_or(false),
+        source_check,
     }
+}
+
+/// `expect_source_ip` and `source_check_url` go together.
+fn source_check(v: &mut V, r: &RawEgress) -> Option<SourceCheck> {
+    let allow_plain_http = r.allow_plain_http.unwrap_or(false);
+    let interval = v.secs(
+        "egress.source_check_interval_secs",
+        r.source_check_interval_secs,
+        DEFAULT_SOURCE_CHECK_INTERVAL,
+    );
+    let expect = match r.expect_source_ip.as_deref() {
+        None => None,
+        Some(s) => match s.trim().parse::<IpAddr>() {
+            Ok(ip) => Some(crate::allowlist::normalize(ip)),
+            Err(_) => {
+                v.push(ConfigError::invalid(
+                    "egress.expect_source_ip",
+                    s,
+                    "an IP address (no port): the address the provider has whitelisted",
+                ));
+                None
+            }
+        },
+    };
+    let url = match r.source_check_url.as_deref() {
+        None => None,
+        Some(s) => match s.parse::<Uri>() {
+            Ok(u)
+                if u.authority().is_some()
+                    && (u.scheme() == Some(&UriScheme::HTTPS)
+                        || (u.scheme() == Some(&UriScheme::HTTP) && allow_plain_http)) =>
+            {
+                Some(u)
+            }
+            _ => {
+                v.push(ConfigError::invalid(
+                    "egress.source_check_url",
+                    s,
+                    "an https:// URL that answers the caller's address as text or as JSON {\"ip\": …} (http:// only with egress.allow_plain_http = true)",
+                ));
+                None
+            }
+        },
+    };
+    match (r.expect_source_ip.is_some(), r.source_check_url.is_some()) {
+        (true, false) => v.push(ConfigError::missing(
+            "egress.source_check_url",
+            "an endpoint that echoes the caller's address (text or JSON {\"ip\": …}), to check egress.expect_source_ip against",
+        )),
+        (false, true) => v.push(ConfigError::missing(
+            "egress.expect_source_ip",
+            "the address the provider has whitelisted, which egress.source_check_url must report",
+        )),
+        (false, false) if r.source_check_interval_secs.is_some() => v.push(ConfigError::invalid(
+            "egress.source_check_interval_secs",
+            "(set)",
+            "to be set only with egress.expect_source_ip and egress.source_check_url",
+        )),
+        _ => {}
+    }
+    Some(SourceCheck {
+        expect: expect?,
+        url: url?,
+        interval,
+    })
 }
 
 fn names_of<'a>(names: impl Iterator<Item = &'a String>) -> String {

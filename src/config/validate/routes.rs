@@ -52,6 +52,7 @@ pub(super) fn routes(
     credentials: &BTreeMap<String, CredentialSpec>,
     schemes: &BTreeMap<String, Scheme>,
     tls: Option<&ServerTlsConfig>,
+    tracing: bool,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::with_capacity(raw.len());
     let mut names = BTreeSet::new();
@@ -103,12 +104,23 @@ pub(super) fn routes(
                 None
             }
         };
-        let credential = v.reference(
-            &key("credential"),
-            r.credential,
-            credentials,
-            "a [credentials.NAME] table",
-        );
+        let credential = match (r.credential, r.credential_map) {
+            (Some(_), Some(_)) => {
+                v.push(ConfigError::invalid(
+                    key("credential_map"),
+                    "(set)",
+                    "either credential (one for every caller) or credential_map (one per caller), not both",
+                ));
+                None
+            }
+            (None, Some(map)) => credential_map(v, i, map, credentials, tls),
+            (one, None) => Some(RouteCredential::One(v.reference(
+                &key("credential"),
+                one,
+                credentials,
+                "a [credentials.NAME] table (or credential_map, one per caller)",
+            ))),
+        };
         let scheme = v.reference(
             &key("scheme"),
             r.scheme,
@@ -220,7 +232,15 @@ pub(super) fn routes(
             DEFAULT_DUPLICATE_CAPACITY,
         );
         let limit = v.quota(&key("limit"), r.limit);
-        if let Some(upstream) = upstream {
+        let forward_traceparent = r.forward_traceparent.unwrap_or(false);
+        if forward_traceparent && !tracing {
+            v.push(ConfigError::invalid(
+                key("forward_traceparent"),
+                true,
+                "false unless [tracing] is configured (without it there is no gateway span to forward)",
+            ));
+        }
+        if let (Some(upstream), Some(credential)) = (upstream, credential) {
             out.push(RouteConfig {
                 name,
                 match_prefix,
@@ -237,11 +257,92 @@ pub(super) fn routes(
                 duplicate_capacity,
                 max_inflight,
                 queue_timeout,
+                forward_traceparent,
                 honor_retry_after: r.honor_retry_after.unwrap_or(true),
             });
         }
     }
     out
+}
+
+/// `credential_map = [{ client = "CIDR", credential = "NAME" },
+/// { identity = "uri:…", credential = "NAME" }, …]`: first match wins.
+fn credential_map(
+    v: &mut V,
+    i: usize,
+    map: Vec<RawCredentialRule>,
+    credentials: &BTreeMap<String, CredentialSpec>,
+    tls: Option<&ServerTlsConfig>,
+) -> Option<RouteCredential> {
+    if map.is_empty() {
+        v.push(ConfigError::invalid(
+            format!("route[{i}].credential_map"),
+            "[]",
+            "a non-empty list of { client = \"CIDR\" | identity = \"uri:…\", credential = \"NAME\" }",
+        ));
+        return None;
+    }
+    let mtls = tls.and_then(|t| t.client_ca.as_ref()).is_some();
+    let mut rules = Vec::with_capacity(map.len());
+    let mut ok = true;
+    for (j, entry) in map.into_iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].credential_map[{j}].{k}");
+        let caller = match (entry.client, entry.identity) {
+            (Some(c), None) => match parse_cidr(&c) {
+                Some(net) => Some(Caller::Client(net)),
+                None => {
+                    v.push(ConfigError::invalid(
+                        key("client"),
+                        c,
+                        "a CIDR like 10.1.0.0/16 or ::1/128, or a single IP address",
+                    ));
+                    None
+                }
+            },
+            (None, Some(id)) => {
+                if !mtls {
+                    v.push(ConfigError::invalid(
+                        key("identity"),
+                        &id,
+                        "to be used only with mTLS (listener.client_ca set)",
+                    ));
+                }
+                match Identity::parse_entry(&id) {
+                    Ok(identity) => Some(Caller::Identity(identity)),
+                    Err(expected) => {
+                        v.push(ConfigError::invalid(key("identity"), id, expected));
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                v.push(ConfigError::invalid(
+                    key("identity"),
+                    "(set)",
+                    "either client or identity in one entry, not both (write two entries)",
+                ));
+                None
+            }
+            (None, None) => {
+                v.push(ConfigError::missing(
+                    key("client"),
+                    "who the entry is for: client = \"CIDR\" or identity = \"uri:…\" / \"dns:…\"",
+                ));
+                None
+            }
+        };
+        let credential = v.reference(
+            &key("credential"),
+            entry.credential,
+            credentials,
+            "a [credentials.NAME] table",
+        );
+        match caller {
+            Some(caller) => rules.push(CredentialRule { caller, credential }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(RouteCredential::ByCaller(rules))
 }
 
 pub(super) fn webhooks(

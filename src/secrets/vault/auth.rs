@@ -11,7 +11,7 @@ use ::http::{Method, StatusCode};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{colon, parse, scrub, VaultSource};
+use super::{colon, parse, scrub, VaultClient};
 use crate::config::VaultAuth;
 use crate::secrets::LoadError;
 
@@ -65,7 +65,7 @@ impl Token {
     }
 }
 
-impl VaultSource {
+impl VaultClient {
     /// Have a usable token: (re)read it for token auth, log in or renew for
     /// AppRole.
     pub(super) async fn authenticate(&mut self, deadline: Instant) -> Result<(), LoadError> {
@@ -74,7 +74,7 @@ impl VaultSource {
             .as_ref()
             .and_then(Token::due)
             .is_some_and(|d| Instant::now() >= d);
-        match self.spec.auth.clone() {
+        match self.auth.clone() {
             VaultAuth::Token { token_file } => {
                 // Re-read every time: a new token file fixes a rejected token.
                 let value = read_token(token_file.as_deref())?;
@@ -85,7 +85,7 @@ impl VaultSource {
                     return Ok(());
                 }
                 let (ttl, renewable) = self.lookup(&value, deadline).await?;
-                self.token = Some(Token::new(value, ttl, renewable, false));
+                self.set_token(Some(Token::new(value, ttl, renewable, false)));
                 Ok(())
             }
             VaultAuth::AppRole { .. } => {
@@ -175,7 +175,7 @@ impl VaultSource {
         let VaultAuth::AppRole {
             role_id_file,
             secret_id_file,
-        } = &self.spec.auth
+        } = &self.auth
         else {
             return Ok(());
         };
@@ -199,7 +199,7 @@ impl VaultSource {
                     reason: "AppRole login answered without a client token".into(),
                 })?;
                 tracing::debug!(credential = %self.name, ttl_secs = g.ttl.as_secs(), renewable = g.renewable, "vault AppRole login");
-                self.token = Some(Token::new(g.token, g.ttl, g.renewable, true));
+                self.set_token(Some(Token::new(g.token, g.ttl, g.renewable, true)));
                 Ok(())
             }
             StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN => {

@@ -54,13 +54,19 @@ pub struct VaultHttp {
 impl VaultHttp {
     /// `tls` comes from `tls::vault_client_config`; plain `http://` is only
     /// accepted by validation for loopback addresses.
-    pub fn new(addr: &Uri, tls: std::sync::Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Option<Self> {
+    /// `max_idle`: idle connections kept for the next call.
+    pub fn new(
+        addr: &Uri,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        max_idle: usize,
+    ) -> Option<Self> {
         let scheme = addr.scheme().cloned()?;
         let authority = addr.authority().cloned()?;
         let connector = Connector::direct(tls, connect_timeout, scheme == Scheme::HTTP);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(1)
+            .pool_max_idle_per_host(max_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);

@@ -26,8 +26,10 @@ pub struct KvSecret {
     pub version: Option<u64>,
 }
 
-/// Parse a KV v2 read answer; `None` if the body is not one.
-pub fn kv(body: &[u8], api_key_field: &str, secret_field: &str) -> Option<KvSecret> {
+/// Parse a KV v2 read answer; `None` if the body is not one. Without a
+/// `secret_field` (a Transit credential's API key), `secret` is `Absent`
+/// and every other field is skipped unread.
+pub fn kv(body: &[u8], api_key_field: &str, secret_field: Option<&str>) -> Option<KvSecret> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let out = Root {
         fields: (api_key_field, secret_field),
@@ -132,17 +134,17 @@ fn zeroizing_string<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<String>
 
 /// `{"data": …}` at the top.
 struct Root<'a> {
-    fields: (&'a str, &'a str),
+    fields: (&'a str, Option<&'a str>),
 }
 
 /// `{"data": {…fields…}, "metadata": {"version": N}}`.
 struct Data<'a> {
-    fields: (&'a str, &'a str),
+    fields: (&'a str, Option<&'a str>),
 }
 
 /// The secret's own key/value map.
 struct Fields<'a> {
-    fields: (&'a str, &'a str),
+    fields: (&'a str, Option<&'a str>),
 }
 
 /// Any JSON value: a string is kept as secret bytes, anything else noted.
@@ -247,7 +249,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
         while let Some(k) = map.next_key::<String>()? {
             if k == self.fields.0 {
                 key = map.next_value_seed(AnyValue)?;
-            } else if k == self.fields.1 {
+            } else if Some(k.as_str()) == self.fields.1 {
                 secret = map.next_value_seed(AnyValue)?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -301,4 +303,59 @@ impl<'de> Visitor<'de> for AnyValue {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Field::NotString)
     }
+}
+
+/// `GET {mount}/keys/{key}`: the key's type and latest version.
+pub fn transit_key(body: &[u8]) -> Option<(String, u64)> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: Option<Data>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        #[serde(rename = "type")]
+        kind: String,
+        latest_version: u64,
+    }
+    let d = serde_json::from_slice::<Answer>(body).ok()?.data?;
+    Some((d.kind, d.latest_version))
+}
+
+/// `POST {mount}/hmac/{key}/sha2-256`: `data.hmac` = `vault:vN:<base64>`,
+/// as the key version and the 32-byte MAC.
+pub fn transit_hmac(body: &[u8]) -> Option<(u64, [u8; 32])> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: Option<Data>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        hmac: String,
+    }
+    let hmac = serde_json::from_slice::<Answer>(body).ok()?.data?.hmac;
+    let rest = hmac.strip_prefix("vault:v")?;
+    let (version, b64) = rest.split_once(':')?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let version: u64 = version.parse().ok()?;
+    let mut mac = [0u8; 32];
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode_slice(b64, &mut mac) {
+        Ok(32) => Some((version, mac)),
+        _ => None,
+    }
+}
+
+/// `POST {mount}/verify/{key}/sha2-256`: `data.valid`.
+pub fn transit_valid(body: &[u8]) -> Option<bool> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: Option<Data>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        valid: bool,
+    }
+    Some(serde_json::from_slice::<Answer>(body).ok()?.data?.valid)
 }

@@ -30,7 +30,7 @@ fn value(f: Field) -> String {
 
 #[test]
 fn kv_answers_are_picked_apart_without_copying_other_fields() {
-    let kv = parse::kv(KV_OK.as_bytes(), "api_key", "secret_key").unwrap();
+    let kv = parse::kv(KV_OK.as_bytes(), "api_key", Some("secret_key")).unwrap();
     assert_eq!(kv.version, Some(7));
     assert_eq!(value(kv.api_key), "pk_unit");
     assert_eq!(value(kv.secret), "sk_unit_0123456789abcdef");
@@ -38,18 +38,28 @@ fn kv_answers_are_picked_apart_without_copying_other_fields() {
     let kv = parse::kv(
         br#"{"data":{"data":{"api_key":5,"secret_key":{"x":1}},"metadata":{"version":2}}}"#,
         "api_key",
-        "secret_key",
+        Some("secret_key"),
     )
     .unwrap();
     assert_eq!(value(kv.api_key), "<not a string>");
     assert_eq!(value(kv.secret), "<not a string>");
-    let kv = parse::kv(br#"{"data":{"data":{},"metadata":null}}"#, "api_key", "secret_key").unwrap();
+    let kv = parse::kv(
+        br#"{"data":{"data":{},"metadata":null}}"#,
+        "api_key",
+        Some("secret_key"),
+    )
+    .unwrap();
     assert_eq!((value(kv.api_key), kv.version), ("<absent>".to_string(), None));
     // A KV v1 mount answers with the fields right under `data`.
-    assert!(parse::kv(br#"{"data":{"api_key":"a","secret_key":"b"}}"#, "api_key", "secret_key").is_none());
-    assert!(parse::kv(br#"{"data":null}"#, "api_key", "secret_key").is_none());
-    assert!(parse::kv(b"not json", "api_key", "secret_key").is_none());
-    assert!(parse::kv(format!("{KV_OK} trailing").as_bytes(), "api_key", "secret_key").is_none());
+    assert!(parse::kv(
+        br#"{"data":{"api_key":"a","secret_key":"b"}}"#,
+        "api_key",
+        Some("secret_key")
+    )
+    .is_none());
+    assert!(parse::kv(br#"{"data":null}"#, "api_key", Some("secret_key")).is_none());
+    assert!(parse::kv(b"not json", "api_key", Some("secret_key")).is_none());
+    assert!(parse::kv(format!("{KV_OK} trailing").as_bytes(), "api_key", Some("secret_key")).is_none());
 }
 
 #[test]
@@ -177,7 +187,10 @@ async fn reads_a_version_once_then_reports_unchanged() {
     match s.poll().await.unwrap() {
         Poll::Changed(m) => {
             assert_eq!(m.version, Some(7));
-            assert_eq!(m.secret.expose(), b"sk_unit_0123456789abcdef");
+            match &m.key {
+                crate::secrets::KeyMaterial::Secret(s) => assert_eq!(s.expose(), b"sk_unit_0123456789abcdef"),
+                crate::secrets::KeyMaterial::Transit(_) => panic!("a KV secret is held in memory"),
+            }
             assert!(!format!("{m:?}").contains("sk_unit"));
         }
         Poll::Unchanged => panic!("first poll must hand the material over"),
