@@ -6,6 +6,12 @@
 //! handshake share one `connect_timeout`, and failures come back typed
 //! (connect / TLS / timeout) for the error table, the metrics and the
 //! "retry only if nothing was written" rule. Redirects are never followed.
+//!
+//! At most `egress.pool_idle_per_host` connections are open (or opening) to
+//! one host: each holds a place, given back when it closes, so a burst of
+//! requests waits for a pooled connection rather than opening one each (that
+//! the pool would close again). A connection's first response marks it
+//! ([`Fresh`]) so the request that opened it is counted per route.
 
 use std::collections::HashMap;
 use std::future::Future;
