@@ -183,8 +183,9 @@ const METHOD_LABELS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD
 pub struct RouteMetrics {
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
-    /// `signgate_signatures_total{route, credential}`.
-    pub signatures: IntCounter,
+    /// `signgate_signatures_total{route, credential}` of a route with one
+    /// credential (with `credential_map`, looked up per request).
+    pub signatures: Option<(String, IntCounter)>,
     pub connections_opened: IntCounter,
     /// `signgate_clock_skew_seconds`, created by the first provider `Date`.
     clock_skew: std::sync::OnceLock<prometheus::Gauge>,
@@ -623,12 +624,12 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// The series of route `route` signing with `credential`.
-    pub fn route(&self, route: &str, credential: &str) -> RouteMetrics {
+    /// The series of route `route`, signing with `credential` when it has one.
+    pub fn route(&self, route: &str, credential: Option<&str>) -> RouteMetrics {
         RouteMetrics {
             request_duration: self.request_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
-            signatures: self.signatures.with_label_values(&[route, credential]),
+            signatures: credential.map(|c| (c.to_string(), self.signatures.with_label_values(&[route, c]))),
             connections_opened: self.upstream_connections_opened.with_label_values(&[route]),
             clock_skew: std::sync::OnceLock::new(),
             clock_skew_vec: self.clock_skew.clone(),

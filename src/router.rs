@@ -76,7 +76,13 @@ impl Route {
             None => config.limit.map(RouteLimit::new),
         };
         Route {
-            metrics: metrics.route(&config.name, &config.credential),
+            metrics: metrics.route(
+                &config.name,
+                match &config.credential {
+                    crate::config::RouteCredential::One(c) => Some(c.as_str()),
+                    crate::config::RouteCredential::ByCaller(_) => None,
+                },
+            ),
             inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
             duplicates,
             cooldown: kept.cooldown.unwrap_or_default(),

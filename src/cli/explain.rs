@@ -430,6 +430,7 @@ fn router(config: &Config, store: &CredentialStore) -> Result<Router, Stop> {
             slots,
             Kept::default(),
             None,
+            &crate::metrics::Metrics::new(),
         )));
     }
     Ok(Router::new(routes))

@@ -170,10 +170,9 @@ async fn exchange(
         if let Some(window) = reflect {
             shared.reflections().remember_sent(cred.name(), sig.mac(), window);
         }
-        if cred.name() == route.config.credential {
-            route.metrics.signatures.inc();
-        } else {
-            metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
+        match &route.metrics.signatures {
+            Some((name, counter)) if name == cred.name() => counter.inc(),
+            _ => metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc(),
         }
         if let Some(c) = claim.as_mut() {
             c.sending();
