@@ -13,13 +13,12 @@
 //! the pool would close again). A connection's first response marks it
 //! ([`Fresh`]) so the request that opened it is counted per route.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -192,7 +191,7 @@ impl AsyncWrite for UpstreamStream {
 #[derive(Clone, Default)]
 struct Places {
     per_host: usize,
-    hosts: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    hosts: Arc<dashmap::DashMap<String, Arc<Semaphore>>>,
 }
 
 impl Places {
@@ -211,13 +210,11 @@ impl Places {
             uri.scheme_str().unwrap_or(""),
             uri.authority().map_or("", |a| a.as_str())
         );
-        let sem = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            hosts
-                .entry(key)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-                .clone()
-        };
+        let sem = self
+            .hosts
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone();
         match tokio::time::timeout_at(deadline, sem.acquire_owned()).await {
             Ok(Ok(p)) => Ok(Some(p)),
             Ok(Err(_)) => Err(ConnectError::Connect("the connection limit is closed".into())),

@@ -5,17 +5,17 @@
 //! or a burst needed more — each can resume its session instead of a full
 //! handshake.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::VecDeque;
 
+use dashmap::DashMap;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 use rustls::NamedGroup;
 
 /// TLS 1.3 tickets kept per server (the newest are used first).
 pub const TICKETS_PER_SERVER: usize = 1024;
-/// Servers remembered (upstream hosts; a few in practice). Past it, the
-/// server remembered first is forgotten.
+/// Servers remembered (upstream hosts; a few in practice). Past it, one is
+/// forgotten to make room.
 const MAX_SERVERS: usize = 256;
 
 #[derive(Default)]
@@ -25,35 +25,11 @@ struct ServerData {
     tls13: VecDeque<Tls13ClientSessionValue>,
 }
 
-#[derive(Default)]
-struct Servers {
-    map: HashMap<ServerName<'static>, ServerData>,
-    /// Insertion order, for eviction.
-    order: VecDeque<ServerName<'static>>,
-}
-
-impl Servers {
-    fn edit(&mut self, name: ServerName<'static>, f: impl FnOnce(&mut ServerData)) {
-        if let Some(d) = self.map.get_mut(&name) {
-            f(d);
-            return;
-        }
-        if self.map.len() >= MAX_SERVERS {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-        let mut d = ServerData::default();
-        f(&mut d);
-        self.order.push_back(name.clone());
-        self.map.insert(name, d);
-    }
-}
-
-/// A session store with room for [`TICKETS_PER_SERVER`] tickets per server.
+/// A session store with room for [`TICKETS_PER_SERVER`] tickets per server
+/// (touched once per handshake, never per request).
 #[derive(Default)]
 pub struct SessionStore {
-    servers: Mutex<Servers>,
+    servers: DashMap<ServerName<'static>, ServerData>,
 }
 
 impl std::fmt::Debug for SessionStore {
@@ -63,51 +39,51 @@ impl std::fmt::Debug for SessionStore {
 }
 
 impl SessionStore {
-    fn with<T>(&self, f: impl FnOnce(&mut Servers) -> T) -> T {
-        // A poisoned lock only means another thread panicked mid-edit: the
-        // data is a cache, still usable.
-        let mut g = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+    fn edit(&self, name: ServerName<'static>, f: impl FnOnce(&mut ServerData)) {
+        if !self.servers.contains_key(&name) && self.servers.len() >= MAX_SERVERS {
+            let old = self.servers.iter().next().map(|e| e.key().clone());
+            if let Some(old) = old {
+                self.servers.remove(&old);
+            }
+        }
+        f(&mut self.servers.entry(name).or_default());
     }
 }
 
 impl ClientSessionStore for SessionStore {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.with(|s| s.edit(server_name, |d| d.kx_hint = Some(group)));
+        self.edit(server_name, |d| d.kx_hint = Some(group));
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.with(|s| s.map.get(server_name).and_then(|d| d.kx_hint))
+        // (Owned: the map's keys are `'static`; once per handshake.)
+        self.servers.get(&server_name.to_owned()).and_then(|d| d.kx_hint)
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.with(|s| s.edit(server_name, |d| d.tls12 = Some(value)));
+        self.edit(server_name, |d| d.tls12 = Some(value));
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.with(|s| s.map.get(server_name).and_then(|d| d.tls12.clone()))
+        self.servers.get(&server_name.to_owned()).and_then(|d| d.tls12.clone())
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.with(|s| {
-            if let Some(d) = s.map.get_mut(server_name) {
-                d.tls12 = None;
-            }
-        });
+        if let Some(mut d) = self.servers.get_mut(server_name) {
+            d.tls12 = None;
+        }
     }
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.with(|s| {
-            s.edit(server_name, |d| {
-                if d.tls13.len() >= TICKETS_PER_SERVER {
-                    d.tls13.pop_front();
-                }
-                d.tls13.push_back(value);
-            })
+        self.edit(server_name, |d| {
+            if d.tls13.len() >= TICKETS_PER_SERVER {
+                d.tls13.pop_front();
+            }
+            d.tls13.push_back(value);
         });
     }
 
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.with(|s| s.map.get_mut(server_name).and_then(|d| d.tls13.pop_back()))
+        self.servers.get_mut(server_name).and_then(|mut d| d.tls13.pop_back())
     }
 }
