@@ -145,6 +145,9 @@ impl Reloader {
         if !new.webhooks.is_empty() && self.shared.inbox().is_none() {
             restart.push("[[webhook]] (the first webhook opens the inbox under [state].dir)");
         }
+        if crate::statedb::needed(&new) && self.shared.state_db().is_none() {
+            restart.push("[[route]] duplicate_key (the first one opens the state database under [state].dir)");
+        }
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
@@ -169,9 +172,11 @@ impl Reloader {
             upstream,
             Some(&old),
             self.shared.fleet(),
+            self.shared.state_db(),
             self.shared.metrics(),
         )?;
         prime(self.shared.metrics(), &new);
+        warn_shared_secrets(&next);
         self.shared.replace_snapshot(next);
         if let Some(tls) = egress_tls {
             certs.replace_egress(tls);
@@ -218,6 +223,21 @@ impl Reloader {
                 _ = every.tick() => self.poll_certificates(),
             }
         }
+    }
+}
+
+/// A webhook whose secret also signs outbound requests works (the
+/// reflection guard refuses the gateway's own signatures coming back), but
+/// its own secret is better: say so at start-up and on every reload. A
+/// credential that has not loaded yet is not compared here; the gauge
+/// `signgate_webhook_secret_shared` follows the secrets as they load and rotate.
+fn warn_shared_secrets(snapshot: &Snapshot) {
+    for hook in snapshot.shared_secret_hooks() {
+        tracing::warn!(
+            webhook = hook.name(),
+            credential = hook.config.credential,
+            "this webhook verifies with a secret that also signs outbound requests: the gateway remembers its outbound signatures to refuse them as webhooks (docs/security.md); give the webhook a secret of its own if the provider allows"
+        );
     }
 }
 
@@ -377,10 +397,11 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let credentials_cancel = background.child_token();
     let credentials = CredentialStore::start(&config.credentials, &credentials_cancel).await;
-    // The state database: opened now when the inbox needs it or it holds
-    // route switches; else the first route switch creates it.
+    // The state database: opened now when the inbox or the duplicate
+    // guard's claims need it or it holds route switches; else the first
+    // route switch creates it.
     let state_dir = &config.state.dir;
-    let state_db = if !config.webhooks.is_empty() || crate::statedb::exists(state_dir) {
+    let state_db = if crate::statedb::needed(&config) || crate::statedb::exists(state_dir) {
         Some(
             crate::statedb::open(state_dir)
                 .map_err(|e| anyhow::anyhow!("opening the state database in state.dir: {e}"))?,
@@ -415,7 +436,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
     };
     let switches = Arc::new(
         Switches::load(
-            switch::Local::new(state_dir.clone(), state_db),
+            switch::Local::new(state_dir.clone(), state_db.clone()),
             fleet.clone(),
             metrics.route_disabled.clone(),
         )
@@ -439,14 +460,24 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         upstream,
         None,
         fleet.as_ref(),
+        state_db.as_ref(),
         &metrics,
     )?;
     prime(&metrics, &config);
+    let reflections = Arc::new(
+        crate::reflect::Reflections::new(fleet.clone(), state_db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    if fleet.is_some() {
+        tokio::spawn(reflections.clone().retry_pending(background.clone()));
+    }
+    warn_shared_secrets(&snapshot);
     let shared = Arc::new(Shared::new(
         snapshot,
         metrics.clone(),
         audit,
         inbox.clone(),
+        state_db,
+        reflections,
         fleet,
         tracer,
         switches.clone(),

@@ -162,6 +162,12 @@ pub struct Metrics {
     pub admin_unauthorized: IntCounter,
     pub reflection_signatures: IntGauge,
     pub reflection_early_rotations: IntCounter,
+    /// Outbound signatures whose row in the state database could not be written.
+    pub reflection_persist_errors: IntCounter,
+    /// With `[fleet]`: remembered signatures Redis has not taken yet.
+    pub reflection_pending: IntGauge,
+    /// 1 for a webhook whose secret also signs outbound requests.
+    pub webhook_secret_shared: IntGaugeVec,
     /// 1 while the egress address the provider sees is `expect_source_ip`,
     /// 0 after a mismatch or a failed check; absent without the check.
     pub egress_source_ip_ok: IntGaugeVec,
@@ -278,12 +284,13 @@ pub const FLEET_OPS: [&str; 9] = [
     "ping",
 ];
 /// The fallbacks (the `what` label).
-pub const FLEET_FALLBACKS: [&str; 5] = [
+pub const FLEET_FALLBACKS: [&str; 6] = [
     "limits_local",
     "limits_denied",
     "guard_refused",
     "webhook_local",
     "reflection_local",
+    "reflection_refused",
 ];
 
 /// Redis round trips on loopback take tens of microseconds.
@@ -549,6 +556,33 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reflection_persist_errors: reg(
+                &r,
+                IntCounter::new(
+                    "signgate_reflection_guard_persist_errors_total",
+                    "Outbound signatures sent whose row in the state database could not be written (a restart forgets them).",
+                )
+                .expect("valid metric"),
+            ),
+            reflection_pending: reg(
+                &r,
+                IntGauge::new(
+                    "signgate_reflection_guard_redis_pending",
+                    "[fleet]: remembered outbound signatures Redis did not take yet, written again once it answers (read at scrape time).",
+                )
+                .expect("valid metric"),
+            ),
+            webhook_secret_shared: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "signgate_webhook_secret_shared",
+                        "1 when the webhook's secret also signs outbound requests (read at scrape time).",
+                    ),
+                    &["webhook"],
+                )
+                .expect("valid metric"),
+            ),
             egress_source_ip_ok: reg(
                 &r,
                 IntGaugeVec::new(
@@ -664,6 +698,7 @@ impl Metrics {
                 "duplicate",
                 "invalid_json",
                 "reflected_signature",
+                "reflection_unknown",
             ] {
                 self.webhooks.with_label_values(&[w.as_str(), result]);
             }

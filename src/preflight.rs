@@ -183,10 +183,11 @@ fn audit(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn state(config: &Config, errors: &mut Vec<ConfigError>) {
-    // The database is opened at start-up only when a webhook is configured
-    // or it exists (as `run` does); otherwise the first route switch makes it.
+    // The database is opened at start-up only when a webhook or a
+    // duplicate-guarded route (without `[fleet]`) needs it or it exists (as
+    // `run` does); otherwise the first route switch makes it.
     let dir = &config.state.dir;
-    if config.webhooks.is_empty() && !crate::statedb::exists(dir) {
+    if !crate::statedb::needed(config) && !crate::statedb::exists(dir) {
         return;
     }
     if let Err(why) = writable_dir(dir) {

@@ -23,12 +23,13 @@ use crate::audit::AuditLog;
 use crate::certs::CertReload;
 use crate::config::Config;
 use crate::config::RouteCredential;
+use crate::dedup::{DurableStore, Guard};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::reflect::Reflections;
 use crate::router::{Kept, Route, RouteSlots, Router};
-use crate::secrets::{CredentialStore, Unavailable};
+use crate::secrets::{Credential, CredentialSlot, CredentialStore, Unavailable};
 use crate::switch::Switches;
 use crate::trace::Tracer;
 use crate::upstream::Upstream;
@@ -51,9 +52,6 @@ pub(crate) struct Snapshot {
     /// Stops this snapshot's credential refreshers once it is replaced by a
     /// snapshot with other credentials.
     pub credentials_cancel: CancellationToken,
-    /// Credentials a webhook verifies with, and the longest `tolerance_secs`
-    /// among those webhooks: how long their outbound signatures are remembered.
-    pub reflect_windows: BTreeMap<String, Duration>,
 }
 
 /// A configuration that names something the snapshot cannot resolve
@@ -72,12 +70,16 @@ pub(crate) enum BuildError {
         name: String,
         credential: String,
     },
+    /// The state database could not give a route its duplicate-guard claims.
+    #[error("{0}")]
+    State(String),
 }
 
 impl Snapshot {
     /// Resolve routes and webhooks against schemes and credentials. With
     /// `previous`, a route whose duplicate-guard settings did not change keeps
     /// its guard's memory (a reload must not forget in-flight payouts).
+    #[allow(clippy::too_many_arguments)] // a configuration's inputs, passed once per (re)load
     pub fn build(
         config: &Config,
         credentials: CredentialStore,
@@ -85,6 +87,7 @@ impl Snapshot {
         upstream: Upstream,
         previous: Option<&Snapshot>,
         fleet: Option<&Arc<Fleet>>,
+        state: Option<&Arc<redb::Database>>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Snapshot, BuildError> {
         let schemes: BTreeMap<&str, Arc<crate::sign::Scheme>> = config
@@ -119,6 +122,15 @@ impl Snapshot {
                         && old.config.duplicate_capacity == r.duplicate_capacity
                 })
                 .and_then(|old| old.duplicates.clone());
+            // Without `[fleet]`, a route's claims live in the state database
+            // too, so that a restart does not forget them (dedup::durable).
+            let duplicates = match (duplicates, &r.duplicate_key, fleet, state) {
+                (None, Some(_), None, Some(db)) => Some(Guard::Local(Arc::new(
+                    DurableStore::load(db.clone(), &r.name, r.duplicate_window, r.duplicate_capacity)
+                        .map_err(BuildError::State)?,
+                ))),
+                (kept, ..) => kept,
+            };
             let kept = Kept {
                 duplicates,
                 cooldown: old.map(|o| o.cooldown.clone()),
@@ -153,13 +165,7 @@ impl Snapshot {
                 config: w.clone(),
             }));
         }
-        let mut reflect_windows: BTreeMap<String, Duration> = BTreeMap::new();
-        for w in &config.webhooks {
-            let window = reflect_windows.entry(w.credential.clone()).or_default();
-            *window = (*window).max(w.tolerance);
-        }
         Ok(Snapshot {
-            reflect_windows,
             webhooks,
             config: Arc::new(config.clone()),
             credentials_cancel,
@@ -175,9 +181,43 @@ impl Snapshot {
         })
     }
 
+    /// How long the outbound signatures of `cred` must be remembered: the
+    /// longest `tolerance_secs` of the webhooks whose secret (current, or
+    /// the one a rotation just replaced) is `cred`'s, whatever their
+    /// credentials' names; `None` when no webhook verifies with it.
+    pub fn reflect_window(&self, cred: &Credential) -> Option<Duration> {
+        self.webhooks
+            .iter()
+            .filter(|h| slot_holds(&h.credential, cred))
+            .map(|h| h.config.tolerance)
+            .max()
+    }
+
+    /// Whether `hook`'s secret also signs outbound requests (a route's
+    /// credential holds it): its webhooks can be reflections.
+    pub fn hook_shares_secret(&self, hook: &Hook) -> bool {
+        self.router.routes().any(|r| {
+            r.credential.slots().any(|slot| {
+                slot.get().is_ok_and(|c| slot_holds(&hook.credential, &c))
+                    || slot.previous().is_some_and(|(c, _)| slot_holds(&hook.credential, &c))
+            })
+        })
+    }
+
+    /// The webhooks whose secret also signs outbound requests, by name
+    /// (`signgate_webhook_secret_shared`, the start-up and reload warning).
+    pub fn shared_secret_hooks(&self) -> Vec<&Arc<Hook>> {
+        self.webhooks.iter().filter(|h| self.hook_shares_secret(h)).collect()
+    }
+
     pub fn webhook_for(&self, path: &str) -> Option<&Arc<Hook>> {
         self.webhooks.iter().find(|h| h.config.match_path == path)
     }
+}
+
+/// Whether `slot`'s current or previous credential holds `cred`'s secret.
+fn slot_holds(slot: &CredentialSlot, cred: &Credential) -> bool {
+    slot.get().is_ok_and(|c| c.same_secret(cred)) || slot.previous().is_some_and(|(c, _)| c.same_secret(cred))
 }
 
 /// One reason the gateway is not ready (the `/readyz` body lists them).
@@ -329,6 +369,10 @@ pub(crate) struct Shared {
     audit: ArcSwapOption<AuditLog>,
     /// The durable webhook inbox (when webhooks are configured).
     inbox: Option<Arc<Store>>,
+    /// The state database under `[state].dir`, when opened at start-up
+    /// (the inbox, the duplicate guard's claims or the reflection memory
+    /// need it, or it exists).
+    state_db: Option<Arc<redb::Database>>,
     /// Wakes the delivery worker when an event arrives.
     delivery: Arc<Notify>,
     /// Set once the traffic listener is bound and accepting.
@@ -339,7 +383,7 @@ pub(crate) struct Shared {
     /// shutdown waits for them before closing the audit log.
     exchanges: TaskTracker,
     /// The signatures this gateway sent, refused when they come back as webhooks.
-    reflections: Reflections,
+    reflections: Arc<Reflections>,
     /// Request traces (`[tracing]`, bound at start-up); `None`: not traced.
     tracer: Option<Arc<Tracer>>,
     /// `[fleet]`: the state shared with the other instances (bound at start-up).
@@ -351,11 +395,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // the composition root's parts, each built once in `app`
     pub fn new(
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
         audit: AuditLog,
         inbox: Option<Arc<Store>>,
+        state_db: Option<Arc<redb::Database>>,
+        reflections: Arc<Reflections>,
         fleet: Option<Arc<Fleet>>,
         tracer: Option<Arc<Tracer>>,
         switches: Arc<Switches>,
@@ -365,11 +412,12 @@ impl Shared {
             metrics,
             audit: ArcSwapOption::from_pointee(audit),
             inbox,
+            state_db,
             delivery: Arc::new(Notify::new()),
             accepting: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             exchanges: TaskTracker::new(),
-            reflections: Reflections::new(fleet.clone()),
+            reflections,
             fleet,
             egress_check: ArcSwapOption::empty(),
             tracer,
@@ -415,6 +463,11 @@ impl Shared {
         self.inbox.as_ref()
     }
 
+    /// The state database, when it was opened at start-up.
+    pub fn state_db(&self) -> Option<&Arc<redb::Database>> {
+        self.state_db.as_ref()
+    }
+
     /// Tell the delivery worker there is work.
     pub fn wake_delivery(&self) {
         self.delivery.notify_one();
@@ -428,7 +481,7 @@ impl Shared {
         &self.exchanges
     }
 
-    pub fn reflections(&self) -> &Reflections {
+    pub fn reflections(&self) -> &Arc<Reflections> {
         &self.reflections
     }
 

@@ -1,7 +1,9 @@
 //! The embedded database under `[state].dir` (`signgate.redb`, redb): the
-//! durable local state the webhook inbox (`webhook::store`) and the route
-//! switches (`switch`) keep in tables of their own. One process opens it
-//! once (redb locks the file) and hands the same [`Database`] to both.
+//! durable local state the webhook inbox (`webhook::store`), the route
+//! switches (`switch`), the duplicate guard's claims (`dedup::durable`)
+//! and the reflection memory (`reflect`) keep in tables of their own. One
+//! process opens it once (redb locks the file) and hands the same
+//! [`Database`] to all of them.
 //!
 //! The directory is created owner-only (0700) and the file is always
 //! owner-only (0600), whatever the umask: it holds providers' event bodies.
@@ -46,6 +48,13 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `config` needs the database at start-up: for the webhook
+/// inbox, or for the duplicate guard's claims of a route with
+/// `duplicate_key` when there is no `[fleet]` (whose claims live in Redis).
+pub fn needed(config: &crate::config::Config) -> bool {
+    !config.webhooks.is_empty() || (config.fleet.is_none() && config.routes.iter().any(|r| r.duplicate_key.is_some()))
 }
 
 /// Whether `dir` already holds the database file (or something in its

@@ -254,6 +254,17 @@ fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
     let early = reflections.early_rotations.load(std::sync::atomic::Ordering::Relaxed);
     m.reflection_early_rotations
         .inc_by(early.saturating_sub(m.reflection_early_rotations.get()));
+    let failed = reflections.persist_errors.load(std::sync::atomic::Ordering::Relaxed);
+    m.reflection_persist_errors
+        .inc_by(failed.saturating_sub(m.reflection_persist_errors.get()));
+    m.reflection_pending
+        .set(i64::try_from(reflections.pending()).unwrap_or(i64::MAX));
+    let snap = gw.snapshot();
+    for hook in &snap.webhooks {
+        m.webhook_secret_shared
+            .with_label_values(&[hook.name()])
+            .set(i64::from(snap.hook_shares_secret(hook)));
+    }
     reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
 }
 

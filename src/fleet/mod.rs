@@ -437,8 +437,8 @@ impl Fleet {
         format!("{{{}:routes}}", self.prefix)
     }
 
-    pub fn key_reflection(&self, credential: &str, mac_prefix: u128) -> String {
-        format!("{{{}:refl:{credential}}}:{mac_prefix:032x}", self.prefix)
+    pub fn key_reflection(&self, mac_prefix: u128) -> String {
+        format!("{{{}:refl:{mac_prefix:032x}}}", self.prefix)
     }
 
     // ---- operations ----

@@ -65,6 +65,9 @@ pub enum GatewayError {
     RateLimitUnavailable,
     /// `[fleet]`: another instance is storing this very webhook event.
     WebhookInProgress,
+    /// `[fleet]`: a webhook whose secret also signs outbound requests, and
+    /// Redis cannot say whether another instance sent its signature.
+    ReflectionCheckUnavailable,
     /// A webhook without a valid signature (or without the headers).
     BadSignature,
     /// A webhook whose timestamp is outside `tolerance_secs`.
@@ -101,6 +104,7 @@ impl From<Refusal> for GatewayError {
             Refusal::CredentialUnavailable(why) => GatewayError::CredentialUnavailable(why),
             Refusal::Store => GatewayError::Internal,
             Refusal::InProgress => GatewayError::WebhookInProgress,
+            Refusal::ReflectionUnknown => GatewayError::ReflectionCheckUnavailable,
         }
     }
 }
@@ -129,6 +133,7 @@ impl GatewayError {
             GatewayError::ProviderCooldown { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::WebhookInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ReflectionCheckUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::StaleTimestamp => StatusCode::UNAUTHORIZED,
             GatewayError::ReflectedSignature => StatusCode::UNAUTHORIZED,
@@ -172,6 +177,7 @@ impl GatewayError {
             GatewayError::ProviderCooldown { .. } => "provider_cooldown",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::WebhookInProgress => "webhook_in_progress",
+            GatewayError::ReflectionCheckUnavailable => "reflection_check_unavailable",
             GatewayError::BadSignature => "bad_signature",
             GatewayError::StaleTimestamp => "stale_timestamp",
             GatewayError::ReflectedSignature => "reflected_signature",
@@ -232,7 +238,7 @@ impl GatewayError {
                 "too many transactions in flight to guard against duplicates; retry shortly".into()
             }
             GatewayError::DuplicateGuardUnavailable => {
-                "the duplicate guard's shared store cannot answer; refused, nothing was sent".into()
+                "the duplicate guard's store cannot answer; refused, nothing was sent".into()
             }
             GatewayError::ProviderCooldown { retry_after } => {
                 format!("the provider asked to back off on this route; nothing was sent; retry after {retry_after} s")
@@ -241,6 +247,10 @@ impl GatewayError {
                 "the shared rate limits cannot be checked now; refused, nothing was sent".into()
             }
             GatewayError::WebhookInProgress => "another gateway instance is storing this event; retry shortly".into(),
+            GatewayError::ReflectionCheckUnavailable => {
+                "the shared store cannot say whether this signature is one the gateway sent; not accepted, retry later"
+                    .into()
+            }
             GatewayError::BadSignature => "signature missing or invalid".into(),
             GatewayError::StaleTimestamp => "timestamp outside the accepted window".into(),
             GatewayError::ReflectedSignature => {
@@ -289,7 +299,9 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } | GatewayError::ProviderCooldown { retry_after } => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            GatewayError::RateLimitUnavailable | GatewayError::WebhookInProgress => {
+            GatewayError::RateLimitUnavailable
+            | GatewayError::WebhookInProgress
+            | GatewayError::ReflectionCheckUnavailable => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
@@ -375,6 +387,11 @@ mod tests {
             ),
             (GatewayError::RateLimitUnavailable, 503, "rate_limit_unavailable"),
             (GatewayError::WebhookInProgress, 503, "webhook_in_progress"),
+            (
+                GatewayError::ReflectionCheckUnavailable,
+                503,
+                "reflection_check_unavailable",
+            ),
             (GatewayError::BadSignature, 401, "bad_signature"),
             (GatewayError::StaleTimestamp, 401, "stale_timestamp"),
             (GatewayError::ReflectedSignature, 401, "reflected_signature"),

@@ -83,7 +83,7 @@ pub(super) async fn send(
     out: Outgoing,
     claim: Option<Claim>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
-    let reflect = scope.snap.reflect_windows.get(cred.name()).copied();
+    let reflect = scope.snap.reflect_window(&cred);
     let task = exchange(
         scope.snap.upstream.clone(),
         scope.shared.clone(),
@@ -167,8 +167,9 @@ async fn exchange(
         };
         let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
+        // Remembered (durably, with the state database) before it is sent.
         if let Some(window) = reflect {
-            shared.reflections().remember_sent(cred.name(), sig.mac(), window);
+            shared.reflections().remember_sent(sig.mac(), window).await;
         }
         match &route.metrics.signatures {
             Some((name, counter)) if name == cred.name() => counter.inc(),

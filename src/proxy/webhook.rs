@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use super::response::ResponseBody;
 use super::scope::Scope;
 use super::{steps, GatewayError};
+use crate::reflect::Seen;
 use crate::webhook::{self, Hook, Outcome};
 
 /// Admit, read and hand one event to the receiver; answer the provider.
@@ -75,16 +76,30 @@ async fn not_reflected(scope: &mut Scope, hook: &Hook, parts: &Parts) -> Result<
     let Some(mac) = hook.scheme.decode(signature.as_bytes()) else {
         return Ok(());
     };
-    let (seen, source) = scope
-        .shared
-        .reflections()
-        .seen_by_fleet(&hook.config.credential, &mac)
-        .await;
+    let (seen, source) = scope.shared.reflections().seen_by_fleet(&mac).await;
     if let Some(source) = source {
         scope.rec.note_fleet(source);
     }
-    if !seen {
-        return Ok(());
+    match seen {
+        Seen::Yes => {}
+        Seen::No => return Ok(()),
+        // Redis cannot say whether another instance sent it. A secret that
+        // also signs outbound requests fails closed (the provider retries
+        // later); one of the webhook's own cannot carry our signatures.
+        Seen::Unknown => {
+            let fleet = scope.shared.fleet();
+            if scope.snap.hook_shares_secret(hook) {
+                fleet.inspect(|f| f.fallback("reflection_refused"));
+                tracing::warn!(
+                    request_id = scope.rid.as_str(),
+                    webhook = hook.name(),
+                    "webhook refused for now: Redis cannot say whether another instance sent this signature, and the webhook's secret also signs outbound requests"
+                );
+                return Err(webhook::Refusal::ReflectionUnknown);
+            }
+            fleet.inspect(|f| f.fallback("reflection_local"));
+            return Ok(());
+        }
     }
     tracing::warn!(
         request_id = scope.rid.as_str(),

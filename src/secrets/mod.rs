@@ -124,7 +124,14 @@ pub struct Credential {
     key: Key,
     version: Option<u64>,
     loaded_at: SystemTime,
+    /// HMAC-SHA256 of a fixed label keyed with the secret, truncated: tells
+    /// whether two credentials hold the same secret without keeping or
+    /// showing the secret (`None` for Transit, whose secret is never here).
+    fingerprint: Option<[u8; 16]>,
 }
+
+/// The label whose MAC fingerprints a secret ([`Credential::same_secret`]).
+const FINGERPRINT_LABEL: &[u8] = b"signgate secret fingerprint v1";
 
 /// How a credential signs.
 pub enum Key {
@@ -159,13 +166,35 @@ impl Credential {
             KeyMaterial::Secret(secret) => Key::Local(keyed_mac(secret.expose())),
             KeyMaterial::Transit(t) => Key::Transit(t.clone()),
         };
+        let fingerprint = match &key {
+            Key::Local(mac) => {
+                use hmac::Mac as _;
+                let mut mac = mac.clone();
+                mac.update(FINGERPRINT_LABEL);
+                let full = mac.finalize().into_bytes();
+                let mut fp = [0u8; 16];
+                fp.copy_from_slice(&full[..16]);
+                Some(fp)
+            }
+            Key::Transit(_) => None,
+        };
         Ok(Credential {
             name: Arc::from(name),
             api_key,
             key,
             version: m.version,
             loaded_at: SystemTime::now(),
+            fingerprint,
         })
+    }
+
+    /// Whether `other` signs with the same secret: the same local secret
+    /// (compared by fingerprint), or for Transit the same credential name.
+    pub fn same_secret(&self, other: &Credential) -> bool {
+        match (self.fingerprint, other.fingerprint) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.name == other.name,
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -85,6 +85,10 @@ pub enum Refusal {
     /// With `[fleet]`: another instance is storing this very event and has
     /// not finished yet (503; the provider's retry finds it stored).
     InProgress,
+    /// With `[fleet]`: the webhook's secret also signs outbound requests and
+    /// Redis cannot say whether another instance sent this signature (503;
+    /// the provider retries later).
+    ReflectionUnknown,
 }
 
 impl Refusal {
@@ -97,6 +101,7 @@ impl Refusal {
             Refusal::InvalidJson { .. } => "invalid_json",
             Refusal::CredentialUnavailable(_) | Refusal::Store => "error",
             Refusal::InProgress => "in_progress",
+            Refusal::ReflectionUnknown => "reflection_unknown",
         }
     }
 }

@@ -554,3 +554,85 @@ async fn the_redis_password_is_used_and_never_shown() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("fleet.redis_password_file"), "{err}");
 }
+
+/// Old builds dropped a reflection that Redis could not take: instance A
+/// sent a request while Redis was down, and once Redis was back instance B
+/// accepted that request's signature as a webhook and delivered the forged
+/// event. Now A keeps the write and makes it once Redis answers; while
+/// Redis is down, B cannot ask and the webhook's secret also signs outbound
+/// requests, so B refuses it `503 reflection_check_unavailable` (the
+/// provider retries) rather than accept it on its own memory.
+#[tokio::test]
+async fn a_signature_sent_while_redis_is_down_is_refused_by_another_instance_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let app = App::start_on(0).await;
+    let forward = format!("http://{}/events", app.addr);
+    let f = Fleet::start(&redis.url(), |c, _| c.webhook(Webhook::kwikpaisa(&forward))).await;
+    let (a, b) = (&f.gws[0], &f.gws[1]);
+    redis.kill();
+    let body = r#"{"event":"payment.success","order_id":"FL-2"}"#;
+    assert_eq!(post(a, "/kwikpaisa/api/v3/pg/order/status", body).await.status, 200);
+    let rec = f.fx.provider.standin.records().await.pop().unwrap();
+    let (ts, sig) = (
+        rec.headers["x-timestamp"].to_str().unwrap().to_string(),
+        rec.headers["x-signature"].to_str().unwrap().to_string(),
+    );
+    let replay = |gw: &GatewayProcess| {
+        let url = gw.url("/webhooks/kwikpaisa");
+        let (ts, sig, body) = (ts.clone(), sig.clone(), rec.body.clone());
+        async move {
+            TestClient::new()
+                .send(
+                    Method::POST,
+                    &url,
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-timestamp", &ts),
+                        ("x-signature", &sig),
+                    ],
+                    body,
+                )
+                .await
+        }
+    };
+    let r = replay(b).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (503, "reflection_check_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(replay(a).await.code(), "reflected_signature", "A's own memory knows it");
+    assert!(
+        b.metric("signgate_fleet_fallback_total", &[("what", "reflection_refused")])
+            .await
+            >= 1.0
+    );
+    let kept = eventually(Duration::from_secs(5), || async {
+        a.metric("signgate_reflection_guard_redis_pending", &[]).await == 1.0
+    })
+    .await;
+    assert!(kept, "A keeps the write Redis did not take");
+
+    redis.restart();
+    f.wait_up(a, true).await;
+    let written = eventually(Duration::from_secs(10), || async {
+        a.metric("signgate_reflection_guard_redis_pending", &[]).await == 0.0
+    })
+    .await;
+    assert!(written, "{}", a.log_text());
+    assert!(redis.cli(&["--scan", "--pattern", "*refl*"]).lines().count() >= 1);
+    f.wait_up(b, true).await;
+    for gw in &f.gws[1..] {
+        let r = replay(gw).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (401, "reflected_signature"),
+            "{:?}",
+            r.body
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count().await, 0, "nothing forged was delivered");
+}

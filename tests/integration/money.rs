@@ -838,3 +838,68 @@ async fn refusals_from_the_head_answer_expect_100_continue_with_the_final_status
     }
     assert!(provider_bodies(&fx).await.is_empty(), "nothing refused was sent");
 }
+
+/// Old builds kept the duplicate guard's claims in memory only: after a
+/// restart the same payout reference was sent again (the provider paid it
+/// twice). Now a claim is in the state database before its request is sent:
+/// a settled one keeps its answer across a restart, a failed one may still
+/// be retried, and one whose request was on its way when the process was
+/// killed (`SIGKILL`, nothing settled) comes back as unknown, held.
+#[tokio::test]
+async fn claims_survive_a_restart_and_a_payment_in_flight_at_a_crash_stays_held() {
+    let fx = Fixture::new().await;
+    let toml = guarded(&fx, 5000);
+    let c = TestClient::new();
+    let paid = r#"{"amount":"100","order_id":"PAYOUT-R1"}"#;
+    let refused = r#"{"amount":"100","order_id":"PAYOUT-R2"}"#;
+    let flying = r#"{"amount":"100","order_id":"PAYOUT-R3"}"#;
+
+    let gw = fx.process(&toml, &[]);
+    assert_eq!(c.post(&gw.url("/kwikpaisa/pay"), paid).await.status, 200);
+    let r = c.post(&gw.url("/kwikpaisa/pay"), paid).await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (409, "duplicate_request"));
+    // A definite refusal by the provider releases the reference.
+    assert_eq!(c.post(&gw.url("/kwikpaisa/status/400"), refused).await.status, 400);
+    stop_and_verify(gw, &fx).await;
+
+    let mut gw = fx.process(&toml, &[]);
+    let r = c.post(&gw.url("/kwikpaisa/pay"), paid).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (409, "duplicate_request"),
+        "a payout that succeeded before the restart is not sent again"
+    );
+    assert_eq!(provider_got(&fx, paid).await, 1, "{:?}", provider_bodies(&fx).await);
+    // Sent, then the process is killed while the provider holds it.
+    let url = gw.url("/kwikpaisa/hang");
+    let sending = tokio::spawn(async move { TestClient::new().post(&url, flying).await });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            provider_got(&fx, flying).await == 1
+        })
+        .await
+    );
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5)).await;
+    let _ = sending.await;
+
+    let gw = fx.process(&toml, &[]);
+    let r = c.post(&gw.url("/kwikpaisa/hang"), flying).await;
+    assert_eq!((r.status.as_u16(), r.code().as_str()), (409, "duplicate_request"));
+    assert!(message(&r).contains("outcome is unknown"), "{}", message(&r));
+    let r = c.post(&gw.url("/kwikpaisa/pay"), paid).await;
+    assert_eq!(r.status, 409, "still held after a second restart");
+    assert_eq!(
+        c.post(&gw.url("/kwikpaisa/status/400"), refused).await.status,
+        400,
+        "a reference the provider refused may be sent again"
+    );
+    assert_eq!(provider_got(&fx, refused).await, 2);
+    assert_eq!(provider_got(&fx, flying).await, 1);
+    assert_eq!(provider_got(&fx, paid).await, 1);
+    assert!(
+        gw.log_text().contains("claims read back from the state database"),
+        "{}",
+        gw.log_text()
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::support::logs::Logs;
 use crate::support::*;
 
 /// The docs' webhook example, key order as shown (vector W1's shape).
@@ -502,4 +503,137 @@ async fn an_outbound_signature_replayed_as_a_webhook_is_refused() {
         2,
         "both refusals audited: {audit}"
     );
+}
+
+/// Sends `W1` through the gateway at `url` and takes what the provider got:
+/// the canonical body, `X-TIMESTAMP` and `X-SIGNATURE` an eavesdropper on
+/// the outbound leg would have.
+async fn capture_outbound(fx: &Fixture, url: &str) -> (String, String, String) {
+    let sent = TestClient::new().post(url, W1).await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    let seen = fx.provider.standin.records().await;
+    let out = seen.last().expect("the provider got the outbound request");
+    (
+        String::from_utf8(out.body.to_vec()).unwrap(),
+        out.headers["x-timestamp"].to_str().unwrap().to_string(),
+        out.headers["x-signature"].to_str().unwrap().to_string(),
+    )
+}
+
+async fn replay(url: &str, (body, ts, sig): &(String, String, String)) -> Reply {
+    TestClient::new()
+        .send(
+            Method::POST,
+            url,
+            &[
+                ("content-type", "application/json"),
+                ("x-timestamp", ts),
+                ("x-signature", sig),
+            ],
+            body.clone(),
+        )
+        .await
+}
+
+/// Old builds kept the memory of sent signatures in the process only: after
+/// a restart, an outbound request's body and headers replayed to the
+/// webhook path (within `tolerance_secs`) were accepted and delivered to the
+/// app as verified. The signature is in the state database before the
+/// request is sent, and a restart (`SIGKILL`, nothing flushed on the way
+/// out) reads it back.
+#[tokio::test]
+async fn an_outbound_signature_is_still_refused_after_a_restart() {
+    let app = App::start_on(0).await;
+    let fx = Fixture::new().await;
+    let toml = fx.config().webhook(webhook(app.addr.port()));
+    let mut gw = fx.process(&toml, &[]);
+    let captured = capture_outbound(&fx, &gw.url("/kwikpaisa/api/v3/pg/order/status")).await;
+    let hook_url = |gw: &GatewayProcess| gw.url("/webhooks/kwikpaisa");
+    assert_eq!(replay(&hook_url(&gw), &captured).await.code(), "reflected_signature");
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5)).await;
+
+    let gw = fx.process(&toml, &[]);
+    let r = replay(&hook_url(&gw), &captured).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (401, "reflected_signature"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        gw.log_text().contains("read back from the state database"),
+        "{}",
+        gw.log_text()
+    );
+    // A genuine event still goes through, and only it reaches the app.
+    let ts = unix_now().to_string();
+    let genuine = W1.replace("PAID", "SETTLED");
+    let sig = provider_signature(&fx.provider.secret, genuine.as_bytes(), &ts);
+    let r = replay(&hook_url(&gw), &(genuine.clone(), ts, sig)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(wait_count(&app, 1, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count().await, 1);
+    assert_eq!(
+        gw.metric("signgate_reflection_guard_persist_errors_total", &[]).await,
+        0.0
+    );
+}
+
+/// Old builds remembered outbound signatures by credential name: a webhook
+/// verifying with a credential of another name holding the same secret
+/// (`[credentials.kwikpaisa-hook]`, the same file) turned the guard off, and
+/// the replay was accepted. The secrets are compared (by a fingerprint), the
+/// replay is refused, and the shared secret is reported (a log line and
+/// `signgate_webhook_secret_shared`); a webhook with a secret of its own is not.
+#[tokio::test]
+async fn a_second_credential_holding_the_same_secret_keeps_the_guard_on() {
+    let app = App::start_on(0).await;
+    let fx = Fixture::new().await;
+    let logs = Logs::capture();
+    let other = fx.path("other-hook.json");
+    write_cred(&other, "pk_other_0123456789", &random_token("sk_other_", 32));
+    let toml = fx
+        .config()
+        .credential("kwikpaisa-hook", Fixture::file_credential(&fx.cred_path))
+        .credential("other-hook", Fixture::file_credential(&other))
+        .webhook(webhook(app.addr.port()).set("credential", "kwikpaisa-hook"))
+        .webhook(
+            Webhook::new(
+                "other-events",
+                "/webhooks/other",
+                "other-hook",
+                &format!("http://127.0.0.1:{}/other", app.addr.port()),
+            )
+            .set("scheme", "kwikpaisa"),
+        );
+    let s = Setup::on(fx, &toml).await;
+    let captured = capture_outbound(&s, &s.url("/kwikpaisa/api/v3/pg/order/status")).await;
+    let r = replay(&s.url("/webhooks/kwikpaisa"), &captured).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (401, "reflected_signature"),
+        "{:?}",
+        r.body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count().await, 0, "nothing forged was delivered");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "signgate_webhook_secret_shared", &[("webhook", "kwikpaisa-events")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "signgate_webhook_secret_shared", &[("webhook", "other-events")]),
+        0.0
+    );
+    assert_eq!(
+        logs.count("verifies with a secret that also signs outbound requests"),
+        1,
+        "{}",
+        logs.text()
+    );
+    logs.assert_clean(&[&s.provider.secret]);
 }

@@ -5,9 +5,10 @@
 //! `duplicate_window_secs`, another with the same reference gets 409
 //! `duplicate_request` and is never sent; a reference whose request failed
 //! may be retried. State is per route, bounded by window and capacity, behind
-//! [`DuplicateStore`]; with `[fleet]` the claims live in Redis instead
-//! ([`Guard::Fleet`]), under the same rules, so no two instances send the
-//! same reference.
+//! [`DuplicateStore`]: in memory, and in the state database under
+//! `[state].dir` ([`DurableStore`]), so a restart does not forget a claim;
+//! with `[fleet]` the claims live in Redis instead ([`Guard::Fleet`]), under
+//! the same rules, so no two instances send the same reference.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ use crate::fleet::{Claimed, Fleet, FleetError, Source};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+
+mod durable;
+pub use durable::DurableStore;
 
 /// Why a reference cannot be sent now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,17 @@ pub trait DuplicateStore: Send + Sync {
     fn release_reference(&self, reference: &str) -> usize;
     /// Number of references held.
     fn len(&self) -> usize;
+    /// Make the claim `begin` granted on `key` durable before its request
+    /// is sent (blocking; a store in memory has nothing to do). An error
+    /// refuses the request.
+    fn persist(&self, _key: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether [`DuplicateStore::persist`] writes anything (then it runs on
+    /// the blocking pool).
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,12 +113,19 @@ impl MemoryStore {
     }
 
     /// Drop expired references; if still full, drop the settled ones that
-    /// expire soonest (never an in-flight one).
-    fn make_room(&self, now: Instant) {
-        self.map.retain(|_, s| s.expiry().is_none_or(|until| until > now));
+    /// expire soonest (never an in-flight one). The keys dropped.
+    fn make_room(&self, now: Instant) -> Vec<String> {
+        let mut evicted = Vec::new();
+        self.map.retain(|k, s| {
+            let keep = s.expiry().is_none_or(|until| until > now);
+            if !keep {
+                evicted.push(k.clone());
+            }
+            keep
+        });
         let excess = (self.map.len() + 1).saturating_sub(self.capacity);
         if excess == 0 {
-            return;
+            return evicted;
         }
         let mut settled: Vec<(Instant, String)> = self
             .map
@@ -113,23 +135,25 @@ impl MemoryStore {
         settled.sort();
         for (_, k) in settled.into_iter().take(excess) {
             self.map.remove(&k);
+            evicted.push(k);
         }
+        evicted
     }
-}
 
-impl DuplicateStore for MemoryStore {
-    fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate> {
+    /// [`DuplicateStore::begin`], and the keys dropped to make room.
+    fn begin_evicting(&self, key: &str, now: Instant) -> (Result<(), Duplicate>, Vec<String>) {
         // A known reference answers for itself, whatever the fill level.
         if let Some(why) = self.map.get(key).and_then(|s| s.refuses(now)) {
-            return Err(why);
+            return (Err(why), Vec::new());
         }
+        let mut evicted = Vec::new();
         if self.map.len() >= self.capacity {
-            self.make_room(now);
+            evicted = self.make_room(now);
             if self.map.len() >= self.capacity {
-                return Err(Duplicate::Full);
+                return (Err(Duplicate::Full), evicted);
             }
         }
-        match self.map.entry(key.to_string()) {
+        let result = match self.map.entry(key.to_string()) {
             Entry::Occupied(mut e) => match e.get().refuses(now) {
                 Some(why) => Err(why),
                 None => {
@@ -141,7 +165,14 @@ impl DuplicateStore for MemoryStore {
                 e.insert(State::InFlight);
                 Ok(())
             }
-        }
+        };
+        (result, evicted)
+    }
+}
+
+impl DuplicateStore for MemoryStore {
+    fn begin(&self, key: &str, now: Instant) -> Result<(), Duplicate> {
+        self.begin_evicting(key, now).0
     }
 
     fn finish(&self, key: &str, outcome: Outcome, now: Instant) {
@@ -349,7 +380,8 @@ pub struct FleetGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Duplicate(Duplicate),
-    /// The fleet's Redis cannot answer: fail closed, nothing is sent.
+    /// The fleet's Redis cannot answer, or the state database cannot take
+    /// the claim: fail closed, nothing is sent.
     Unavailable,
 }
 
@@ -380,7 +412,19 @@ impl Guard {
             Guard::Local(store) => {
                 let key = format!("{endpoint} {reference}");
                 store.begin(&key, Instant::now()).map_err(Refused::Duplicate)?;
-                Ok(Claim::local(store.clone(), key))
+                // From here a drop (the client gone) releases the claim.
+                let claim = Claim::local(store.clone(), key.clone());
+                if store.durable() {
+                    let s = store.clone();
+                    let written = tokio::task::spawn_blocking(move || s.persist(&key))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "duplicate guard: the claim could not be written to the state database; refused, nothing sent");
+                        return Err(Refused::Unavailable);
+                    }
+                }
+                Ok(claim)
             }
             Guard::Fleet(g) => {
                 let key = g.fleet.key_claim(&g.route, reference, endpoint);
@@ -543,6 +587,11 @@ impl Claim {
     pub async fn finish(mut self, outcome: Outcome) {
         self.done = true;
         match &self.inner {
+            Inner::Local { store, key } if store.durable() => {
+                let (s, k, now) = (store.clone(), key.clone(), Instant::now());
+                // Runs to its end even if this task is cancelled meanwhile.
+                let _ = tokio::task::spawn_blocking(move || s.finish(&k, outcome, now)).await;
+            }
             Inner::Local { store, key } => store.finish(key, outcome, Instant::now()),
             Inner::Fleet {
                 guard,
