@@ -49,7 +49,15 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Remove hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Names listed in Connection are removed first, while Connection is there.
+    remove_named_in_connection(h);
+    remove_where(h, |k| HOP_BY_HOP.contains(k));
+}
+
+/// Names listed in Connection are removed first, while Connection is there.
+fn remove_named_in_connection(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -60,8 +68,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+}
+
+/// Remove every header whose name `gone` picks, looking at each name once
+/// (a request has a handful; the rules list twenty-odd names, which would
+/// otherwise be as many hash lookups).
+fn remove_where(h: &mut HeaderMap, gone: impl Fn(&HeaderName) -> bool) {
+    // Usually none or two (Host, Content-Length): kept on the stack.
+    let mut few: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    let mut more = Vec::new();
+    for k in h.keys() {
+        if gone(k) {
+            match few.get_mut(n) {
+                Some(slot) => {
+                    *slot = Some(k.clone());
+                    n += 1;
+                }
+                None => more.push(k.clone()),
+            }
+        }
+    }
+    for k in few.iter().take(n).flatten().chain(more.iter()) {
+        h.remove(k);
     }
 }
 
@@ -69,27 +98,20 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// address claims removed, and every look-alike of `protected` names removed.
 /// Host is left out: the client builds it from the route's upstream URI.
 pub fn sanitize_request(h: &mut HeaderMap, protected: &[&HeaderName]) {
-    strip_hop_by_hop(h);
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
-    h.remove(header::EXPECT);
-    h.remove(&X_REQUEST_ID);
-    for n in SPOOFABLE.iter().chain(&TRACE_CONTEXT) {
-        h.remove(n);
-    }
-    for p in protected {
-        h.remove(*p);
-    }
-    // Underscore and other spellings that some servers (PHP's $_SERVER, CGI)
-    // fold into the same variable as the real header.
-    let lookalikes: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().contains('_') && protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str())))
-        .cloned()
-        .collect();
-    for n in lookalikes {
-        h.remove(n);
-    }
+    remove_named_in_connection(h);
+    remove_where(h, |k| {
+        HOP_BY_HOP.contains(k)
+            || k == header::HOST
+            || k == header::CONTENT_LENGTH
+            || k == header::EXPECT
+            || k == X_REQUEST_ID
+            || SPOOFABLE.contains(k)
+            || TRACE_CONTEXT.contains(k)
+            || protected.contains(&k)
+            // Underscore and other spellings that some servers (PHP's
+            // $_SERVER, CGI) fold into the same variable as the real header.
+            || (k.as_str().contains('_') && protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str())))
+    });
 }
 
 /// Whether two header names map to the same CGI variable (`-` and `_` fold).

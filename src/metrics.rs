@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::secrets::CredentialStore;
@@ -55,15 +56,20 @@ impl ConnClose {
 
 /// A bounded label for an HTTP method.
 pub fn method_label(m: &Method) -> &'static str {
+    METHOD_LABELS[method_index(m)]
+}
+
+/// The index of `m`'s label in [`METHOD_LABELS`].
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
@@ -174,6 +180,55 @@ pub struct Metrics {
     pub amount_guard: IntCounterVec,
     /// The largest share of a day cap used today, by route and cap (read at scrape time).
     pub amount_guard_day_used: prometheus::GaugeVec,
+    /// Upstream connections opened, by the route whose request opened them.
+    pub upstream_connections_opened: IntCounterVec,
+}
+
+/// The methods of [`method_label`], in a fixed order (an index per label).
+const METHOD_LABELS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"];
+
+/// A route's series, resolved once when its configuration snapshot is
+/// built, so that a request does not look its labels up again (a lookup
+/// hashes every label value and takes the vector's lock).
+pub struct RouteMetrics {
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    /// `signgate_signatures_total{route, credential}` of a route with one
+    /// credential (with `credential_map`, looked up per request).
+    pub signatures: Option<(String, IntCounter)>,
+    pub connections_opened: IntCounter,
+    /// `signgate_clock_skew_seconds`, created by the first provider `Date`.
+    clock_skew: std::sync::OnceLock<prometheus::Gauge>,
+    clock_skew_vec: prometheus::GaugeVec,
+    /// `signgate_requests_total{route, method, "200"}`, by method label,
+    /// resolved on first use (only series that happen are created).
+    ok: [std::sync::OnceLock<IntCounter>; 8],
+    requests: IntCounterVec,
+    route: String,
+}
+
+impl RouteMetrics {
+    /// The provider's clock minus ours, in seconds.
+    pub fn clock_skew(&self, seconds: f64) {
+        self.clock_skew
+            .get_or_init(|| self.clock_skew_vec.with_label_values(&[self.route.as_str()]))
+            .set(seconds);
+    }
+
+    /// Count an answered request (`signgate_requests_total`).
+    pub fn answered(&self, method: &Method, status: http::StatusCode) {
+        let i = method_index(method);
+        let label = METHOD_LABELS[i];
+        if status == http::StatusCode::OK {
+            self.ok[i]
+                .get_or_init(|| self.requests.with_label_values(&[self.route.as_str(), label, "200"]))
+                .inc();
+            return;
+        }
+        self.requests
+            .with_label_values(&[self.route.as_str(), label, status.as_str()])
+            .inc();
+    }
 }
 
 /// The amount guard's results (the `result` label of
@@ -611,6 +666,13 @@ impl Metrics {
                 "Largest share of a day cap used today (UTC) by one caller, or by the route with per = \"route\", by route and cap (amount: max_per_day, count: max_count_per_day); read at scrape time.",
                 &["route", "cap"],
             ),
+            upstream_connections_opened: counter_vec(
+                &r,
+                "signgate_upstream_connections_opened_total",
+                "Upstream connections opened (TCP, and TLS for https), by the route whose request opened them; \
+                 1 - this / sum by (route) (signgate_signatures_total) is the share of requests sent on a reused connection.",
+                &["route"],
+            ),
             registry: r,
         };
         // CPU, memory, file descriptors, threads and start time from /proc
@@ -634,6 +696,21 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// The series of route `route`, signing with `credential` when it has one.
+    pub fn route(&self, route: &str, credential: Option<&str>) -> RouteMetrics {
+        RouteMetrics {
+            request_duration: self.request_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            signatures: credential.map(|c| (c.to_string(), self.signatures.with_label_values(&[route, c]))),
+            connections_opened: self.upstream_connections_opened.with_label_values(&[route]),
+            clock_skew: std::sync::OnceLock::new(),
+            clock_skew_vec: self.clock_skew.clone(),
+            ok: Default::default(),
+            requests: self.requests.clone(),
+            route: route.to_string(),
+        }
+    }
+
     /// Pre-create the series a configuration can produce, so dashboards and
     /// alerts see zeros instead of absent series.
     pub fn prime(&self, routes: &[(String, String)], webhooks: &[String]) {
@@ -642,6 +719,7 @@ impl Metrics {
                 .with_label_values(&[route.as_str(), credential.as_str()]);
             self.request_duration.with_label_values(&[route.as_str()]);
             self.upstream_duration.with_label_values(&[route.as_str()]);
+            self.upstream_connections_opened.with_label_values(&[route.as_str()]);
             // A stalled body is cut silently on the wire: make the series visible at 0.
             self.upstream_errors
                 .with_label_values(&[route.as_str(), "response_idle"]);

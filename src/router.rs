@@ -39,6 +39,8 @@ pub struct Route {
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// The payout caps, for routes with `amount_guard` (totals on disk or in Redis).
     pub amounts: Option<AmountGuard>,
+    /// The route's metric series, resolved once.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -54,6 +56,7 @@ impl Route {
         kept: Kept,
         fleet: Option<(&Arc<Fleet>, std::time::Duration)>,
         amounts: Option<AmountGuard>,
+        metrics: &crate::metrics::Metrics,
     ) -> Route {
         let allow = config.allow.as_deref().map(Allowlist::new);
         let allow_methods = config.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -78,6 +81,13 @@ impl Route {
             None => config.limit.map(RouteLimit::new),
         };
         Route {
+            metrics: metrics.route(
+                &config.name,
+                match &config.credential {
+                    crate::config::RouteCredential::One(c) => Some(c.as_str()),
+                    crate::config::RouteCredential::ByCaller(_) => None,
+                },
+            ),
             inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
             amounts,
             duplicates,

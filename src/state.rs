@@ -184,6 +184,7 @@ impl Snapshot {
                 kept,
                 fleet.map(|f| (f, claim_ttl)),
                 amounts,
+                backing.metrics,
             )));
         }
         let mut webhooks = Vec::with_capacity(config.webhooks.len());

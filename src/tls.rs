@@ -18,6 +18,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{EgressConfig, ServerTlsConfig};
 
+mod sessions;
+pub use sessions::TICKETS_PER_SERVER;
+
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
@@ -139,6 +142,10 @@ pub fn client_config_from(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    // Room for a ticket per pooled connection and more: rustls's default
+    // store keeps 8 TLS 1.3 tickets per server, each used once, so a pool
+    // reconnecting together mostly made full handshakes.
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(sessions::SessionStore::default()));
     Ok(Arc::new(cfg))
 }
 

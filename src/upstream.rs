@@ -6,11 +6,18 @@
 //! handshake share one `connect_timeout`, and failures come back typed
 //! (connect / TLS / timeout) for the error table, the metrics and the
 //! "retry only if nothing was written" rule. Redirects are never followed.
+//!
+//! At most `egress.pool_idle_per_host` connections are open (or opening) to
+//! one host: each holds a place, given back when it closes, so a burst of
+//! requests waits for a pooled connection rather than opening one each (that
+//! the pool would close again). A connection's first response marks it
+//! ([`Fresh`]) so the request that opened it is counted per route.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -73,19 +81,47 @@ pub enum ConnectError {
     Timeout,
     #[error("upstream scheme {0} is not allowed")]
     Scheme(String),
+    /// Every one of the host's connections stayed busy for `connect_timeout`.
+    #[error("all {0} connections to the upstream stayed busy for the connect timeout")]
+    Busy(usize),
 }
 
-/// A TCP or TLS connection to an upstream.
-pub enum UpstreamStream {
+/// A TCP or TLS connection to an upstream, holding its place among the
+/// host's connections (given back when the connection closes).
+pub struct UpstreamStream {
+    io: Io,
+    _place: Option<OwnedSemaphorePermit>,
+    fresh: Fresh,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Set on a new connection, taken by the first response that comes over
+/// it: that request opened the connection (`signgate_upstream_connections_opened_total`).
+#[derive(Clone, Default)]
+pub struct Fresh(Arc<AtomicBool>);
+
+impl Fresh {
+    fn new() -> Fresh {
+        Fresh(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Whether `resp` is the first response over its connection.
+    pub fn first_use<B>(resp: &Response<B>) -> bool {
+        resp.extensions()
+            .get::<Fresh>()
+            .is_some_and(|f| f.0.swap(false, Ordering::Relaxed))
+    }
+}
+
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            UpstreamStream::Plain(s) => s.connected(),
-            UpstreamStream::Tls(s) => {
+        let c = match &self.io {
+            Io::Plain(s) => s.connected(),
+            Io::Tls(s) => {
                 let (tcp, session) = s.get_ref();
                 let c = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
@@ -94,38 +130,39 @@ impl Connection for UpstreamStream {
                     c
                 }
             }
-        }
+        };
+        c.extra(self.fresh.clone())
     }
 }
 
 impl AsyncRead for UpstreamStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for UpstreamStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -134,16 +171,54 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamStream::Plain(s) => s.is_write_vectored(),
-            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// At most `per_host` connections to each upstream host (scheme and
+/// authority), open or being opened: a burst of requests waits for a
+/// pooled connection instead of opening one each. Unlimited when 0.
+#[derive(Clone, Default)]
+struct Places {
+    per_host: usize,
+    hosts: Arc<dashmap::DashMap<String, Arc<Semaphore>>>,
+}
+
+impl Places {
+    /// A place for one more connection to `uri`'s host, waiting until
+    /// `deadline` for one to close. `Ok(None)`: unlimited.
+    async fn take(
+        &self,
+        uri: &Uri,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+        if self.per_host == 0 {
+            return Ok(None);
+        }
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let sem = self
+            .hosts
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone();
+        match tokio::time::timeout_at(deadline, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            Ok(Err(_)) => Err(ConnectError::Connect("the connection limit is closed".into())),
+            Err(_) => Err(ConnectError::Busy(self.per_host)),
         }
     }
 }
@@ -155,12 +230,20 @@ pub struct Connector {
     tls: TlsConnector,
     timeout: Duration,
     allow_plain_http: bool,
+    places: Places,
 }
 
 impl Connector {
     pub fn new(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Self {
         let mut c = Self::direct(tls_config, egress.connect_timeout, egress.allow_plain_http);
         c.http.set_local_address(egress.source_addr);
+        // As many connections per host as the pool keeps idle: a burst of
+        // requests waits for a pooled connection (up to connect_timeout)
+        // rather than opening connections the pool would then close.
+        c.places = Places {
+            per_host: egress.pool_idle_per_host,
+            hosts: Arc::default(),
+        };
         c
     }
 
@@ -176,6 +259,7 @@ impl Connector {
             tls: TlsConnector::from(tls_config),
             timeout: connect_timeout,
             allow_plain_http,
+            places: Places::default(),
         }
     }
 
@@ -191,6 +275,10 @@ impl Connector {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let place = self
+            .places
+            .take(&uri, tokio::time::Instant::now() + self.timeout)
+            .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
@@ -205,8 +293,13 @@ impl Connector {
                 }
             })?
             .into_inner();
+        let stream = |io| UpstreamStream {
+            io,
+            _place: place,
+            fresh: Fresh::new(),
+        };
         if !https {
-            return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+            return Ok(TokioIo::new(stream(Io::Plain(tcp))));
         }
         let name = ServerName::try_from(host)
             .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
@@ -214,7 +307,7 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::Tls)?;
-        Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
+        Ok(TokioIo::new(stream(Io::Tls(Box::new(tls)))))
     }
 }
 
@@ -348,7 +441,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
             let failure = match ce {
                 ConnectError::Connect(_) | ConnectError::Scheme(_) => UpstreamFailure::Connect,
                 ConnectError::Tls(_) => UpstreamFailure::Tls,
-                ConnectError::Timeout => UpstreamFailure::Timeout,
+                ConnectError::Timeout | ConnectError::Busy(_) => UpstreamFailure::Timeout,
             };
             return AttemptError {
                 failure,

@@ -122,7 +122,34 @@ pub fn now_rfc3339() -> String {
 }
 
 fn sha256_hex(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    HexHash::of(line).as_str().to_string()
+}
+
+/// A SHA-256 in lowercase hex, held on the stack.
+#[derive(Clone, Copy)]
+struct HexHash([u8; 64]);
+
+impl HexHash {
+    fn of(line: &[u8]) -> HexHash {
+        let mut out = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(Sha256::digest(line), &mut out);
+        HexHash(out)
+    }
+
+    /// A hash read back as text (always 64 hex digits: `GENESIS`, or a
+    /// hash this writer computed); anything else is kept as far as it fits.
+    fn from_str(s: &str) -> HexHash {
+        let mut out = [b'0'; 64];
+        let n = s.len().min(64);
+        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        HexHash(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or(GENESIS)
+    }
 }
 
 /// Replace the values of sensitive query parameters.

@@ -7,14 +7,49 @@ use serde::Serialize;
 use super::files::Torn;
 use super::{now_rfc3339, Entry};
 
-/// One chained line of the log.
-#[derive(Serialize)]
+/// One chained line of the log: `seq`, the entry's fields in their order,
+/// then `prev`. Written out field by field (no `#[serde(flatten)]`, which
+/// buffers every field of the entry before writing it), with the same bytes.
 pub(super) struct Line<'a> {
     pub seq: u64,
-    #[serde(flatten)]
     pub entry: &'a Entry,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub prev: Option<&'a str>,
+}
+
+impl Serialize for Line<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let e = self.entry;
+        let mut m = s.serialize_struct("Line", 21)?;
+        m.serialize_field("seq", &self.seq)?;
+        m.serialize_field("time", &e.time)?;
+        m.serialize_field("request_id", &e.request_id)?;
+        m.serialize_field("client", &e.client)?;
+        m.serialize_field("route", &e.route)?;
+        m.serialize_field("method", &e.method)?;
+        m.serialize_field("path", &e.path)?;
+        m.serialize_field("decision", e.decision)?;
+        m.serialize_field("reason", &e.reason)?;
+        m.serialize_field("status", &e.status)?;
+        m.serialize_field("upstream_status", &e.upstream_status)?;
+        m.serialize_field("duration_ms", &e.duration_ms)?;
+        m.serialize_field("bytes_in", &e.bytes_in)?;
+        m.serialize_field("bytes_out", &e.bytes_out)?;
+        m.serialize_field("credential", &e.credential)?;
+        m.serialize_field("secret_version", &e.secret_version)?;
+        m.serialize_field("signature_fp", &e.signature_fp)?;
+        m.serialize_field("duplicate_key", &e.duplicate_key)?;
+        if let Some(fleet) = e.fleet {
+            m.serialize_field("fleet", fleet)?;
+        }
+        if let Some(err) = e.upstream_error {
+            m.serialize_field("upstream_error", err)?;
+        }
+        if let Some(prev) = self.prev {
+            m.serialize_field("prev", prev)?;
+        }
+        m.end()
+    }
 }
 
 #[derive(Serialize)]

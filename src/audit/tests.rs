@@ -700,3 +700,50 @@ async fn a_path_that_is_no_regular_file_is_written_as_a_stream() {
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
     assert!(!Path::new("/dev/null.1").exists() && !Path::new("/dev/null.head").exists());
 }
+
+/// The line as `#[serde(flatten)]` wrote it before the writer serialized
+/// it field by field: the bytes (and so the chain's hashes) are the same.
+#[test]
+fn a_line_has_the_bytes_of_the_flattened_form() {
+    #[derive(serde::Serialize)]
+    struct Flat<'a> {
+        seq: u64,
+        #[serde(flatten)]
+        entry: &'a Entry,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prev: Option<&'a str>,
+    }
+    let full = Entry {
+        route: None,
+        reason: Some("upstream_timeout"),
+        upstream_status: None,
+        bytes_out: None,
+        credential: None,
+        secret_version: None,
+        signature_fp: None,
+        duplicate_key: Some("ORD-\"1\"\n₹".into()),
+        fleet: Some("redis"),
+        upstream_error: Some("upstream_timeout"),
+        path: "/kwikpaisa/x?token=REDACTED&a=\u{7f}".into(),
+        duration_ms: 0.1 + 0.2,
+        ..entry(7)
+    };
+    for e in [entry(1), full] {
+        for prev in [None, Some(GENESIS)] {
+            let line = notes::Line {
+                seq: 42,
+                entry: &e,
+                prev,
+            };
+            let flat = Flat {
+                seq: 42,
+                entry: &e,
+                prev,
+            };
+            assert_eq!(
+                serde_json::to_string(&line).unwrap(),
+                serde_json::to_string(&flat).unwrap()
+            );
+        }
+    }
+}

@@ -452,6 +452,7 @@ fn router(config: &Config, store: &CredentialStore) -> Result<Router, Stop> {
             Kept::default(),
             None,
             None,
+            &crate::metrics::Metrics::new(),
         )));
     }
     Ok(Router::new(routes))

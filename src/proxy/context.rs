@@ -22,8 +22,9 @@ impl RequestId {
                 return RequestId(v.clone());
             }
         }
-        let id = ulid::Ulid::new().to_string();
-        RequestId(HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid")))
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let id = ulid::Ulid::new().array_to_str(&mut buf);
+        RequestId(HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid")))
     }
 
     pub fn as_str(&self) -> &str {

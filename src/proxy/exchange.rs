@@ -37,7 +37,7 @@ use crate::secrets::{Credential, Key, Unavailable};
 use crate::sign::{MessageInput, Signature, Timestamp};
 use crate::state::Shared;
 use crate::trace::{self, Attr, Child, Kind, Parent};
-use crate::upstream::{AttemptError, Upstream, UpstreamFailure};
+use crate::upstream::{AttemptError, Fresh, Upstream, UpstreamFailure};
 
 /// What a request holds until its outcome is known: the duplicate guard's
 /// claim and the amount guard's reservation. Both are settled by the same
@@ -211,13 +211,21 @@ async fn exchange(
         if let Some(window) = reflect {
             shared.reflections().remember_sent(sig.mac(), window).await;
         }
-        metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc();
+        match &route.metrics.signatures {
+            Some((name, counter)) if name == cred.name() => counter.inc(),
+            _ => metrics.signatures.with_label_values(&[route.name(), cred.name()]).inc(),
+        }
         holds.sending();
         let call = call_id.map(|id| Child::start_with_id("upstream", Kind::Client, id));
         let sent = upstream.send(req).await;
         spans.end_call(call, &route, attempt, &sent);
         match sent {
-            Ok(r) => break Ok(r),
+            Ok(r) => {
+                if Fresh::first_use(&r) {
+                    route.metrics.connections_opened.inc();
+                }
+                break Ok(r);
+            }
             Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
                 tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
                 metrics
@@ -232,10 +240,7 @@ async fn exchange(
             }
         }
     };
-    metrics
-        .upstream_duration
-        .with_label_values(&[route.name()])
-        .observe(started.elapsed().as_secs_f64());
+    route.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     if let Ok(resp) = &result {
         observe_response(metrics, &route, resp);
         cool_down(&shared, &route, resp).await;
@@ -367,7 +372,7 @@ fn observe_response(metrics: &Metrics, route: &Route, resp: &Response<Incoming>)
             .inc();
     }
     if let Some(skew) = resp.headers().get(DATE).and_then(clock_skew) {
-        metrics.clock_skew.with_label_values(&[route.name()]).set(skew);
+        route.metrics.clock_skew(skew);
     }
 }
 

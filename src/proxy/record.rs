@@ -86,12 +86,21 @@ pub(super) fn route_label(rec: &Record) -> &str {
 pub(super) fn count(shared: &Shared, rec: &Record, status: StatusCode, error: Option<&GatewayError>) {
     let m = shared.metrics();
     let route = route_label(rec);
-    m.requests
-        .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(rec.started.elapsed().as_secs_f64());
+    match &rec.route {
+        // The route's series, resolved when its snapshot was built.
+        Some(r) => {
+            r.metrics.answered(&rec.method, status);
+            r.metrics.request_duration.observe(rec.started.elapsed().as_secs_f64());
+        }
+        None => {
+            m.requests
+                .with_label_values(&[route, crate::metrics::method_label(&rec.method), status.as_str()])
+                .inc();
+            m.request_duration
+                .with_label_values(&[route])
+                .observe(rec.started.elapsed().as_secs_f64());
+        }
+    }
     if let Some(e) = error {
         m.denied.with_label_values(&[route, e.code()]).inc();
         if let GatewayError::Upstream(kind) = e {

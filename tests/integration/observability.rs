@@ -385,3 +385,31 @@ async fn the_audit_chain_continues_across_a_restart() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 2 records");
     drop(fx);
 }
+
+/// A burst of requests to a slow provider opens no more upstream
+/// connections than `egress.pool_idle_per_host`: the rest wait for a pooled
+/// one instead of each opening its own. Every request is answered, and
+/// `signgate_upstream_connections_opened_total` counts the two opened.
+#[tokio::test]
+async fn a_burst_opens_no_more_connections_than_the_pool_keeps() {
+    let s = Setup::with(|c| c.egress("pool_idle_per_host", 2)).await;
+    let url = s.url("/kwikpaisa/slow/300");
+    let c = TestClient::new();
+    let replies = futures_util::future::join_all((0..8).map(|_| c.post(&url, "{}"))).await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let m = s.metrics().await;
+    let opened = metric(
+        &m,
+        "signgate_upstream_connections_opened_total",
+        &[("route", "kwikpaisa")],
+    );
+    let sent = metric(
+        &m,
+        "signgate_signatures_total",
+        &[("route", "kwikpaisa"), ("credential", "kwikpaisa")],
+    );
+    assert_eq!(sent, 8.0);
+    assert_eq!(opened, 2.0, "8 requests in flight at once, at most 2 connections");
+}

@@ -5,14 +5,18 @@ use std::io;
 
 use super::super::notes::Line;
 use super::super::out::{write_counted, Out};
-use super::super::{sha256_hex, Entry};
+use super::super::{Entry, HexHash};
 use super::Writer;
 
-/// Lines serialized for one write.
-struct Batch {
+/// Lines serialized for one write. Kept by the writer and reused, so a
+/// batch allocates nothing once the buffers have grown to its size.
+#[derive(Default)]
+pub(super) struct Batch {
     buf: Vec<u8>,
     /// seq, hash and end offset in `buf` of each line.
-    lines: Vec<(u64, String, usize)>,
+    lines: Vec<(u64, HexHash, usize)>,
+    /// One line being serialized.
+    line: Vec<u8>,
 }
 
 impl Writer {
@@ -22,11 +26,15 @@ impl Writer {
             self.note_lost(entries.len() as u64);
             return;
         }
-        let mut b = Batch {
-            buf: Vec::new(),
-            lines: Vec::new(),
-        };
-        let mut staged_prev = self.prev.clone();
+        let mut b = std::mem::take(&mut self.batch);
+        self.stage(&mut b, entries);
+        b.buf.clear();
+        b.lines.clear();
+        self.batch = b;
+    }
+
+    fn stage(&mut self, b: &mut Batch, entries: &[Entry]) {
+        let mut staged_prev = HexHash::from_str(&self.prev);
         for (i, e) in entries.iter().enumerate() {
             let seq = self.seq + 1;
             let line = Line {
@@ -34,47 +42,45 @@ impl Writer {
                 entry: e,
                 prev: self.chain.then_some(staged_prev.as_str()),
             };
-            let mut bytes = match serde_json::to_vec(&line) {
-                Ok(b) => b,
-                Err(err) => {
-                    // Not expected for an `Entry`; handled like a lost write.
-                    tracing::error!(error = %err, "audit record could not be serialized");
-                    if !self.commit_batch(&mut b) {
-                        self.seq += (entries.len() - i) as u64;
-                        self.note_lost((entries.len() - i) as u64);
-                        return;
-                    }
-                    self.state
-                        .failure
-                        .get_or_insert_with(|| format!("serializing a record: {err}"));
-                    self.seq = seq;
-                    self.note_lost(1);
-                    if !self.settle(true) {
-                        self.seq += (entries.len() - i - 1) as u64;
-                        self.note_lost((entries.len() - i - 1) as u64);
-                        return;
-                    }
-                    staged_prev = self.prev.clone();
-                    continue;
+            b.line.clear();
+            if let Err(err) = serde_json::to_writer(&mut b.line, &line) {
+                // Not expected for an `Entry`; handled like a lost write.
+                tracing::error!(error = %err, "audit record could not be serialized");
+                if !self.commit_batch(b) {
+                    self.seq += (entries.len() - i) as u64;
+                    self.note_lost((entries.len() - i) as u64);
+                    return;
                 }
-            };
-            let hash = sha256_hex(&bytes);
-            bytes.push(b'\n');
+                self.state
+                    .failure
+                    .get_or_insert_with(|| format!("serializing a record: {err}"));
+                self.seq = seq;
+                self.note_lost(1);
+                if !self.settle(true) {
+                    self.seq += (entries.len() - i - 1) as u64;
+                    self.note_lost((entries.len() - i - 1) as u64);
+                    return;
+                }
+                staged_prev = HexHash::from_str(&self.prev);
+                continue;
+            }
+            let hash = HexHash::of(&b.line);
+            b.line.push(b'\n');
             // (A rotation put off for want of room is retried after the
             // batch: meanwhile lines go on into the current file.)
             let overflow = matches!(&self.out, Out::File(lf)
-                if !lf.rotation_wanted && lf.would_overflow(b.buf.len() as u64, bytes.len() as u64));
-            if overflow && (!self.commit_batch(&mut b) || !self.rotate()) {
+                if !lf.rotation_wanted && lf.would_overflow(b.buf.len() as u64, b.line.len() as u64));
+            if overflow && (!self.commit_batch(b) || !self.rotate()) {
                 self.seq += (entries.len() - i) as u64;
                 self.note_lost((entries.len() - i) as u64);
                 return;
             }
-            b.buf.extend_from_slice(&bytes);
-            b.lines.push((seq, hash.clone(), b.buf.len()));
+            b.buf.extend_from_slice(&b.line);
+            b.lines.push((seq, hash, b.buf.len()));
             self.seq = seq;
             staged_prev = hash;
         }
-        if self.commit_batch(&mut b) {
+        if self.commit_batch(b) {
             self.keep_reserve();
         }
     }
@@ -94,7 +100,8 @@ impl Writer {
         for (seq, hash, end) in b.lines.drain(..) {
             if end <= durable {
                 self.written_seq = seq;
-                self.prev = hash;
+                self.prev.clear();
+                self.prev.push_str(hash.as_str());
                 written += 1;
             }
         }

@@ -36,6 +36,9 @@ use crate::metrics::Metrics;
 
 /// Records taken off the queue into one write (and one sync).
 const MAX_BATCH: usize = 1024;
+/// How long a batch that is not full waits for more records after its
+/// first one before it is written and synced.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 mod batch;
 mod room;
@@ -54,6 +57,7 @@ pub(super) struct Writer {
     fault: Fault,
     last_attempt: Option<Instant>,
     head: HeadFile,
+    batch: batch::Batch,
 }
 
 impl Writer {
@@ -80,6 +84,7 @@ impl Writer {
             fault,
             last_attempt: None,
             head: HeadFile::new(),
+            batch: batch::Batch::default(),
         };
         w.keep_reserve();
         w
@@ -89,31 +94,49 @@ impl Writer {
     /// by the clock while a tick waits in the queue.
     pub fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>, tick_queued: &AtomicBool) {
         self.settle(true);
+        // Kept across batches: no allocation per batch once grown.
+        let mut batch = Vec::new();
+        // The batch's slots, given back once it is written (or lost).
+        let mut slots = Vec::new();
         while let Some(msg) = rx.blocking_recv() {
-            let mut batch = Vec::new();
-            // The batch's slots, given back once it is written (or lost).
-            let mut slots = Vec::new();
             let mut tick = false;
             let mut next = Some(msg);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Record(e, slot) => {
-                        batch.push(e);
-                        slots.push(slot);
+            let deadline = Instant::now() + LINGER;
+            loop {
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Record(e, slot) => {
+                            batch.push(e);
+                            slots.push(slot);
+                        }
+                        Msg::Tick => {
+                            tick_queued.store(false, Ordering::Release);
+                            tick = true;
+                        }
                     }
-                    Msg::Tick => {
-                        tick_queued.store(false, Ordering::Release);
-                        tick = true;
+                    if batch.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                // Flush by size or by time: a batch that is not full waits
+                // up to `LINGER` after its first record for more, so that
+                // under load one write, one sync and one wake-up serve many
+                // records (the senders do not wake a writer that sleeps).
+                let left = deadline.saturating_duration_since(Instant::now());
+                if batch.len() >= MAX_BATCH || batch.is_empty() || left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left);
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
                 }
             }
             if !batch.is_empty() {
                 self.write_batch(&batch);
+                batch.clear();
             }
-            drop(slots);
+            slots.clear();
             if tick {
                 self.tick(false);
             }
