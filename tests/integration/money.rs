@@ -497,10 +497,16 @@ async fn an_operator_releases_an_unknown_outcome_through_the_authenticated_admin
         before + 3.0,
         "the CLI sent the token"
     );
-    let released: Vec<Value> = audit_lines(&fx)
-        .into_iter()
-        .filter(|l| l["decision"] == "released")
-        .collect();
+    // The release's record is queued before the answer and written by the
+    // audit writer soon after: wait for it.
+    let released_records = || -> Vec<Value> {
+        audit_lines(&fx)
+            .into_iter()
+            .filter(|l| l["decision"] == "released")
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { !released_records().is_empty() }).await);
+    let released = released_records();
     assert_eq!(released.len(), 1, "{released:#?}");
     assert_eq!(released[0]["reason"], "manual_release");
     assert_eq!(released[0]["route"], "kwikpaisa");
