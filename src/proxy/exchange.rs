@@ -183,27 +183,14 @@ async fn exchange(
             _ => None,
         };
         let signing = spans.start("sign", Kind::Internal);
-        let scheme = &route.scheme;
-        let ts = scheme.timestamp(SystemTime::now());
-        let input = message_input(&cred, &ts, &out);
-        let signed = match cred.key() {
-            Key::Local(mac) => Ok(scheme.sign(mac, &input)),
-            Key::Transit(transit) => transit.hmac(&scheme.message_bytes(&input)).await.map(|(v, mac)| {
-                version = Some(v);
-                scheme.signature(mac)
-            }),
-        };
+        let signed = sign(&route, &cred, &out, &rid).await;
         spans.end_sign(signing, &route, attempt);
-        let sig = match signed {
-            Ok(sig) => sig,
-            Err(reason) => {
-                tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
-                break Err(Failure::Unsigned(Unavailable {
-                    credential: cred.name().to_string(),
-                    expired: false,
-                    reason,
-                }));
+        let (ts, sig) = match signed {
+            Ok((ts, sig, v)) => {
+                version = v.or(version);
+                (ts, sig)
             }
+            Err(why) => break Err(why),
         };
         let req = signed_request(&route, &cred, &out, &ts, &sig, traceparent);
         fingerprint = Some(sig.fingerprint());
@@ -253,6 +240,35 @@ async fn exchange(
         permit: out.permit,
         spans: spans.done,
     }
+}
+
+/// Sign one attempt: with the secret in memory, or through Vault Transit
+/// (then also the key version that signed). A Transit failure is
+/// `Unsigned`: nothing is sent.
+async fn sign(
+    route: &Route,
+    cred: &Credential,
+    out: &Outgoing,
+    rid: &str,
+) -> Result<(Timestamp, Signature, Option<u64>), Failure> {
+    let scheme = &route.scheme;
+    let ts = scheme.timestamp(SystemTime::now());
+    let input = message_input(cred, &ts, out);
+    let (sig, version) = match cred.key() {
+        Key::Local(mac) => (scheme.sign(mac, &input), None),
+        Key::Transit(transit) => match transit.hmac(&scheme.message_bytes(&input)).await {
+            Ok((v, mac)) => (scheme.signature(mac), Some(v)),
+            Err(reason) => {
+                tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");
+                return Err(Failure::Unsigned(Unavailable {
+                    credential: cred.name().to_string(),
+                    expired: false,
+                    reason,
+                }));
+            }
+        },
+    };
+    Ok((ts, sig, version))
 }
 
 /// The exchange's spans: none without a trace.
