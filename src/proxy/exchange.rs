@@ -227,12 +227,7 @@ async fn exchange(
             }
         }
     };
-    route.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-    if let Ok(resp) = &result {
-        observe_response(metrics, &route, resp);
-        cool_down(&shared, &route, resp).await;
-    }
-    holds.finish(settle(&result)).await;
+    conclude(&shared, &route, started, &result, holds).await;
     Exchanged {
         result,
         fingerprint,
@@ -240,6 +235,24 @@ async fn exchange(
         permit: out.permit,
         spans: spans.done,
     }
+}
+
+/// After the last attempt: its duration, what the response says (clock
+/// skew, status, a provider cooldown), and the holds (duplicate-guard claim,
+/// amount reservation) settled by the outcome.
+async fn conclude(
+    shared: &Shared,
+    route: &Route,
+    started: Instant,
+    result: &Result<Response<Incoming>, Failure>,
+    holds: Holds,
+) {
+    route.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    if let Ok(resp) = result {
+        observe_response(shared.metrics(), route, resp);
+        cool_down(shared, route, resp).await;
+    }
+    holds.finish(settle(result)).await;
 }
 
 /// Sign one attempt: with the secret in memory, or through Vault Transit
