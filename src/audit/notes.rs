@@ -20,7 +20,7 @@ impl Serialize for Line<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.entry;
-        let mut m = s.serialize_struct("Line", 21)?;
+        let mut m = s.serialize_struct("Line", 24)?;
         m.serialize_field("seq", &self.seq)?;
         m.serialize_field("time", &e.time)?;
         m.serialize_field("request_id", &e.request_id)?;
@@ -44,6 +44,15 @@ impl Serialize for Line<'_> {
         }
         if let Some(err) = e.upstream_error {
             m.serialize_field("upstream_error", err)?;
+        }
+        if let Some(note) = &e.note {
+            m.serialize_field("note", note)?;
+        }
+        if let Some(amount) = &e.amount {
+            m.serialize_field("amount", amount)?;
+        }
+        if let Some(currency) = &e.currency {
+            m.serialize_field("currency", currency)?;
         }
         if let Some(prev) = self.prev {
             m.serialize_field("prev", prev)?;

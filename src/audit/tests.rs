@@ -724,10 +724,18 @@ fn a_line_has_the_bytes_of_the_flattened_form() {
         duplicate_key: Some("ORD-\"1\"\n₹".into()),
         fleet: Some("redis"),
         upstream_error: Some("upstream_timeout"),
+        note: Some("INC-\"42\"".into()),
+        amount: Some("105.50".into()),
+        currency: Some("INR".into()),
         path: "/kwikpaisa/x?token=REDACTED&a=\u{7f}".into(),
         duration_ms: 0.1 + 0.2,
         ..entry(7)
     };
+    // Every field of `Entry` is set in `full` (a field added to `Entry` but
+    // not to `notes::Line` must fail here): count them in the Debug output.
+    let fields = format!("{full:?}").matches(": ").count();
+    let written = serde_json::to_value(&full).unwrap().as_object().unwrap().len();
+    assert_eq!(written, fields, "set every field of Entry in `full`: {full:?}");
     for e in [entry(1), full] {
         for prev in [None, Some(GENESIS)] {
             let line = notes::Line {
