@@ -684,25 +684,11 @@ async fn a_new_utc_day_starts_new_totals() {
 async fn two_instances_share_one_days_cap_through_redis() {
     let mut redis = RedisServer::start();
     let fx = Fixture::new().await;
-    let mut gws = Vec::new();
-    for i in 0..2 {
-        let toml = with_payouts(&fx, AmountGuard::on("/amount").max_per_day("100.00"))
-            .audit_path(&fx.path(&format!("audit-{i}.jsonl")))
-            .state_dir(&fx.path(&format!("state-{i}")))
-            .fleet("redis_url", redis.url())
-            .fleet("instance", format!("gw-{i}"))
-            .fleet("timeout_ms", 250);
-        let path = fx.path(&format!("gw-{i}.toml"));
-        replace_file(&path, toml.render());
-        gws.push(GatewayProcess::start(&path, &[]));
-    }
-    for gw in &gws {
-        let up = eventually(Duration::from_secs(5), || async {
-            gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+    let gws = fx
+        .fleet_processes(2, &redis.url(), |_| {
+            with_payouts(&fx, AmountGuard::on("/amount").max_per_day("100.00"))
         })
         .await;
-        assert!(up, "{}", gw.log_text());
-    }
     // A provider refusal on one instance is released for both.
     let r = TestClient::new()
         .post(&gws[0].url("/payouts/status/502"), &payout("\"100.00\"", "INR"))

@@ -25,29 +25,12 @@ impl Fleet {
     /// it gets the stand-in's URL.
     async fn start(redis_url: &str, edit: impl Fn(GatewayToml, &str) -> GatewayToml) -> Fleet {
         let fx = Fixture::new().await;
-        let mut gws = Vec::with_capacity(N);
-        for i in 0..N {
-            let toml = edit(
-                fx.config()
-                    .audit_path(&fx.path(&format!("audit-{i}.jsonl")))
-                    .state_dir(&fx.path(&format!("state-{i}")))
-                    .fleet("redis_url", redis_url)
-                    .fleet("expected_instances", N as u64)
-                    .fleet("instance", format!("gw-{i}"))
-                    // Generous for a loaded 2-core CI machine; the slow
-                    // Redis test delays by far more.
-                    .fleet("timeout_ms", 250),
-                &fx.upstream(),
-            );
-            let path = fx.path(&format!("gw-{i}.toml"));
-            replace_file(&path, toml.render());
-            gws.push(GatewayProcess::start(&path, &[]));
-        }
-        let f = Fleet { fx, gws };
-        for gw in &f.gws {
-            f.wait_up(gw, true).await;
-        }
-        f
+        let gws = fx
+            .fleet_processes(N, redis_url, |_| {
+                edit(fx.config().fleet("expected_instances", N as u64), &fx.upstream())
+            })
+            .await;
+        Fleet { fx, gws }
     }
 
     async fn wait_up(&self, gw: &GatewayProcess, up: bool) {

@@ -615,28 +615,13 @@ async fn with_fleet_a_switch_holds_on_every_instance_and_survives_a_redis_outage
     let mut redis = RedisServer::start();
     let fx = Fixture::new().await;
     let token = token_file(&fx);
-    let mut gws = Vec::new();
-    for i in 0..2 {
-        let toml = fx
-            .config()
-            .admin("token_file", &token)
-            .audit_path(&fx.path(&format!("audit-{i}.jsonl")))
-            .state_dir(&fx.path(&format!("state-{i}")))
-            .fleet("redis_url", redis.url())
-            .fleet("instance", format!("gw-{i}"))
-            .fleet("timeout_ms", 250)
-            .fleet("route_switch_poll_ms", 500);
-        let path = fx.path(&format!("gw-{i}.toml"));
-        replace_file(&path, toml.render());
-        gws.push(GatewayProcess::start(&path, &[]));
-    }
-    for gw in &gws {
-        let up = eventually(Duration::from_secs(5), || async {
-            gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+    let gws = fx
+        .fleet_processes(2, &redis.url(), |_| {
+            fx.config()
+                .admin("token_file", &token)
+                .fleet("route_switch_poll_ms", 500)
         })
         .await;
-        assert!(up, "{}", gw.log_text());
-    }
     let (a, b) = (&gws[0], &gws[1]);
     let c = TestClient::new();
     let path = "/kwikpaisa/api/v3/pg/order/create";
@@ -792,28 +777,13 @@ async fn with_fleet_the_admin_api_answers_with_the_fleets_state_not_the_last_pol
     let redis = RedisServer::start();
     let fx = Fixture::new().await;
     let token = token_file(&fx);
-    let mut gws = Vec::new();
-    for i in 0..2 {
-        let toml = fx
-            .config()
-            .admin("token_file", &token)
-            .audit_path(&fx.path(&format!("audit-{i}.jsonl")))
-            .state_dir(&fx.path(&format!("state-{i}")))
-            .fleet("redis_url", redis.url())
-            .fleet("instance", format!("gw-{i}"))
-            .fleet("timeout_ms", 250)
-            .fleet("route_switch_poll_ms", 60_000);
-        let path = fx.path(&format!("gw-{i}.toml"));
-        replace_file(&path, toml.render());
-        gws.push(GatewayProcess::start(&path, &[]));
-    }
-    for gw in &gws {
-        let up = eventually(Duration::from_secs(5), || async {
-            gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+    let gws = fx
+        .fleet_processes(2, &redis.url(), |_| {
+            fx.config()
+                .admin("token_file", &token)
+                .fleet("route_switch_poll_ms", 60_000)
         })
         .await;
-        assert!(up, "{}", gw.log_text());
-    }
     let (a, b) = (&gws[0], &gws[1]);
     let path = "/kwikpaisa/api/v3/pg/order/create";
     let r = admin(&a.admin_url("/routes/kwikpaisa/disable"), Method::POST, "", true).await;

@@ -117,6 +117,40 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// `n` gateway processes of one fleet on `redis_url`: `toml(i)` plus,
+    /// for each, its own audit log, state dir and `[fleet]` instance name
+    /// (`gw-{i}`) and a `timeout_ms` generous for a loaded machine; each is
+    /// waited for until it sees Redis up.
+    pub async fn fleet_processes(
+        &self,
+        n: usize,
+        redis_url: &str,
+        toml: impl Fn(usize) -> GatewayToml,
+    ) -> Vec<GatewayProcess> {
+        let mut gws = Vec::with_capacity(n);
+        for i in 0..n {
+            let config = toml(i)
+                .audit_path(&self.path(&format!("audit-{i}.jsonl")))
+                .state_dir(&self.path(&format!("state-{i}")))
+                .fleet("redis_url", redis_url)
+                .fleet("instance", format!("gw-{i}"))
+                .fleet("timeout_ms", 250);
+            let path = self.path(&format!("gw-{i}.toml"));
+            replace_file(&path, config.render());
+            gws.push(GatewayProcess::start(&path, &[]));
+        }
+        for gw in &gws {
+            let up = super::eventually(Duration::from_secs(5), || async {
+                gw.metric("signgate_fleet_redis_up", &[]).await == 1.0
+            })
+            .await;
+            assert!(up, "signgate_fleet_redis_up never 1:\n{}", gw.log_text());
+        }
+        gws
+    }
+}
+
+impl Fixture {
     /// The stand-in on 127.0.0.1, its credential file written.
     pub async fn new() -> Fixture {
         Self::with_provider_on("127.0.0.1:0").await
