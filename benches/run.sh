@@ -313,6 +313,7 @@ allow = ["127.0.0.0/8"]
 [egress]
 ca_file = "$TMP/ca.pem"
 pool_idle_per_host = 64
+max_connections_per_host = 64
 [audit]
 path = "$2"
 max_files = 2

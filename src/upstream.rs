@@ -7,10 +7,12 @@
 //! (connect / TLS / timeout) for the error table, the metrics and the
 //! "retry only if nothing was written" rule. Redirects are never followed.
 //!
-//! At most `egress.pool_idle_per_host` connections are open (or opening) to
-//! one host: each holds a place, given back when it closes, so a burst of
-//! requests waits for a pooled connection rather than opening one each (that
-//! the pool would close again). A connection's first response marks it
+//! With `egress.max_connections_per_host`, at most that many connections are
+//! open (or opening) to one host: each holds a place, given back when it
+//! closes, so a burst of requests waits for a pooled connection rather than
+//! opening one each (that the pool would close again). Off by default: a
+//! hard cap turns a slow provider into `504 upstream_timeout` for every
+//! request past it. A connection's first response marks it
 //! ([`Fresh`]) so the request that opened it is counted per route.
 
 use std::future::Future;
@@ -237,11 +239,11 @@ impl Connector {
     pub fn new(egress: &EgressConfig, tls_config: Arc<rustls::ClientConfig>) -> Self {
         let mut c = Self::direct(tls_config, egress.connect_timeout, egress.allow_plain_http);
         c.http.set_local_address(egress.source_addr);
-        // As many connections per host as the pool keeps idle: a burst of
-        // requests waits for a pooled connection (up to connect_timeout)
-        // rather than opening connections the pool would then close.
+        // With a cap, a burst of requests waits for a pooled connection
+        // (up to connect_timeout) rather than opening connections the pool
+        // would then close (module doc).
         c.places = Places {
-            per_host: egress.pool_idle_per_host,
+            per_host: egress.max_connections_per_host,
             hosts: Arc::default(),
         };
         c

@@ -72,6 +72,7 @@ pub struct RawEgress {
     pub request_timeout_ms: Option<u64>,
     pub response_idle_timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<u64>,
+    pub max_connections_per_host: Option<u64>,
     pub allow_plain_http: Option<bool>,
     pub expect_source_ip: Option<String>,
     pub source_check_url: Option<String>,

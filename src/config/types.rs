@@ -244,6 +244,10 @@ pub struct EgressConfig {
     /// the head); past it the response is cut and counted.
     pub response_idle_timeout: Duration,
     pub pool_idle_per_host: usize,
+    /// At most this many connections open (or opening) to one upstream
+    /// host; a request beyond waits up to `connect_timeout` for one, then
+    /// `504 upstream_timeout`. 0: no cap (the default).
+    pub max_connections_per_host: usize,
     pub allow_plain_http: bool,
     /// `expect_source_ip` + `source_check_url`: the egress-IP self-check.
     pub source_check: Option<SourceCheck>,

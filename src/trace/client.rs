@@ -49,6 +49,7 @@ impl ExportClient {
             request_timeout: timeout,
             response_idle_timeout: timeout,
             pool_idle_per_host: 2,
+            max_connections_per_host: 0,
             allow_plain_http: true,
             source_check: None,
         };

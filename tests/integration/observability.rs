@@ -392,7 +392,7 @@ async fn the_audit_chain_continues_across_a_restart() {
 /// `signgate_upstream_connections_opened_total` counts the two opened.
 #[tokio::test]
 async fn a_burst_opens_no_more_connections_than_the_pool_keeps() {
-    let s = Setup::with(|c| c.egress("pool_idle_per_host", 2)).await;
+    let s = Setup::with(|c| c.egress("pool_idle_per_host", 2).egress("max_connections_per_host", 2)).await;
     let url = s.url("/kwikpaisa/slow/300");
     let c = TestClient::new();
     let replies = futures_util::future::join_all((0..8).map(|_| c.post(&url, "{}"))).await;

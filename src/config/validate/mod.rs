@@ -602,6 +602,9 @@ fn egress(v: &mut V, r: RawEgress) -> EgressConfig {
             None => DEFAULT_POOL_IDLE_PER_HOST,
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         },
+        max_connections_per_host: r
+            .max_connections_per_host
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         allow_plain_http: r.allow_plain_http.unwrap_or(false),
         source_check,
     }
