@@ -294,14 +294,7 @@ impl GatewayError {
             GatewayError::CredentialUnavailable(why) => {
                 format!("credential {} is not available: {}", why.credential, why.reason)
             }
-            GatewayError::Upstream(UpstreamFailure::Connect) => "could not connect to the upstream".into(),
-            GatewayError::Upstream(UpstreamFailure::Tls) => {
-                "TLS with the upstream failed (certificate not trusted or handshake refused)".into()
-            }
-            GatewayError::Upstream(UpstreamFailure::Timeout) => "the upstream did not answer in time".into(),
-            GatewayError::Upstream(UpstreamFailure::Reset) => "the upstream closed the connection".into(),
-            GatewayError::Upstream(UpstreamFailure::Protocol) => "the upstream sent an invalid response".into(),
-            GatewayError::Upstream(UpstreamFailure::ResponseIdle) => "the upstream stopped sending its response".into(),
+            GatewayError::Upstream(failure) => upstream_message(*failure).into(),
             GatewayError::UpstreamBusy => "too many requests are waiting for the upstream; retry shortly".into(),
             GatewayError::RouteDisabled { route } => {
                 format!("route {route} is disabled by the gateway's operators; nothing was sent")
@@ -347,6 +340,18 @@ impl GatewayError {
             _ => {}
         }
         resp
+    }
+}
+
+/// What went wrong with the upstream, in the words of the error body.
+fn upstream_message(failure: UpstreamFailure) -> &'static str {
+    match failure {
+        UpstreamFailure::Connect => "could not connect to the upstream",
+        UpstreamFailure::Tls => "TLS with the upstream failed (certificate not trusted or handshake refused)",
+        UpstreamFailure::Timeout => "the upstream did not answer in time",
+        UpstreamFailure::Reset => "the upstream closed the connection",
+        UpstreamFailure::Protocol => "the upstream sent an invalid response",
+        UpstreamFailure::ResponseIdle => "the upstream stopped sending its response",
     }
 }
 
