@@ -285,9 +285,9 @@ async fn metrics(gw: &Shared) -> Response<Full<Bytes>> {
     reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
 }
 
-/// A small JSON command body, or the error answer.
-async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response<Full<Bytes>>> {
-    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+/// A small command body (at most `MAX_ADMIN_BODY`), or the error answer.
+async fn small_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    Ok(Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
         .map_err(|_| {
@@ -297,7 +297,12 @@ async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response
                 "the request body could not be read (at most 16 KiB)",
             )
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// A small JSON command body, or the error answer.
+async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response<Full<Bytes>>> {
+    let bytes = small_body(req).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body: {e}")))
 }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{error, reply, JSON, MAX_ADMIN_BODY};
+use super::{error, reply, JSON};
 use crate::state::Shared;
 use crate::switch::{FleetWrite, Outcome, Switch};
 
@@ -173,17 +173,7 @@ struct Command {
 }
 
 async fn reason(req: Request<Incoming>) -> Result<Option<String>, Response<Full<Bytes>>> {
-    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                "the request body could not be read (at most 16 KiB)",
-            )
-        })?
-        .to_bytes();
+    let bytes = super::small_body(req).await?;
     if bytes.trim_ascii().is_empty() {
         return Ok(None);
     }
