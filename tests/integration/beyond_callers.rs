@@ -25,22 +25,6 @@ fn merchant_b(fx: &Fixture) -> (String, std::path::PathBuf) {
     (key, path)
 }
 
-/// The audit record of request `rid`, once written.
-async fn audit_record(fx: &Fixture, rid: &str) -> Value {
-    let find = || {
-        std::fs::read_to_string(fx.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["request_id"] == rid)
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || async { find().is_some() }).await,
-        "no audit record for {rid}"
-    );
-    find().unwrap()
-}
-
 #[tokio::test]
 async fn callers_by_address_sign_with_their_own_credential() {
     let fx = Fixture::new().await;
@@ -89,9 +73,9 @@ async fn callers_by_address_sign_with_their_own_credential() {
     assert_eq!(s.provider.standin.records().await.len(), 2, "nothing was sent");
 
     // The audit record and the metrics name the credential that signed.
-    assert_eq!(audit_record(&s, "caller-a").await["credential"], "merchant_a");
-    assert_eq!(audit_record(&s, "caller-b").await["credential"], "merchant_b");
-    let none = audit_record(&s, "caller-none").await;
+    assert_eq!(s.audit_record("caller-a").await["credential"], "merchant_a");
+    assert_eq!(s.audit_record("caller-b").await["credential"], "merchant_b");
+    let none = s.audit_record("caller-none").await;
     assert_eq!(none["reason"], "no_credential_for_caller");
     assert_eq!(none["credential"], Value::Null);
     let m = s.metrics().await;

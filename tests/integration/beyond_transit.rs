@@ -17,7 +17,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use serde_json::Value;
 use signgate::devtools::standin::Verdict;
 use signgate::secrets::SecretBytes;
 
@@ -79,22 +78,6 @@ fn transit_credential(bao: &Bao, key: &str, api_path: &str, token_file: &Path) -
         .refresh_secs(1)
 }
 
-/// The audit record of request `rid`, once written.
-async fn audit_record(fx: &Fixture, rid: &str) -> Value {
-    let find = || {
-        std::fs::read_to_string(fx.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["request_id"] == rid)
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || async { find().is_some() }).await,
-        "no audit record for {rid}"
-    );
-    find().unwrap()
-}
-
 async fn post_as(gw: &signgate::Running, rid: &str) -> Reply {
     TestClient::new()
         .send(
@@ -125,7 +108,7 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
     let rec = w.last_record().await;
     assert_eq!(rec.verdict, Verdict::Valid);
     assert_eq!(rec.headers["x-api-key"], w.provider.api_key.as_str());
-    let audit = audit_record(&w, "transit-1").await;
+    let audit = w.audit_record("transit-1").await;
     assert_eq!(
         (audit["credential"].as_str(), audit["secret_version"].as_u64()),
         (Some("kwikpaisa"), Some(1))
@@ -150,7 +133,7 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
     let r = post_as(&gw, "transit-pinned").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(w.last_record().await.verdict, Verdict::Valid);
-    assert_eq!(audit_record(&w, "transit-pinned").await["secret_version"], 1);
+    assert_eq!(w.audit_record("transit-pinned").await["secret_version"], 1);
     // ...and one KV write moves the API key and the key version together.
     bao.kv_put("kp/api", &[("api_key", &k2), ("transit_key_version", "2")])
         .await;
@@ -163,7 +146,7 @@ async fn transit_signs_and_the_provider_verifies_with_only_the_secret() {
         (rec.headers["x-api-key"].to_str().unwrap(), rec.verdict),
         (k2.as_str(), Verdict::Valid)
     );
-    assert_eq!(audit_record(&w, "transit-2").await["secret_version"], 2);
+    assert_eq!(w.audit_record("transit-2").await["secret_version"], 2);
     // A pin to a version not imported yet is refused (the gateway goes on
     // with the version it has, not ready until the pin can be honoured).
     bao.kv_put("kp/api", &[("api_key", &k2), ("transit_key_version", "3")])

@@ -117,6 +117,24 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// The audit record of request `rid` in this fixture's audit log, once written.
+    pub async fn audit_record(&self, rid: &str) -> serde_json::Value {
+        let find = || {
+            std::fs::read_to_string(self.audit_path())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|r| r["request_id"] == rid)
+        };
+        assert!(
+            super::eventually(Duration::from_secs(10), || async { find().is_some() }).await,
+            "no audit record for {rid}"
+        );
+        find().unwrap()
+    }
+}
+
+impl Fixture {
     /// `n` gateway processes of one fleet on `redis_url`: `toml(i)` plus,
     /// for each, its own audit log, state dir and `[fleet]` instance name
     /// (`gw-{i}`) and a `timeout_ms` generous for a loaded machine; each is
