@@ -229,6 +229,36 @@ impl Router {
 ///
 /// Linear in the path, and it allocates only for a path with escapes.
 pub fn path_is_safe(path: &str) -> bool {
+    match plain_path_is_safe(path.as_bytes()) {
+        Some(verdict) => verdict,
+        None => escaped_path_is_safe(path),
+    }
+}
+
+/// The verdict on a path made only of unreserved ASCII and `/` (every
+/// provider path in practice), in one pass: it must start with `/` and have
+/// no empty, `.` or `..` segment. `None`: the path has other bytes (escapes,
+/// parameters, non-ASCII, controls) and needs the full check.
+fn plain_path_is_safe(b: &[u8]) -> Option<bool> {
+    let mut safe = b.first() == Some(&b'/');
+    // Bytes of the current segment, and how many of them are dots.
+    let (mut len, mut dots) = (0usize, 0usize);
+    for &c in b.iter().skip(1) {
+        match c {
+            b'/' => {
+                safe &= len > dots || (len != 0 && dots > 2);
+                (len, dots) = (0, 0);
+            }
+            b'.' => (len, dots) = (len + 1, dots + 1),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => len += 1,
+            _ => return None,
+        }
+    }
+    // The last segment may be empty (`/`, `/a/`) but not `.` or `..`.
+    Some(safe && (len > dots || len == 0 || dots > 2))
+}
+
+fn escaped_path_is_safe(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') || path.contains("//") {
         return false;
     }
@@ -324,6 +354,34 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check of plain paths agrees with the full check on
+    /// every path of up to 8 bytes over `/ . a` (where they differ: empty,
+    /// dot and dot-dot segments, the leading slash).
+    #[test]
+    fn plain_paths_agree_with_the_full_check() {
+        let alphabet = [b'/', b'.', b'a'];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let mut k = n;
+                let p: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[k % 3];
+                        k /= 3;
+                        c
+                    })
+                    .collect();
+                let s = std::str::from_utf8(&p).unwrap();
+                assert_eq!(plain_path_is_safe(&p), Some(escaped_path_is_safe(s)), "{s:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=8).map(|l| 3usize.pow(l)).sum::<usize>());
+        assert_eq!(plain_path_is_safe(b"/a%2e"), None);
+        assert_eq!(plain_path_is_safe(b"/a;b"), None);
+        assert_eq!(plain_path_is_safe("/\u{ff0e}".as_bytes()), None);
+    }
 
     #[test]
     fn safe_paths() {

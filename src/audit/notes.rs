@@ -16,48 +16,110 @@ pub(super) struct Line<'a> {
     pub prev: Option<&'a str>,
 }
 
-impl Serialize for Line<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct as _;
+impl Line<'_> {
+    /// Append the line's JSON to `out`: the bytes `serde_json` writes for
+    /// the flattened form (a test pins them), without its per-byte escaping
+    /// of the keys and of values that need none.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let e = self.entry;
-        let mut m = s.serialize_struct("Line", 24)?;
-        m.serialize_field("seq", &self.seq)?;
-        m.serialize_field("time", &e.time)?;
-        m.serialize_field("request_id", &e.request_id)?;
-        m.serialize_field("client", &e.client)?;
-        m.serialize_field("route", &e.route)?;
-        m.serialize_field("method", &e.method)?;
-        m.serialize_field("path", &e.path)?;
-        m.serialize_field("decision", e.decision)?;
-        m.serialize_field("reason", &e.reason)?;
-        m.serialize_field("status", &e.status)?;
-        m.serialize_field("upstream_status", &e.upstream_status)?;
-        m.serialize_field("duration_ms", &e.duration_ms)?;
-        m.serialize_field("bytes_in", &e.bytes_in)?;
-        m.serialize_field("bytes_out", &e.bytes_out)?;
-        m.serialize_field("credential", &e.credential)?;
-        m.serialize_field("secret_version", &e.secret_version)?;
-        m.serialize_field("signature_fp", &e.signature_fp)?;
-        m.serialize_field("duplicate_key", &e.duplicate_key)?;
-        if let Some(fleet) = e.fleet {
-            m.serialize_field("fleet", fleet)?;
+        let mut w = Json { out, first: true };
+        w.key("seq").num(self.seq);
+        w.key("time").str(&e.time);
+        w.key("request_id").str(&e.request_id);
+        w.key("client").value(&e.client)?;
+        w.key("route").opt_str(e.route.as_deref());
+        w.key("method").str(&e.method);
+        w.key("path").str(&e.path);
+        w.key("decision").str(e.decision);
+        w.key("reason").opt_str(e.reason);
+        w.key("status").num(e.status);
+        w.key("upstream_status").opt_num(e.upstream_status);
+        w.key("duration_ms").value(&e.duration_ms)?;
+        w.key("bytes_in").num(e.bytes_in);
+        w.key("bytes_out").opt_num(e.bytes_out);
+        w.key("credential").opt_str(e.credential.as_deref());
+        w.key("secret_version").opt_num(e.secret_version);
+        w.key("signature_fp").opt_str(e.signature_fp.as_deref());
+        w.key("duplicate_key").opt_str(e.duplicate_key.as_deref());
+        let optional = [
+            ("fleet", e.fleet),
+            ("upstream_error", e.upstream_error),
+            ("note", e.note.as_deref()),
+            ("amount", e.amount.as_deref()),
+            ("currency", e.currency.as_deref()),
+            ("prev", self.prev),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                w.key(k).str(v);
+            }
         }
-        if let Some(err) = e.upstream_error {
-            m.serialize_field("upstream_error", err)?;
+        w.out.push(b'}');
+        Ok(())
+    }
+}
+
+/// A JSON object written straight into a buffer; keys are literals that
+/// need no escaping.
+struct Json<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Json<'_> {
+    fn key(&mut self, k: &str) -> &mut Self {
+        self.out.push(if std::mem::take(&mut self.first) { b'{' } else { b',' });
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self
+    }
+
+    /// A string as `serde_json` writes it; copied as is when it holds
+    /// nothing JSON escapes (`"`, `\\`, control characters below 0x20).
+    fn str(&mut self, v: &str) {
+        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(v.as_bytes());
+            self.out.push(b'"');
+        } else {
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *self.out, v);
         }
-        if let Some(note) = &e.note {
-            m.serialize_field("note", note)?;
+    }
+
+    fn opt_str(&mut self, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(v),
+            None => self.out.extend_from_slice(b"null"),
         }
-        if let Some(amount) = &e.amount {
-            m.serialize_field("amount", amount)?;
+    }
+
+    fn num(&mut self, v: impl Into<u64>) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n: u64 = v.into();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
-        if let Some(currency) = &e.currency {
-            m.serialize_field("currency", currency)?;
+        self.out.extend_from_slice(&buf[i..]);
+    }
+
+    fn opt_num(&mut self, v: Option<impl Into<u64>>) {
+        match v {
+            Some(v) => self.num(v),
+            None => self.out.extend_from_slice(b"null"),
         }
-        if let Some(prev) = self.prev {
-            m.serialize_field("prev", prev)?;
-        }
-        m.end()
+    }
+
+    /// Anything else (a float, a socket address) through `serde_json`.
+    fn value(&mut self, v: &impl Serialize) -> serde_json::Result<()> {
+        serde_json::to_writer(&mut *self.out, v)
     }
 }
 

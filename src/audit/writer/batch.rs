@@ -43,7 +43,7 @@ impl Writer {
                 prev: self.chain.then_some(staged_prev.as_str()),
             };
             b.line.clear();
-            if let Err(err) = serde_json::to_writer(&mut b.line, &line) {
+            if let Err(err) = line.write_json(&mut b.line) {
                 // Not expected for an `Entry`; handled like a lost write.
                 tracing::error!(error = %err, "audit record could not be serialized");
                 if !self.commit_batch(b) {
