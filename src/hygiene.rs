@@ -63,6 +63,19 @@ pub fn make_undumpable() -> io::Result<()> {
     Ok(())
 }
 
+/// No transparent huge pages for this process (and the processes it
+/// executes): on a host with THP `always`, each mostly empty malloc arena
+/// and thread heap can be backed by 2 MiB pages, which would be most of an
+/// idle gateway's memory; a proxy's small allocations gain nothing from
+/// them. (Linux; a kernel without the setting, or elsewhere, leaves it as
+/// it was.)
+pub fn no_huge_pages() -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return rustix::thread::disable_transparent_huge_pages(true).map_err(io::Error::from);
+    #[cfg(not(target_os = "linux"))]
+    Ok(())
+}
+
 /// Whether the process is dumpable (for tests and diagnostics).
 pub fn is_dumpable() -> io::Result<bool> {
     #[cfg(target_os = "linux")]

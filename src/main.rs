@@ -302,6 +302,9 @@ fn tool(f: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
 /// the runtime starts a thread; then serve (a failure there is exit 1).
 fn serve(config_path: &Path) -> ExitCode {
     let undumpable = signgate::hygiene::make_undumpable();
+    // Before the runtime's threads allocate their heaps (best effort: the
+    // gateway works the same with huge pages, it only uses more memory).
+    let _ = signgate::hygiene::no_huge_pages();
     let handoff = signgate::hygiene::adopt_handed_over();
     let config = match signgate::Config::load(config_path) {
         Ok(c) => c,

@@ -462,6 +462,14 @@ async fn env_secrets_leave_the_process_environment_and_still_sign() {
     assert_ne!(uid, 0, "the check needs a gateway that is not root");
     let owner = std::fs::metadata(format!("/proc/{pid}/status")).unwrap().uid();
     assert_eq!(owner, 0, "a dumpable process would own its /proc files (uid {uid})");
+    // ... and no transparent huge pages (on a THP `always` host they would
+    // back mostly empty malloc arenas with 2 MiB pages: docs/performance.md).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "THP_enabled in /proc/{pid}/status");
 
     // 4. Owner-only state under umask 022.
     let state = dir.join("state");
