@@ -607,8 +607,14 @@ where
     let mut closing: Option<Instant> = None;
     // Draining, but a first request may be on its way: see `drain_now`.
     let mut stop_pending: Option<Instant> = None;
+    // Waiting on the two tokens is set up once per connection, not each
+    // time the connection wakes (a waiter is queued and dequeued per poll).
+    let mut stopped = pin!(stop.cancelled());
+    let mut forced = pin!(force.cancelled());
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the loop under load.
+            biased;
             res = connection.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -619,7 +625,7 @@ where
                 }
                 return;
             }
-            _ = stop.cancelled(), if closing.is_none() && stop_pending.is_none() => {
+            _ = stopped.as_mut(), if closing.is_none() && stop_pending.is_none() => {
                 // Draining: finish in-flight requests, take no new ones.
                 if drain_now(&act) {
                     connection.as_mut().graceful_shutdown();
@@ -628,7 +634,7 @@ where
                     stop_pending = Some(Instant::now() + settings.header_timeout.min(GRACEFUL_CLOSE_GRACE));
                 }
             }
-            _ = force.cancelled() => return,
+            _ = forced.as_mut() => return,
             _ = ticker.tick() => {
                 if let Some(deadline) = closing {
                     if Instant::now() >= deadline {

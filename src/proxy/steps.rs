@@ -493,10 +493,14 @@ pub(super) async fn prepare(scope: &Scope, route: &Route, parts: Parts, body: By
         headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let permit = tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
-        .await
-        .map_err(|_| GatewayError::UpstreamBusy)?
-        .map_err(|_| GatewayError::Internal)?;
+    // A free slot is taken at once; only a full route arms the queue timer.
+    let permit = match route.inflight.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
+            .await
+            .map_err(|_| GatewayError::UpstreamBusy)?
+            .map_err(|_| GatewayError::Internal)?,
+    };
     Ok(Outgoing {
         method: parts.method,
         uri,
