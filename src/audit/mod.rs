@@ -339,7 +339,7 @@ fn start_with(
         }
     });
     // (The first reservation is made here, before any request is admitted.)
-    let mut w = writer::Writer::new(out, c.hash_chain, resumed, health.clone(), metrics, fault);
+    let mut w = writer::Writer::new(out, c.hash_chain, c.batch, resumed, health.clone(), metrics, fault);
     let handle = tokio::task::spawn_blocking(move || w.run(rx, &tick_queued));
     Ok((
         AuditLog {

@@ -15,6 +15,7 @@ pub(super) fn cfg(path: &Path, max_bytes: u64) -> AuditConfig {
         max_files: 5,
         queue: 64,
         wait: Duration::from_millis(200),
+        batch: crate::config::DEFAULT_AUDIT_BATCH,
         reserve_bytes: 64 * 1024,
         redact_query_keys: vec!["token".into()],
     }
@@ -758,4 +759,42 @@ fn a_line_has_the_bytes_of_the_flattened_form() {
             );
         }
     }
+}
+
+/// `audit.batch_ms`: a batch waits that long after its first record for
+/// more, then its records are written and synced together; none of them
+/// counts as written before.
+#[tokio::test]
+async fn a_batch_waits_batch_ms_for_more_records_then_is_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut c = cfg(&path, 1 << 20);
+    c.batch = Duration::from_millis(1500);
+    let metrics = crate::metrics::Metrics::new();
+    let (log, handle) = start(&c, metrics.clone()).unwrap();
+    let first = Instant::now();
+    log.reserve().await.unwrap().write(entry(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log.reserve().await.unwrap().write(entry(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checked = first.elapsed();
+    let (written, on_disk) = (counter(&metrics, "written"), lines(&path).len());
+    if checked < Duration::from_millis(1400) {
+        assert_eq!((written, on_disk), (0, 0), "written before the batch's window ended");
+    }
+    let mut seen = 0;
+    until("the batch written", || {
+        seen = counter(&metrics, "written");
+        seen > 0
+    })
+    .await;
+    assert_eq!(seen, 2, "the two records of one window are written together");
+    assert!(
+        first.elapsed() >= Duration::from_millis(1500),
+        "written after {:?}",
+        first.elapsed()
+    );
+    assert_eq!(lines(&path).len(), 2);
+    drop(log);
+    handle.await.unwrap();
 }

@@ -87,6 +87,7 @@ pub struct RawAudit {
     pub max_files: Option<u64>,
     pub queue: Option<u64>,
     pub wait_ms: Option<u64>,
+    pub batch_ms: Option<u64>,
     pub reserve_bytes: Option<u64>,
     pub redact_query_keys: Option<Vec<String>>,
 }

@@ -229,6 +229,8 @@ fn bad_values_name_their_key() {
             "scheme.kwikpaisa.message",
         ),
         ("[listener]", "[listenr]\n[listener]", "listenr"),
+        ("[access]", "[audit]\nbatch_ms = 0\n[access]", "audit.batch_ms"),
+        ("[access]", "[audit]\nbatch_ms = 1001\n[access]", "audit.batch_ms"),
     ];
     for (from, to, key) in cases {
         assert!(GOOD.contains(from), "fixture lacks {from:?}");

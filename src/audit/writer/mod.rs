@@ -21,7 +21,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -36,9 +36,6 @@ use crate::metrics::Metrics;
 
 /// Records taken off the queue into one write (and one sync).
 const MAX_BATCH: usize = 1024;
-/// How long a batch that is not full waits for more records after its
-/// first one before it is written and synced.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 mod batch;
 mod room;
@@ -46,6 +43,9 @@ mod room;
 pub(super) struct Writer {
     out: Out,
     chain: bool,
+    /// How long a batch that is not full waits for more records after its
+    /// first one before it is written and synced (`audit.batch_ms`).
+    linger: Duration,
     seq: u64,
     written_seq: u64,
     prev: String,
@@ -66,6 +66,7 @@ impl Writer {
     pub fn new(
         out: Out,
         chain: bool,
+        linger: Duration,
         resumed: Resume,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
@@ -73,6 +74,7 @@ impl Writer {
     ) -> Writer {
         let mut w = Writer {
             chain,
+            linger,
             seq: resumed.seq,
             written_seq: resumed.seq,
             prev: resumed.prev,
@@ -101,7 +103,7 @@ impl Writer {
         while let Some(msg) = rx.blocking_recv() {
             let mut tick = false;
             let mut next = Some(msg);
-            let deadline = Instant::now() + LINGER;
+            let deadline = Instant::now() + self.linger;
             loop {
                 while let Some(msg) = next.take() {
                     match msg {
@@ -119,7 +121,7 @@ impl Writer {
                     }
                 }
                 // Flush by size or by time: a batch that is not full waits
-                // up to `LINGER` after its first record for more, so that
+                // up to `linger` after its first record for more, so that
                 // under load one write, one sync and one wake-up serve many
                 // records (the senders do not wake a writer that sleeps).
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -356,6 +356,17 @@ pub(super) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, Co
         max_files: v.positive("audit.max_files", raw.audit.max_files, DEFAULT_AUDIT_MAX_FILES),
         queue: audit_queue,
         wait: v.millis("audit.wait_ms", raw.audit.wait_ms, DEFAULT_AUDIT_WAIT),
+        batch: match raw.audit.batch_ms {
+            Some(ms) if ms > MAX_AUDIT_BATCH_MS => {
+                v.push(ConfigError::invalid(
+                    "audit.batch_ms",
+                    ms,
+                    format!("at most {MAX_AUDIT_BATCH_MS} milliseconds"),
+                ));
+                DEFAULT_AUDIT_BATCH
+            }
+            ms => v.millis("audit.batch_ms", ms, DEFAULT_AUDIT_BATCH),
+        },
         reserve_bytes: raw
             .audit
             .reserve_bytes
