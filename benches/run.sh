@@ -26,6 +26,7 @@ AUDIT_NULL=0       # also run signgate with [audit] path = "-" to /dev/null
 PERF=""            # --perf=FILE: record a perf profile of signgate under load
 SIGNGATE=""        # --bin=PATH: benchmark this signgate binary instead of building one
 ONLY=""            # --only=a,b: just these contenders' throughput runs (development)
+MEMORY=0           # --memory: with --only, also the signgate memory runs
 
 usage() {
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
@@ -43,6 +44,8 @@ Options:
   --bin=PATH        benchmark this signgate binary (implies --no-build)
   --only=LIST       only the throughput runs of these contenders (direct, nginx,
                     njs, signgate, signgate-null, signgate-redis), for development
+  --memory          with --only: also measure signgate's memory (idle, 1,000
+                    connections), as the full run does
   --perf=FILE       also profile signgate (perf record, cpu-clock) during one
                     more run; the report goes to FILE
 EOF
@@ -61,6 +64,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --perf=*) PERF=${1#--perf=} ;;
         --only=*) ONLY=${1#--only=} ;;
+        --memory) MEMORY=1 ;;
         --bin=*) SIGNGATE=${1#--bin=}; BUILD=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -502,26 +506,8 @@ if [ -n "$PERF" ]; then
     log "perf report written to $PERF (data: $PERF.data)"
 fi
 
-if [ -n "$ONLY" ]; then
-    SOAK=0
-    uptime > "$TMP/load-end"
-fi
-if [ -z "$ONLY" ]; then
-# --- fixed rate: half of signgate's throughput, latency against the direct path ---
-HALF=$(python3 -c 'import statistics, sys
-print(int(statistics.median(int(f[2]) / (int(f[3]) / 1e6) for f in map(str.split, open(sys.argv[1])) if f[0] == "signgate") / 2))' "$RESULTS")
-log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each after 2 s of warm-up"
-for c in direct-plain nginx njs signgate signgate-redis; do
-    switch_signgate "$c"
-    on_load oha --no-tui --output-format quiet --worker-threads 1 -z 2s -c "$CONNS" -q "$HALF" \
-        -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" >/dev/null 2>&1 || true
-    on_load oha --no-tui --output-format json --worker-threads 1 -z "${DURATION}s" -c "$CONNS" -q "$HALF" --latency-correction --insecure \
-        -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" > "$TMP/rate-$c.json" 2>"$TMP/rate-$c.err" \
-        || die "oha failed for $c: $(tail -3 "$TMP/rate-$c.err")"
-done
-switch_signgate signgate
-
 # --- signgate memory: 1,000 keep-alive connections; idle again afterwards --------
+measure_memory() {
 sample_rss() {   # sample_rss PID OUTFILE: max VmRSS (KiB) while running
     local max=0 v
     while kill -0 "$1" 2>/dev/null && [ ! -f "$2.stop" ]; do
@@ -540,6 +526,29 @@ touch "$TMP/rss-1000-full.stop"; wait "$SAMPLER" 2>/dev/null || true
 sleep 3
 SG_AFTER_RSS=$(status_kib "$SG_PID" VmRSS)
 SG_HWM=$(status_kib "$SG_PID" VmHWM)
+}
+
+if [ -n "$ONLY" ]; then
+    SOAK=0
+    if [ "$MEMORY" = 1 ]; then measure_memory; fi
+    uptime > "$TMP/load-end"
+fi
+if [ -z "$ONLY" ]; then
+# --- fixed rate: half of signgate's throughput, latency against the direct path ---
+HALF=$(python3 -c 'import statistics, sys
+print(int(statistics.median(int(f[2]) / (int(f[3]) / 1e6) for f in map(str.split, open(sys.argv[1])) if f[0] == "signgate") / 2))' "$RESULTS")
+log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each after 2 s of warm-up"
+for c in direct-plain nginx njs signgate signgate-redis; do
+    switch_signgate "$c"
+    on_load oha --no-tui --output-format quiet --worker-threads 1 -z 2s -c "$CONNS" -q "$HALF" \
+        -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" >/dev/null 2>&1 || true
+    on_load oha --no-tui --output-format json --worker-threads 1 -z "${DURATION}s" -c "$CONNS" -q "$HALF" --latency-correction --insecure \
+        -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" > "$TMP/rate-$c.json" 2>"$TMP/rate-$c.err" \
+        || die "oha failed for $c: $(tail -3 "$TMP/rate-$c.err")"
+done
+switch_signgate signgate
+
+measure_memory
 
 # --- optional soak ------------------------------------------------------------------
 if [ "$SOAK" -gt 0 ]; then
@@ -599,7 +608,23 @@ def machine():
           f"{'gateway on CPU 1-, wrk/oha + upstream on CPU 0' if pin == '1' else 'no'}")
     print(f"load before: {open(tmp + '/load-start').read().split('load average:')[1].strip()}; "
           f"after: {open(tmp + '/load-end').read().split('load average:')[1].strip()}")
+mb = lambda kib: int(kib) / 1024
+def memory_line():
+    ka = int(open(f"{tmp}/rss-1000-ka").read().strip() or 0) if os.path.exists(f"{tmp}/rss-1000-ka") else 0
+    full = int(open(f"{tmp}/rss-1000-full").read().strip() or 0) if os.path.exists(f"{tmp}/rss-1000-full") else 0
+    ka_ok = "?"
+    try:
+        kj = json.load(open(f"{tmp}/ka1000.json"))
+        ka_ok = f"{kj['summary']['requestsPerSec']:.0f} req/s, {kj.get('statusCodeDistribution', {}).get('200', 0)} x 200"
+    except Exception:
+        pass
+    print(f"signgate memory: idle after start {mb(idle):.1f} MB; 1,000 keep-alive connections {mb(ka):.1f} MB ({ka_ok}); "
+          f"1,000 connections at full speed {mb(full):.1f} MB; peak (VmHWM) {mb(hwm):.1f} MB; idle after load {mb(after):.1f} MB")
+    return ka, full
 if only:
+    if os.path.exists(f"{tmp}/rss-1000-full"):
+        print()
+        memory_line()
     machine()
     sys.exit(0)
 
@@ -621,19 +646,9 @@ for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis"):
     print(f"{names[c]:<21}{r['rps']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{r['p999']:>9.2f}"
           f"{r['p99'] - rate['direct-plain']['p99']:>18.2f}{note}")
 
-mb = lambda kib: int(kib) / 1024
-ka = int(open(f"{tmp}/rss-1000-ka").read().strip() or 0) if os.path.exists(f"{tmp}/rss-1000-ka") else 0
-full = int(open(f"{tmp}/rss-1000-full").read().strip() or 0) if os.path.exists(f"{tmp}/rss-1000-full") else 0
-ka_ok = "?"
-try:
-    kj = json.load(open(f"{tmp}/ka1000.json"))
-    ka_ok = f"{kj['summary']['requestsPerSec']:.0f} req/s, {kj.get('statusCodeDistribution', {}).get('200', 0)} x 200"
-except Exception:
-    pass
 print()
 sg = rows["signgate"]
-print(f"signgate memory: idle after start {mb(idle):.1f} MB; 1,000 keep-alive connections {mb(ka):.1f} MB ({ka_ok}); "
-      f"1,000 connections at full speed {mb(full):.1f} MB; peak (VmHWM) {mb(hwm):.1f} MB; idle after load {mb(after):.1f} MB")
+ka, full = memory_line()
 print(f"signgate CPU time per request: {sg['cpu_us']:.1f} µs (user+sys, all threads, over the timed runs)")
 soak_line = None
 if int(soak) > 0 and os.path.exists(f"{tmp}/soak.tsv"):
