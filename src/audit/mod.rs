@@ -251,7 +251,12 @@ impl AuditLog {
         if !self.healthy() {
             return None;
         }
-        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+        // A free slot is taken at once; only a full queue arms the wait timer.
+        let acquired = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await,
+        };
+        match acquired {
             // The log may have failed while this request waited.
             Ok(Ok(permit)) if self.healthy() => Some(Slot {
                 permit,

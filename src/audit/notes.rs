@@ -26,7 +26,7 @@ impl Line<'_> {
         w.key("seq").num(self.seq);
         w.key("time").str(&e.time);
         w.key("request_id").str(&e.request_id);
-        w.key("client").value(&e.client)?;
+        w.key("client").addr(&e.client)?;
         w.key("route").opt_str(e.route.as_deref());
         w.key("method").str(&e.method);
         w.key("path").str(&e.path);
@@ -117,7 +117,26 @@ impl Json<'_> {
         }
     }
 
-    /// Anything else (a float, a socket address) through `serde_json`.
+    /// A socket address as its `Display` string: IPv4 digit by digit (most
+    /// clients), IPv6 through `serde_json`.
+    fn addr(&mut self, a: &std::net::SocketAddr) -> serde_json::Result<()> {
+        let std::net::SocketAddr::V4(v4) = a else {
+            return self.value(a);
+        };
+        self.out.push(b'"');
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.out.push(b'.');
+            }
+            self.num(octet);
+        }
+        self.out.push(b':');
+        self.num(v4.port());
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    /// Anything else (a float, an IPv6 address) through `serde_json`.
     fn value(&mut self, v: &impl Serialize) -> serde_json::Result<()> {
         serde_json::to_writer(&mut *self.out, v)
     }

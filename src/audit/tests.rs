@@ -739,7 +739,11 @@ fn a_line_has_the_bytes_of_the_flattened_form() {
     let fields = format!("{full:?}").matches(": ").count();
     let written = serde_json::to_value(&full).unwrap().as_object().unwrap().len();
     assert_eq!(written, fields, "set every field of Entry in `full`: {full:?}");
-    for e in [entry(1), full] {
+    let v4 = |a: &str| Entry {
+        client: a.parse().unwrap(),
+        ..entry(2)
+    };
+    for e in [entry(1), full, v4("10.0.255.0:65535"), v4("0.0.0.0:0")] {
         for prev in [None, Some(GENESIS)] {
             let line = notes::Line {
                 seq: 42,

@@ -198,7 +198,7 @@ async fn exchange(
         fingerprint = Some(sig.fingerprint());
         // Remembered (durably, with the state database) before it is sent.
         if let Some(window) = reflect {
-            shared.reflections().remember_sent(sig.mac(), window).await;
+            Box::pin(shared.reflections().remember_sent(sig.mac(), window)).await;
         }
         match &route.metrics.signatures {
             Some((name, counter)) if name == cred.name() => counter.inc(),
@@ -252,9 +252,16 @@ async fn conclude(
     route.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     if let Ok(resp) = result {
         observe_response(shared.metrics(), route, resp);
-        cool_down(shared, route, resp).await;
+        // Boxed: rarely awaited (a 429/503 with Retry-After on such a route).
+        if route.config.honor_retry_after {
+            Box::pin(cool_down(shared, route, resp)).await;
+        }
     }
-    holds.finish(settle(result)).await;
+    // Boxed: only requests holding a claim or a reservation pay for the
+    // stores' futures (the task is moved whole when it is spawned).
+    if holds.claim.is_some() || holds.reservation.is_some() {
+        Box::pin(holds.finish(settle(result))).await;
+    }
 }
 
 /// Sign one attempt: with the secret in memory, or through Vault Transit
@@ -271,7 +278,7 @@ async fn sign(
     let input = message_input(cred, &ts, out);
     let (sig, version) = match cred.key() {
         Key::Local(mac) => (scheme.sign(mac, &input), None),
-        Key::Transit(transit) => match transit.hmac(&scheme.message_bytes(&input)).await {
+        Key::Transit(transit) => match Box::pin(transit.hmac(&scheme.message_bytes(&input))).await {
             Ok((v, mac)) => (scheme.signature(mac), Some(v)),
             Err(reason) => {
                 tracing::warn!(request_id = rid, route = route.name(), credential = cred.name(), error = %reason, "signing through Vault Transit failed; nothing sent");

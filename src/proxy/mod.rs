@@ -80,7 +80,9 @@ async fn pipeline(scope: &mut Scope, req: Request<Incoming>) -> Result<Response<
     let parts = scope.take_body(req);
     steps::reserve_audit(scope).await?;
     if let Some(hook) = scope.snap.webhook_for(parts.uri.path()).cloned() {
-        return webhook::receive(scope, &hook, &parts).await;
+        // Boxed: the webhook path's future would otherwise size every
+        // request's pipeline (moved whole into the connection's task).
+        return Box::pin(webhook::receive(scope, &hook, &parts)).await;
     }
     steps::admit(scope, &parts)?;
     let route = steps::route(scope, &parts)?;

@@ -162,7 +162,7 @@ pub(super) async fn limit(scope: &mut Scope, route: Option<&Route>) -> Result<()
     if checks.is_empty() && cooldown_key.is_none() {
         return Ok(());
     }
-    match fleet.check_limits(cooldown_key.as_deref(), &checks).await {
+    match Box::pin(fleet.check_limits(cooldown_key.as_deref(), &checks)).await {
         Ok(LimitAnswer::Allowed) => {
             scope.rec.note_fleet(Source::Redis);
             Ok(())
@@ -381,7 +381,10 @@ pub(super) async fn claim(
         parts.method,
         crate::dedup::endpoint(&route.upstream_path(parts.uri.path()))
     );
-    let claimed = guard.begin(&endpoint, &reference).await;
+    // Boxed, here and for the other guards' stores: only routes that use
+    // them pay for their futures; the pipeline's own stays small (it is
+    // moved, whole, into the connection's task for every request).
+    let claimed = Box::pin(guard.begin(&endpoint, &reference)).await;
     if let Some(source) = guard.source() {
         let unavailable = matches!(claimed, Err(Refused::Unavailable));
         scope.rec.note_fleet(if unavailable { Source::Local } else { source });
@@ -414,7 +417,7 @@ pub(super) async fn reserve_amount(
     scope.rec.amount = Some(guard.format(payout.amount));
     scope.rec.currency = (!payout.currency.is_empty()).then(|| payout.currency.clone());
     let caller = guard.caller(|| caller(scope, route));
-    let reserved = guard.reserve(caller, &payout).await;
+    let reserved = Box::pin(guard.reserve(caller, &payout)).await;
     if guard.source() == "redis" {
         let unavailable = matches!(reserved, Err(Refusal::Unavailable));
         scope
@@ -496,10 +499,14 @@ pub(super) async fn prepare(scope: &Scope, route: &Route, parts: Parts, body: By
     // A free slot is taken at once; only a full route arms the queue timer.
     let permit = match route.inflight.clone().try_acquire_owned() {
         Ok(permit) => permit,
-        Err(_) => tokio::time::timeout(route.config.queue_timeout, route.inflight.clone().acquire_owned())
-            .await
-            .map_err(|_| GatewayError::UpstreamBusy)?
-            .map_err(|_| GatewayError::Internal)?,
+        // Boxed: the timer is only in the future of a request that waits.
+        Err(_) => Box::pin(tokio::time::timeout(
+            route.config.queue_timeout,
+            route.inflight.clone().acquire_owned(),
+        ))
+        .await
+        .map_err(|_| GatewayError::UpstreamBusy)?
+        .map_err(|_| GatewayError::Internal)?,
     };
     Ok(Outgoing {
         method: parts.method,
