@@ -538,7 +538,9 @@ if [ -z "$ONLY" ]; then
 HALF=$(python3 -c 'import statistics, sys
 print(int(statistics.median(int(f[2]) / (int(f[3]) / 1e6) for f in map(str.split, open(sys.argv[1])) if f[0] == "signgate") / 2))' "$RESULTS")
 log "fixed rate: $HALF req/s (half of signgate's median), oha -c$CONNS, ${DURATION}s each after 2 s of warm-up"
-for c in direct-plain nginx njs signgate signgate-redis; do
+RATE_CONTENDERS=(direct-plain nginx njs signgate signgate-redis)
+[ "$AUDIT_NULL" = 1 ] && RATE_CONTENDERS+=(signgate-null)
+for c in "${RATE_CONTENDERS[@]}"; do
     switch_signgate "$c"
     on_load oha --no-tui --output-format quiet --worker-threads 1 -z 2s -c "$CONNS" -q "$HALF" \
         -m POST -T application/json -D "$TMP/body.json" "$(url_of "$c")" >/dev/null 2>&1 || true
@@ -635,12 +637,14 @@ def oha(path):
     codes = j.get("statusCodeDistribution", {})
     return dict(rps=s["requestsPerSec"], p50=lp["p50"] * 1000, p99=lp["p99"] * 1000, p999=lp["p99.9"] * 1000,
                 ok=codes.get("200", 0), total=sum(codes.values()))
-rate = {c: oha(f"{tmp}/rate-{c}.json") for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis")}
+rated = [c for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis", "signgate-null")
+         if os.path.exists(f"{tmp}/rate-{c}.json")]
+rate = {c: oha(f"{tmp}/rate-{c}.json") for c in rated}
 names["direct-plain"] = "upstream, plain HTTP"
 print()
 print(f"fixed rate {half} req/s (half of signgate's max), oha -c{conns} --latency-correction:")
 print(f"{'contender':<21}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'+p99 vs upstream':>18}")
-for c in ("direct-plain", "nginx", "njs", "signgate", "signgate-redis"):
+for c in rated:
     r = rate[c]
     note = "  (saturated: the rate is above its capacity)" if r["rps"] < 0.97 * int(half) else ""
     print(f"{names[c]:<21}{r['rps']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{r['p999']:>9.2f}"
