@@ -42,7 +42,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::{DashMap, DashSet};
@@ -114,14 +114,7 @@ fn key(mac: &[u8; 32]) -> u128 {
     u128::from_be_bytes(first)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
-}
+use crate::statedb::now_ms;
 
 impl Reflections {
     /// The memory, read back from `db` (the signatures not yet expired)

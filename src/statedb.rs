@@ -17,6 +17,17 @@ use redb::Database;
 /// The database file in `[state].dir`.
 pub const DB_FILE: &str = "signgate.redb";
 
+/// Wall-clock Unix milliseconds, the time base of every record kept in the
+/// state database (it must survive a restart, so not `Instant`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
 /// `create_dir_all` whose newly made directories are 0700 regardless of the
 /// umask; an existing directory is left as the operator made it.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {

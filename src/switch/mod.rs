@@ -26,7 +26,7 @@ pub(crate) use store::Local;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use prometheus::core::Collector as _;
@@ -105,11 +105,7 @@ pub(crate) enum Outcome {
     Superseded(Arc<Switch>),
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::statedb::now_ms;
 
 /// The route switches of a running gateway (see the module doc).
 pub(crate) struct Switches {

@@ -72,12 +72,7 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
+pub use crate::statedb::now_ms;
 
 impl Store {
     /// Open (or create) the inbox in `dir`. A directory created here is
