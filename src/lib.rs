@@ -46,6 +46,7 @@ pub(crate) mod metrics;
 #[cfg(test)]
 mod module_graph;
 pub mod money;
+mod permit;
 pub mod preflight;
 pub(crate) mod proxy;
 pub mod ratelimit;

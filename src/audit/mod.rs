@@ -251,14 +251,9 @@ impl AuditLog {
         if !self.healthy() {
             return None;
         }
-        // A free slot is taken at once; only a full queue arms the wait timer.
-        let acquired = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Ok(permit)),
-            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await,
-        };
-        match acquired {
+        match crate::permit::acquire_within(&self.slots, self.wait).await {
             // The log may have failed while this request waited.
-            Ok(Ok(permit)) if self.healthy() => Some(Slot {
+            Ok(permit) if self.healthy() => Some(Slot {
                 permit,
                 tx: self.tx.clone(),
             }),

@@ -20,6 +20,7 @@ use crate::config::LimitsOnError;
 use crate::dedup::{Claim, Duplicate, Refused};
 use crate::fleet::{FleetLimit, LimitAnswer, Source};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::permit::{acquire_within, NoSlot};
 use crate::ratelimit::{retry_after_secs, Scope as RateScope};
 use crate::router::{path_is_safe, Route};
 use crate::secrets::{Credential, CredentialSlot};
@@ -496,18 +497,12 @@ pub(super) async fn prepare(scope: &Scope, route: &Route, parts: Parts, body: By
         headers.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    // A free slot is taken at once; only a full route arms the queue timer.
-    let permit = match route.inflight.clone().try_acquire_owned() {
-        Ok(permit) => permit,
-        // Boxed: the timer is only in the future of a request that waits.
-        Err(_) => Box::pin(tokio::time::timeout(
-            route.config.queue_timeout,
-            route.inflight.clone().acquire_owned(),
-        ))
+    let permit = acquire_within(&route.inflight, route.config.queue_timeout)
         .await
-        .map_err(|_| GatewayError::UpstreamBusy)?
-        .map_err(|_| GatewayError::Internal)?,
-    };
+        .map_err(|e| match e {
+            NoSlot::TimedOut => GatewayError::UpstreamBusy,
+            NoSlot::Closed => GatewayError::Internal,
+        })?;
     Ok(Outgoing {
         method: parts.method,
         uri,
