@@ -167,35 +167,26 @@ impl Worker {
             .webhook_deliveries
             .with_label_values(&[hook.name(), label])
             .inc();
+        let decision = if label == "delivered" {
+            "delivered"
+        } else {
+            "delivery_failed"
+        };
         slot.write(Entry {
-            time: crate::audit::now_rfc3339(),
-            request_id: format!("webhook-event-{}", ev.id),
-            client: "0.0.0.0:0"
-                .parse()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
-            route: Some(hook.name().to_string()),
-            method: "POST".into(),
-            path: hook.config.forward_to.path().to_string(),
-            decision: if label == "delivered" {
-                "delivered"
-            } else {
-                "delivery_failed"
-            },
             reason: (label != "delivered").then_some("delivery_failed"),
             status: status.unwrap_or(0),
             upstream_status: status,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             bytes_in: ev.body.len() as u64,
-            bytes_out: None,
-            credential: None,
-            secret_version: None,
-            signature_fp: None,
             duplicate_key: Some(ev.key.clone()),
             fleet: ev.dedup_local.then_some("local"),
-            upstream_error: None,
-            note: None,
-            amount: None,
-            currency: None,
+            ..Entry::event(
+                format!("webhook-event-{}", ev.id),
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                hook.name(),
+                hook.config.forward_to.path().to_string(),
+                decision,
+            )
         });
         self.save(ev).await;
     }

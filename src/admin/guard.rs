@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::{error, reply, JSON};
+use super::{audit_slot, error, reply, JSON};
 use crate::audit::Entry;
 use crate::state::Shared;
 
@@ -56,17 +56,9 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
             "the reference is not valid JSON text",
         );
     };
-    // Audited or not done at all.
-    let slot = match gw.audit() {
-        Some(log) => log.reserve().await,
-        None => None,
-    };
-    let Some(slot) = slot else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit log cannot record the release; nothing was released",
-        );
+    let slot = match audit_slot(gw, "release; nothing was released").await {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
     };
     let released = match store.release_reference(&reference).await {
         Ok(n) => n,
@@ -81,28 +73,16 @@ pub(super) async fn release(gw: &Shared, cmd: &serde_json::Value, peer: SocketAd
     };
     tracing::warn!(route = name, reference, released, %peer, "duplicate guard: reference released by an operator");
     slot.write(Entry {
-        time: crate::audit::now_rfc3339(),
-        request_id: format!("guard-release-{}", ulid::Ulid::new()),
-        client: peer,
-        route: Some(name.to_string()),
-        method: "POST".into(),
-        path: "/guard/release".into(),
-        decision: "released",
         reason: Some("manual_release"),
-        status: 200,
-        upstream_status: None,
-        duration_ms: 0.0,
-        bytes_in: 0,
-        bytes_out: None,
-        credential: None,
-        secret_version: None,
-        signature_fp: None,
         duplicate_key: Some(reference.clone()),
         fleet: store.source().map(crate::fleet::Source::label),
-        upstream_error: None,
-        note: None,
-        amount: None,
-        currency: None,
+        ..Entry::event(
+            format!("guard-release-{}", ulid::Ulid::new()),
+            peer,
+            name,
+            "/guard/release".into(),
+            "released",
+        )
     });
     reply(
         StatusCode::OK,

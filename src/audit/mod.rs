@@ -110,6 +110,38 @@ pub struct Entry {
     pub currency: Option<String>,
 }
 
+impl Entry {
+    /// The record of something the gateway did itself rather than a proxied
+    /// request (an operator's change, a webhook delivery): now, `POST`,
+    /// status 200, nothing upstream, no credential; callers set what differs.
+    pub fn event(request_id: String, client: SocketAddr, route: &str, path: String, decision: &'static str) -> Entry {
+        Entry {
+            time: now_rfc3339(),
+            request_id,
+            client,
+            route: Some(route.to_string()),
+            method: "POST".into(),
+            path,
+            decision,
+            reason: None,
+            status: 200,
+            upstream_status: None,
+            duration_ms: 0.0,
+            bytes_in: 0,
+            bytes_out: None,
+            credential: None,
+            secret_version: None,
+            signature_fp: None,
+            duplicate_key: None,
+            fleet: None,
+            upstream_error: None,
+            note: None,
+            amount: None,
+            currency: None,
+        }
+    }
+}
+
 /// The head of the chain, persisted beside the log.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Head {

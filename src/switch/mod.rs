@@ -360,28 +360,16 @@ async fn push(fleet: &Fleet, route: &str, switch: &Arc<Switch>) -> Result<Arc<Sw
 pub(crate) fn audit_entry(route: &str, s: &Switch, source: &'static str, fleet: Option<&'static str>) -> Entry {
     let action = if s.disabled { "disable" } else { "enable" };
     Entry {
-        time: crate::audit::now_rfc3339(),
-        request_id: format!("route-{action}-{}", ulid::Ulid::new()),
-        client: s.by.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-        route: Some(route.to_string()),
-        method: "POST".into(),
-        path: format!("/routes/{route}/{action}"),
-        decision: s.state(),
         reason: Some(source),
-        status: 200,
-        upstream_status: None,
-        duration_ms: 0.0,
-        bytes_in: 0,
-        bytes_out: None,
-        credential: None,
-        secret_version: None,
-        signature_fp: None,
-        duplicate_key: None,
         fleet,
-        upstream_error: None,
         note: s.reason.clone(),
-        amount: None,
-        currency: None,
+        ..Entry::event(
+            format!("route-{action}-{}", ulid::Ulid::new()),
+            s.by.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            route,
+            format!("/routes/{route}/{action}"),
+            s.state(),
+        )
     }
 }
 
