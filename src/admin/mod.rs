@@ -120,6 +120,23 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
 }
 
 /// A JSON error in the shape of the traffic listener's.
+/// An audit slot for an operator's change, or the 503 that refuses the
+/// change (`nothing`: what the message says was not done). A change is
+/// audited or not made at all.
+async fn audit_slot(gw: &Shared, nothing: &str) -> Result<crate::audit::Slot, Response<Full<Bytes>>> {
+    let slot = match gw.audit() {
+        Some(log) => log.reserve().await,
+        None => None,
+    };
+    slot.ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            &format!("the audit log cannot record the {nothing}"),
+        )
+    })
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     reply(
         status,

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{error, reply, JSON};
+use super::{audit_slot, error, reply, JSON};
 use crate::state::Shared;
 use crate::switch::{FleetWrite, Outcome, Switch};
 
@@ -83,17 +83,9 @@ pub(super) async fn serve(
         Ok(r) => r,
         Err(r) => return r,
     };
-    // Audited or not done at all.
-    let slot = match gw.audit() {
-        Some(log) => log.reserve().await,
-        None => None,
-    };
-    let Some(slot) = slot else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit log cannot record the change; nothing was changed",
-        );
+    let slot = match audit_slot(&gw, "change; nothing was changed").await {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
     };
     let route = name.to_string();
     let task = tokio::spawn({
