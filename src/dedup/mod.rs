@@ -519,6 +519,19 @@ impl Drop for Pending {
     }
 }
 
+/// Hand a fleet claim's settlement to a task of the fleet's that retries
+/// it until the claim would have expired (see `settle_until`).
+fn settle_later(g: &FleetGuard, key: &str, value: &str, claimed_at: Instant, outcome: Outcome) {
+    let deadline = claimed_at + g.ttl + SETTLE_GRACE;
+    g.fleet.spawn(settle_until(
+        g.clone(),
+        key.to_string(),
+        value.to_string(),
+        outcome,
+        deadline,
+    ));
+}
+
 /// Settle a fleet claim, trying again while Redis cannot take it, until
 /// `deadline` (past it the claim has expired on its own, or a success or
 /// unknown outcome no longer matters more than the guard being open again).
@@ -600,9 +613,7 @@ impl Claim {
                 claimed_at,
             } => {
                 if settle_once(guard, key, value, outcome).await.is_err() {
-                    let deadline = *claimed_at + guard.ttl + SETTLE_GRACE;
-                    let task = settle_until(guard.clone(), key.clone(), value.clone(), outcome, deadline);
-                    guard.fleet.spawn(task);
+                    settle_later(guard, key, value, *claimed_at, outcome);
                 }
             }
         }
@@ -622,11 +633,7 @@ impl Drop for Claim {
                 key,
                 value,
                 claimed_at,
-            } => {
-                let deadline = *claimed_at + guard.ttl + SETTLE_GRACE;
-                let task = settle_until(guard.clone(), key.clone(), value.clone(), outcome, deadline);
-                guard.fleet.spawn(task);
-            }
+            } => settle_later(guard, key, value, *claimed_at, outcome),
         }
     }
 }
