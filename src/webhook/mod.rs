@@ -152,16 +152,7 @@ impl Verifier<'_> {
         // The raw bytes first, as the provider's rule says; the canonical
         // re-encoding only when configured (the provider's own sample re-encodes).
         let mut valid = self.creds.iter().any(|c| with_key(c, raw));
-        let canonical = match canonical::canonicalize(raw, &scheme.canonical) {
-            Ok(c) => Some(c),
-            Err(e) if valid => {
-                return Err(Refusal::InvalidJson {
-                    offset: e.offset,
-                    reason: e.reason,
-                })
-            }
-            Err(_) => None,
-        };
+        let canonical = canonical_form(raw, &scheme.canonical, valid)?;
         if !valid && self.config.verify_canonical {
             if let Some(c) = &canonical {
                 valid = self.creds.iter().any(|cred| with_key(cred, c));
@@ -218,16 +209,7 @@ impl<'a> Verifier<'a> {
             return Err(Refusal::BadSignature);
         };
         let mut valid = self.any_valid(signature, &mac, timestamp, raw).await?;
-        let canonical = match canonical::canonicalize(raw, &self.scheme.canonical) {
-            Ok(c) => Some(c),
-            Err(e) if valid => {
-                return Err(Refusal::InvalidJson {
-                    offset: e.offset,
-                    reason: e.reason,
-                })
-            }
-            Err(_) => None,
-        };
+        let canonical = canonical_form(raw, &self.scheme.canonical, valid)?;
         if !valid && self.config.verify_canonical {
             if let Some(c) = &canonical {
                 valid = self.any_valid(signature, &mac, timestamp, c).await?;
@@ -475,4 +457,18 @@ pub fn event_key(hook: &Hook, body: &[u8]) -> String {
     array.push(b']');
     key.push_str(&String::from_utf8_lossy(&array));
     key
+}
+
+/// The body's canonical form, for a signature made over it and for the
+/// inbox. Not JSON: a refusal if the raw bytes were signed validly (a
+/// genuine event must be JSON), else `None` (the signature decides).
+fn canonical_form(raw: &[u8], opts: &canonical::Options, valid: bool) -> Result<Option<Vec<u8>>, Refusal> {
+    match canonical::canonicalize(raw, opts) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if valid => Err(Refusal::InvalidJson {
+            offset: e.offset,
+            reason: e.reason,
+        }),
+        Err(_) => Ok(None),
+    }
 }
