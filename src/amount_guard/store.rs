@@ -24,6 +24,17 @@ use crate::dedup::Outcome;
 /// unknown count], the sums in those minor units.
 const TOTALS: TableDefinition<(u32, &str, u8, &str, &str), [u64; 4]> = TableDefinition::new("amount_totals");
 
+/// A bucket's row in `TOTALS`.
+fn row_key<'a>(route: &'a str, bucket: &'a Bucket) -> (u32, &'a str, u8, &'a str, &'a str) {
+    (
+        bucket.day.0,
+        route,
+        bucket.units,
+        bucket.currency.as_str(),
+        bucket.caller.as_str(),
+    )
+}
+
 /// Days kept: today and yesterday (a reservation made before midnight is
 /// settled on its own day).
 const KEEP_DAYS: u32 = 2;
@@ -78,13 +89,7 @@ impl LocalTotals {
         let txn = self.db.begin_write().map_err(err)?;
         let verdict = {
             let mut table = txn.open_table(TOTALS).map_err(err)?;
-            let key = (
-                bucket.day.0,
-                route,
-                bucket.units,
-                bucket.currency.as_str(),
-                bucket.caller.as_str(),
-            );
+            let key = row_key(route, bucket);
             let row = table.get(key).map_err(err)?.map_or([0; 4], |g| g.value());
             let verdict = caps.decide(row[0], row[1], amount);
             if verdict == Verdict::Reserved {
@@ -113,13 +118,7 @@ impl LocalTotals {
         txn.set_durability(Durability::None).map_err(err)?;
         {
             let mut table = txn.open_table(TOTALS).map_err(err)?;
-            let key = (
-                bucket.day.0,
-                route,
-                bucket.units,
-                bucket.currency.as_str(),
-                bucket.caller.as_str(),
-            );
+            let key = row_key(route, bucket);
             let Some(row) = table.get(key).map_err(err)?.map(|g| g.value()) else {
                 return Ok(());
             };
