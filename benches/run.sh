@@ -678,8 +678,11 @@ if "signgate-redis" in rows:
     check(sr["rps"] >= 0.8 * sg["rps"], f"signgate + Redis >= 0.8x signgate: {sr['rps'] / sg['rps']:.2f}x")
     fleet_p50 = rate["signgate-redis"]["p50"] - rate["signgate"]["p50"]
     check(fleet_p50 <= 0.3, f"Redis adds <= 0.3 ms at p50 (fixed rate): {fleet_p50:+.3f} ms")
-check(mb(idle) <= 20, f"idle RSS <= 20 MB: {mb(idle):.1f} MB")
+check(sg["cpu_us"] <= rows["nginx"]["cpu_us"],
+      f"CPU per request <= nginx proxy's: {sg['cpu_us']:.1f} µs against {rows['nginx']['cpu_us']:.1f}")
+check(mb(idle) <= 10, f"idle RSS <= 10 MB: {mb(idle):.1f} MB")
 check(mb(ka) <= 80, f"RSS with 1,000 keep-alive connections <= 80 MB: {mb(ka):.1f} MB")
+check(mb(full) <= 80, f"RSS with 1,000 connections at full speed <= 80 MB: {mb(full):.1f} MB")
 if soak_line is not None:
     check(soak_line <= 2.0, f"no RSS growth over the soak (<= 2 MB after minute 1): {soak_line:+.1f} MB")
 else:

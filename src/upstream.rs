@@ -14,7 +14,16 @@
 //! hard cap turns a slow provider into `504 upstream_timeout` for every
 //! request past it. A connection's first response marks it
 //! ([`Fresh`]) so the request that opened it is counted per route.
+//!
+//! hyper-util starts a connect for every request that finds no idle
+//! connection, races it against the pool, and when the pool wins lets the
+//! connect finish in the background. At the cap, such a connect only waits
+//! for a place; it is given up as soon as the request that started it no
+//! longer waits ([`Wanted`]), so a burst leaves no crowd of background
+//! connects behind, each holding memory and a timer for `connect_timeout`.
+//! A connect that already has its place finishes and pools its connection.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -38,6 +47,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::EgressConfig;
 use crate::tls;
@@ -86,6 +96,11 @@ pub enum ConnectError {
     /// Every one of the host's connections stayed busy for `connect_timeout`.
     #[error("all {0} connections to the upstream stayed busy for the connect timeout")]
     Busy(usize),
+    /// The request that started this connect was answered on a pooled
+    /// connection while this one still waited for a place (never reaches a
+    /// request: only a background connect ends so).
+    #[error("no request waits for this connection any more")]
+    Unwanted,
 }
 
 /// A TCP or TLS connection to an upstream, holding its place among the
@@ -198,11 +213,13 @@ struct Places {
 
 impl Places {
     /// A place for one more connection to `uri`'s host, waiting until
-    /// `deadline` for one to close. `Ok(None)`: unlimited.
+    /// `deadline` for one to close, or until `wanted` says the request that
+    /// asked no longer waits. `Ok(None)`: unlimited.
     async fn take(
         &self,
         uri: &Uri,
         deadline: tokio::time::Instant,
+        wanted: Wanted,
     ) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
         if self.per_host == 0 {
             return Ok(None);
@@ -217,10 +234,50 @@ impl Places {
             .entry(key)
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
             .clone();
-        match tokio::time::timeout_at(deadline, sem.acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            Ok(Err(_)) => Err(ConnectError::Connect("the connection limit is closed".into())),
-            Err(_) => Err(ConnectError::Busy(self.per_host)),
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        tokio::select! {
+            biased;
+            p = tokio::time::timeout_at(deadline, sem.acquire_owned()) => match p {
+                Ok(Ok(p)) => Ok(Some(p)),
+                Ok(Err(_)) => Err(ConnectError::Connect("the connection limit is closed".into())),
+                Err(_) => Err(ConnectError::Busy(self.per_host)),
+            },
+            () = wanted.gone() => Err(ConnectError::Unwanted),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Around one request's turn in the pool ([`Upstream::send`]): the
+    /// guard of the connect started for it, if one was.
+    static WAITING: RefCell<Option<DropGuard>>;
+}
+
+/// Whether the request that started a connect still waits for it: gone once
+/// that request's turn in the pool is over (answered, failed or dropped).
+struct Wanted(Option<CancellationToken>);
+
+impl Wanted {
+    /// Called as the pool starts a connect, inside the request's turn.
+    /// Outside one (no [`WAITING`] scope) the connect is always wanted.
+    fn by_current_request() -> Wanted {
+        Wanted(
+            WAITING
+                .try_with(|slot| {
+                    let token = CancellationToken::new();
+                    *slot.borrow_mut() = Some(token.clone().drop_guard());
+                    token
+                })
+                .ok(),
+        )
+    }
+
+    async fn gone(&self) {
+        match &self.0 {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -265,22 +322,33 @@ impl Connector {
         }
     }
 
-    async fn connect(mut self, uri: Uri) -> Result<TokioIo<UpstreamStream>, ConnectError> {
+    async fn connect(self, uri: Uri, wanted: Wanted) -> Result<TokioIo<UpstreamStream>, ConnectError> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") if self.allow_plain_http => false,
             other => return Err(ConnectError::Scheme(other.unwrap_or("none").to_string())),
         };
+        let place = self
+            .places
+            .take(&uri, tokio::time::Instant::now() + self.timeout, wanted)
+            .await?;
+        // Boxed: the TCP + TLS state is large, and a connect that waits for
+        // a place should not carry it.
+        Box::pin(self.dial(uri, https, place)).await
+    }
+
+    async fn dial(
+        mut self,
+        uri: Uri,
+        https: bool,
+        place: Option<OwnedSemaphorePermit>,
+    ) -> Result<TokioIo<UpstreamStream>, ConnectError> {
         let host = uri
             .host()
             .unwrap_or_default()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let place = self
-            .places
-            .take(&uri, tokio::time::Instant::now() + self.timeout)
-            .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let tcp = tokio::time::timeout_at(deadline, tower_service::Service::call(&mut self.http, uri))
             .await
@@ -353,7 +421,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(self.clone().connect(uri))
+        Box::pin(self.clone().connect(uri, Wanted::by_current_request()))
     }
 }
 
@@ -412,7 +480,10 @@ impl Upstream {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptError> {
         let timeout = self.egress.request_timeout;
         let pool = self.pool.load_full();
-        match tokio::time::timeout(timeout, pool.request(req)).await {
+        // The request's turn in the pool: a connect it starts and no longer
+        // needs at the end of it is given up if still waiting for a place.
+        let turn = WAITING.scope(RefCell::new(None), pool.request(req));
+        match tokio::time::timeout(timeout, turn).await {
             Err(_) => Err(AttemptError {
                 failure: UpstreamFailure::Timeout,
                 nothing_sent: false,
@@ -443,7 +514,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
             let failure = match ce {
                 ConnectError::Connect(_) | ConnectError::Scheme(_) => UpstreamFailure::Connect,
                 ConnectError::Tls(_) => UpstreamFailure::Tls,
-                ConnectError::Timeout | ConnectError::Busy(_) => UpstreamFailure::Timeout,
+                ConnectError::Timeout | ConnectError::Busy(_) | ConnectError::Unwanted => UpstreamFailure::Timeout,
             };
             return AttemptError {
                 failure,
@@ -482,7 +553,103 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+
     use super::*;
+
+    /// Cancelling the token drops the connections open at that time.
+    type Closer = Arc<ArcSwap<CancellationToken>>;
+
+    fn close_all(closer: &Closer) {
+        closer.swap(Arc::default()).cancel();
+    }
+
+    /// A plain HTTP upstream on loopback answering every request after
+    /// `delay`, counting the connections it accepts; [`close_all`] drops
+    /// the connections open at the time (it goes on accepting).
+    async fn counting_upstream(delay: Duration, closer: Closer) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let close = CancellationToken::clone(&closer.load());
+                tokio::spawn(async move {
+                    let answer = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), answer);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = close.cancelled() => {}
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// At the cap, the requests past it start connects that wait for a
+    /// place while the pool hands them a connection. Once they are answered
+    /// those connects are given up: when the pooled connections close, no
+    /// connection is opened for a request that no longer exists.
+    #[tokio::test]
+    async fn a_connect_waiting_for_a_place_is_given_up_once_its_request_is_answered() {
+        let closer = Closer::default();
+        let (addr, accepted) = counting_upstream(Duration::from_millis(100), closer.clone()).await;
+        let egress = EgressConfig {
+            source_addr: None,
+            ca_file: None,
+            client_cert: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            response_idle_timeout: Duration::from_secs(10),
+            pool_idle_per_host: 2,
+            max_connections_per_host: 2,
+            allow_plain_http: true,
+            source_check: None,
+        };
+        let up = Upstream::new(&egress).unwrap();
+        let uri = format!("http://{addr}/");
+        let bodies = futures_util::future::join_all((0..8).map(|_| async {
+            let resp = up
+                .send(Request::post(&uri).body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }))
+        .await;
+        assert!(bodies.iter().all(|b| b.as_ref() == b"ok"));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "8 requests over the 2 connections of the cap"
+        );
+
+        // Both connections close, two places free up: a connect still
+        // waiting would take one and dial now.
+        close_all(&closer);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a connect no request waits for dialled"
+        );
+
+        // The next request opens a connection as usual.
+        let resp = up
+            .send(Request::post(&uri).body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("tcp connect error")]
