@@ -480,10 +480,15 @@ impl Upstream {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptError> {
         let timeout = self.egress.request_timeout;
         let pool = self.pool.load_full();
-        // The request's turn in the pool: a connect it starts and no longer
-        // needs at the end of it is given up if still waiting for a place.
-        let turn = WAITING.scope(RefCell::new(None), pool.request(req));
-        match tokio::time::timeout(timeout, turn).await {
+        let sent = if self.egress.max_connections_per_host == 0 {
+            // No places to wait for: nothing to give up.
+            tokio::time::timeout(timeout, pool.request(req)).await
+        } else {
+            // The request's turn in the pool: a connect it starts and no
+            // longer needs at the end of it is given up if still waiting.
+            tokio::time::timeout(timeout, WAITING.scope(RefCell::new(None), pool.request(req))).await
+        };
+        match sent {
             Err(_) => Err(AttemptError {
                 failure: UpstreamFailure::Timeout,
                 nothing_sent: false,
