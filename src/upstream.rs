@@ -381,6 +381,17 @@ impl Connector {
     }
 }
 
+/// True when the upstream reset the request's HTTP/2 stream with
+/// `REFUSED_STREAM`: closed before any processing (RFC 9113 §8.7), so it
+/// can be sent again. A `GOAWAY` is not read so: its error reaches streams
+/// below its last stream id too, which the provider may have processed.
+fn refused_stream(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
 /// True when an I/O error of kind `TimedOut` is in the cause chain.
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
@@ -441,7 +452,9 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct AttemptError {
     pub failure: UpstreamFailure,
-    /// True when no byte of the request can have been written (safe to retry).
+    /// True when the provider cannot have acted on the request: no byte of
+    /// it was written, or it refused the stream before processing it
+    /// (HTTP/2 `REFUSED_STREAM`). Safe to send again; a claim is released.
     pub nothing_sent: bool,
     pub detail: String,
 }
@@ -528,7 +541,25 @@ fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
             };
         }
         if let Some(he) = s.downcast_ref::<hyper::Error>() {
-            let failure = if he.is_incomplete_message() || he.is_canceled() || he.is_closed() {
+            if he.is_canceled() {
+                // hyper cancels only a request it never started on the
+                // connection (queued when the connection closed or went
+                // away, e.g. behind an HTTP/2 GOAWAY): not a byte of it
+                // was written, so it is safe to send again.
+                return AttemptError {
+                    failure: UpstreamFailure::Reset,
+                    nothing_sent: true,
+                    detail: format!("the connection closed before the request was sent ({he})"),
+                };
+            }
+            if refused_stream(he) {
+                return AttemptError {
+                    failure: UpstreamFailure::Reset,
+                    nothing_sent: true,
+                    detail: format!("the upstream refused the request before processing it ({he})"),
+                };
+            }
+            let failure = if he.is_incomplete_message() || he.is_closed() {
                 UpstreamFailure::Reset
             } else if he.is_timeout() {
                 UpstreamFailure::Timeout
@@ -654,6 +685,92 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// An HTTP/2 upstream over TLS that processes the first request and
+    /// refuses every other stream with `RST_STREAM(REFUSED_STREAM)`, which
+    /// says the stream was closed before any processing (RFC 9113 §8.7).
+    /// Those requests come back `nothing_sent` (safe to send again, a
+    /// duplicate claim released); the processed one, answered, does not.
+    #[tokio::test]
+    async fn a_stream_the_upstream_refused_counts_as_not_sent() {
+        let ca = crate::devtools::pki::DevCa::new("upstream test CA").unwrap();
+        let server = ca.server(&["127.0.0.1"]).unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![server.cert_der.clone()], server.key_der())
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let processed = Arc::new(dashmap::DashSet::<String>::new());
+        let log = processed.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let stream = acceptor.accept(tcp).await.unwrap();
+            let mut conn = h2::server::handshake(stream).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let id = req
+                    .headers()
+                    .get("x-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                if id == "0" {
+                    log.insert(id);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = respond.send_response(Response::new(()), true);
+                    });
+                } else {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            }
+        });
+
+        let egress = EgressConfig {
+            source_addr: None,
+            ca_file: Some(ca_file),
+            client_cert: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            response_idle_timeout: Duration::from_secs(10),
+            pool_idle_per_host: 1,
+            max_connections_per_host: 0,
+            allow_plain_http: false,
+            source_check: None,
+        };
+        let up = Upstream::new(&egress).unwrap();
+        let uri = format!("https://127.0.0.1:{}/", addr.port());
+        let send = |id: &str| {
+            let req = Request::post(&uri)
+                .header("x-id", id)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            up.send(req)
+        };
+        // The first request opens the (HTTP/2) connection; the others share it.
+        let first = send("0");
+        tokio::pin!(first);
+        tokio::select! {
+            _ = &mut first => panic!("answered before the others were sent"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let refused = futures_util::future::join_all((1..6).map(|i| send(&i.to_string()))).await;
+        assert_eq!(first.await.unwrap().status(), 200);
+        for r in refused {
+            let e = r.expect_err("refused");
+            assert!(e.nothing_sent, "a refused stream was not processed: {e:?}");
+            assert_eq!(e.failure, UpstreamFailure::Reset, "{e:?}");
+        }
+        assert_eq!(processed.len(), 1);
     }
 
     #[derive(Debug, thiserror::Error)]

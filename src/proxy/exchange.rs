@@ -215,8 +215,14 @@ async fn exchange(
                 }
                 break Ok(r);
             }
-            Err(e) if e.nothing_sent && !retried && e.failure == UpstreamFailure::Connect => {
-                tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream connect failed; retrying once");
+            // Nothing of it was written: the connection failed, or closed
+            // before the request was started on it.
+            Err(e)
+                if e.nothing_sent
+                    && !retried
+                    && matches!(e.failure, UpstreamFailure::Connect | UpstreamFailure::Reset) =>
+            {
+                tracing::debug!(request_id = rid, route = route.name(), error = %e.detail, "upstream request not sent; retrying once");
                 metrics
                     .upstream_errors
                     .with_label_values(&[route.name(), e.failure.kind()])
