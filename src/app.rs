@@ -178,6 +178,7 @@ impl Reloader {
         )?;
         prime(self.shared.metrics(), &new);
         warn_shared_secrets(&next);
+        warn_guard_bypasses(&next);
         self.shared.replace_snapshot(next);
         if let Some(tls) = egress_tls {
             certs.replace_egress(tls);
@@ -224,6 +225,14 @@ impl Reloader {
                 _ = every.tick() => self.poll_certificates(),
             }
         }
+    }
+}
+
+/// A route that can send what a guarded route sends without its guards
+/// (`Config::guard_bypasses`): said at start-up and on every reload.
+fn warn_guard_bypasses(snapshot: &Snapshot) {
+    for w in snapshot.config.guard_bypasses() {
+        tracing::warn!("{w}");
     }
 }
 
@@ -492,6 +501,7 @@ async fn start_opts(config: Config, options: Options, notify: Notifier) -> anyho
         tokio::spawn(reflections.clone().retry_pending(background.clone()));
     }
     warn_shared_secrets(&snapshot);
+    warn_guard_bypasses(&snapshot);
     let shared = Arc::new(Shared::new(
         snapshot,
         metrics.clone(),

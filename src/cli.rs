@@ -74,6 +74,9 @@ pub async fn check(path: &Path, credentials: bool, config_only: bool) -> ExitCod
         config.webhooks.len(),
         plural(config.webhooks.len()),
     );
+    for w in config.guard_bypasses() {
+        println!("warning: {w}");
+    }
     if !credentials {
         return ExitCode::SUCCESS;
     }

@@ -3,6 +3,7 @@
 //! reads it (collecting unknown keys and type errors per section), and
 //! `validate.rs` turns it into [`Config`], collecting every semantic error.
 
+mod bypass;
 mod error;
 mod load;
 mod raw;

@@ -86,6 +86,61 @@ fn check_lists_every_error_and_exits_1() {
     assert_eq!(run.status.code(), Some(64));
 }
 
+/// A route that signs for the payout route's upstream and credential
+/// without its guards could send payouts around them: `check` names both.
+/// The shipped file keeps its payment route below `/api/v3/pg`: no warning,
+/// and a payout path through it is no route at all.
+#[test]
+fn check_warns_when_a_route_goes_around_a_guard() {
+    let check = |path: &Path| {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shipped = Path::new(ROOT).join("gateway.toml");
+    assert!(!check(&shipped).contains("warning"), "{}", check(&shipped));
+    let explain = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(&shipped)
+        .args(["--path", "/kwikpaisa/api/v3/banking/payment/create", "--body"])
+        .arg(r#"{"payout_order_id":"P1","transfer_amount":"9999999.00"}"#)
+        .env("KWIKPAISA_API_KEY", "pk_test_cli")
+        .env("KWIKPAISA_SECRET_KEY", "sk_test_cli_0123456789abcdef")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        said.contains("404 no_route") && said.contains("sent:              nothing"),
+        "{said}"
+    );
+
+    // The route as it was: every path of the host, so payouts too.
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    let around = text
+        .replace(
+            r#"match_prefix = "/kwikpaisa/api/v3/pg/""#,
+            r#"match_prefix = "/kwikpaisa/""#,
+        )
+        .replace(
+            r#"upstream = "https://sandbox.kwikpaisa.com/api/v3/pg""#,
+            r#"upstream = "https://sandbox.kwikpaisa.com""#,
+        );
+    assert_ne!(around, text, "the shipped route changed: update this test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, around).unwrap();
+    let out = check(&path);
+    assert!(
+        out.contains(r#"warning: route "kwikpaisa" signs for the same upstream and credential as route "kwikpaisa-payouts", without its duplicate guard and amount guard"#),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_credentials_reports_without_printing_secrets() {
     let out = Command::new(BIN)

@@ -1,0 +1,163 @@
+//! Guards another route can go around: a route with a duplicate guard or an
+//! amount guard protects the provider endpoints it reaches only if no other
+//! route signs for the same upstream with the same credential, for a method
+//! the guarded route takes, below a base path that reaches those endpoints.
+//! Such a configuration is valid (a route for status calls is a normal thing
+//! to have) but a payout sent through the other route is neither capped nor
+//! de-duplicated, so `check`, start-up and every reload warn about it.
+
+use super::{Config, RouteConfig};
+
+impl Config {
+    /// One warning per (guarded route, route around it), naming both.
+    pub fn guard_bypasses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for guarded in &self.routes {
+            let guards = guard_names(guarded);
+            if guards.is_empty() {
+                continue;
+            }
+            for other in &self.routes {
+                if std::ptr::eq(other, guarded) || !reaches(other, guarded) {
+                    continue;
+                }
+                let missing: Vec<&str> = guards
+                    .iter()
+                    .copied()
+                    .filter(|g| !guard_names(other).contains(g))
+                    .collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                out.push(format!(
+                    "route \"{}\" signs for the same upstream and credential as route \"{}\", without its {}: \
+                     a request to {}'s endpoints sent through \"{}\" is not checked by {}. Give \"{}\" a credential \
+                     of its own, or give \"{}\" an upstream base path that does not reach those endpoints \
+                     (docs/payouts.md#guard-every-way-in)",
+                    other.name,
+                    guarded.name,
+                    missing.join(" and "),
+                    guarded.name,
+                    other.name,
+                    if missing.len() == 1 { "it" } else { "them" },
+                    guarded.name,
+                    other.name,
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn guard_names(r: &RouteConfig) -> Vec<&'static str> {
+    let mut g = Vec::new();
+    if r.duplicate_key.is_some() {
+        g.push("duplicate guard");
+    }
+    if r.amount_guard.is_some() {
+        g.push("amount guard");
+    }
+    g
+}
+
+/// Whether `other` can send what `guarded` sends: same upstream origin, a
+/// credential in common, a method in common, and a base path at or above
+/// the guarded route's.
+fn reaches(other: &RouteConfig, guarded: &RouteConfig) -> bool {
+    let (o, g) = (&other.upstream, &guarded.upstream);
+    let base_reaches = o.base_path.is_empty()
+        || g.base_path == o.base_path
+        || g.base_path
+            .strip_prefix(o.base_path.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+    o.scheme == g.scheme
+        && o.authority == g.authority
+        && base_reaches
+        && other.methods.iter().any(|m| guarded.methods.contains(m))
+        && other
+            .credential
+            .names()
+            .iter()
+            .any(|c| guarded.credential.names().contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn config(routes: &str) -> Config {
+        Config::from_toml_str(&format!(
+            r#"
+[access]
+allow = ["127.0.0.0/8"]
+[credentials.kp]
+source = "env"
+api_key_env = "K"
+secret_env = "S"
+[credentials.payouts]
+source = "env"
+api_key_env = "K2"
+secret_env = "S2"
+{routes}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn route(name: &str, upstream: &str, credential: &str, extra: &str) -> String {
+        format!(
+            "[[route]]\nname = \"{name}\"\nmatch_prefix = \"/{name}/\"\nstrip_prefix = true\n\
+             upstream = \"{upstream}\"\ncredential = \"{credential}\"\nscheme = \"kwikpaisa\"\n{extra}\n"
+        )
+    }
+
+    const GUARDED: &str = "duplicate_key = \"/payout_order_id\"\n[route.amount_guard]\namount = \"/transfer_amount\"\nmax_per_request = \"10.00\"";
+
+    #[test]
+    fn an_unguarded_route_to_the_same_upstream_and_credential_is_named() {
+        let c = config(&format!(
+            "{}{}",
+            route("general", "https://api.example.com", "kp", ""),
+            route("payouts", "https://api.example.com", "kp", GUARDED)
+        ));
+        let w = c.guard_bypasses();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("route \"general\" signs for the same upstream and credential as route \"payouts\", without its duplicate guard and amount guard"), "{}", w[0]);
+    }
+
+    #[test]
+    fn a_route_that_cannot_reach_the_guarded_endpoints_is_not_named() {
+        for other in [
+            route("general", "https://api.example.com", "payouts", ""), // another credential
+            route("general", "https://other.example.com", "kp", ""),    // another host
+            route("general", "https://api.example.com/api/v3/pg", "kp", ""), // a base path beside
+            route("general", "https://api.example.com/api/v3/banking-x", "kp", ""),
+            route("general", "https://api.example.com", "kp", "methods = [\"GET\"]"), // no method in common
+        ] {
+            let c = config(&format!(
+                "{other}{}",
+                route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
+            ));
+            assert_eq!(c.guard_bypasses(), Vec::<String>::new(), "{other}");
+        }
+        // At or above the guarded base path, it reaches them.
+        for base in ["", "/api", "/api/v3/banking"] {
+            let c = config(&format!(
+                "{}{}",
+                route("general", &format!("https://api.example.com{base}"), "kp", ""),
+                route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
+            ));
+            assert_eq!(c.guard_bypasses().len(), 1, "{base}");
+        }
+    }
+
+    #[test]
+    fn a_route_with_the_same_guards_is_not_named() {
+        let c = config(&format!(
+            "{}{}",
+            route("a", "https://api.example.com", "kp", GUARDED),
+            route("b", "https://api.example.com", "kp", GUARDED)
+        ));
+        assert!(c.guard_bypasses().is_empty());
+    }
+}
