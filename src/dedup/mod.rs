@@ -315,9 +315,12 @@ fn decimal(text: &str) -> Option<String> {
 /// The endpoint part of a claim: an upstream path as the frameworks behind
 /// a provider compare it, so that one endpoint spelled differently is one
 /// claim. Percent-encoded unreserved characters are decoded (RFC 3986
-/// §6.2.2.2: `cr%65ate` is `create`), letters are lower-cased, `;`
-/// parameters are dropped from every segment (`create;v=1`) and so are
-/// trailing slashes. This is stricter than any one framework, never looser:
+/// §6.2.2.2: `cr%65ate` is `create`), and so are `%3B` and `%20` (servers
+/// that decode before routing see `;` and a space); letters are
+/// lower-cased, `;` parameters are dropped from every segment
+/// (`create;v=1`, `create%3Bv=1`), then trailing spaces and dots (IIS and
+/// Windows drop them: `create.`, `create%20`), and trailing slashes. This
+/// is stricter than any one framework, never looser:
 /// at worst two paths that a provider keeps apart share a claim (a 409),
 /// never one payment two claims. The result has no space (the store's keys
 /// are `METHOD PATH REFERENCE`).
@@ -331,7 +334,7 @@ pub fn endpoint(path: &str) -> String {
             .flatten()
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b';' | b' '));
         match unreserved {
             Some(b) => {
                 decoded.push(char::from(b));
@@ -347,7 +350,13 @@ pub fn endpoint(path: &str) -> String {
     let lowered = decoded.to_lowercase();
     let mut out = lowered
         .split('/')
-        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .map(|segment| {
+            let name = segment.split(';').next().unwrap_or("");
+            match name.trim_end_matches([' ', '.']) {
+                "" => name,
+                trimmed => trimmed,
+            }
+        })
         .collect::<Vec<_>>()
         .join("/");
     while out.len() > 1 && out.ends_with('/') {
@@ -770,6 +779,12 @@ mod tests {
             "/API/v3/pg/Order/CREATE",
             "/api/v3/pg/order/create;v=1",
             "/api/v3/pg/order;x=1/create;jsessionid=2/",
+            "/api/v3/pg/order/create%3B",
+            "/api/v3/pg/order/create%3bv=1",
+            "/api/v3/pg/order/create%20",
+            "/api/v3/pg/order/create.",
+            "/api/v3/pg/order/create%20.%20/",
+            "/api/v3/pg/order%20/create",
         ] {
             assert_eq!(endpoint(spelled), "/api/v3/pg/order/create", "{spelled}");
         }
