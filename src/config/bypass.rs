@@ -1,7 +1,8 @@
 //! Guards another route can go around: a route with a duplicate guard or an
 //! amount guard protects the provider endpoints it reaches only if no other
 //! route signs for the same upstream with the same credential, for a method
-//! the guarded route takes, below a base path that reaches those endpoints.
+//! the guarded route takes, with a base path at, above or below the guarded
+//! route's (the endpoints the two reach overlap).
 //! Such a configuration is valid (a route for status calls is a normal thing
 //! to have) but a payout sent through the other route is neither capped nor
 //! de-duplicated, so `check`, start-up and every reload warn about it.
@@ -49,6 +50,13 @@ impl Config {
     }
 }
 
+/// Whether `path` is `base` or below it, on a segment boundary (`""` is
+/// the root).
+fn below(path: &str, base: &str) -> bool {
+    path.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn guard_names(r: &RouteConfig) -> Vec<&'static str> {
     let mut g = Vec::new();
     if r.duplicate_key.is_some() {
@@ -60,19 +68,14 @@ fn guard_names(r: &RouteConfig) -> Vec<&'static str> {
     g
 }
 
-/// Whether `other` can send what `guarded` sends: same upstream origin, a
-/// credential in common, a method in common, and a base path at or above
-/// the guarded route's.
+/// Whether `other` can send some of what `guarded` sends: same upstream
+/// origin, a credential in common, a method in common, and base paths of
+/// which one is at or below the other (their endpoints overlap).
 fn reaches(other: &RouteConfig, guarded: &RouteConfig) -> bool {
     let (o, g) = (&other.upstream, &guarded.upstream);
-    let base_reaches = o.base_path.is_empty()
-        || g.base_path == o.base_path
-        || g.base_path
-            .strip_prefix(o.base_path.as_str())
-            .is_some_and(|rest| rest.starts_with('/'));
     o.scheme == g.scheme
         && o.authority == g.authority
-        && base_reaches
+        && (below(&g.base_path, &o.base_path) || below(&o.base_path, &g.base_path))
         && other.methods.iter().any(|m| guarded.methods.contains(m))
         && other
             .credential
@@ -140,8 +143,8 @@ secret_env = "S2"
             ));
             assert_eq!(c.guard_bypasses(), Vec::<String>::new(), "{other}");
         }
-        // At or above the guarded base path, it reaches them.
-        for base in ["", "/api", "/api/v3/banking"] {
+        // At, above or below the guarded base path, it reaches some of them.
+        for base in ["", "/api", "/api/v3/banking", "/api/v3/banking/payment"] {
             let c = config(&format!(
                 "{}{}",
                 route("general", &format!("https://api.example.com{base}"), "kp", ""),
