@@ -213,8 +213,11 @@ impl Router {
 /// tricks that make a server behind us see another path than the one we
 /// routed (normalizers differ: Tomcat, Jetty, Spring, IIS, Node…):
 ///
-/// - dot segments (`.`, `..`), empty segments (`//`), backslashes, and
-///   percent-encoded dots, slashes, backslashes and NUL (`%2e %2f %5c %00`);
+/// - dot segments (`.`, `..`, and `...`, `..%20`, `.%C2%A0`: a segment of
+///   dots and spaces, which Windows servers trim to nothing or to a dot
+///   segment), empty segments (`//`), backslashes, and percent-encoded
+///   dots, slashes, backslashes, `?`, `#` and NUL (`%2e %2f %5c %3f %23
+///   %00`);
 /// - path parameters on a dot-only segment: `..;a`, `.;`, `;x` (Tomcat and
 ///   Spring drop `;…` and then see `..`), also when the `;` is encoded;
 /// - double encoding: `%25` followed by a hex pair or by `u` (`%252e`);
@@ -225,7 +228,7 @@ impl Router {
 /// - control characters, raw or encoded (`%0d %0a %09 %7f`, C1 controls):
 ///   header and log injection;
 /// - Unicode look-alikes of `.`, `/` and `\` that NFKC-normalizing servers
-///   fold into them (fullwidth `．／＼`, `․ ‥ ∕`).
+///   fold into them (fullwidth `．／＼`, `․ ‥ … ∕ ﹨`).
 ///
 /// Linear in the path, and it allocates only for a path with escapes.
 pub fn path_is_safe(path: &str) -> bool {
@@ -237,7 +240,7 @@ pub fn path_is_safe(path: &str) -> bool {
 
 /// The verdict on a path made only of unreserved ASCII and `/` (every
 /// provider path in practice), in one pass: it must start with `/` and have
-/// no empty, `.` or `..` segment. `None`: the path has other bytes (escapes,
+/// no empty or dots-only (`.`, `..`, `...`) segment. `None`: the path has other bytes (escapes,
 /// parameters, non-ASCII, controls) and needs the full check.
 fn plain_path_is_safe(b: &[u8]) -> Option<bool> {
     let mut safe = b.first() == Some(&b'/');
@@ -246,7 +249,8 @@ fn plain_path_is_safe(b: &[u8]) -> Option<bool> {
     for &c in b.iter().skip(1) {
         match c {
             b'/' => {
-                safe &= len > dots || (len != 0 && dots > 2);
+                // Not empty, and not dots only (`.`, `..`, `...`).
+                safe &= len > dots;
                 (len, dots) = (0, 0);
             }
             b'.' => (len, dots) = (len + 1, dots + 1),
@@ -254,8 +258,8 @@ fn plain_path_is_safe(b: &[u8]) -> Option<bool> {
             _ => return None,
         }
     }
-    // The last segment may be empty (`/`, `/a/`) but not `.` or `..`.
-    Some(safe && (len > dots || len == 0 || dots > 2))
+    // The last segment may be empty (`/`, `/a/`) but not dots only.
+    Some(safe && (len > dots || len == 0))
 }
 
 fn escaped_path_is_safe(path: &str) -> bool {
@@ -274,8 +278,10 @@ fn escaped_path_is_safe(path: &str) -> bool {
             return false; // `%zz`, `%u002e`
         };
         match (h << 4) | l {
-            // Dots, separators and NUL stay literal or are refused.
-            b'.' | b'/' | b'\\' | 0 => return false,
+            // Dots, separators, the query and fragment delimiters and NUL
+            // stay literal or are refused (a server that decodes before
+            // parsing would cut the path at an encoded `?` or `#`).
+            b'.' | b'/' | b'\\' | b'?' | b'#' | 0 => return false,
             // `%25` then a hex pair or `u`: a second decoding would yield an escape.
             b'%' => {
                 if matches!(b.get(at + 3), Some(c) if c.is_ascii_hexdigit() || *c == b'u' || *c == b'U') {
@@ -304,24 +310,26 @@ fn escaped_path_is_safe(path: &str) -> bool {
     }
     // Segment by segment, on the raw `/` (an encoded one was refused above).
     path.split('/').all(|raw| {
-        if raw == "." || raw == ".." {
-            return false;
-        }
-        let has_param = raw.contains(';') || raw.contains("%3b") || raw.contains("%3B");
-        if !has_param {
-            return true;
+        if raw.is_empty() {
+            return true; // before the leading `/`, or after a trailing one
         }
         let seg = percent_decode(raw.as_bytes());
-        let stem = seg.split(|&c| c == b';').next().unwrap_or_default();
-        // `;x`, `.;x`, `..;x`, `...;x`: a dot-only (or empty) stem; and any
-        // segment with parameters that starts with `..`.
-        !(stem.iter().all(|&c| c == b'.') || seg.starts_with(b".."))
+        let seg = String::from_utf8_lossy(&seg);
+        let stem = seg.split(';').next().unwrap_or_default();
+        // A stem that is nothing once Windows drops its trailing dots and
+        // spaces (`.`, `..`, `...`, `..%20`, `.%C2%A0`, `;x`): a dot segment
+        // or an empty one to some server. And any segment with parameters
+        // that starts with `..` (`..;x`, `..a;x` to a lenient parser).
+        !(stem
+            .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+            .is_empty()
+            || (seg.contains(';') && seg.starts_with("..")))
     })
 }
 
-/// Characters some servers normalize (NFKC) into `.`, `/` or `\`.
+/// Characters some servers normalize (NFKC) into `.`, `..`, `...`, `/` or `\`.
 const LOOKALIKES: &[char] = &[
-    '\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2024}', '\u{2025}', '\u{2215}', '\u{fe52}',
+    '\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2024}', '\u{2025}', '\u{2026}', '\u{2215}', '\u{fe52}', '\u{fe68}',
 ];
 
 fn hex(c: u8) -> Option<u8> {
@@ -413,6 +421,39 @@ mod tests {
         for p in paths {
             assert!(path_is_safe(p), "{p:?} was refused");
         }
+    }
+
+    /// What a Windows server trims (trailing dots and spaces) or an NFKC
+    /// normalizer folds must not turn a segment into a dot segment (found
+    /// by an adversarial pass: `/pg/..%20/banking/...` reached another API
+    /// below the route's base path on such a server).
+    #[test]
+    fn segments_of_dots_and_spaces_are_dot_segments() {
+        refused(&[
+            "/kp/.../x",
+            "/kp/....",
+            "/kp/x/..../banking",
+            "/kp/..%20/banking",
+            "/kp/.%20/x",
+            "/kp/..%20%20/x",
+            "/kp/..%C2%A0/banking",
+            "/kp/..%E3%80%80/banking",
+            "/kp/%20/x",
+            "/kp/..%e2%80%a6/banking",
+            "/kp/%ef%b9%a8..%ef%b9%a8banking",
+            "/kp/\u{2026}/x",
+            "/kp/create%3F",
+            "/kp/create%3fx=1",
+            "/kp/create%23",
+        ]);
+        accepted(&[
+            "/kp/create.",
+            "/kp/v1.",
+            "/kp/a%20b",
+            "/kp/x..",
+            "/kp/.well-known/x",
+            "/kp/a/%20b",
+        ]);
     }
 
     #[test]
