@@ -7,7 +7,7 @@
 //! to have) but a payout sent through the other route is neither capped nor
 //! de-duplicated, so `check`, start-up and every reload warn about it.
 
-use super::{Config, RouteConfig};
+use super::{Config, RouteConfig, UpstreamTarget};
 
 impl Config {
     /// One warning per (guarded route, route around it), naming both.
@@ -19,7 +19,7 @@ impl Config {
                 continue;
             }
             for other in &self.routes {
-                if std::ptr::eq(other, guarded) || !reaches(other, guarded) {
+                if std::ptr::eq(other, guarded) || !self.reaches(other, guarded) {
                     continue;
                 }
                 let missing: Vec<&str> = guards
@@ -68,20 +68,41 @@ fn guard_names(r: &RouteConfig) -> Vec<&'static str> {
     g
 }
 
-/// Whether `other` can send some of what `guarded` sends: same upstream
-/// origin, a credential in common, a method in common, and base paths of
-/// which one is at or below the other (their endpoints overlap).
-fn reaches(other: &RouteConfig, guarded: &RouteConfig) -> bool {
-    let (o, g) = (&other.upstream, &guarded.upstream);
-    o.scheme == g.scheme
-        && o.authority == g.authority
-        && (below(&g.base_path, &o.base_path) || below(&o.base_path, &g.base_path))
-        && other.methods.iter().any(|m| guarded.methods.contains(m))
-        && other
-            .credential
-            .names()
-            .iter()
-            .any(|c| guarded.credential.names().contains(c))
+impl Config {
+    /// Whether `other` can send some of what `guarded` sends: same upstream
+    /// origin, a credential in common, a method in common, and base paths of
+    /// which one is at or below the other (their endpoints overlap).
+    fn reaches(&self, other: &RouteConfig, guarded: &RouteConfig) -> bool {
+        let (o, g) = (&other.upstream, &guarded.upstream);
+        let (ob, gb) = (o.base_path.to_ascii_lowercase(), g.base_path.to_ascii_lowercase());
+        o.scheme == g.scheme
+            && origin(o) == origin(g)
+            && (below(&gb, &ob) || below(&ob, &gb))
+            && other.methods.iter().any(|m| guarded.methods.contains(m))
+            && other.credential.names().iter().any(|c| {
+                guarded
+                    .credential
+                    .names()
+                    .iter()
+                    .any(|g| c == g || self.same_source(c, g))
+            })
+    }
+
+    /// Whether two credentials read the same secret (two names for one
+    /// source sign alike).
+    fn same_source(&self, a: &str, b: &str) -> bool {
+        matches!((self.credentials.get(a), self.credentials.get(b)), (Some(x), Some(y)) if x.source == y.source)
+    }
+}
+
+/// Host (lower-case, without a trailing dot) and port (the scheme's
+/// default when absent): `HOST`, `host.` and `host:443` are one origin.
+fn origin(t: &UpstreamTarget) -> (String, u16) {
+    let default = if t.scheme == http::uri::Scheme::HTTP { 80 } else { 443 };
+    (
+        t.authority.host().trim_end_matches('.').to_ascii_lowercase(),
+        t.authority.port_u16().unwrap_or(default),
+    )
 }
 
 #[cfg(test)]
@@ -151,6 +172,59 @@ secret_env = "S2"
                 route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
             ));
             assert_eq!(c.guard_bypasses().len(), 1, "{base}");
+        }
+    }
+
+    /// Spellings of one origin, one base path and one secret source (found
+    /// by an adversarial pass: each silenced the warning).
+    #[test]
+    fn other_spellings_of_the_same_upstream_and_secret_are_named() {
+        for (upstream, credential) in [
+            ("https://api.example.com:443", "kp"),
+            ("https://api.example.com.", "kp"),
+            ("https://API.example.com", "kp"),
+            ("https://api.example.com/API/v3/Banking", "kp"),
+            ("https://api.example.com", "kp2"), // the same env variables as kp
+        ] {
+            let c = config(&format!(
+                "[credentials.kp2]\nsource = \"env\"\napi_key_env = \"K\"\nsecret_env = \"S\"\n{}{}",
+                route("general", upstream, credential, ""),
+                route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
+            ));
+            assert_eq!(c.guard_bypasses().len(), 1, "{upstream} {credential}");
+        }
+        let c = config(&format!(
+            "{}{}",
+            route("general", "https://api.example.com:8443", "kp", ""),
+            route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
+        ));
+        assert!(c.guard_bypasses().is_empty(), "another port is another origin");
+    }
+
+    /// A base path a request could climb out of is a configuration error.
+    #[test]
+    fn an_upstream_base_path_with_dot_or_empty_segments_is_refused() {
+        for base in [
+            "/api/v3/pg/..",
+            "/api/v3/pg/../banking",
+            "/api//banking",
+            "/api/./x",
+            "/api/...",
+            "/api/%2e%2e",
+        ] {
+            let toml = format!(
+                "[access]\nallow = [\"127.0.0.0/8\"]\n[credentials.kp]\nsource = \"env\"\napi_key_env = \"K\"\nsecret_env = \"S\"\n{}",
+                route("general", &format!("https://api.example.com{base}"), "kp", "")
+            );
+            let errors = Config::from_toml_str(&toml).expect_err(base).0;
+            assert!(
+                errors.iter().any(|e| e.key() == "route[0].upstream"),
+                "{base}: {errors:?}"
+            );
+        }
+        for base in ["", "/", "/api/v3/pg", "/api/v1.2/x", "/a-b_c~d/"] {
+            let c = config(&route("general", &format!("https://api.example.com{base}"), "kp", ""));
+            assert_eq!(c.routes.len(), 1, "{base}");
         }
     }
 

@@ -32,6 +32,15 @@ pub(super) fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> 
         v.push(ConfigError::invalid(key, s, expected));
         return None;
     }
+    let base = uri.path().trim_end_matches('/');
+    if !base_path_is_plain(base) {
+        v.push(ConfigError::invalid(
+            key,
+            s,
+            "a base path of plain segments: letters, digits, - _ ~ and dots, no segment of dots only, no empty segment, no % escape (the base path is what a request cannot leave)",
+        ));
+        return None;
+    }
     let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
     Some(UpstreamTarget {
         scheme,
@@ -39,6 +48,21 @@ pub(super) fn upstream(v: &mut V, key: &str, s: &str, egress: &EgressConfig) -> 
         base_path: uri.path().trim_end_matches('/').to_string(),
         host_header,
     })
+}
+
+/// An upstream base path a request can only go below: `/`-separated
+/// segments of unreserved ASCII, none empty or dots only (`/a/../b`,
+/// `/a//b`, `/%2e%2e` would let the provider resolve it elsewhere).
+fn base_path_is_plain(base: &str) -> bool {
+    base.is_empty()
+        || base.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|seg| {
+                seg.bytes().any(|c| c != b'.')
+                    && seg
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~' | b'.'))
+            })
+        })
 }
 
 fn is_json_pointer(p: &str) -> bool {
