@@ -11,7 +11,10 @@
 //! choose the key, timestamp or signature. A caller's W3C trace context
 //! (`traceparent`, `tracestate`) is dropped too: the provider must not learn
 //! internal trace ids (a route with `forward_traceparent` gets the gateway's
-//! own span context instead, added when the request is signed).
+//! own span context instead, added when the request is signed). Path and
+//! method overrides (`X-Original-URL`, `X-Rewrite-URL`,
+//! `X-HTTP-Method-Override`…) are dropped: the provider acts on the path
+//! and method the gateway routed and guarded.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -37,6 +40,18 @@ static SPOOFABLE: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
+];
+
+/// Headers some frameworks and rewriters take as the request's real path or
+/// method (Symfony before CVE-2018-14773, zend-http, IIS URL Rewrite;
+/// method overrides): a signed request must reach the endpoint it was
+/// routed and guarded for, with the method the route allowed.
+static OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// The caller's trace context, never forwarded as sent.
@@ -107,10 +122,13 @@ pub fn sanitize_request(h: &mut HeaderMap, protected: &[&HeaderName]) {
             || k == X_REQUEST_ID
             || SPOOFABLE.contains(k)
             || TRACE_CONTEXT.contains(k)
+            || OVERRIDES.contains(k)
             || protected.contains(&k)
             // Underscore and other spellings that some servers (PHP's
             // $_SERVER, CGI) fold into the same variable as the real header.
-            || (k.as_str().contains('_') && protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str())))
+            || (k.as_str().contains('_')
+                && (protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str()))
+                    || OVERRIDES.iter().any(|o| same_cgi_name(k.as_str(), o.as_str()))))
     });
 }
 
@@ -151,7 +169,25 @@ mod tests {
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
         h.append("tracestate", HeaderValue::from_static("internal=tenant-7"));
+        h.append(
+            "X-Original-URL",
+            HeaderValue::from_static("/api/v3/banking/payment/create"),
+        );
+        h.append(
+            "x_rewrite_url",
+            HeaderValue::from_static("/api/v3/banking/payment/create"),
+        );
+        h.append("X-HTTP-Method-Override", HeaderValue::from_static("DELETE"));
+        h.append("x-method-override", HeaderValue::from_static("PUT"));
         sanitize_request(&mut h, &[&sig, &key]);
+        for gone in [
+            "x-original-url",
+            "x_rewrite_url",
+            "x-http-method-override",
+            "x-method-override",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
         assert!(h.get(&sig).is_none());
         assert!(h.get("x_signature").is_none());
         assert!(h.get("x_api_key").is_none());

@@ -95,6 +95,10 @@ async fn client_supplied_auth_headers_never_reach_upstream() {
                 ("X-Real-IP", "10.9.9.9"),
                 ("Connection", "x-signature, x-api-key, x-custom-hop"),
                 ("x-custom-hop", "gone"),
+                ("X-Original-URL", "/api/v3/banking/payment/create"),
+                ("X-Rewrite-URL", "/api/v3/banking/payment/create"),
+                ("x_original_url", "/api/v3/banking/payment/create"),
+                ("X-HTTP-Method-Override", "DELETE"),
                 ("x-app-header", "kept"),
             ],
             r#"{"kwikx_wallet_id":"W-1"}"#,
@@ -116,6 +120,10 @@ async fn client_supplied_auth_headers_never_reach_upstream() {
         "x-real-ip",
         "x-custom-hop",
         "connection",
+        "x-original-url",
+        "x-rewrite-url",
+        "x_original_url",
+        "x-http-method-override",
     ] {
         assert!(rec.headers.get(gone).is_none(), "{gone} must not be forwarded");
     }
