@@ -213,22 +213,25 @@ impl Router {
 /// tricks that make a server behind us see another path than the one we
 /// routed (normalizers differ: Tomcat, Jetty, Spring, IIS, Node…):
 ///
-/// - dot segments (`.`, `..`, and `...`, `..%20`, `.%C2%A0`: a segment of
-///   dots and spaces, which Windows servers trim to nothing or to a dot
-///   segment), empty segments (`//`), backslashes, and percent-encoded
+/// - a segment without an ASCII letter or digit before its `;`: dot
+///   segments (`.`, `..`), and what trimming, folding or form-decoding
+///   servers turn into one (`...`, `..%20`, `..+`, `..` + U+200B, `-`);
+///   empty segments (`//`), backslashes, and percent-encoded
 ///   dots, slashes, backslashes, `?`, `#` and NUL (`%2e %2f %5c %3f %23
 ///   %00`);
 /// - path parameters on a dot-only segment: `..;a`, `.;`, `;x` (Tomcat and
 ///   Spring drop `;…` and then see `..`), also when the `;` is encoded;
-/// - double encoding: `%25` followed by a hex pair or by `u` (`%252e`);
+/// - double encoding: `%25` followed by a hex pair or by `u` (`%252e`),
+///   or any escape left once the path is decoded (`%25%32%65`);
 /// - percent escapes that are malformed (`%zz`, a lone `%`) or IIS-style
 ///   `%uXXXX`;
 /// - escapes whose bytes are not valid UTF-8, overlong forms included
 ///   (`%c0%af` is a `/` to a lenient decoder);
 /// - control characters, raw or encoded (`%0d %0a %09 %7f`, C1 controls):
 ///   header and log injection;
-/// - Unicode look-alikes of `.`, `/` and `\` that NFKC-normalizing servers
-///   fold into them (fullwidth `．／＼`, `․ ‥ … ∕ ﹨`).
+/// - Unicode look-alikes of `.`, `/`, `\`, `;`, `?`, `#` and `%` that
+///   NFKC-normalizing servers fold into them (fullwidth `．／＼；？＃％`,
+///   `․ ‥ … ︰ ︙ ∕ ﹨ ℀`, …: [`LOOKALIKES`]).
 ///
 /// Linear in the path, and it allocates only for a path with escapes.
 pub fn path_is_safe(path: &str) -> bool {
@@ -239,27 +242,27 @@ pub fn path_is_safe(path: &str) -> bool {
 }
 
 /// The verdict on a path made only of unreserved ASCII and `/` (every
-/// provider path in practice), in one pass: it must start with `/` and have
-/// no empty or dots-only (`.`, `..`, `...`) segment. `None`: the path has other bytes (escapes,
+/// provider path in practice), in one pass: it must start with `/` and
+/// every segment but a trailing empty one needs a letter or a digit. `None`: the path has other bytes (escapes,
 /// parameters, non-ASCII, controls) and needs the full check.
 fn plain_path_is_safe(b: &[u8]) -> Option<bool> {
     let mut safe = b.first() == Some(&b'/');
-    // Bytes of the current segment, and how many of them are dots.
-    let (mut len, mut dots) = (0usize, 0usize);
+    // Bytes of the current segment, and how many are letters or digits.
+    let (mut len, mut alnum) = (0usize, 0usize);
     for &c in b.iter().skip(1) {
         match c {
             b'/' => {
-                // Not empty, and not dots only (`.`, `..`, `...`).
-                safe &= len > dots;
-                (len, dots) = (0, 0);
+                // Every segment names something: a letter or a digit.
+                safe &= alnum > 0;
+                (len, alnum) = (0, 0);
             }
-            b'.' => (len, dots) = (len + 1, dots + 1),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => len += 1,
+            b'.' | b'-' | b'_' | b'~' => len += 1,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (len, alnum) = (len + 1, alnum + 1),
             _ => return None,
         }
     }
-    // The last segment may be empty (`/`, `/a/`) but not dots only.
-    Some(safe && (len > dots || len == 0))
+    // The last segment may be empty (`/`, `/a/`).
+    Some(safe && (alnum > 0 || len == 0))
 }
 
 fn escaped_path_is_safe(path: &str) -> bool {
@@ -308,28 +311,41 @@ fn escaped_path_is_safe(path: &str) -> bool {
     if decoded.chars().any(|c| c.is_control() || LOOKALIKES.contains(&c)) {
         return false;
     }
+    // Nested double encoding: once decoded, the path must hold no escape a
+    // second decoding would act on (`%25%32%65` is `%2e`, then `.`).
+    let d = decoded.as_bytes();
+    if d.iter().enumerate().any(|(i, &c)| {
+        c == b'%' && matches!(d.get(i + 1), Some(n) if n.is_ascii_hexdigit() || *n == b'u' || *n == b'U')
+    }) {
+        return false;
+    }
     // Segment by segment, on the raw `/` (an encoded one was refused above).
     path.split('/').all(|raw| {
         if raw.is_empty() {
             return true; // before the leading `/`, or after a trailing one
         }
         let seg = percent_decode(raw.as_bytes());
-        let seg = String::from_utf8_lossy(&seg);
-        let stem = seg.split(';').next().unwrap_or_default();
-        // A stem that is nothing once Windows drops its trailing dots and
-        // spaces (`.`, `..`, `...`, `..%20`, `.%C2%A0`, `;x`): a dot segment
-        // or an empty one to some server. And any segment with parameters
-        // that starts with `..` (`..;x`, `..a;x` to a lenient parser).
-        !(stem
-            .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
-            .is_empty()
-            || (seg.contains(';') && seg.starts_with("..")))
+        let stem = seg.split(|&c| c == b';').next().unwrap_or_default();
+        // Every segment names something: its stem has an ASCII letter or
+        // digit. A stem of dots, spaces, invisible or other characters
+        // (`..`, `...`, `..%20`, `..+`, `..` + U+200B, `;x`) is what servers
+        // that trim, fold or strip turn into a dot segment or an empty one.
+        // And any segment with parameters that starts with `..` (`..;x`,
+        // `..a;x` to a lenient parser).
+        stem.iter().any(u8::is_ascii_alphanumeric) && !(seg.contains(&b';') && seg.starts_with(b".."))
     })
 }
 
-/// Characters some servers normalize (NFKC) into `.`, `..`, `...`, `/` or `\`.
+/// Characters NFKC folds into (or into text with) `.`, `/`, `\`, `;`, `?`,
+/// `#` or `%`, which some servers normalize before they route.
 const LOOKALIKES: &[char] = &[
-    '\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2024}', '\u{2025}', '\u{2026}', '\u{2215}', '\u{fe52}', '\u{fe68}',
+    // . .. ...
+    '\u{ff0e}', '\u{2024}', '\u{fe52}', '\u{2025}', '\u{2026}', '\u{fe30}', '\u{fe19}',
+    // / (and a/c, a/s, c/o, c/u) \
+    '\u{ff0f}', '\u{2215}', '\u{2100}', '\u{2101}', '\u{2105}', '\u{2106}', '\u{ff3c}', '\u{fe68}',
+    // ; ? # %
+    '\u{ff1b}', '\u{fe54}', '\u{037e}', '\u{ff1f}', '\u{fe56}', '\u{2047}', '\u{2048}', '\u{2049}', '\u{ff03}',
+    '\u{fe5f}', '\u{ff05}', '\u{fe6a}',
 ];
 
 fn hex(c: u8) -> Option<u8> {
@@ -445,6 +461,22 @@ mod tests {
             "/kp/create%3F",
             "/kp/create%3fx=1",
             "/kp/create%23",
+            // A third pass: folds, invisible characters, form decoding, nesting.
+            "/kp/%EF%B8%B0/banking",
+            "/kp/%ef%b8%99/banking",
+            "/kp/..%E2%80%8B/banking",
+            "/kp/..%EF%BB%BF/banking",
+            "/kp/..%C2%AD/banking",
+            "/kp/..%CC%81/banking",
+            "/kp/..+/banking",
+            "/kp/..%2B/banking",
+            "/kp/%25%32%65%25%32%65/banking",
+            "/kp/..%EF%BC%9Bx/banking",
+            "/kp/..%CD%BEx/banking",
+            "/kp/%EF%BC%852e%EF%BC%852e/banking",
+            "/kp/%E2%84%80",
+            "/kp/-/x",
+            "/kp/~",
         ]);
         accepted(&[
             "/kp/create.",
@@ -453,6 +485,9 @@ mod tests {
             "/kp/x..",
             "/kp/.well-known/x",
             "/kp/a/%20b",
+            "/kp/100%25",
+            "/kp/caf%C3%A9",
+            "/kp/a-b_c~d",
         ]);
     }
 
@@ -505,7 +540,7 @@ mod tests {
             "/kp/%f4%90%80%80", // past U+10FFFF
             "/kp/%ff",
         ]);
-        accepted(&["/kp/caf%c3%a9", "/kp/%e2%82%b9", "/kp/caf\u{e9}"]);
+        accepted(&["/kp/caf%c3%a9", "/kp/%e2%82%b9100", "/kp/caf\u{e9}"]);
     }
 
     #[test]

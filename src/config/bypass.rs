@@ -7,7 +7,7 @@
 //! to have) but a payout sent through the other route is neither capped nor
 //! de-duplicated, so `check`, start-up and every reload warn about it.
 
-use super::{Config, RouteConfig, UpstreamTarget};
+use super::{Config, RouteConfig, SecretSource, UpstreamTarget};
 
 impl Config {
     /// One warning per (guarded route, route around it), naming both.
@@ -89,9 +89,44 @@ impl Config {
     }
 
     /// Whether two credentials read the same secret (two names for one
-    /// source sign alike).
+    /// source sign alike): where the secret lives, not how often it is read.
     fn same_source(&self, a: &str, b: &str) -> bool {
-        matches!((self.credentials.get(a), self.credentials.get(b)), (Some(x), Some(y)) if x.source == y.source)
+        matches!(
+            (self.credentials.get(a), self.credentials.get(b)),
+            (Some(x), Some(y)) if secret_location(&x.source) == secret_location(&y.source)
+        )
+    }
+}
+
+/// Where a secret lives: the environment variable, the file (resolved:
+/// symbolic links and `..` followed), the Vault server, mount and path
+/// (without empty segments), or the Transit key. Tuning (poll, refresh,
+/// timeouts) and the API key's field are left out.
+fn secret_location(s: &SecretSource) -> String {
+    let path = |p: &str| p.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
+    let addr = |u: &http::Uri| {
+        format!(
+            "{}://{}",
+            u.scheme_str().unwrap_or("").to_ascii_lowercase(),
+            u.authority().map_or(String::new(), |a| a.as_str().to_ascii_lowercase())
+        )
+    };
+    match s {
+        SecretSource::Env { secret_env, .. } => format!("env:{secret_env}"),
+        SecretSource::File {
+            path: p, secret_field, ..
+        } => format!(
+            "file:{}#{secret_field}",
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display()
+        ),
+        SecretSource::Vault(v) => format!(
+            "vault:{}/{}/{}#{}",
+            addr(&v.addr),
+            path(&v.mount),
+            path(&v.path),
+            v.secret_field
+        ),
+        SecretSource::VaultTransit(t) => format!("transit:{}/{}/{}", addr(&t.addr), path(&t.mount), t.key),
     }
 }
 
@@ -199,6 +234,32 @@ secret_env = "S2"
             route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED)
         ));
         assert!(c.guard_bypasses().is_empty(), "another port is another origin");
+    }
+
+    /// One secret file under two names (a symbolic link, another poll
+    /// interval) is one secret: found by an adversarial pass, where such a
+    /// second credential sent the same payout twice without a warning.
+    #[test]
+    fn two_names_for_one_secret_file_are_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kp.json");
+        std::fs::write(&file, r#"{"api_key":"k","secret_key":"s"}"#).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let cred = |name: &str, path: &std::path::Path, poll: u64| {
+            format!(
+                "[credentials.{name}]\nsource = \"file\"\npath = \"{}\"\npoll_ms = {poll}\n",
+                path.display()
+            )
+        };
+        let c = config(&format!(
+            "{}{}{}{}",
+            cred("f1", &file, 1000),
+            cred("f2", &link, 2000),
+            route("general", "https://api.example.com/api/v3", "f2", ""),
+            route("payouts", "https://api.example.com/api/v3/banking", "f1", GUARDED)
+        ));
+        assert_eq!(c.guard_bypasses().len(), 1);
     }
 
     /// A base path a request could climb out of is a configuration error.
