@@ -128,7 +128,8 @@ pub fn sanitize_request(h: &mut HeaderMap, protected: &[&HeaderName]) {
             // $_SERVER, CGI) fold into the same variable as the real header.
             || (k.as_str().contains('_')
                 && (protected.iter().any(|p| same_cgi_name(k.as_str(), p.as_str()))
-                    || OVERRIDES.iter().any(|o| same_cgi_name(k.as_str(), o.as_str()))))
+                    || OVERRIDES.iter().any(|o| same_cgi_name(k.as_str(), o.as_str()))
+                    || SPOOFABLE.iter().any(|o| same_cgi_name(k.as_str(), o.as_str()))))
     });
 }
 
@@ -179,12 +180,16 @@ mod tests {
         );
         h.append("X-HTTP-Method-Override", HeaderValue::from_static("DELETE"));
         h.append("x-method-override", HeaderValue::from_static("PUT"));
+        h.append("x_forwarded_for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x_forwarded_host", HeaderValue::from_static("evil.example"));
         sanitize_request(&mut h, &[&sig, &key]);
         for gone in [
             "x-original-url",
             "x_rewrite_url",
             "x-http-method-override",
             "x-method-override",
+            "x_forwarded_for",
+            "x_forwarded_host",
         ] {
             assert!(h.get(gone).is_none(), "{gone}");
         }

@@ -345,7 +345,9 @@ const LOOKALIKES: &[char] = &[
     '\u{ff0f}', '\u{2215}', '\u{2100}', '\u{2101}', '\u{2105}', '\u{2106}', '\u{ff3c}', '\u{fe68}',
     // ; ? # %
     '\u{ff1b}', '\u{fe54}', '\u{037e}', '\u{ff1f}', '\u{fe56}', '\u{2047}', '\u{2048}', '\u{2049}', '\u{ff03}',
-    '\u{fe5f}', '\u{ff05}', '\u{fe6a}',
+    '\u{fe5f}', '\u{ff05}', '\u{fe6a}', '\u{fe14}', '\u{fe16}',
+    // Windows best-fit mappings to `\` (code pages 932 and 949): ¥ ₩
+    '\u{a5}', '\u{20a9}',
 ];
 
 fn hex(c: u8) -> Option<u8> {
@@ -477,6 +479,11 @@ mod tests {
             "/kp/%E2%84%80",
             "/kp/-/x",
             "/kp/~",
+            // A fourth pass: vertical-form `;` and `?`, best-fit backslashes.
+            "/kp/..%EF%B8%94a/..%EF%B8%94a/banking",
+            "/kp/order%EF%B8%96/create",
+            "/kp/a%C2%A5..%C2%A5..%C2%A5banking",
+            "/kp/a%E2%82%A9..%E2%82%A9banking",
         ]);
         accepted(&[
             "/kp/create.",

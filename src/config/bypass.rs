@@ -13,13 +13,13 @@ impl Config {
     /// One warning per (guarded route, route around it), naming both.
     pub fn guard_bypasses(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for guarded in &self.routes {
+        for (gi, guarded) in self.routes.iter().enumerate() {
             let guards = guard_names(guarded);
             if guards.is_empty() {
                 continue;
             }
-            for other in &self.routes {
-                if std::ptr::eq(other, guarded) || !self.reaches(other, guarded) {
+            for (oi, other) in self.routes.iter().enumerate() {
+                if gi == oi || !self.reaches(other, guarded) {
                     continue;
                 }
                 let missing: Vec<&str> = guards
@@ -28,6 +28,19 @@ impl Config {
                     .filter(|g| !guard_names(other).contains(g))
                     .collect();
                 if missing.is_empty() {
+                    // Both guarded alike, each with its own claims and
+                    // totals: said once per pair.
+                    if gi < oi {
+                        out.push(format!(
+                            "routes \"{}\" and \"{}\" sign for overlapping endpoints of the same upstream with the same \
+                             secret, and each keeps its own {}: the same payout can go once through each, and each \
+                             route's caps count only its own requests. Keep one route per payout endpoint \
+                             (docs/payouts.md#guard-every-way-in)",
+                            guarded.name,
+                            other.name,
+                            guards.join(" and "),
+                        ));
+                    }
                     continue;
                 }
                 out.push(format!(
@@ -98,27 +111,46 @@ impl Config {
     }
 }
 
-/// Where a secret lives: the environment variable, the file (resolved:
-/// symbolic links and `..` followed), the Vault server, mount and path
-/// (without empty segments), or the Transit key. Tuning (poll, refresh,
+/// Where a secret lives: the environment variable, the file (by device
+/// and inode: links and `..` lead to the same one), the Vault server
+/// (host and port as connected to), mount and path (without empty or `.`
+/// segments), or the Transit key. Tuning (poll, refresh,
 /// timeouts) and the API key's field are left out.
 fn secret_location(s: &SecretSource) -> String {
-    let path = |p: &str| p.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
+    let path = |p: &str| {
+        p.split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    // Scheme, host without a trailing dot, port with the scheme's default.
     let addr = |u: &http::Uri| {
+        let scheme = u.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let default = if scheme == "http" { 80 } else { 443 };
         format!(
-            "{}://{}",
-            u.scheme_str().unwrap_or("").to_ascii_lowercase(),
-            u.authority().map_or(String::new(), |a| a.as_str().to_ascii_lowercase())
+            "{scheme}://{}:{}",
+            u.host().unwrap_or("").trim_end_matches('.').to_ascii_lowercase(),
+            u.port_u16().unwrap_or(default)
+        )
+    };
+    // The file itself: device and inode (hard links, symbolic links, `..`).
+    let file = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map_or_else(
+            |_| {
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.to_path_buf())
+                    .display()
+                    .to_string()
+            },
+            |m| format!("{}:{}", m.dev(), m.ino()),
         )
     };
     match s {
         SecretSource::Env { secret_env, .. } => format!("env:{secret_env}"),
         SecretSource::File {
             path: p, secret_field, ..
-        } => format!(
-            "file:{}#{secret_field}",
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display()
-        ),
+        } => format!("file:{}#{secret_field}", file(p)),
         SecretSource::Vault(v) => format!(
             "vault:{}/{}/{}#{}",
             addr(&v.addr),
@@ -262,6 +294,55 @@ secret_env = "S2"
         assert_eq!(c.guard_bypasses().len(), 1);
     }
 
+    /// A hard link is the same file; a Vault address with its default
+    /// port or a trailing dot is the same server (a fourth adversarial
+    /// pass silenced the warning with each).
+    #[test]
+    fn hard_links_and_vault_address_spellings_are_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kp.json");
+        std::fs::write(&file, r#"{"api_key":"k","secret_key":"s"}"#).unwrap();
+        let hard = dir.path().join("hard.json");
+        std::fs::hard_link(&file, &hard).unwrap();
+        let c = config(&format!(
+            "[credentials.f1]\nsource = \"file\"\npath = \"{}\"\n[credentials.f2]\nsource = \"file\"\npath = \"{}\"\n{}{}",
+            file.display(),
+            hard.display(),
+            route("general", "https://api.example.com/api/v3", "f2", ""),
+            route("payouts", "https://api.example.com/api/v3/banking", "f1", GUARDED)
+        ));
+        assert_eq!(c.guard_bypasses().len(), 1, "hard link");
+        let loc = |addr: &str, path: &str| {
+            let c = config(&format!(
+                "[credentials.v]\nsource = \"vault\"\nvault_addr = \"{addr}\"\nvault_path = \"{path}\"\nvault_auth = \"approle\"\nvault_role_id_file = \"/run/r\"\nvault_secret_id_file = \"/run/s\"\n{}",
+                route("r", "https://api.example.com", "v", "")
+            ));
+            super::secret_location(&c.credentials["v"].source)
+        };
+        let base = loc("https://vault.example.com", "kp/prod");
+        assert_eq!(loc("https://vault.example.com:443", "kp/prod"), base);
+        assert_eq!(loc("https://Vault.example.com.", "kp/./prod"), base);
+        assert_ne!(loc("https://vault.example.com:8200", "kp/prod"), base);
+    }
+
+    /// Two routes with the same guards keep separate claims and totals:
+    /// the same payout once through each (found live by a fourth pass).
+    #[test]
+    fn two_guarded_routes_to_the_same_endpoints_are_named_once() {
+        let c = config(&format!(
+            "{}{}",
+            route("payouts", "https://api.example.com/api/v3/banking", "kp", GUARDED),
+            route("batch", "https://api.example.com/api/v3/banking", "kp", GUARDED)
+        ));
+        let w = c.guard_bypasses();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes \"payouts\" and \"batch\" sign for overlapping endpoints"),
+            "{}",
+            w[0]
+        );
+    }
+
     /// A base path a request could climb out of is a configuration error.
     #[test]
     fn an_upstream_base_path_with_dot_or_empty_segments_is_refused() {
@@ -287,15 +368,5 @@ secret_env = "S2"
             let c = config(&route("general", &format!("https://api.example.com{base}"), "kp", ""));
             assert_eq!(c.routes.len(), 1, "{base}");
         }
-    }
-
-    #[test]
-    fn a_route_with_the_same_guards_is_not_named() {
-        let c = config(&format!(
-            "{}{}",
-            route("a", "https://api.example.com", "kp", GUARDED),
-            route("b", "https://api.example.com", "kp", GUARDED)
-        ));
-        assert!(c.guard_bypasses().is_empty());
     }
 }
