@@ -5,12 +5,15 @@
 //! route's (the endpoints the two reach overlap).
 //! Such a configuration is valid (a route for status calls is a normal thing
 //! to have) but a payout sent through the other route is neither capped nor
-//! de-duplicated, so `check`, start-up and every reload warn about it.
+//! de-duplicated, so `check`, start-up and every reload warn about it. Two
+//! routes with the same guards over overlapping endpoints are named too:
+//! each keeps its own claims and totals, so one payout could pass each once.
 
 use super::{Config, RouteConfig, SecretSource, UpstreamTarget};
 
 impl Config {
-    /// One warning per (guarded route, route around it), naming both.
+    /// One warning per (guarded route, route around it), and one per pair
+    /// of routes guarded alike over overlapping endpoints, naming both.
     pub fn guard_bypasses(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (gi, guarded) in self.routes.iter().enumerate() {
