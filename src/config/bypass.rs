@@ -9,7 +9,7 @@
 //! routes with the same guards over overlapping endpoints are named too:
 //! each keeps its own claims and totals, so one payout could pass each once.
 
-use super::{Config, RouteConfig, SecretSource, UpstreamTarget};
+use super::{Config, RouteConfig, SecretSource};
 
 impl Config {
     /// One warning per (guarded route, route around it), and one per pair
@@ -91,8 +91,7 @@ impl Config {
     fn reaches(&self, other: &RouteConfig, guarded: &RouteConfig) -> bool {
         let (o, g) = (&other.upstream, &guarded.upstream);
         let (ob, gb) = (o.base_path.to_ascii_lowercase(), g.base_path.to_ascii_lowercase());
-        o.scheme == g.scheme
-            && origin(o) == origin(g)
+        origin(Some(o.scheme.as_str()), Some(&o.authority)) == origin(Some(g.scheme.as_str()), Some(&g.authority))
             && (below(&gb, &ob) || below(&ob, &gb))
             && other.methods.iter().any(|m| guarded.methods.contains(m))
             && other.credential.names().iter().any(|c| {
@@ -126,16 +125,6 @@ fn secret_location(s: &SecretSource) -> String {
             .collect::<Vec<_>>()
             .join("/")
     };
-    // Scheme, host without a trailing dot, port with the scheme's default.
-    let addr = |u: &http::Uri| {
-        let scheme = u.scheme_str().unwrap_or("").to_ascii_lowercase();
-        let default = if scheme == "http" { 80 } else { 443 };
-        format!(
-            "{scheme}://{}:{}",
-            u.host().unwrap_or("").trim_end_matches('.').to_ascii_lowercase(),
-            u.port_u16().unwrap_or(default)
-        )
-    };
     // The file itself: device and inode (hard links, symbolic links, `..`).
     let file = |p: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
@@ -156,22 +145,33 @@ fn secret_location(s: &SecretSource) -> String {
         } => format!("file:{}#{secret_field}", file(p)),
         SecretSource::Vault(v) => format!(
             "vault:{}/{}/{}#{}",
-            addr(&v.addr),
+            origin(v.addr.scheme_str(), v.addr.authority()),
             path(&v.mount),
             path(&v.path),
             v.secret_field
         ),
-        SecretSource::VaultTransit(t) => format!("transit:{}/{}/{}", addr(&t.addr), path(&t.mount), t.key),
+        SecretSource::VaultTransit(t) => format!(
+            "transit:{}/{}/{}",
+            origin(t.addr.scheme_str(), t.addr.authority()),
+            path(&t.mount),
+            t.key
+        ),
     }
 }
 
-/// Host (lower-case, without a trailing dot) and port (the scheme's
-/// default when absent): `HOST`, `host.` and `host:443` are one origin.
-fn origin(t: &UpstreamTarget) -> (String, u16) {
-    let default = if t.scheme == http::uri::Scheme::HTTP { 80 } else { 443 };
-    (
-        t.authority.host().trim_end_matches('.').to_ascii_lowercase(),
-        t.authority.port_u16().unwrap_or(default),
+/// `scheme://host:port` as connected to: host lower-case without a trailing
+/// dot, port with the scheme's default (`HOST`, `host.` and `host:443` are
+/// one origin). For upstreams and Vault addresses alike.
+fn origin(scheme: Option<&str>, authority: Option<&http::uri::Authority>) -> String {
+    let scheme = scheme.unwrap_or("").to_ascii_lowercase();
+    let default = if scheme == "http" { 80 } else { 443 };
+    format!(
+        "{scheme}://{}:{}",
+        authority
+            .map_or("", |a| a.host())
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
+        authority.and_then(|a| a.port_u16()).unwrap_or(default)
     )
 }
 
